@@ -1,0 +1,288 @@
+"""The config schema, loading from YAML or TOML, and overrides from the command line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InputError
+from .sizes import parse_size
+
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+BUILTIN_MODELS = ("mlp", "cnn", "transformer")
+DATA_KINDS = ("synthetic", "tensors", "imagefolder")
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid")
+
+
+class MLPModel(_Section):
+    name: Literal["mlp"]
+    in_features: PositiveInt = 64
+    hidden: PositiveInt = 256
+    layers: PositiveInt = 3
+    classes: PositiveInt = 10
+
+
+class CNNModel(_Section):
+    """ResNet-like: a stem, then stages of residual blocks, width doubling per stage.
+
+    `depth: [3, 4, 6, 3]` with `block: bottleneck`, `stem: imagenet` and `width: 64` is ResNet-50.
+    """
+
+    name: Literal["cnn"]
+    in_channels: PositiveInt = 3
+    image_size: PositiveInt = 32
+    width: PositiveInt = 32
+    # Blocks per stage: one number for every stage, or a list (its length is the number of stages).
+    depth: PositiveInt | list[PositiveInt] = 2
+    stages: PositiveInt = 3
+    block: Literal["basic", "bottleneck"] = "basic"
+    # cifar: one 3x3 convolution; imagenet: 7x7 stride 2 and a max-pool (4x smaller maps).
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    classes: PositiveInt = 10
+
+    @property
+    def blocks_per_stage(self) -> list[int]:
+        return self.depth if isinstance(self.depth, list) else [self.depth] * self.stages
+
+
+class TransformerModel(_Section):
+    """GPT-like decoder trained to predict a token at every position."""
+
+    name: Literal["transformer"]
+    vocab_size: PositiveInt = 8192
+    d_model: PositiveInt = 256
+    layers: PositiveInt = 4
+    heads: PositiveInt = 4
+    seq_len: PositiveInt = 128
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # false: bidirectional attention, as in BERT-style encoders.
+    causal: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TransformerModel":
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class FactoryModel(_Section):
+    """Any `package.module:callable` returning an nn.Module, called with `kwargs`."""
+
+    name: str
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _is_factory(cls, value: str) -> str:
+        if not FACTORY.match(value):
+            raise ValueError(
+                f"expected one of {', '.join(BUILTIN_MODELS)} or package.module:factory (got {value!r})"
+            )
+        return value
+
+
+def _model_tag(raw: Any) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else getattr(raw, "name", None)
+    return name if name in BUILTIN_MODELS else "factory"
+
+
+ModelConfig = Annotated[
+    Union[
+        Annotated[MLPModel, Tag("mlp")],
+        Annotated[CNNModel, Tag("cnn")],
+        Annotated[TransformerModel, Tag("transformer")],
+        Annotated[FactoryModel, Tag("factory")],
+    ],
+    Discriminator(_model_tag),
+]
+
+
+class DataConfig(_Section):
+    kind: str = "synthetic"
+    # Samples in one epoch for synthetic data; the dataset's length otherwise.
+    size: PositiveInt | None = None
+    # tensors: a .pt file (a dict with `inputs` and `targets`, or a tuple) or .npz; imagefolder: a folder.
+    path: Path | None = None
+    # imagefolder: images are resized to image_size x image_size.
+    image_size: PositiveInt | None = None
+    # Synthetic data for a factory model: what one sample looks like.
+    input_shape: list[PositiveInt] | None = None
+    input_dtype: Literal["float32", "int64"] = "float32"
+    vocab_size: PositiveInt | None = None
+    target_shape: list[PositiveInt] = []
+    num_classes: PositiveInt | None = None
+    # Keyword arguments for a `module:factory` dataset.
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in DATA_KINDS and not FACTORY.match(value):
+            raise ValueError(
+                f"expected one of {', '.join(DATA_KINDS)} or package.module:factory (got {value!r})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "DataConfig":
+        if self.kind in ("tensors", "imagefolder") and self.path is None:
+            raise ValueError(f"data.kind {self.kind} needs data.path")
+        return self
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    lr: PositiveFloat = 0.1
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: NonNegativeFloat = 0.9
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class ProbeConfig(_Section):
+    device: str = "auto"
+    min_batch: PositiveInt = 1
+    max_batch: PositiveInt | None = None
+    warmup_steps: NonNegativeInt = 2
+    steps: PositiveInt = 5
+    # CPU: the worker's RAM cap (default: 80% of available RAM). GPU: none unless given.
+    memory_limit: int | None = None
+    # Stop starting new trials after this long; null for no budget.
+    time_budget_s: PositiveFloat | None = 600.0
+    # A trial (setup and steps) that takes longer is stopped and reported as a timeout.
+    trial_timeout_s: PositiveFloat = 300.0
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE.match(value):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N (got {value!r})")
+        return value
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "ProbeConfig":
+        if self.max_batch is not None and self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch ({self.min_batch}) must be <= max_batch ({self.max_batch})")
+        return self
+
+
+class Config(_Section):
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+
+# Command-line option -> config field, so errors name what the user typed.
+OPTIONS = {
+    "--device": ("probe", "device"),
+    "--min-batch": ("probe", "min_batch"),
+    "--max-batch": ("probe", "max_batch"),
+    "--steps": ("probe", "steps"),
+    "--warmup": ("probe", "warmup_steps"),
+    "--memory-limit": ("probe", "memory_limit"),
+    "--time-budget": ("probe", "time_budget_s"),
+}
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a config; every problem becomes one InputError."""
+    path = Path(path)
+    raw = _read(path)
+    for option, value in (overrides or {}).items():
+        if value is not None:
+            section, key = OPTIONS[option]
+            if not isinstance(raw.setdefault(section, {}), dict):
+                break  # the section itself is wrong; validation says so
+            raw[section][key] = value
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        given = {v: k for k, v in OPTIONS.items() if (overrides or {}).get(k) is not None}
+        raise InputError("\n".join(_describe(path, e, given) for e in exc.errors())) from None
+    if config.data.path is not None and not config.data.path.is_absolute():
+        # Data paths are relative to the config file, not to wherever batchfind was run.
+        config.data.path = (path.parent / config.data.path).resolve()
+    return config
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a YAML or TOML config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: invalid TOML: {exc}") from None
+    else:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raise InputError(f"{path}: empty config, expected at least a `model` section")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping of sections at the top level (got {type(raw).__name__})")
+    return raw
+
+
+_TAGS = {*BUILTIN_MODELS, "factory"}
+
+
+def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str:
+    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in _TAGS and p != error["loc"][0])]
+    # Pydantic puts a model validator's complaint on the section; it already names the fields.
+    field = ".".join(loc)
+    option = given.get(tuple(loc[:2]))
+    where = f"{option}" if option else f"{path}: {field}" if field else str(path)
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required"
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") or kind.endswith(
+        ("_type", "_parsing")
+    ) or kind == "literal_error":
+        message = f"{message} (got {value!r})"
+    return f"{where}: {message}"

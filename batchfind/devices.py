@@ -1,0 +1,195 @@
+"""Device facts (torch, NVML, psutil), clocks, peak memory, memory caps and OOM classification."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from typing import Any
+
+from .errors import InputError
+
+# Fraction of available RAM a CPU probe may use when no limit is given: the rest keeps the
+# machine responsive and the kernel's OOM killer away.
+CPU_DEFAULT_FRACTION = 0.8
+
+# Message fragments of allocation failures that do not arrive as torch.OutOfMemoryError.
+_OOM_FRAGMENTS = (
+    "out of memory",  # CUDA, HIP, XPU and MPS allocators
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_SUPPORTED",  # cuDNN's answer to a batch too large for its workspace
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "can't allocate memory",  # DefaultCPUAllocator
+    "alloc_cpu.cpp",
+    "could not create a primitive",  # oneDNN when its scratch allocation fails under a cap
+    "std::bad_alloc",
+    "Cannot allocate memory",
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        return any(fragment in text for fragment in _OOM_FRAGMENTS)
+    return False
+
+
+def resolve_device(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"probe.device: {spec} requested but this torch sees no CUDA GPU")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise InputError(
+                f"probe.device: {spec} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    return device
+
+
+def device_facts(device) -> dict[str, Any]:
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"device": str(device), "device_name": props.name, "memory_total_bytes": props.total_memory}
+    import psutil
+
+    return {
+        "device": "cpu",
+        "device_name": platform.processor() or platform.machine(),
+        "memory_total_bytes": psutil.virtual_memory().total,
+    }
+
+
+def apply_memory_limit(device, limit: int | None) -> int | None:
+    """Enforce the limit for real: a RAM cap on CPU, the allocator's fraction on GPU.
+
+    Returns the limit in force. On CPU a data-segment cap makes allocations beyond it fail
+    like any out-of-memory, instead of the machine swapping or the OOM killer stepping in.
+    """
+    import torch
+
+    if device.type == "cuda":
+        if limit is None:
+            return None
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        return min(limit, total)
+    if limit is None:
+        import psutil
+
+        limit = int(psutil.virtual_memory().available * CPU_DEFAULT_FRACTION)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return limit
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # Linux: writing 5 resets the resident-set high-water mark (VmHWM) of this process.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # read_peak then reports the lifetime peak, which only overstates
+
+
+def read_peak(device) -> tuple[int, int | None]:
+    """(peak bytes the device held, peak bytes in live tensors or None where unknown)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_reserved(device), torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, None
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
+
+
+def release(device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def host_info() -> dict[str, Any]:
+    """What `batchfind info` shows: torch, GPUs through NVML, CPU and RAM through psutil."""
+    import psutil
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "cpu": {
+            "name": platform.processor() or platform.machine(),
+            "cores_logical": psutil.cpu_count(logical=True),
+            "cores_physical": psutil.cpu_count(logical=False),
+            "ram_total_bytes": psutil.virtual_memory().total,
+            "ram_available_bytes": psutil.virtual_memory().available,
+        },
+        "gpus": [],
+        "driver": None,
+        "nvml_error": None,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            info["driver"] = _text(pynvml.nvmlSystemGetDriverVersion())
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                info["gpus"].append(
+                    {"index": i, "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                     "memory_total_bytes": mem.total, "memory_free_bytes": mem.free}
+                )
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # no driver, no library: say so, do not fail
+        info["nvml_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def looks_like_oom(text: str) -> bool:
+    """For a worker that died: does its last word look like an allocation failure?"""
+    return "MemoryError" in text or "OutOfMemoryError" in text or any(f in text for f in _OOM_FRAGMENTS)

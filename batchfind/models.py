@@ -1,0 +1,163 @@
+"""Builtin models (mlp, cnn, transformer) and loading `package.module:factory` models."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CNNModel, FactoryModel, MLPModel, TransformerModel
+from .errors import InputError
+
+
+def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> nn.Module:
+    if isinstance(cfg, MLPModel):
+        return mlp(cfg)
+    if isinstance(cfg, CNNModel):
+        return ResNetLike(cfg)
+    if isinstance(cfg, TransformerModel):
+        return GPT(cfg)
+    model = call_factory(cfg.name, cfg.kwargs, "model.name")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model.name: {cfg.name} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def call_factory(spec: str, kwargs: dict[str, Any], field: str) -> Any:
+    """Import `package.module:attr` and call it; failures name the config field."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"{field}: cannot import {module_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise InputError(f"{field}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(f"{field}: {spec} is not callable")
+    try:
+        return target(**kwargs)
+    except Exception as exc:  # the user's code: any failure is bad input, reported in one line
+        raise InputError(f"{field}: {spec}(**kwargs) raised {type(exc).__name__}: {exc}") from None
+
+
+def mlp(cfg: MLPModel) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = cfg.in_features
+    for _ in range(cfg.layers):
+        layers += [nn.Linear(width, cfg.hidden), nn.ReLU()]
+        width = cfg.hidden
+    layers.append(nn.Linear(width, cfg.classes))
+    return nn.Sequential(*layers)
+
+
+class _Block(nn.Module):
+    """The ResNet basic block: two 3x3 convolutions with BatchNorm and a shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _Bottleneck(nn.Module):
+    """The ResNet-50 block: 1x1 down, 3x3, 1x1 up to 4x the width, with a shortcut."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNetLike(nn.Module):
+    def __init__(self, cfg: CNNModel):
+        super().__init__()
+        if cfg.stem == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_channels, cfg.width, 7, 2, 3, bias=False), nn.BatchNorm2d(cfg.width), nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_channels, cfg.width, 3, 1, 1, bias=False), nn.BatchNorm2d(cfg.width), nn.ReLU()
+            )
+        blocks, width = [], cfg.width
+        for stage, count in enumerate(cfg.blocks_per_stage):
+            out = cfg.width * 2**stage
+            for i in range(count):
+                stride = 2 if stage > 0 and i == 0 else 1
+                if cfg.block == "bottleneck":
+                    blocks.append(_Bottleneck(width, out, stride))
+                    width = out * 4
+                else:
+                    blocks.append(_Block(width, out, stride))
+                    width = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, cfg.classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _DecoderBlock(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float, causal: bool):
+        super().__init__()
+        self.heads, self.dropout, self.causal = heads, dropout, causal
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0,
+        )
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A GPT-style decoder: token and position embeddings, pre-norm blocks, tied output head."""
+
+    def __init__(self, cfg: TransformerModel):
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.Sequential(*[_DecoderBlock(cfg.d_model, cfg.heads, cfg.dropout, cfg.causal) for _ in range(cfg.layers)])
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.head(self.ln(self.blocks(self.tok(idx) + self.pos(pos))))

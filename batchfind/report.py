@@ -1,0 +1,118 @@
+"""The typed result of a probe: one value feeds the table, the JSON document and any plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# ok: ran all steps. oom: an allocation failed. killed: the worker died from a signal (the
+# kernel's OOM killer sends SIGKILL). timeout: past the per-trial limit. error: anything else.
+STATUSES = ("ok", "oom", "killed", "timeout", "error")
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    median: float
+    p10: float
+    p90: float
+    samples: list[float]
+
+
+@dataclass(frozen=True)
+class Trial:
+    batch_size: int
+    status: str
+    step_ms: StepTimes | None = None
+    samples_per_s: float | None = None
+    epoch_s: float | None = None  # estimated: steps per epoch × median step
+    peak_bytes: int | None = None  # GPU: allocator's peak reserved; CPU: process resident peak
+    peak_allocated_bytes: int | None = None  # GPU only: peak bytes in live tensors
+    loss: float | None = None
+    loss_finite: bool | None = None
+    error: str | None = None
+    fresh_process: bool = False  # the first trial of a brand-new worker process
+    wall_s: float | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trial":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("step_ms") is not None:
+            values["step_ms"] = StepTimes(**values["step_ms"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Limit:
+    batch_size: int | None  # the largest batch that ran
+    first_oom: int | None  # the smallest batch above it that did not
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    batch_size: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Environment:
+    torch_version: str | None
+    device: str | None
+    device_name: str | None
+    memory_total_bytes: int | None
+    memory_limit_bytes: int | None
+    threads: int | None = None
+    python: str | None = None
+    platform: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    tool: dict[str, str]
+    environment: Environment
+    config: dict[str, Any]
+    dataset_len: int | None
+    trials: list[Trial]
+    limit: Limit
+    recommendation: Recommendation
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    stopped_because: str | None = None
+    wall_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        # Envelope first: readers see what they are looking at before the details.
+        order = ["schema_version", "tool", "environment", "config", "dataset_len", "trials", "limit",
+                 "recommendation", "warnings", "interrupted", "stopped_because", "wall_s"]
+        return {key: data[key] for key in order}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a reader never sees half a report."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

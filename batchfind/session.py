@@ -1,0 +1,99 @@
+"""Inside a worker: the model, data and step built once, then trials at any batch size."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from . import devices
+from .config import Config
+from .data import Batches, build_batches
+from .errors import InputError
+from .measure import measure
+from .models import build_model
+from .step import autocast, compute_loss, make_step
+
+
+class Session:
+    def __init__(self, raw_config: dict[str, Any]):
+        self.config = config = Config.model_validate(raw_config)
+        self.device = devices.resolve_device(config.probe.device)
+        # The cap comes first, so a model that does not fit at all is an out-of-memory too.
+        limit = devices.apply_memory_limit(self.device, config.probe.memory_limit)
+        torch.manual_seed(0)
+        self.model = build_model(config.model).to(self.device).train()
+        self.batches = build_batches(config, self.device)
+        check_fit(self.model, self.batches, config, self.device)
+        self.step = make_step(self.model, config.train, self.device)
+        self.facts = {
+            **devices.device_facts(self.device),
+            "torch_version": torch.__version__,
+            "memory_limit_bytes": limit,
+            "threads": torch.get_num_threads(),
+            "dataset_len": len(self.batches),
+            "data": self.batches.describe,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def trial(self, batch_size: int) -> dict[str, Any]:
+        probe = self.config.probe
+        start = time.perf_counter()
+        try:
+            result = measure(
+                self.step, self.batches.batch, batch_size,
+                warmup=probe.warmup_steps, steps=probe.steps,
+                dataset_len=len(self.batches), device=self.device,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the trial's status
+            result = {"batch_size": batch_size, "status": "oom" if devices.is_oom(exc) else "error",
+                      "error": one_line(exc)}
+        devices.release(self.device)
+        result["wall_s"] = time.perf_counter() - start
+        return result
+
+
+def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> None:
+    """One tiny forward and loss, so data that does not fit the model is an input error, not a trial error."""
+    x, y = batches.batch(1)
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(device, config.train.precision):
+            out = model(x)
+            if config.train.loss == "cross_entropy" and not y.is_floating_point():
+                check_labels(batches, classes=out.shape[-1])
+            compute_loss(out, y, config.train.loss)
+    except InputError:
+        raise
+    except Exception as exc:
+        if devices.is_oom(exc):
+            raise
+        raise InputError(
+            f"data and model do not fit together: inputs {tuple(x.shape)} {x.dtype}, targets "
+            f"{tuple(y.shape)} {y.dtype} into {config.model.name}: {one_line(exc)}"
+        ) from None
+    finally:
+        model.train()
+
+
+def check_labels(batches: Batches, classes: int) -> None:
+    # Out-of-range labels fail deep inside the loss (or silently on GPU): catch them here.
+    _, labels = batches.batch(min(len(batches), 256))
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise InputError(f"data: targets range over [{low}, {high}] but the model outputs {classes} classes")
+
+
+def setup_failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, InputError):
+        return {"status": "input", "error": str(exc)}
+    if devices.is_oom(exc):
+        return {"status": "oom", "error": one_line(exc)}
+    return {"status": "error", "error": one_line(exc), "traceback": traceback.format_exc()}
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")

@@ -1,0 +1,41 @@
+"""Parsing and printing byte sizes (`2GiB`, `512MiB`, `1.5GB`)."""
+
+import re
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in `text`; raises ValueError with what was expected."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a size like 2GiB or 512MiB (got {text!r})")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"must be > 0 bytes (got {text})")
+        return text
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(f"expected a size like 2GiB, 512MiB or 1.5GB (got {text!r})")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"must be > 0 bytes (got {text!r})")
+    return size
+
+
+def format_size(size: int | None) -> str:
+    """`1.50 GiB`-style text; `-` for not measured."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -1,0 +1,157 @@
+"""Trials run in a child process, so an out-of-memory, a crash or a hang cannot take the tool down.
+
+The parent speaks JSON lines with `python -m batchfind.worker`: one setup request (the config),
+then one request per batch size; the child answers on its original stdout and sends everything
+else (the user's prints, warnings) to stderr, which the parent keeps for error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .devices import looks_like_oom
+
+
+class SetupFailed(Exception):
+    """The worker could not build the model and data; `status` says how (input, oom, error, ...)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Worker:
+    """One child process; its first trial runs in a brand-new process (`fresh`)."""
+
+    def __init__(self, config: dict[str, Any], timeout_s: float):
+        self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The child must import this same batchfind, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "batchfind.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        self._buffer = b""
+        self.trials_run = 0
+        self._send({"config": config})
+        reply = self._receive(timeout_s)
+        if reply.get("event") != "ready":
+            self.close()
+            raise SetupFailed(reply["status"], reply["error"])
+        self.ready = reply
+
+    def run(self, batch_size: int, timeout_s: float) -> dict[str, Any]:
+        fresh = self.trials_run == 0
+        self.trials_run += 1
+        start = time.perf_counter()
+        self._send({"batch_size": batch_size})
+        reply = self._receive(timeout_s)
+        reply.setdefault("batch_size", batch_size)
+        reply.setdefault("wall_s", time.perf_counter() - start)
+        reply.pop("event", None)
+        reply["fresh_process"] = fresh
+        return reply
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._stderr.close()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self._proc.stdin.write((json.dumps(message) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone; _receive reports how it ended
+
+    def _receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next message, or a synthesized one saying how the child ended or that it hung."""
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    self._proc.kill()
+                    self._proc.wait()
+                    return {"status": "timeout", "error": f"no result within {timeout_s:g} s; worker stopped"}
+                chunk = os.read(self._proc.stdout.fileno(), 65536)
+                if not chunk:
+                    return self._ended()
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _ended(self) -> dict[str, Any]:
+        code = self._proc.wait()
+        tail = self._stderr_tail()
+        if code < 0:
+            name = signal.Signals(-code).name
+            # SIGKILL from outside is almost always the kernel's OOM killer.
+            status = "killed"
+            return {"status": status, "error": f"worker killed by {name}" + (f": {tail}" if tail else "")}
+        status = "oom" if looks_like_oom(tail) else "error"
+        return {"status": status, "error": f"worker exited with code {code}" + (f": {tail}" if tail else "")}
+
+    def _stderr_tail(self, lines: int = 3) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGKILL if batchfind itself dies, so no worker outlives it.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# ---- child side -------------------------------------------------------------------------
+
+
+def _serve() -> None:
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed by user code goes to stderr, never into the protocol
+    # Ctrl-C is for the parent, which stops this process itself after saving what it has.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+
+    request = json.loads(sys.stdin.readline())
+    from .session import Session, setup_failure
+
+    try:
+        session = Session(request["config"])
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
+        send({"event": "failed", **setup_failure(exc)})
+        return
+    send({"event": "ready", **session.facts})
+    for line in sys.stdin:
+        send({"event": "trial", **session.trial(json.loads(line)["batch_size"])})
+
+
+if __name__ == "__main__":
+    _serve()

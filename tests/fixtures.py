@@ -1,0 +1,55 @@
+"""Factories that config files in the tests name as `fixtures:...`; they run inside worker processes."""
+
+import os
+import signal
+import time
+
+import torch
+from torch import nn
+
+
+class Trap(nn.Module):
+    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs."""
+
+    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom"):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+        self.at, self.how = at, how
+
+    def forward(self, x):
+        if x.shape[0] >= self.at:
+            if self.how == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+            if self.how == "onednn":
+                raise RuntimeError("could not create a primitive")
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "segv":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if self.how == "hang":
+                time.sleep(3600)
+            if self.how == "error":
+                raise ValueError("a bug in the model")
+            if self.how == "nan":
+                return self.linear(x) * float("nan")
+        return self.linear(x)
+
+
+def raises(**kwargs):
+    raise ValueError("factory is broken")
+
+
+def not_a_model(**kwargs):
+    return 42
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n: int = 100, features: int = 8, classes: int = 4):
+        self.x = torch.randn(n, features)
+        self.y = torch.randint(0, classes, (n,))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]

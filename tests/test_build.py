@@ -1,0 +1,160 @@
+"""Builtin models, datasets and batches, OOM classification and step statistics (in-process, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from batchfind.config import load_config
+from batchfind.data import build_batches
+from batchfind.devices import is_oom, looks_like_oom
+from batchfind.errors import InputError
+from batchfind.measure import measure, step_stats
+from batchfind.models import build_model
+from batchfind.session import check_fit
+from batchfind.step import make_step
+
+CPU = torch.device("cpu")
+
+
+def built(write_config, text):
+    cfg = load_config(write_config(text))
+    model = build_model(cfg.model)
+    batches = build_batches(cfg, CPU)
+    return cfg, model, batches
+
+
+@pytest.mark.parametrize(
+    "text, out_shape",
+    [
+        ("model: {name: mlp, in_features: 5, hidden: 7, layers: 2, classes: 3}", (4, 3)),
+        ("model: {name: cnn, image_size: 16, width: 4, classes: 6}", (4, 6)),
+        ("model: {name: cnn, image_size: 64, width: 4, depth: [1, 1], block: bottleneck, stem: imagenet}", (4, 10)),
+        ("model: {name: transformer, vocab_size: 50, d_model: 16, heads: 2, layers: 1, seq_len: 12}", (4, 12, 50)),
+        ("model: {name: transformer, vocab_size: 50, d_model: 16, heads: 2, layers: 1, seq_len: 12, causal: false}",
+         (4, 12, 50)),
+    ],
+)
+def test_builtin_models_train_on_their_synthetic_batches(write_config, text, out_shape):
+    cfg, model, batches = built(write_config, text)
+    x, y = batches.batch(4)
+    assert model(x).shape == out_shape
+    step = make_step(model, cfg.train, CPU)
+    assert torch.isfinite(step(x, y))
+
+
+def test_resnet50_config_is_resnet50():
+    model = build_model(load_config("configs/resnet50.yaml").model)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's resnet50
+
+
+def test_synthetic_length_and_batch_sizes(write_config):
+    _, _, batches = built(write_config, "model: {name: mlp}\ndata: {size: 1234}")
+    assert len(batches) == 1234
+    x, y = batches.batch(33)
+    assert x.shape == (33, 64) and y.shape == (33,) and int(y.max()) < 10
+
+
+def test_tensors_pt_and_npz(write_config, tmp_path):
+    torch.save({"inputs": torch.randn(20, 5), "targets": torch.randint(0, 3, (20,))}, tmp_path / "d.pt")
+    np.savez(tmp_path / "d.npz", inputs=np.random.randn(30, 5).astype("float32"), targets=np.arange(30) % 3)
+    for name, n in (("d.pt", 20), ("d.npz", 30)):
+        cfg, model, batches = built(
+            write_config, f"model: {{name: mlp, in_features: 5, classes: 3}}\ndata: {{kind: tensors, path: {name}}}"
+        )
+        assert len(batches) == n
+        x, y = batches.batch(8)
+        assert x.shape == (8, 5)
+        check_fit(model, batches, cfg, CPU)
+
+
+def test_tensor_file_problems(write_config, tmp_path):
+    torch.save({"x": torch.zeros(3)}, tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    for name, message in (("bad.pt", "expected 'inputs' and 'targets'"), ("junk.pt", "cannot load"),
+                          ("none.pt", "no such file")):
+        cfg = load_config(write_config(f"model: {{name: mlp}}\ndata: {{kind: tensors, path: {name}}}"))
+        with pytest.raises(InputError, match=message):
+            build_batches(cfg, CPU)
+
+
+def test_imagefolder_decodes_and_resizes(write_config, tmp_path):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40 + i, 30), (i * 40, 100, 200)).save(tmp_path / "imgs" / label / f"{i}.png")
+    cfg, model, batches = built(
+        write_config, "model: {name: cnn, image_size: 16, width: 4, classes: 2}\ndata: {kind: imagefolder, path: imgs}"
+    )
+    assert len(batches) == 6
+    x, y = batches.batch(6)
+    assert x.shape == (6, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_factory_dataset_and_model(write_config):
+    cfg, model, batches = built(
+        write_config, "model: {name: 'fixtures:Trap', kwargs: {features: 8}}\ndata: {kind: 'fixtures:Pairs', kwargs: {n: 50}}"
+    )
+    assert len(batches) == 50
+    check_fit(model, batches, cfg, CPU)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: {name: 'nowhere_at_all:make'}", "model.name: cannot import 'nowhere_at_all'"),
+        ("model: {name: 'fixtures:absent'}", "model.name: module 'fixtures' has no attribute 'absent'"),
+        ("model: {name: 'fixtures:raises'}", "model.name: fixtures:raises(**kwargs) raised ValueError: factory is broken"),
+        ("model: {name: 'fixtures:not_a_model'}", "returned int, expected a torch.nn.Module"),
+    ],
+)
+def test_model_factory_problems(write_config, text, message):
+    cfg = load_config(write_config(text))
+    with pytest.raises(InputError) as info:
+        build_model(cfg.model)
+    assert message in str(info.value)
+
+
+def test_data_that_does_not_fit_the_model_names_both(write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}")
+    with pytest.raises(InputError, match=r"inputs \(1, 8\) torch.float32.*into mlp"):
+        check_fit(model, batches, cfg, CPU)
+
+
+def test_labels_out_of_range(write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, classes: 2}\ndata: {kind: 'fixtures:Pairs', kwargs: {classes: 50}}")
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="the model outputs 2 classes"):
+        check_fit(model, batches, cfg, CPU)
+
+
+def test_oom_classification():
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(MemoryError())
+    for text in ("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
+                 "could not create a primitive", "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                 "HIP out of memory", "XPU out of memory", "MPS backend out of memory"):
+        assert is_oom(RuntimeError(text)), text
+    assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom(ValueError("out of memory"))  # only runtime errors carry allocator messages
+    assert looks_like_oom("Traceback ... MemoryError") and not looks_like_oom("ValueError: bad")
+
+
+def test_step_stats_percentiles():
+    stats = step_stats([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats["median"] == 3.0 and stats["p10"] == pytest.approx(1.4) and stats["p90"] == pytest.approx(4.6)
+    assert stats["samples"] == [5.0, 1.0, 3.0, 2.0, 4.0]
+
+
+def test_measure_runs_real_steps(write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
+    step = make_step(model, cfg.train, CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = measure(step, batches.batch, 10, warmup=1, steps=4, dataset_len=100, device=CPU)
+    assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 4
+    assert result["epoch_s"] == pytest.approx(10 * result["step_ms"]["median"] / 1000)
+    assert result["samples_per_s"] == pytest.approx(10 / (result["step_ms"]["median"] / 1000))
+    assert result["peak_bytes"] > 0 and result["loss_finite"] is True
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the optimizer stepped"

@@ -1,0 +1,123 @@
+"""The command line: output streams, JSON, exit codes, interrupts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from batchfind.cli import app
+
+from conftest import TINY
+
+runner = CliRunner()
+
+
+def test_help_and_version_do_not_import_torch():
+    code = "import sys; from batchfind.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("batchfind ")
+
+
+def test_probe_json_is_the_only_thing_on_stdout(write_config, tmp_path):
+    path = write_config(TINY)
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["probe", str(path), "--json", "--max-batch", "16", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads(out.read_text())
+    assert report["schema_version"] == 1 and report["tool"]["name"] == "batchfind"
+    assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4, 8, 16]
+    assert report["limit"] == {"batch_size": 16, "first_oom": None}
+    assert report["recommendation"]["batch_size"] in (1, 2, 4, 8, 16)
+    trial = report["trials"][0]
+    assert set(trial["step_ms"]) == {"median", "p10", "p90", "samples"}
+    assert trial["samples_per_s"] > 0 and trial["epoch_s"] > 0 and trial["peak_bytes"] > 0
+    assert report["environment"]["device"] == "cpu" and report["config"]["probe"]["max_batch"] == 16
+    assert "probing batch 1" in result.stderr  # progress goes to stderr
+    assert not list(tmp_path.glob(".report.json.*"))  # no temporary file left behind
+
+
+def test_probe_table_marks_the_recommendation(write_config):
+    result = runner.invoke(app, ["probe", str(write_config(TINY)), "--max-batch", "8"])
+    assert result.exit_code == 0
+    assert "recommended batch:" in result.stdout and "largest that fits: 8" in result.stdout
+    assert "samples/s" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["probe", "missing.yaml"], "missing.yaml: no such file"),
+        (["probe", "{cfg}", "--memory-limit", "2XB"], "--memory-limit: expected a size like 2GiB"),
+        (["probe", "{cfg}", "--min-batch", "0"], "--min-batch: must be greater than 0"),
+        (["probe", "{cfg}", "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N"),
+        (["probe", "{cfg}", "-o", "/nonexistent/dir/r.json"], "--output: folder /nonexistent/dir does not exist"),
+        (["check", "{cfg}", "--batch", "1000"], "--batch: 1000 is larger than the dataset (64 samples)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(write_config, args, message):
+    cfg = str(write_config(TINY))
+    result = runner.invoke(app, [a.replace("{cfg}", cfg) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {message}" or message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_nothing_fits_exits_3(write_config):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {at: 4}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    result = runner.invoke(app, ["probe", str(path), "--json", "--min-batch", "4"])
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["limit"]["batch_size"] is None
+    assert "nothing fits" in result.stderr
+
+
+def test_check_exit_codes(write_config):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    ok = runner.invoke(app, ["check", str(path), "--batch", "16"])
+    assert ok.exit_code == 0 and "batch 16: ok" in ok.stdout
+    oom = runner.invoke(app, ["check", str(path), "--batch", "32", "--json"])
+    assert oom.exit_code == 3 and json.loads(oom.stdout)["trials"][0]["status"] == "oom"
+
+
+def test_info_json():
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0
+    facts = json.loads(result.stdout)
+    assert facts["cpu"]["cores_logical"] >= 1 and facts["cpu"]["ram_total_bytes"] > 0
+    assert isinstance(facts["gpus"], list) and "torch" in facts
+
+
+def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchfind", "probe", str(path), "-o", str(out), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ,
+    )
+    deadline = time.monotonic() + 60
+    err = b""
+    while b"probing batch 8" not in err and time.monotonic() < deadline:
+        err += proc.stderr.read1(4096)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    report = json.loads(out.read_text())
+    assert report == json.loads(stdout)
+    assert report["interrupted"] is True and report["stopped_because"] == "interrupted"
+    assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4]
