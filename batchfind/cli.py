@@ -95,8 +95,9 @@ def _check_output(path: Path | None) -> None:
 def _progress(console):
     started = time.monotonic()
 
-    def on_start(size: int) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] probing batch {size} …")
+    def on_start(size: int, phase: str) -> None:
+        verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:"}[phase]
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {verb} batch {size} …")
 
     def on_end(trial) -> None:
         from .render import trial_line
@@ -141,11 +142,18 @@ def probe(
     time_budget: Annotated[
         Optional[float], typer.Option(help="Seconds after which no new trial starts.", show_default=False)
     ] = None,
+    refine: Annotated[
+        Optional[bool],
+        typer.Option("--refine/--no-refine", help="Search the exact edge between powers of two.", show_default=False),
+    ] = None,
+    multiple_of: Annotated[
+        Optional[int], typer.Option(help="Refined sizes are multiples of N (e.g. 8).", show_default=False)
+    ] = None,
     as_json: AsJson = False,
     output: Output = None,
     debug: Debug = False,
 ) -> None:
-    """Probe batch sizes up to out-of-memory, measure each, and recommend one."""
+    """Probe batch sizes up to out-of-memory and the exact edge, measure each, and recommend one."""
     with _errors(debug):
         from .config import load_config
         from .probe import probe as run_probe
@@ -154,6 +162,7 @@ def probe(
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--memory-limit": memory_limit, "--time-budget": time_budget,
+            "--refine/--no-refine": refine, "--multiple-of": multiple_of,
         })
         console = _console(stderr=True)
         on_start, on_end = _progress(console)

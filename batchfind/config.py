@@ -164,6 +164,10 @@ class ProbeConfig(_Section):
     device: str = "auto"
     min_batch: PositiveInt = 1
     max_batch: PositiveInt | None = None
+    # Search between the last power of two that fits and the first that does not, to the exact size.
+    refine: bool = True
+    # Refined sizes are multiples of this (8 suits tensor cores).
+    multiple_of: PositiveInt = 1
     warmup_steps: NonNegativeInt = 2
     steps: PositiveInt = 5
     # CPU: the worker's RAM cap (default: 80% of available RAM). GPU: none unless given.
@@ -208,6 +212,8 @@ OPTIONS = {
     "--warmup": ("probe", "warmup_steps"),
     "--memory-limit": ("probe", "memory_limit"),
     "--time-budget": ("probe", "time_budget_s"),
+    "--refine/--no-refine": ("probe", "refine"),
+    "--multiple-of": ("probe", "multiple_of"),
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from .config import CNNModel, Config, MLPModel, TransformerModel
@@ -15,6 +16,10 @@ from .models import call_factory
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SYNTHETIC_DEFAULT_SIZE = 50_000
+# Items of a factory dataset inspected for their length; more would slow every start.
+SCAN_LIMIT = 10_000
+# Padded targets are ignored by cross-entropy.
+IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,19 @@ class SampleSpec:
 
 
 class Batches:
-    """Real batches of any size from one dataset, plus its length for steps per epoch."""
+    """Real batches of any size from one dataset, plus its length for steps per epoch.
+
+    When items vary in length (token sequences), batches are made of the longest items, padded:
+    the worst case a training run can meet, so a size that fits here fits every batch.
+    """
 
     def __init__(self, dataset: Dataset | None, spec: SampleSpec | None, length: int, device: torch.device):
         self.dataset, self.spec, self.length, self.device = dataset, spec, length, device
         self.describe = "synthetic" if dataset is None else type(dataset).__name__
+        self.order: list[int] | None = None
+        self.lengths: dict[str, int] | None = None
+        if dataset is not None and not isinstance(dataset, (TensorDataset, ImageFolder)):
+            self._scan_lengths()
 
     def __len__(self) -> int:
         return self.length
@@ -41,10 +54,22 @@ class Batches:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec is not None:
             return self._synthetic(size)
-        # The first `size` items: the same samples every trial, so sizes are compared fairly.
-        items = [self.dataset[i] for i in range(size)]
-        x, y = default_collate(items)
+        # The same items every trial (the longest first when lengths vary), so sizes compare fairly.
+        if self.order is None:
+            indices: Any = range(size)
+        else:  # the scanned items, longest first, then unscanned ones in order
+            indices = self.order[:size] + list(range(len(self.order), size))
+        items = [self.dataset[i] for i in indices]
+        x, y = default_collate(items) if self.lengths is None else pad_collate(items)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _scan_lengths(self) -> None:
+        scanned = min(self.length, SCAN_LIMIT)
+        sizes = [_length(self.dataset[i][0]) for i in range(scanned)]
+        if None in sizes or len(set(sizes)) <= 1:
+            return
+        self.order = sorted(range(scanned), key=lambda i: -sizes[i])
+        self.lengths = {"longest": max(sizes), "shortest": min(sizes), "scanned": scanned, "total": self.length}
 
     def _synthetic(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         s, dev = self.spec, self.device
@@ -57,6 +82,22 @@ class Batches:
         else:
             y = torch.randint(0, s.num_classes, (size, *s.target_shape), device=dev)
         return x, y
+
+
+def _length(value: Any) -> int | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.dim() else None
+    return len(value) if isinstance(value, (list, tuple)) else None
+
+
+def pad_collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad inputs with 0 to the longest; per-position targets with IGNORE_INDEX."""
+    inputs = [torch.as_tensor(x) for x, _ in items]
+    targets = [torch.as_tensor(y) for _, y in items]
+    x = pad_sequence(inputs, batch_first=True, padding_value=0)
+    if all(t.dim() and t.shape[0] == i.shape[0] for t, i in zip(targets, inputs)):
+        return x, pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)
+    return x, default_collate(targets)
 
 
 def build_batches(cfg: Config, device: torch.device) -> Batches:

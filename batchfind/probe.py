@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from typing import Callable
@@ -9,8 +10,9 @@ from typing import Callable
 from . import __version__, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
+from .memory import MemoryModel, fit
 from .recommend import limit_of, recommend
-from .report import Environment, Report, STATUSES, Trial
+from .report import MEMORY_FAILURES, STATUSES, Environment, Report, Trial
 from .worker import SetupFailed, Worker
 
 # A step whose p90 is this much above its p10 is too noisy to rank sizes by.
@@ -18,13 +20,18 @@ NOISY_SPREAD = 0.25
 
 
 class Prober:
-    """Holds the one live worker; replaces it after any trial that did not end cleanly."""
+    """Runs trials and keeps them. Holds one live worker, replaced after any trial that did not end
+    cleanly (memory after a failure is not a clean place to measure), or after every trial while
+    `fresh_only` is set."""
 
-    def __init__(self, config: Config, on_start: Callable[[int], None] | None, on_end: Callable[[Trial], None] | None):
+    def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
+                 on_end: Callable[[Trial], None] | None):
         self.config, self.on_start, self.on_end = config, on_start, on_end
         self.raw = config.model_dump(mode="json")
         self.worker: Worker | None = None
         self.trials: list[Trial] = []
+        self.phase = "double"
+        self.fresh_only = False
 
     def start(self) -> dict:
         self.worker = self._spawn()
@@ -35,21 +42,25 @@ class Prober:
 
     def try_batch(self, size: int) -> Trial:
         if self.on_start:
-            self.on_start(size)
+            self.on_start(size, self.phase)
         try:
             if self.worker is None:
                 self.worker = self._spawn()
-            trial = Trial.from_dict(self.worker.run(size, self.config.probe.trial_timeout_s))
+            result = self.worker.run(size, self.config.probe.trial_timeout_s)
+            trial = Trial.from_dict({**result, "phase": self.phase})
         except SetupFailed as exc:
             status = exc.status if exc.status in STATUSES else "error"
-            trial = Trial(batch_size=size, status=status, error=exc.message, fresh_process=True)
-        if not trial.fits:
-            # Memory after a failure is not a clean place to measure: the next trial gets a new process.
+            trial = Trial(batch_size=size, status=status, error=exc.message, fresh_process=True, phase=self.phase)
+        if not trial.fits or self.fresh_only:
             self.close()
         self.trials.append(trial)
         if self.on_end:
             self.on_end(trial)
         return trial
+
+    def try_fresh(self, size: int) -> Trial:
+        self.close()
+        return self.try_batch(size)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -57,39 +68,91 @@ class Prober:
             self.worker = None
 
 
-Plan = Callable[[Callable[[int], Trial], int, Callable[[], bool]], list[Trial]]
+@dataclasses.dataclass
+class Outcome:
+    """What a plan hands back beside the trials the prober kept."""
+
+    model: MemoryModel | None = None
+    refined: bool = False
+
+
+Plan = Callable[[Prober, dict, Callable[[], bool]], Outcome]
 
 
 def probe(
     config: Config,
     *,
-    on_trial_start: Callable[[int], None] | None = None,
+    on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
 ) -> Report:
-    """Probe batch sizes for `config`. Ctrl-C returns the partial report with `interrupted` set."""
+    """Double up to the first failure, refine to the exact edge, verify it in a fresh process.
+
+    Ctrl-C returns the partial report with `interrupted` set.
+    """
     p = config.probe
 
-    def plan(try_batch: Callable[[int], Trial], dataset_len: int, keep_going: Callable[[], bool]) -> list[Trial]:
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+        dataset_len = facts["dataset_len"]
         if p.min_batch > dataset_len:
             raise InputError(f"probe.min_batch: {p.min_batch} is larger than the dataset ({dataset_len} samples)")
-        return search.double(try_batch, p.min_batch, min(p.max_batch or dataset_len, dataset_len), keep_going)
+        high = min(p.max_batch or dataset_len, dataset_len)
+        outcome = Outcome()
+        doubled = search.double(prober.try_batch, p.min_batch, high, keep_going)
+        ceiling = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
+        outcome.model = fit(prober.trials, ceiling)
+        last = doubled[-1] if doubled else None
+        fits = limit_of(prober.trials).batch_size
+        if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
+            prober.phase = "refine"
+            search.refine(
+                prober.try_batch, fits, last.batch_size, multiple_of=p.multiple_of,
+                predict=lambda: _edge(fit(prober.trials, ceiling)), keep_going=keep_going,
+            )
+            outcome.refined = True
+        _verify(prober, keep_going)
+        return outcome
 
     return _run(config, plan, on_trial_start, on_trial_end)
+
+
+def _edge(model: MemoryModel | None) -> int | None:
+    return model.predicted_edge if model else None
+
+
+def _verify(prober: Prober, keep_going: Callable[[], bool]) -> None:
+    """Re-run the limit in a brand-new process unless it already ran in one; step down if it fails."""
+    while keep_going():
+        limit = limit_of(prober.trials)
+        if limit.batch_size is None or limit.verified:
+            return
+        prober.phase = "verify"
+        trial = prober.try_fresh(limit.batch_size)
+        if trial.fits:
+            return
+        below = limit_of(prober.trials).batch_size
+        if below is None:
+            return
+        # Between what ran and what failed fresh, every trial now runs fresh, so what fits is verified.
+        prober.phase, prober.fresh_only = "refine", True
+        search.refine(prober.try_batch, below, trial.batch_size,
+                      multiple_of=prober.config.probe.multiple_of, keep_going=keep_going)
 
 
 def check(
     config: Config,
     batch_size: int,
     *,
-    on_trial_start: Callable[[int], None] | None = None,
+    on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
 ) -> Report:
     """Run one batch size in a brand-new process for the measured steps: does it still fit?"""
 
-    def plan(try_batch: Callable[[int], Trial], dataset_len: int, keep_going: Callable[[], bool]) -> list[Trial]:
-        if batch_size > dataset_len:
-            raise InputError(f"--batch: {batch_size} is larger than the dataset ({dataset_len} samples)")
-        return [try_batch(batch_size)]
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+        if batch_size > facts["dataset_len"]:
+            raise InputError(f"--batch: {batch_size} is larger than the dataset ({facts['dataset_len']} samples)")
+        prober.phase = "verify"
+        prober.try_batch(batch_size)
+        return Outcome()
 
     return _run(config, plan, on_trial_start, on_trial_end)
 
@@ -97,13 +160,14 @@ def check(
 def _run(
     config: Config,
     plan: Plan,
-    on_trial_start: Callable[[int], None] | None,
+    on_trial_start: Callable[[int, str], None] | None,
     on_trial_end: Callable[[Trial], None] | None,
 ) -> Report:
     started = time.monotonic()
     budget = config.probe.time_budget_s
     prober = Prober(config, on_trial_start, on_trial_end)
     interrupted = False
+    outcome = Outcome()
     stopped = None
     facts: dict = {}
 
@@ -119,14 +183,14 @@ def _run(
             facts = prober.start()
         except SetupFailed as exc:
             raise _setup_error(exc) from None
-        trials = plan(prober.try_batch, facts["dataset_len"], keep_going)
-        if stopped is None and trials:
-            stopped = _why_stopped(trials[-1], facts["dataset_len"], config.probe.max_batch)
+        outcome = plan(prober, facts, keep_going)
     except KeyboardInterrupt:
         interrupted, stopped = True, "interrupted"
     finally:
         prober.close()
     trials = prober.trials
+    model = outcome.model
+    limit = limit_of(trials, predicted_batch_size=_edge(model), refined=outcome.refined)
     return Report(
         tool={"name": "batchfind", "version": __version__},
         environment=Environment(
@@ -141,17 +205,23 @@ def _run(
         ),
         config=prober.raw,
         dataset_len=facts.get("dataset_len"),
+        input_lengths=facts.get("input_lengths"),
         trials=trials,
-        limit=limit_of(trials),
-        recommendation=recommend(trials),
-        warnings=_warnings(trials),
+        limit=limit,
+        memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
+        recommendation=recommend(trials, limit),
+        warnings=_warnings(trials, limit) + _length_warnings(facts.get("input_lengths")),
         interrupted=interrupted,
-        stopped_because=stopped,
+        stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch),
         wall_s=time.monotonic() - started,
     )
 
 
-def _why_stopped(last: Trial, dataset_len: int, max_batch: int | None) -> str:
+def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None) -> str | None:
+    doubled = [t for t in trials if t.phase == "double"]
+    if not doubled:
+        return None
+    last = doubled[-1]
     if not last.fits:
         return f"{last.status} at batch {last.batch_size}"
     if last.batch_size == dataset_len:
@@ -159,6 +229,15 @@ def _why_stopped(last: Trial, dataset_len: int, max_batch: int | None) -> str:
     if last.batch_size == max_batch:
         return f"reached max_batch ({max_batch})"
     return "done"
+
+
+def _length_warnings(lengths: dict[str, int] | None) -> list[str]:
+    if not lengths or lengths["scanned"] >= lengths["total"]:
+        return []
+    return [
+        f"inputs vary in length; batches used the longest of the first {lengths['scanned']} of "
+        f"{lengths['total']} items ({lengths['longest']}): longer items later in the dataset would need more memory"
+    ]
 
 
 def _setup_error(exc: SetupFailed) -> BatchfindError:
@@ -169,7 +248,7 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
     return BatchfindError(f"could not set up the probe ({exc.status}): {exc.message}")
 
 
-def _warnings(trials: list[Trial]) -> list[str]:
+def _warnings(trials: list[Trial], limit) -> list[str]:
     warnings = [
         f"batch {t.batch_size}: the loss was not finite (NaN or inf); it is not recommended"
         for t in trials
@@ -185,4 +264,12 @@ def _warnings(trials: list[Trial]) -> list[str]:
             f"step times varied by more than {NOISY_SPREAD:.0%} (p10 to p90) at batch {', '.join(map(str, noisy))}: "
             "throughput there is uncertain; more --steps or a quieter machine will tell"
         )
+    contradicted = sorted({t.batch_size for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom})
+    if contradicted:
+        warnings.append(
+            f"batch {', '.join(map(str, contradicted))} ran in a long-lived worker but a fresh process or a later "
+            f"trial ran out of memory at {limit.first_oom} or below; the limit is {limit.batch_size}"
+        )
+    if limit.batch_size is not None and not limit.verified:
+        warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process (time budget or interrupt)")
     return warnings

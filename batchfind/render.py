@@ -46,6 +46,7 @@ def table(report: Report) -> Table:
     grid = Table(title=title, title_justify="left")
     grid.add_column("batch", justify="right")
     grid.add_column("status")
+    grid.add_column("phase")
     grid.add_column("step ms", justify="right")
     grid.add_column("samples/s", justify="right")
     grid.add_column("epoch", justify="right")
@@ -54,8 +55,8 @@ def table(report: Report) -> Table:
     grid.add_column("note")
     for t in report.trials:
         notes = []
-        if t.batch_size == report.limit.batch_size:
-            notes.append("largest fits")
+        if t.batch_size == report.limit.batch_size and t.fits:
+            notes.append("largest fits" + (", verified" if t.fresh_process else ""))
         if t.batch_size == report.recommendation.batch_size:
             notes.append("[bold]recommended[/bold]")
         if t.fits and t.loss_finite is False:
@@ -68,6 +69,7 @@ def table(report: Report) -> Table:
         grid.add_row(
             str(t.batch_size),
             f"[{_STATUS_STYLE.get(t.status, 'white')}]{t.status}[/]",
+            t.phase,
             step_text(t),
             f"{t.samples_per_s:,.0f}" if t.samples_per_s else "-",
             _duration(t.epoch_s),
@@ -85,7 +87,14 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
     if limit.batch_size is not None:
         edge = f"; first failure at {limit.first_oom}" if limit.first_oom else ""
-        console.print(f"largest that fits: {limit.batch_size}{edge}")
+        proof = " (verified in a fresh process)" if limit.verified else " (not verified in a fresh process)"
+        console.print(f"largest that fits: {limit.batch_size}{edge}{proof}")
+    if report.memory_model:
+        m = report.memory_model
+        console.print(
+            f"memory model: {format_size(int(m['fixed_bytes']))} + {format_size(int(m['per_sample_bytes']))} × batch, "
+            f"ceiling {format_size(m['ceiling_bytes'])} (from the {m['ceiling_from']}) → predicted edge {m['predicted_edge']}"
+        )
     if report.stopped_because:
         console.print(f"stopped: {report.stopped_because}")
     for warning in report.warnings:

@@ -32,12 +32,15 @@ class Trial:
     step_ms: StepTimes | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None  # estimated: steps per epoch × median step
-    peak_bytes: int | None = None  # GPU: allocator's peak reserved; CPU: process resident peak
+    # GPU: allocator's peak reserved; CPU: process resident peak. For an oom: the peak before it.
+    peak_bytes: int | None = None
     peak_allocated_bytes: int | None = None  # GPU only: peak bytes in live tensors
     loss: float | None = None
     loss_finite: bool | None = None
     error: str | None = None
+    failed_alloc_bytes: int | None = None  # oom: the allocation that failed, when the message says
     fresh_process: bool = False  # the first trial of a brand-new worker process
+    phase: str = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     wall_s: float | None = None
 
     @property
@@ -53,10 +56,17 @@ class Trial:
         return cls(**values)
 
 
+# Statuses that say a size does not fit in memory (a hang near the edge is usually thrashing).
+MEMORY_FAILURES = ("oom", "killed", "timeout")
+
+
 @dataclass(frozen=True)
 class Limit:
-    batch_size: int | None  # the largest batch that ran
-    first_oom: int | None  # the smallest batch above it that did not
+    batch_size: int | None  # the largest batch that ran, below every size that failed
+    first_oom: int | None  # the smallest size that failed for memory (oom, killed, timeout)
+    verified: bool = False  # batch_size ran its measured steps in a brand-new process
+    predicted_batch_size: int | None = None  # the memory model's edge, for comparison
+    refined: bool = False  # the edge between powers of two was searched to the exact size
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class Report:
     environment: Environment
     config: dict[str, Any]
     dataset_len: int | None
+    # Items of varying length: {longest, shortest, scanned, total}; batches use the longest.
+    input_lengths: dict[str, int] | None
     trials: list[Trial]
     limit: Limit
     recommendation: Recommendation
@@ -90,13 +102,14 @@ class Report:
     interrupted: bool = False
     stopped_because: str | None = None
     wall_s: float | None = None
+    memory_model: dict[str, Any] | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         # Envelope first: readers see what they are looking at before the details.
-        order = ["schema_version", "tool", "environment", "config", "dataset_len", "trials", "limit",
-                 "recommendation", "warnings", "interrupted", "stopped_because", "wall_s"]
+        order = ["schema_version", "tool", "environment", "config", "dataset_len", "input_lengths", "trials", "limit",
+                 "memory_model", "recommendation", "warnings", "interrupted", "stopped_because", "wall_s"]
         return {key: data[key] for key in order}
 
     def to_json(self) -> str:

@@ -39,3 +39,47 @@ def double(
         if outcome.status != "ok":
             break
     return outcomes
+
+
+def refine(
+    try_batch: Callable[[int], Outcome],
+    fits: int,
+    fails: int,
+    *,
+    multiple_of: int = 1,
+    predict: Callable[[], int | None] | None = None,
+    model_probes: int = 3,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> list[Outcome]:
+    """Find the largest fitting multiple of `multiple_of` between `fits` (ran) and `fails` (did not).
+
+    `predict()` returns the memory model's edge given everything tried so far. While that edge is
+    below the failed size it chooses the next size (at most `model_probes` times): the edge itself,
+    or the first candidate above what fits when the model says that is the edge. Otherwise, and
+    afterwards, the bracket is halved. So the probes never exceed `model_probes` plus plain
+    bisection's ceil(log2(candidates + 1)), and a good model needs two: its edge, and one above.
+    """
+    outcomes: list[Outcome] = []
+    step = multiple_of
+    while keep_going():
+        low = (fits // step + 1) * step  # the smallest candidate above what fits
+        high = (fails - 1) // step * step  # the largest candidate below what fails
+        if low > high:
+            break
+        size = None
+        if predict is not None and model_probes > 0:
+            guess = predict()
+            if guess is not None and guess < fails:
+                model_probes -= 1
+                size = min(max(guess // step * step, low), high)
+        if size is None:
+            size = (low // step + (high - low) // step // 2) * step
+        outcome = try_batch(size)
+        outcomes.append(outcome)
+        if outcome.status == "ok":
+            fits = size
+        elif outcome.status in STOPPING:
+            break
+        else:
+            fails = size
+    return outcomes

@@ -10,9 +10,10 @@ import torch
 
 from . import devices
 from .config import Config
-from .data import Batches, build_batches
+from .data import IGNORE_INDEX, Batches, build_batches
 from .errors import InputError
 from .measure import measure
+from .memory import failed_allocation
 from .models import build_model
 from .step import autocast, compute_loss, make_step
 
@@ -35,6 +36,7 @@ class Session:
             "threads": torch.get_num_threads(),
             "dataset_len": len(self.batches),
             "data": self.batches.describe,
+            "input_lengths": self.batches.lengths,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
@@ -48,8 +50,11 @@ class Session:
                 dataset_len=len(self.batches), device=self.device,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes the trial's status
-            result = {"batch_size": batch_size, "status": "oom" if devices.is_oom(exc) else "error",
-                      "error": one_line(exc)}
+            result = {"batch_size": batch_size, "status": "error", "error": one_line(exc)}
+            if devices.is_oom(exc):
+                # How far memory got before it ran out teaches the memory model where the ceiling is.
+                result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],
+                              failed_alloc_bytes=failed_allocation(str(exc)))
         devices.release(self.device)
         result["wall_s"] = time.perf_counter() - start
         return result
@@ -81,6 +86,7 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
 def check_labels(batches: Batches, classes: int) -> None:
     # Out-of-range labels fail deep inside the loss (or silently on GPU): catch them here.
     _, labels = batches.batch(min(len(batches), 256))
+    labels = labels[labels != IGNORE_INDEX]  # padding
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise InputError(f"data: targets range over [{low}, {high}] but the model outputs {classes} classes")

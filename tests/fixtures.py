@@ -53,3 +53,35 @@ class Pairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+
+class Flaky(Trap):
+    """Fits up to `fresh_limit` in its first trial; a worker that ran before fits 8 more (fake OOM)."""
+
+    def __init__(self, fresh_limit: int = 20):
+        super().__init__()
+        self.fresh_limit, self.calls = fresh_limit, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        # The first trial's steps in this process fit up to fresh_limit, later ones 8 more.
+        limit = self.fresh_limit + (8 if self.calls > 1 else 0)
+        if x.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 MiB (fake)")
+        return self.linear(x)
+
+
+class Sentences(torch.utils.data.Dataset):
+    """Token sequences of lengths 5..longest, with next-token targets."""
+
+    def __init__(self, n: int = 30, longest: int = 40, vocab: int = 64):
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.linspace(5, longest, n).round().long().tolist()
+        self.items = [torch.randint(0, vocab, (int(length),), generator=g) for length in lengths]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i], self.items[i]

@@ -32,8 +32,10 @@ def test_probe_json_is_the_only_thing_on_stdout(write_config, tmp_path):
     report = json.loads(result.stdout)
     assert report == json.loads(out.read_text())
     assert report["schema_version"] == 1 and report["tool"]["name"] == "batchfind"
-    assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4, 8, 16]
-    assert report["limit"] == {"batch_size": 16, "first_oom": None}
+    assert [(t["batch_size"], t["phase"]) for t in report["trials"]] == [
+        (1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (16, "verify")]
+    assert report["limit"]["batch_size"] == 16 and report["limit"]["first_oom"] is None
+    assert report["limit"]["verified"] is True
     assert report["recommendation"]["batch_size"] in (1, 2, 4, 8, 16)
     trial = report["trials"][0]
     assert set(trial["step_ms"]) == {"median", "p10", "p90", "samples"}
@@ -121,3 +123,4 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     assert report == json.loads(stdout)
     assert report["interrupted"] is True and report["stopped_because"] == "interrupted"
     assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4]
+    assert report["limit"]["verified"] is False

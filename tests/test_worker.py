@@ -10,7 +10,7 @@ from batchfind.worker import SetupFailed, Worker
 from conftest import TINY
 
 
-def trap_config(write_config, how, at, extra=""):
+def trap_config(write_config, how, at, extra=", refine: false"):
     return load_config(write_config(
         f"model: {{name: 'fixtures:Trap', kwargs: {{how: {how}, at: {at}}}}}\n"
         "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
@@ -43,17 +43,19 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
 )
 def test_failures_at_a_size_end_the_doubling_and_are_reported(write_config, how, status, error):
     report = probe(trap_config(write_config, how, 16))
-    assert [t.batch_size for t in report.trials] == [1, 2, 4, 8, 16]
-    last = report.trials[-1]
-    assert last.status == status and error in last.error
-    assert report.limit.batch_size == 8
+    # After doubling, the limit (which ran in a reused worker) is re-run in a fresh process.
+    assert [(t.batch_size, t.phase) for t in report.trials] == [
+        (1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (8, "verify")]
+    failed = report.trials[4]
+    assert failed.status == status and error in failed.error
+    assert report.limit.batch_size == 8 and report.limit.verified
     assert report.limit.first_oom == (16 if status in ("oom", "killed") else None)
 
 
 def test_a_hung_step_is_stopped_at_the_trial_timeout(write_config):
-    report = probe(trap_config(write_config, "hang", 4, ", trial_timeout_s: 3"))
-    assert [t.status for t in report.trials] == ["ok", "ok", "timeout"]
-    assert "no result within 3 s" in report.trials[-1].error
+    report = probe(trap_config(write_config, "hang", 4, ", trial_timeout_s: 3, refine: false"))
+    assert [t.status for t in report.trials] == ["ok", "ok", "timeout", "ok"]
+    assert "no result within 3 s" in report.trials[2].error
 
 
 def test_after_a_failure_the_next_trial_gets_a_fresh_process(write_config):
@@ -61,12 +63,12 @@ def test_after_a_failure_the_next_trial_gets_a_fresh_process(write_config):
     report = check(cfg, 2)
     assert report.trials[0].fresh_process and report.trials[0].fits
     report = probe(cfg)
-    assert [t.fresh_process for t in report.trials] == [True, False, False]
+    assert [t.fresh_process for t in report.trials] == [True, False, False, True]
 
 
 def test_non_finite_loss_is_reported_not_recommended(write_config):
-    report = probe(trap_config(write_config, "nan", 8, ", max_batch: 16"))
-    nan_sizes = [t.batch_size for t in report.trials if t.loss_finite is False]
+    report = probe(trap_config(write_config, "nan", 8, ", max_batch: 16, refine: false"))
+    nan_sizes = sorted({t.batch_size for t in report.trials if t.loss_finite is False})
     assert nan_sizes == [8, 16]
     assert report.recommendation.batch_size in (1, 2, 4)
     assert any("not finite" in w for w in report.warnings)
@@ -95,14 +97,47 @@ def test_real_out_of_memory_under_a_memory_cap(write_config):
     """A real allocation failure: a wide input under a 450 MiB cap runs out within a few doublings."""
     cfg = load_config(write_config(
         "model: {name: mlp, in_features: 4096, hidden: 64, layers: 1}\ndata: {size: 1000000}\n"
-        "probe: {device: cpu, memory_limit: 450MiB, min_batch: 256, warmup_steps: 1, steps: 2}"
+        "probe: {device: cpu, memory_limit: 450MiB, min_batch: 256, warmup_steps: 1, steps: 2, refine: false}"
     ))
     report = probe(cfg)
-    statuses = [t.status for t in report.trials]
-    assert statuses[-1] == "oom" and set(statuses[:-1]) == {"ok"}
+    doubled = [t for t in report.trials if t.phase == "double"]
+    assert doubled[-1].status == "oom" and {t.status for t in doubled[:-1]} == {"ok"}
     assert report.limit.first_oom == 2 * report.limit.batch_size
     assert report.environment.memory_limit_bytes == 450 * 1024**2
     fitting = [t for t in report.trials if t.fits]
     # Peak memory grows with the batch and the largest fitting size came close to the cap.
     assert fitting[-1].peak_bytes > fitting[0].peak_bytes
     assert fitting[-1].peak_bytes > 0.5 * 450 * 1024**2
+
+
+def test_refinement_finds_the_exact_edge_and_it_is_verified(write_config):
+    report = probe(trap_config(write_config, "oom", 13, ", refine: true"))
+    assert report.limit.batch_size == 12 and report.limit.first_oom == 13
+    assert report.limit.refined and report.limit.verified
+    assert {t.phase for t in report.trials} >= {"double", "refine"}
+    refined = [t.batch_size for t in report.trials if t.phase == "refine"]
+    assert all(8 < s < 16 for s in refined) and 12 in refined and 13 in refined
+
+
+def test_multiple_of_and_a_failed_verification_steps_down(write_config):
+    """Flaky fits 16 in a reused worker but only 12 in a fresh one: verification steps down to 12."""
+    report = probe(load_config(write_config(
+        "model: {name: 'fixtures:Flaky', kwargs: {fresh_limit: 12}}\n"
+        "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
+        "probe: {warmup_steps: 0, steps: 1, device: cpu, multiple_of: 4, min_batch: 4}\n"
+    )))
+    assert report.limit.batch_size == 12 and report.limit.verified and report.limit.first_oom == 16
+    assert any(t.phase == "verify" and t.batch_size == 16 and t.status == "oom" for t in report.trials)
+    assert all(t.batch_size % 4 == 0 for t in report.trials)
+    assert any("ran in a long-lived worker" in w for w in report.warnings)
+    assert report.recommendation.batch_size <= 12
+
+
+def test_variable_length_data_is_probed_with_the_longest_items(write_config):
+    report = probe(load_config(write_config(
+        "model: {name: transformer, vocab_size: 64, d_model: 16, heads: 2, layers: 1, seq_len: 40}\n"
+        "data: {kind: 'fixtures:Sentences', kwargs: {n: 30, longest: 40}}\n"
+        "probe: {warmup_steps: 0, steps: 1, device: cpu, max_batch: 4, refine: false}\n"
+    )))
+    assert report.input_lengths == {"longest": 40, "shortest": 5, "scanned": 30, "total": 30}
+    assert report.limit.batch_size == 4

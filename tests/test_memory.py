@@ -1,0 +1,58 @@
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchfind.memory import failed_allocation, fit
+
+MiB = 1024**2
+
+
+@dataclass
+class T:
+    batch_size: int
+    status: str
+    peak_bytes: int | None = None
+    failed_alloc_bytes: int | None = None
+
+
+def line(fixed, per_sample, sizes):
+    return [T(bs, "ok", int(fixed + per_sample * bs)) for bs in sizes]
+
+
+def test_exact_line_and_limit_ceiling():
+    model = fit(line(300 * MiB, 2 * MiB, [1, 2, 4, 8, 16]), limit_bytes=1024 * MiB)
+    assert model.fixed_bytes == pytest.approx(300 * MiB)
+    assert model.per_sample_bytes == pytest.approx(2 * MiB)
+    assert model.ceiling_from == "limit" and model.predicted_edge == 362  # (1024 - 300) / 2
+
+
+def test_the_ceiling_is_learned_from_a_failure():
+    trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [T(512, "oom", 900 * MiB, 64 * MiB)]
+    model = fit(trials, limit_bytes=1024 * MiB)
+    assert model.ceiling_from == "failure" and model.ceiling_bytes == 964 * MiB
+    assert model.predicted_edge == 332
+
+
+def test_no_model_without_two_sizes_or_growth():
+    assert fit(line(300 * MiB, 2 * MiB, [4]), 1024 * MiB) is None
+    assert fit(line(300 * MiB, 0, [1, 2, 4]), 1024 * MiB) is None
+    assert fit(line(300 * MiB, 2 * MiB, [1, 2]), None) is None
+
+
+@given(fixed=st.integers(0, 10**10), per=st.integers(1, 10**8), ceiling=st.integers(1, 10**11))
+def test_predicted_edge_is_the_largest_batch_under_the_ceiling(fixed, per, ceiling):
+    model = fit(line(fixed, per, [1, 2, 4, 8, 16, 32]), ceiling)
+    edge = model.predicted_edge
+    if edge > 0:
+        assert model.peak_at(edge) <= ceiling * (1 + 1e-9)
+    assert model.peak_at(edge + 1) > ceiling * (1 - 1e-9)
+
+
+def test_failed_allocation_from_messages():
+    cpu = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 33554432 bytes."
+    cuda = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB"
+    assert failed_allocation(cpu) == 33554432
+    assert failed_allocation(cuda) == 2 * 1024**3
+    assert failed_allocation("could not create a primitive") is None and failed_allocation(None) is None
