@@ -84,10 +84,12 @@ def probe(
     *,
     on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
+    memory_model: bool = True,
 ) -> Report:
     """Double up to the first failure, refine to the exact edge, verify it in a fresh process.
 
-    Ctrl-C returns the partial report with `interrupted` set.
+    `memory_model=False` refines by plain bisection (for comparison). Ctrl-C returns the partial
+    report with `interrupted` set.
     """
     p = config.probe
 
@@ -103,10 +105,12 @@ def probe(
         last = doubled[-1] if doubled else None
         fits = limit_of(prober.trials).batch_size
         if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
-            prober.phase = "refine"
+            # Near the edge, measure in the kind of process that proves the answer: a brand-new one.
+            prober.phase, prober.fresh_only = "refine", True
             search.refine(
                 prober.try_batch, fits, last.batch_size, multiple_of=p.multiple_of,
-                predict=lambda: _edge(fit(prober.trials, ceiling)), keep_going=keep_going,
+                predict=(lambda: _edge(fit(prober.trials, ceiling))) if memory_model else None,
+                keep_going=keep_going,
             )
             outcome.refined = True
         _verify(prober, keep_going)
@@ -132,7 +136,6 @@ def _verify(prober: Prober, keep_going: Callable[[], bool]) -> None:
         below = limit_of(prober.trials).batch_size
         if below is None:
             return
-        # Between what ran and what failed fresh, every trial now runs fresh, so what fits is verified.
         prober.phase, prober.fresh_only = "refine", True
         search.refine(prober.try_batch, below, trial.batch_size,
                       multiple_of=prober.config.probe.multiple_of, keep_going=keep_going)
