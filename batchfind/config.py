@@ -134,6 +134,9 @@ class DataConfig(_Section):
     num_classes: PositiveInt | None = None
     # Keyword arguments for a `module:factory` dataset.
     kwargs: dict[str, Any] = {}
+    # The DataLoader whose steps are timed for file and factory data (the recommended size).
+    workers: NonNegativeInt = 0
+    pin_memory: bool | None = None  # default: on for CUDA
 
     @field_validator("kind")
     @classmethod
@@ -158,6 +161,8 @@ class TrainConfig(_Section):
     momentum: NonNegativeFloat = 0.9
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # The batch size `lr` was tuned for; with it, every batch size gets its scaled learning rate.
+    reference_batch: PositiveInt | None = None
 
 
 class ProbeConfig(_Section):
@@ -196,11 +201,25 @@ class ProbeConfig(_Section):
         return self
 
 
+class RecommendConfig(_Section):
+    # Sizes whose throughput is within this fraction of the best count as "as fast".
+    tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    # Fraction of the memory limit a recommended size must leave free.
+    headroom: Annotated[float, Field(ge=0, lt=1)] = 0.10
+    # auto: linear for sgd and rmsprop, sqrt for the Adam family.
+    lr_rule: Literal["auto", "linear", "sqrt", "none"] = "auto"
+    # The batch you want to train with; sizes below it get gradient-accumulation steps.
+    target_batch: PositiveInt | None = None
+    # Estimate the gradient noise scale (extra gradient computations after probing).
+    noise_scale: bool = False
+
+
 class Config(_Section):
     model: ModelConfig
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
+    recommend: RecommendConfig = RecommendConfig()
 
 
 # Command-line option -> config field, so errors name what the user typed.
@@ -214,6 +233,11 @@ OPTIONS = {
     "--time-budget": ("probe", "time_budget_s"),
     "--refine/--no-refine": ("probe", "refine"),
     "--multiple-of": ("probe", "multiple_of"),
+    "--tolerance": ("recommend", "tolerance"),
+    "--headroom": ("recommend", "headroom"),
+    "--lr-rule": ("recommend", "lr_rule"),
+    "--target-batch": ("recommend", "target_batch"),
+    "--noise-scale": ("recommend", "noise_scale"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from .config import CNNModel, Config, MLPModel, TransformerModel
 from .errors import InputError
@@ -59,7 +59,26 @@ class Batches:
             indices: Any = range(size)
         else:  # the scanned items, longest first, then unscanned ones in order
             indices = self.order[:size] + list(range(len(self.order), size))
-        items = [self.dataset[i] for i in indices]
+        return self._collate([self.dataset[i] for i in indices])
+
+    def sample(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of random items (new random data when synthetic): independent draws."""
+        if self.spec is not None:
+            return self._synthetic(size)
+        indices = torch.randint(0, self.length, (size,)).tolist()
+        return self._collate([self.dataset[i] for i in indices])
+
+    def loader(self, size: int, workers: int, pin_memory: bool | None) -> DataLoader:
+        """The DataLoader a training run would use: shuffled, full batches only."""
+        if self.dataset is None:
+            raise ValueError("synthetic data has no DataLoader")
+        return DataLoader(
+            self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
+            pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
+            collate_fn=default_collate if self.lengths is None else pad_collate,
+        )
+
+    def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = default_collate(items) if self.lengths is None else pad_collate(items)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

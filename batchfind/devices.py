@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputError
 
@@ -188,6 +188,27 @@ def _text(value: bytes | str) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def energy_meter(device) -> Callable[[], float] | None:
+    """A reader of the GPU's energy counter in joules (NVML), or None where there is none."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+        import torch
+
+        pynvml.nvmlInit()
+        # Match the CUDA device to NVML by UUID: their indices differ under CUDA_VISIBLE_DEVICES.
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+        if uuid is not None:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # fails here on GPUs without the counter
+    except Exception:  # no NVML, no counter: energy is simply not measured
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000  # millijoules
 
 
 def looks_like_oom(text: str) -> bool:

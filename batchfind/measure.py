@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from . import devices
+from .config import TrainConfig
+from .step import autocast, compute_loss
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -37,6 +39,7 @@ def measure(
     steps: int,
     dataset_len: int,
     device: torch.device,
+    energy: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Run warm-up then measured steps; raises whatever the step raises (OOM included)."""
     devices.reset_peak(device)
@@ -44,6 +47,8 @@ def measure(
     losses = []
     for _ in range(warmup):
         losses.append(step(x, y))
+    devices.sync(device)
+    joules_before = energy() if energy else None
     times_ms = []
     for _ in range(steps):
         # Synchronize before each clock read so queued GPU work is counted in its own step.
@@ -52,6 +57,7 @@ def measure(
         losses.append(step(x, y))
         devices.sync(device)
         times_ms.append((time.perf_counter() - start) * 1000)
+    joules = energy() - joules_before if energy else None
     peak, peak_allocated = devices.read_peak(device)
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
@@ -68,4 +74,68 @@ def measure(
         "peak_allocated_bytes": peak_allocated,
         "loss": last_loss if math.isfinite(last_loss) else None,
         "loss_finite": finite,
+        "joules_per_sample": joules / (steps * batch_size) if joules is not None else None,
     }
+
+
+def gradient_sq_norms(
+    model: torch.nn.Module,
+    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    count: int,
+    train: TrainConfig,
+    device: torch.device,
+) -> list[float]:
+    """|g|² of the mean-loss gradient on `count` independent batches, without stepping the optimizer."""
+    norms = []
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(count):
+        x, y = sample(batch_size)
+        model.zero_grad(set_to_none=True)
+        with autocast(device, train.precision):
+            loss = compute_loss(model(x), y, train.loss)
+        loss.backward()
+        norms.append(float(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None)))
+    model.zero_grad(set_to_none=True)
+    return norms
+
+
+def measure_loader(
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    batch_size: int,
+    *,
+    warmup: int,
+    steps: int,
+    dataset_len: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Steps fed by the DataLoader: the whole step, and the part spent waiting for the batch."""
+    total_ms, wait_ms = [], []
+    batches = _forever(loader)
+    for i in range(warmup + steps):
+        devices.sync(device)
+        start = time.perf_counter()
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        fetched = time.perf_counter()
+        step(x, y)
+        devices.sync(device)
+        if i >= warmup:
+            total_ms.append((time.perf_counter() - start) * 1000)
+            wait_ms.append((fetched - start) * 1000)
+    total, wait = step_stats(total_ms), step_stats(wait_ms)
+    return {
+        "status": "ok",
+        "batch_size": batch_size,
+        "step_ms": total,
+        "data_wait_ms": wait,
+        "data_share": wait["median"] / total["median"] if total["median"] > 0 else None,
+        "samples_per_s": batch_size / (total["median"] / 1000),
+        "epoch_s": math.ceil(dataset_len / batch_size) * total["median"] / 1000,
+    }
+
+
+def _forever(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader

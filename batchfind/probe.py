@@ -11,7 +11,7 @@ from . import __version__, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, fit
-from .recommend import limit_of, recommend
+from .recommend import limit_of, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Environment, Report, Trial
 from .worker import SetupFailed, Worker
 
@@ -191,9 +191,11 @@ def _run(
         interrupted, stopped = True, "interrupted"
     finally:
         prober.close()
-    trials = prober.trials
+    trials = with_training_plan(prober.trials, config.train, config.recommend)
     model = outcome.model
     limit = limit_of(trials, predicted_batch_size=_edge(model), refined=outcome.refined)
+    limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
+    recommendation = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False))
     return Report(
         tool={"name": "batchfind", "version": __version__},
         environment=Environment(
@@ -212,7 +214,7 @@ def _run(
         trials=trials,
         limit=limit,
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
-        recommendation=recommend(trials, limit),
+        recommendation=recommendation,
         warnings=_warnings(trials, limit) + _length_warnings(facts.get("input_lengths")),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch),

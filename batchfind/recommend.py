@@ -1,8 +1,19 @@
-"""Choosing the batch to train with from measured trials."""
+"""Choosing the batch to train with from measured trials, and the learning rate and accumulation
+that go with each size. Pure arithmetic on the trials."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
+from .config import RecommendConfig, TrainConfig
 from .report import MEMORY_FAILURES, Limit, Recommendation, Trial
+
+# Square-root scaling keeps Adam's per-step noise in proportion (Malladi et al., 2022); linear
+# scaling is the usual rule for SGD (Goyal et al., 2017).
+AUTO_RULE = {"sgd": "linear", "rmsprop": "linear", "adam": "sqrt", "adamw": "sqrt"}
+# Below this many samples per micro-batch, BatchNorm's statistics get noisy enough to hurt.
+SMALL_BATCHNORM_BATCH = 16
 
 
 def limit_of(trials: list[Trial], **extra) -> Limit:
@@ -17,17 +28,91 @@ def limit_of(trials: list[Trial], **extra) -> Limit:
     return Limit(batch_size=largest, first_oom=first_oom, verified=verified, **extra)
 
 
-def recommend(trials: list[Trial], limit: Limit) -> Recommendation:
-    """The fastest size that fits, kept a finite loss, and is not above the limit."""
+def lr_rule(rule: str, optimizer: str) -> str:
+    return AUTO_RULE[optimizer] if rule == "auto" else rule
+
+
+def scaled_lr(lr: float, batch: int, reference: int | None, rule: str) -> float | None:
+    if reference is None or rule == "none":
+        return None if reference is None else lr
+    ratio = batch / reference
+    return lr * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def accumulation(batch: int, target: int | None) -> tuple[int | None, int | None]:
+    """(steps, effective batch) reaching at least `target` with micro-batches of `batch`."""
+    if target is None:
+        return None, None
+    steps = max(1, math.ceil(target / batch))
+    return steps, steps * batch
+
+
+def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig) -> list[Trial]:
+    """Each trial with its scaled learning rate and accumulation toward the target batch."""
+    rule = lr_rule(rec.lr_rule, train.optimizer)
+    planned = []
+    for t in trials:
+        steps, effective = accumulation(t.batch_size, rec.target_batch)
+        # With accumulation the optimizer sees the effective batch: scale the rate to that.
+        lr = scaled_lr(train.lr, effective or t.batch_size, train.reference_batch, rule)
+        planned.append(dataclasses.replace(t, lr=lr, accumulation_steps=steps, effective_batch_size=effective))
+    return planned
+
+
+def recommend(
+    trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False
+) -> Recommendation:
+    """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom."""
     usable = [
         t for t in trials
         if t.fits and t.loss_finite and t.samples_per_s and limit.batch_size and t.batch_size <= limit.batch_size
     ]
     if not usable:
         return Recommendation(None, "no batch size ran with a finite loss")
-    best = max(usable, key=lambda t: t.samples_per_s)
-    largest = max(usable, key=lambda t: t.batch_size)
-    reason = f"fastest measured: {best.samples_per_s:,.0f} samples/s"
-    if largest.batch_size != best.batch_size:
-        reason += f"; the largest that fits ({largest.batch_size}) reached {largest.samples_per_s:,.0f} samples/s"
-    return Recommendation(best.batch_size, reason)
+    # The last trial at each size is the one that counts (a verify re-run supersedes the first).
+    by_size = {t.batch_size: t for t in usable}
+    notes = []
+    roomy = [t for t in by_size.values() if not limit_bytes or (t.peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
+    if not roomy:
+        roomy = list(by_size.values())
+        notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")
+    fastest = max(roomy, key=lambda t: t.samples_per_s)
+    floor = (1 - rec.tolerance) * fastest.samples_per_s
+    chosen = min((t for t in roomy if t.samples_per_s >= floor), key=lambda t: t.batch_size)
+    spread = _spread(fastest)
+    noisy = spread > rec.tolerance
+    if chosen.batch_size == fastest.batch_size:
+        reason = f"fastest measured ({fastest.samples_per_s:,.0f} samples/s)"
+    else:
+        reason = (f"within {rec.tolerance:.0%} of the fastest ({chosen.samples_per_s:,.0f} vs "
+                  f"{fastest.samples_per_s:,.0f} samples/s at {fastest.batch_size}) with less memory")
+    if rec.headroom and limit_bytes:
+        reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
+    if noisy:
+        notes.append(
+            f"step times vary by ±{spread:.0%} at the fastest size, more than the {rec.tolerance:.0%} tolerance: "
+            "sizes this close cannot be told apart; more --steps would"
+        )
+    steps, effective = accumulation(chosen.batch_size, rec.target_batch)
+    if steps and steps > 1 and has_batchnorm and chosen.batch_size < SMALL_BATCHNORM_BATCH:
+        notes.append(
+            f"BatchNorm sees micro-batches of {chosen.batch_size}: its batch statistics are noisy below "
+            f"{SMALL_BATCHNORM_BATCH}; consider GroupNorm or a larger micro-batch"
+        )
+    return Recommendation(
+        batch_size=chosen.batch_size,
+        reason=reason,
+        fastest_batch_size=fastest.batch_size,
+        largest_batch_size=limit.batch_size,
+        lr=chosen.lr,
+        accumulation_steps=steps,
+        effective_batch_size=effective,
+        noisy=noisy,
+        notes=notes,
+    )
+
+
+def _spread(trial: Trial) -> float:
+    """Half the p10-p90 range of step time, relative to the median."""
+    s = trial.step_ms
+    return (s.p90 - s.p10) / 2 / s.median if s and s.median > 0 else 0.0

@@ -40,6 +40,11 @@ class Trial:
     error: str | None = None
     failed_alloc_bytes: int | None = None  # oom: the allocation that failed, when the message says
     fresh_process: bool = False  # the first trial of a brand-new worker process
+    joules_per_sample: float | None = None  # GPU with NVML energy counters only
+    # Derived, not measured: the learning rate scaled to this size, accumulation to the target batch.
+    lr: float | None = None
+    accumulation_steps: int | None = None
+    effective_batch_size: int | None = None
     phase: str = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     wall_s: float | None = None
 
@@ -73,6 +78,15 @@ class Limit:
 class Recommendation:
     batch_size: int | None
     reason: str
+    fastest_batch_size: int | None = None
+    largest_batch_size: int | None = None
+    lr: float | None = None  # scaled to batch_size (or to the effective batch with accumulation)
+    accumulation_steps: int | None = None
+    effective_batch_size: int | None = None
+    noisy: bool = False  # step times too noisy to tell sizes within the tolerance apart
+    notes: list[str] = field(default_factory=list)
+    noise_scale: dict[str, Any] | None = None  # the gradient noise scale, when asked for
+    loader: dict[str, Any] | None = None  # steps through the DataLoader at batch_size, for file data
 
 
 @dataclass(frozen=True)

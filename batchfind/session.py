@@ -12,7 +12,7 @@ from . import devices
 from .config import Config
 from .data import IGNORE_INDEX, Batches, build_batches
 from .errors import InputError
-from .measure import measure
+from .measure import gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
 from .step import autocast, compute_loss, make_step
@@ -29,6 +29,7 @@ class Session:
         self.batches = build_batches(config, self.device)
         check_fit(self.model, self.batches, config, self.device)
         self.step = make_step(self.model, config.train, self.device)
+        self.energy = devices.energy_meter(self.device)
         self.facts = {
             **devices.device_facts(self.device),
             "torch_version": torch.__version__,
@@ -38,19 +39,17 @@ class Session:
             "data": self.batches.describe,
             "input_lengths": self.batches.lengths,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "energy_counter": self.energy is not None,
+            "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()),
         }
 
-    def trial(self, batch_size: int) -> dict[str, Any]:
-        probe = self.config.probe
+    def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one request; any failure becomes its status (oom with how far memory got, or error)."""
         start = time.perf_counter()
         try:
-            result = measure(
-                self.step, self.batches.batch, batch_size,
-                warmup=probe.warmup_steps, steps=probe.steps,
-                dataset_len=len(self.batches), device=self.device,
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the trial's status
-            result = {"batch_size": batch_size, "status": "error", "error": one_line(exc)}
+            result = getattr(self, f"_{op}")(**args)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
+            result = {"status": "error", "error": one_line(exc)}
             if devices.is_oom(exc):
                 # How far memory got before it ran out teaches the memory model where the ceiling is.
                 result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],
@@ -58,6 +57,28 @@ class Session:
         devices.release(self.device)
         result["wall_s"] = time.perf_counter() - start
         return result
+
+    def _trial(self, batch_size: int) -> dict[str, Any]:
+        probe = self.config.probe
+        return measure(
+            self.step, self.batches.batch, batch_size,
+            warmup=probe.warmup_steps, steps=probe.steps,
+            dataset_len=len(self.batches), device=self.device, energy=self.energy,
+        )
+
+    def _noise(self, small: int, big: int, batches: int) -> dict[str, Any]:
+        train = self.config.train
+        return {
+            "status": "ok",
+            "small": gradient_sq_norms(self.model, self.batches.sample, small, batches, train, self.device),
+            "big": gradient_sq_norms(self.model, self.batches.sample, big, batches, train, self.device),
+        }
+
+    def _loader(self, batch_size: int) -> dict[str, Any]:
+        data, probe = self.config.data, self.config.probe
+        loader = self.batches.loader(batch_size, data.workers, data.pin_memory)
+        return measure_loader(self.step, loader, batch_size, warmup=probe.warmup_steps, steps=probe.steps,
+                              dataset_len=len(self.batches), device=self.device)
 
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> None:

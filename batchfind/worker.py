@@ -55,15 +55,21 @@ class Worker:
         self.ready = reply
 
     def run(self, batch_size: int, timeout_s: float) -> dict[str, Any]:
+        """One trial: warm-up and measured steps at `batch_size`."""
         fresh = self.trials_run == 0
         self.trials_run += 1
         start = time.perf_counter()
-        self._send({"batch_size": batch_size})
-        reply = self._receive(timeout_s)
+        reply = self.call({"op": "trial", "batch_size": batch_size}, timeout_s)
         reply.setdefault("batch_size", batch_size)
         reply.setdefault("wall_s", time.perf_counter() - start)
-        reply.pop("event", None)
         reply["fresh_process"] = fresh
+        return reply
+
+    def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Any request the session serves (trial, noise, loader); failures come back as a status."""
+        self._send(request)
+        reply = self._receive(timeout_s)
+        reply.pop("event", None)
         return reply
 
     def close(self) -> None:
@@ -150,7 +156,9 @@ def _serve() -> None:
         return
     send({"event": "ready", **session.facts})
     for line in sys.stdin:
-        send({"event": "trial", **session.trial(json.loads(line)["batch_size"])})
+        request = json.loads(line)
+        op = request.pop("op")
+        send({"event": op, **session.serve(op, request)})
 
 
 if __name__ == "__main__":
