@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -24,6 +26,29 @@ app = typer.Typer(
 
 EXIT_INTERRUPTED = 130
 
+
+EXIT_REQUIREMENT = 4
+
+
+class RequireOn(str, Enum):
+    recommended = "recommended"
+    limit = "limit"
+
+
+class Template(str, Enum):
+    mlp = "mlp"
+    cnn = "cnn"
+    gpt = "gpt"
+    custom = "custom"
+
+
+class LRRule(str, Enum):
+    auto = "auto"
+    linear = "linear"
+    sqrt = "sqrt"
+    none = "none"
+
+
 ConfigArg = Annotated[Path, typer.Argument(help="Config file (YAML or TOML).", show_default=False)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
@@ -35,6 +60,7 @@ MemoryLimit = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (or set BATCHFIND_DEBUG=1).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table on stderr; for scripts.")]
 
 
 def _version(value: bool) -> None:
@@ -81,18 +107,21 @@ def _errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _check_output(path: Path | None) -> None:
+def _check_output(path: Path | None, option: str = "--output") -> None:
+    """Fail before a long probe, not after it, when the report cannot be written."""
     if path is None:
         return
     if path.is_dir():
-        raise InputError(f"--output: {path} is a directory, expected a file path")
+        raise InputError(f"{option}: {path} is a directory, expected a file path")
     if not path.parent.resolve().is_dir():
-        raise InputError(f"--output: folder {path.parent} does not exist")
+        raise InputError(f"{option}: folder {path.parent} does not exist")
     if not os.access(path.parent.resolve(), os.W_OK):
-        raise InputError(f"--output: folder {path.parent} is not writable")
+        raise InputError(f"{option}: folder {path.parent} is not writable")
 
 
-def _progress(console):
+def _progress(console, quiet: bool):
+    if quiet:
+        return None, None
     started = time.monotonic()
 
     def on_start(size: int, phase: str) -> None:
@@ -107,7 +136,7 @@ def _progress(console):
     return on_start, on_end
 
 
-def _emit(report, as_json: bool, output: Path | None) -> None:
+def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
     from .render import print_report
     from .report import write_atomic
 
@@ -115,7 +144,8 @@ def _emit(report, as_json: bool, output: Path | None) -> None:
     if output is not None:
         write_atomic(output, text + "\n")
     if as_json:
-        print_report(report, _console(stderr=True))
+        if not quiet:
+            print_report(report, _console(stderr=True))
         sys.stdout.write(text + "\n")
     else:
         print_report(report, _console())
@@ -127,6 +157,8 @@ def _exit_code(report) -> int:
     if report.limit.batch_size is None:
         first = report.trials[0] if report.trials else None
         return 3 if first is not None and first.status in ("oom", "killed", "timeout") else 1
+    if any(not r.passed for r in report.requirements):
+        return EXIT_REQUIREMENT
     return 0
 
 
@@ -149,29 +181,74 @@ def probe(
     multiple_of: Annotated[
         Optional[int], typer.Option(help="Refined sizes are multiples of N (e.g. 8).", show_default=False)
     ] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(help="Recommend the smallest size within this fraction of the best throughput [0.02].",
+                     show_default=False),
+    ] = None,
+    headroom: Annotated[
+        Optional[float],
+        typer.Option(help="Fraction of the memory limit the recommended size leaves free [0.10].", show_default=False),
+    ] = None,
+    lr_rule: Annotated[
+        Optional[LRRule],
+        typer.Option(help="How the learning rate scales with the batch (auto: linear for SGD, sqrt for Adam).",
+                     show_default=False),
+    ] = None,
+    target_batch: Annotated[
+        Optional[int], typer.Option(help="Show gradient-accumulation steps reaching this batch.", show_default=False)
+    ] = None,
+    noise_scale: Annotated[
+        Optional[bool], typer.Option("--noise-scale", help="Estimate the gradient noise scale.", show_default=False)
+    ] = None,
+    require_batch: Annotated[
+        Optional[int], typer.Option(help="Exit 4 if the recommended batch (or --require-on limit) is below N.",
+                                    show_default=False)
+    ] = None,
+    require_on: Annotated[RequireOn, typer.Option(help="What --require-batch checks.")] = RequireOn.recommended,
+    require_throughput: Annotated[
+        Optional[float], typer.Option(help="Exit 4 if samples/s at the recommended batch is below X.",
+                                      show_default=False)
+    ] = None,
     as_json: AsJson = False,
     output: Output = None,
+    plot_file: Annotated[
+        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG (needs matplotlib).")
+    ] = None,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Probe batch sizes up to out-of-memory and the exact edge, measure each, and recommend one."""
     with _errors(debug):
         from .config import load_config
-        from .probe import probe as run_probe
+        from .probing import probe as run_probe
+        from .report import check_requirements
 
         _check_output(output)
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--memory-limit": memory_limit, "--time-budget": time_budget,
-            "--refine/--no-refine": refine, "--multiple-of": multiple_of,
+            "--refine/--no-refine": refine, "--multiple-of": multiple_of, "--tolerance": tolerance,
+            "--headroom": headroom, "--lr-rule": lr_rule.value if lr_rule else None, "--target-batch": target_batch,
+            "--noise-scale": noise_scale,
         })
+        _check_output(plot_file, "--plot")
         console = _console(stderr=True)
-        on_start, on_end = _progress(console)
+        on_start, on_end = _progress(console, quiet)
         report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end)
-        _emit(report, as_json, output)
+        report = dataclasses.replace(report, requirements=check_requirements(
+            report, batch=require_batch, on=require_on.value, throughput=require_throughput))
+        _emit(report, as_json, output, quiet)
+        if plot_file is not None and not report.interrupted:
+            from .plot import plot as draw
+
+            draw(report, plot_file)
         code = _exit_code(report)
         if code == 3:
             first = report.trials[0]
             console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status})")
+        for failed in (r for r in report.requirements if not r.passed):
+            console.print(f"[red]requirement failed:[/red] {failed.name} is {failed.actual} (required ≥ {failed.required:g})")
         raise typer.Exit(code)
 
 
@@ -189,7 +266,7 @@ def check(
     """Run one batch size in a fresh process: exit 0 if it fits, 3 if it runs out of memory."""
     with _errors(debug):
         from .config import load_config
-        from .probe import check as run_check
+        from .probing import check as run_check
         from .render import trial_line
 
         cfg = load_config(config, {"--device": device, "--steps": steps, "--warmup": warmup,
@@ -227,6 +304,100 @@ def info(as_json: AsJson = False, debug: Debug = False) -> None:
                           f"({format_size(gpu['memory_free_bytes'])} free), driver {facts['driver']}")
         if not facts["gpus"]:
             console.print(f"no NVIDIA GPU through NVML ({facts['nvml_error'] or 'none found'})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the report."""
+    from .report import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="The earlier report (JSON).", show_default=False)],
+    new: Annotated[Path, typer.Argument(help="The later report (JSON).", show_default=False)],
+    max_regression: Annotated[
+        str, typer.Option(help="Exit 4 when a metric gets worse by more than this (10% or 0.1).")
+    ] = "10%",
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Compare two reports: limit, recommended batch, throughput and peak memory; exit 4 on regression."""
+    with _errors(debug):
+        from .compare import compare as run_compare
+        from .render import print_comparison
+        from .report import load_report
+
+        bound = _fraction(max_regression, "--max-regression")
+        result = run_compare(load_report(base), load_report(new), bound)
+        if as_json:
+            sys.stdout.write(json.dumps(dataclasses.asdict(result) | {"regressed": result.regressed}, indent=2) + "\n")
+        print_comparison(result, _console(stderr=as_json))
+        raise typer.Exit(EXIT_REQUIREMENT if result.regressed else 0)
+
+
+def _fraction(text: str, option: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InputError(f"{option}: expected a fraction like 10% or 0.1 (got {text!r})") from None
+    if not 0 <= value < 10:
+        raise InputError(f"{option}: expected a fraction between 0 and 10 (got {text!r})")
+    return value
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("batchfind.yaml"),
+    template: Annotated[Template, typer.Option(help="Which starting point.")] = Template.cnn,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Write a commented config to start from."""
+    with _errors(debug):
+        from .report import write_atomic
+        from .templates import TEMPLATES
+
+        if path.exists() and not force:
+            raise InputError(f"{path}: exists; pass --force to overwrite it")
+        _check_output(path, "PATH")
+        write_atomic(path, TEMPLATES[template.value])
+        typer.echo(f"wrote {path} ({template.value}); check it with: batchfind validate {path}", err=True)
+
+
+@app.command()
+def validate(config: ConfigArg, debug: Debug = False) -> None:
+    """Check a config, and that its model and data build and run one training step on CPU; no probing."""
+    with _errors(debug):
+        from .config import load_config
+        from .probing import validate as run_validate
+
+        report = run_validate(load_config(config))
+        trial = report.trials[0]
+        if not trial.fits:
+            raise InputError(f"{config}: one training step on CPU failed: {trial.status}: {trial.error}")
+        typer.echo(
+            f"{config}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
+            f"{report.dataset_len:,} samples, one training step on CPU ran (loss {trial.loss:.4g})"
+        )
+
+
+@app.command()
+def plot(
+    report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False)],
+    debug: Debug = False,
+) -> None:
+    """Draw throughput and peak memory against batch size (needs matplotlib)."""
+    with _errors(debug):
+        from .plot import plot as draw
+        from .report import load_report
+
+        _check_output(output)
+        draw(load_report(report_file), output)
+        typer.echo(f"wrote {output}", err=True)
 
 
 def main() -> None:

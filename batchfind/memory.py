@@ -2,10 +2,12 @@
 
 Pure arithmetic on measured trials. Peak memory is close to linear in the batch size (a straight
 line over small batches predicted a large GPU's edge within 2%, where a log-log fit was off tenfold).
-The ceiling is learned from failures where possible: the peak a failed trial reached plus the
-allocation that failed is where memory really ran out, in the same units as the measured peaks —
-on CPU the cap counts the data segment while the peak counts resident memory, and this absorbs
-the difference.
+The line goes through the largest sizes that ran, since the cost of one more sample near the edge
+is what matters (on CPU small batches carry per-batch overheads that bend the line). The ceiling
+is learned from failures where possible: the peak a failed trial reached plus the allocation that
+failed is where memory really ran out, in the same units as the measured peaks — on CPU the cap
+counts the data segment while the peak counts resident memory, and this absorbs the difference.
+A failure in a brand-new process says more than one in a long-lived worker.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ _CPU_TRIED = re.compile(r"tried to allocate (\d+) bytes")
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
+# The line is fitted through this many of the largest sizes that ran.
+FIT_POINTS = 3
+
+
 class Measured(Protocol):
     batch_size: int
     status: str
     peak_bytes: int | None
     failed_alloc_bytes: int | None
+    fresh_process: bool
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,8 @@ class MemoryModel:
     @property
     def predicted_edge(self) -> int:
         """The largest batch whose predicted peak stays under the ceiling."""
-        return max(0, int((self.ceiling_bytes - self.fixed_bytes) // self.per_sample_bytes))
+        # The epsilon keeps float noise in the fit from turning an exact 362.0 into 361.
+        return max(0, int((self.ceiling_bytes - self.fixed_bytes) / self.per_sample_bytes + 1e-9))
 
 
 def failed_allocation(message: str | None) -> int | None:
@@ -55,11 +63,11 @@ def failed_allocation(message: str | None) -> int | None:
 
 
 def fit(trials: list[Measured], limit_bytes: int | None) -> MemoryModel | None:
-    """Least-squares line through the fitting trials' peaks; None until it can predict anything."""
-    points = [(t.batch_size, t.peak_bytes) for t in trials if t.status == "ok" and t.peak_bytes]
-    sizes = {bs for bs, _ in points}
-    if len(sizes) < 2:
+    """Least-squares line through the largest fitting trials' peaks; None until it can predict anything."""
+    peaks = {t.batch_size: t.peak_bytes for t in trials if t.status == "ok" and t.peak_bytes}
+    if len(peaks) < 2:
         return None
+    points = sorted(peaks.items())[-FIT_POINTS:]
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
     mean_y = sum(y for _, y in points) / n
@@ -67,11 +75,9 @@ def fit(trials: list[Measured], limit_bytes: int | None) -> MemoryModel | None:
     slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
     if slope <= 0:
         return None  # memory did not grow with the batch: nothing to extrapolate
-    learned = [
-        t.peak_bytes + t.failed_alloc_bytes
-        for t in trials
-        if t.status == "oom" and t.peak_bytes and t.failed_alloc_bytes
-    ]
+    failures = [t for t in trials if t.status == "oom" and t.peak_bytes and t.failed_alloc_bytes]
+    failures = [t for t in failures if t.fresh_process] or failures
+    learned = [t.peak_bytes + t.failed_alloc_bytes for t in failures]
     if learned:
         ceiling, source = min(learned), "failure"
     elif limit_bytes:

@@ -61,14 +61,15 @@ def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendCo
 
 def recommend(
     trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False
-) -> Recommendation:
-    """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom."""
+) -> tuple[Recommendation, list[str]]:
+    """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom,
+    and warnings about the choice."""
     usable = [
         t for t in trials
         if t.fits and t.loss_finite and t.samples_per_s and limit.batch_size and t.batch_size <= limit.batch_size
     ]
     if not usable:
-        return Recommendation(None, "no batch size ran with a finite loss")
+        return Recommendation(None, "no batch size ran with a finite loss"), []
     # The last trial at each size is the one that counts (a verify re-run supersedes the first).
     by_size = {t.batch_size: t for t in usable}
     notes = []
@@ -99,7 +100,7 @@ def recommend(
             f"BatchNorm sees micro-batches of {chosen.batch_size}: its batch statistics are noisy below "
             f"{SMALL_BATCHNORM_BATCH}; consider GroupNorm or a larger micro-batch"
         )
-    return Recommendation(
+    recommendation = Recommendation(
         batch_size=chosen.batch_size,
         reason=reason,
         fastest_batch_size=fastest.batch_size,
@@ -108,8 +109,8 @@ def recommend(
         accumulation_steps=steps,
         effective_batch_size=effective,
         noisy=noisy,
-        notes=notes,
     )
+    return recommendation, notes
 
 
 def _spread(trial: Trial) -> float:

@@ -31,6 +31,12 @@ def step_text(trial: Trial) -> str:
     return f"{s.median:.1f} ±{spread:.0%}"
 
 
+def bar(fraction: float, width: int = 10) -> str:
+    """A bar of eighth-blocks, `fraction` of `width` characters long."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    return "█" * (eighths // 8) + ("▏▎▍▌▋▊▉"[eighths % 8 - 1] if eighths % 8 else "")
+
+
 def trial_line(trial: Trial) -> str:
     """One line per finished trial, for progress on stderr."""
     if trial.fits:
@@ -49,15 +55,29 @@ def table(report: Report) -> Table:
     grid.add_column("phase")
     grid.add_column("step ms", justify="right")
     grid.add_column("samples/s", justify="right")
+    grid.add_column("", no_wrap=True)  # throughput bar
     grid.add_column("epoch", justify="right")
     grid.add_column("peak", justify="right")
     grid.add_column("of limit", justify="right")
+    show_lr = any(t.lr is not None for t in report.trials)
+    show_accum = any(t.accumulation_steps is not None for t in report.trials)
+    show_energy = any(t.joules_per_sample is not None for t in report.trials)
+    if show_lr:
+        grid.add_column("lr", justify="right")
+    if show_accum:
+        grid.add_column("accum", justify="right")
+    if show_energy:
+        grid.add_column("J/sample", justify="right")
     grid.add_column("note")
+    rec = report.recommendation
+    best = max((t.samples_per_s for t in report.trials if t.samples_per_s), default=0)
     for t in report.trials:
         notes = []
         if t.batch_size == report.limit.batch_size and t.fits:
             notes.append("largest fits" + (", verified" if t.fresh_process else ""))
-        if t.batch_size == report.recommendation.batch_size:
+        if t.batch_size == rec.fastest_batch_size and t.fits:
+            notes.append("fastest")
+        if t.batch_size == rec.batch_size and t.fits:
             notes.append("[bold]recommended[/bold]")
         if t.fits and t.loss_finite is False:
             notes.append("[yellow]non-finite loss[/yellow]")
@@ -66,17 +86,24 @@ def table(report: Report) -> Table:
         elif t.error:
             notes.append(Text(t.error[:60]).markup)
         share = f"{t.peak_bytes / limit_bytes:.0%}" if t.peak_bytes and limit_bytes else "-"
-        grid.add_row(
+        cells = [
             str(t.batch_size),
             f"[{_STATUS_STYLE.get(t.status, 'white')}]{t.status}[/]",
             t.phase,
             step_text(t),
             f"{t.samples_per_s:,.0f}" if t.samples_per_s else "-",
+            bar(t.samples_per_s / best if t.samples_per_s and best else 0),
             _duration(t.epoch_s),
             format_size(t.peak_bytes),
             share,
-            ", ".join(notes),
-        )
+        ]
+        if show_lr:
+            cells.append(f"{t.lr:.3g}" if t.lr is not None else "-")
+        if show_accum:
+            cells.append(f"{t.accumulation_steps}×{t.batch_size}" if t.accumulation_steps else "-")
+        if show_energy:
+            cells.append(f"{t.joules_per_sample:.3g}" if t.joules_per_sample is not None else "-")
+        grid.add_row(*cells, ", ".join(notes))
     return grid
 
 
@@ -85,11 +112,31 @@ def print_report(report: Report, console: Console) -> None:
     rec, limit = report.recommendation, report.limit
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
+        plan = []
+        if rec.accumulation_steps:
+            plan.append(f"accumulate {rec.accumulation_steps} steps for an effective batch of {rec.effective_batch_size}")
+        if rec.lr is not None:
+            plan.append(f"learning rate {rec.lr:.3g}")
+        if plan:
+            console.print("train with: " + "; ".join(plan))
+    if rec.loader and rec.loader.get("status") == "ok":
+        ld = rec.loader
+        console.print(
+            f"through the DataLoader ({ld['workers']} workers) at {rec.batch_size}: {ld['step_ms']['median']:.1f} ms/step, "
+            f"{ld['data_share']:.0%} waiting for data, epoch {_duration(ld['epoch_s'])}"
+        )
+    if rec.noise_scale and rec.noise_scale.get("b_simple") is not None:
+        ns = rec.noise_scale
+        console.print(
+            f"gradient noise scale B_simple ≈ {ns['b_simple']:,.0f} (80% interval {ns['ci_low']:,.0f}–{ns['ci_high']:,.0f}; "
+            f"{ns['batches']} batches of {ns['small_batch']} and {ns['big_batch']}, at the {ns['measured_at']}): "
+            "batches much larger than this buy little per step"
+        )
     if limit.batch_size is not None:
         edge = f"; first failure at {limit.first_oom}" if limit.first_oom else ""
         proof = " (verified in a fresh process)" if limit.verified else " (not verified in a fresh process)"
         console.print(f"largest that fits: {limit.batch_size}{edge}{proof}")
-    if report.memory_model:
+    if report.memory_model and limit.first_oom is not None:
         m = report.memory_model
         console.print(
             f"memory model: {format_size(int(m['fixed_bytes']))} + {format_size(int(m['per_sample_bytes']))} × batch, "
@@ -99,3 +146,20 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"stopped: {report.stopped_because}")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
+
+
+def print_comparison(result, console: Console) -> None:
+    grid = Table(title=f"batchfind compare · regression bound {result.max_regression:.0%}", title_justify="left")
+    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"), ("", "left")):
+        grid.add_column(name, justify=justify)
+    for c in result.changes:
+        bytes_metric = c.metric.startswith("peak")
+        show = (lambda v: format_size(int(v)) if v is not None else "-") if bytes_metric else (
+            lambda v: f"{v:,.0f}" if v is not None else "-")
+        change = f"{c.change:+.1%}" if c.change is not None else "-"
+        verdict = "[red]regressed[/red]" if c.regressed else ""
+        grid.add_row(c.metric, show(c.base), show(c.new), change, verdict)
+    console.print(grid)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
+    console.print("[red]regressed[/red]" if result.regressed else "no regression past the bound")

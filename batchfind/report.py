@@ -8,13 +8,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 SCHEMA_VERSION = 1
 
 # ok: ran all steps. oom: an allocation failed. killed: the worker died from a signal (the
 # kernel's OOM killer sends SIGKILL). timeout: past the per-trial limit. error: anything else.
-STATUSES = ("ok", "oom", "killed", "timeout", "error")
+Status = Literal["ok", "oom", "killed", "timeout", "error"]
+STATUSES = get_args(Status)
+Phase = Literal["double", "refine", "verify"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class StepTimes:
 @dataclass(frozen=True)
 class Trial:
     batch_size: int
-    status: str
+    status: Status
     step_ms: StepTimes | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None  # estimated: steps per epoch × median step
@@ -45,7 +47,7 @@ class Trial:
     lr: float | None = None
     accumulation_steps: int | None = None
     effective_batch_size: int | None = None
-    phase: str = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
+    phase: Phase = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     wall_s: float | None = None
 
     @property
@@ -84,9 +86,18 @@ class Recommendation:
     accumulation_steps: int | None = None
     effective_batch_size: int | None = None
     noisy: bool = False  # step times too noisy to tell sizes within the tolerance apart
-    notes: list[str] = field(default_factory=list)
     noise_scale: dict[str, Any] | None = None  # the gradient noise scale, when asked for
     loader: dict[str, Any] | None = None  # steps through the DataLoader at batch_size, for file data
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A threshold from the command line (`--require-batch`, `--require-throughput`) and its verdict."""
+
+    name: str  # "recommended batch", "limit", "samples/s at the recommended batch"
+    required: float
+    actual: float | None
+    passed: bool
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class Report:
     environment: Environment
     config: dict[str, Any]
     dataset_len: int | None
+    parameters: int | None  # the model's parameter count
     # Items of varying length: {longest, shortest, scanned, total}; batches use the longest.
     input_lengths: dict[str, int] | None
     trials: list[Trial]
@@ -117,17 +129,35 @@ class Report:
     stopped_because: str | None = None
     wall_s: float | None = None
     memory_model: dict[str, Any] | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
+    requirements: list[Requirement] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         # Envelope first: readers see what they are looking at before the details.
-        order = ["schema_version", "tool", "environment", "config", "dataset_len", "input_lengths", "trials", "limit",
-                 "memory_model", "recommendation", "warnings", "interrupted", "stopped_because", "wall_s"]
+        order = ["schema_version", "tool", "environment", "config", "dataset_len", "parameters", "input_lengths", "trials", "limit",
+                 "memory_model", "recommendation", "requirements", "warnings", "interrupted", "stopped_because", "wall_s"]
         return {key: data[key] for key in order}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def check_requirements(
+    report: Report, *, batch: int | None = None, on: str = "recommended", throughput: float | None = None
+) -> list[Requirement]:
+    """Verdicts on the thresholds a CI job set; a size or speed that was not measured fails."""
+    checks = []
+    if batch is not None:
+        actual = report.limit.batch_size if on == "limit" else report.recommendation.batch_size
+        name = "limit" if on == "limit" else "recommended batch"
+        checks.append(Requirement(name, batch, actual, actual is not None and actual >= batch))
+    if throughput is not None:
+        chosen = [t for t in report.trials if t.fits and t.batch_size == report.recommendation.batch_size]
+        actual = chosen[-1].samples_per_s if chosen else None
+        checks.append(Requirement("samples/s at the recommended batch", throughput, actual,
+                                  actual is not None and actual >= throughput))
+    return checks
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -143,3 +173,43 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the report, derived from these types so the two cannot drift apart."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Report).json_schema(mode="serialization")
+    # Every field is always written (null when not measured); readers may rely on its presence.
+    for definition in [schema, *schema.get("$defs", {}).values()]:
+        if "properties" in definition:
+            definition["required"] = list(definition["properties"])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://batchfind.dev/schema/report-v{SCHEMA_VERSION}.json",
+        **schema,
+        "title": f"batchfind report, schema version {SCHEMA_VERSION}",
+    }
+
+
+def load_report(path: Path) -> Report:
+    """A report written by batchfind, validated against the schema; problems name the file and field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from .errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON report: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} (got {found!r})")
+    try:
+        return TypeAdapter(Report).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{path}: {field}: {first['msg']}") from None

@@ -14,7 +14,7 @@ import platform
 import time
 
 from batchfind.config import load_config
-from batchfind.probe import check, probe
+from batchfind.probing import check, probe
 
 
 def fits_fresh(config, size: int) -> str:

@@ -15,6 +15,7 @@ class T:
     status: str
     peak_bytes: int | None = None
     failed_alloc_bytes: int | None = None
+    fresh_process: bool = False
 
 
 def line(fixed, per_sample, sizes):
@@ -24,7 +25,7 @@ def line(fixed, per_sample, sizes):
 def test_exact_line_and_limit_ceiling():
     model = fit(line(300 * MiB, 2 * MiB, [1, 2, 4, 8, 16]), limit_bytes=1024 * MiB)
     assert model.fixed_bytes == pytest.approx(300 * MiB)
-    assert model.per_sample_bytes == pytest.approx(2 * MiB)
+    assert model.per_sample_bytes == pytest.approx(2 * MiB) and model.points == 3
     assert model.ceiling_from == "limit" and model.predicted_edge == 362  # (1024 - 300) / 2
 
 
@@ -33,6 +34,21 @@ def test_the_ceiling_is_learned_from_a_failure():
     model = fit(trials, limit_bytes=1024 * MiB)
     assert model.ceiling_from == "failure" and model.ceiling_bytes == 964 * MiB
     assert model.predicted_edge == 332
+
+
+def test_the_line_follows_the_largest_sizes():
+    # Small batches cost more per sample (per-batch overheads); the edge depends on the marginal cost.
+    trials = [T(1, "ok", 300 * MiB), T(2, "ok", 320 * MiB)] + line(300 * MiB, 2 * MiB, [64, 128, 256])
+    model = fit(trials, limit_bytes=1024 * MiB)
+    assert model.per_sample_bytes == pytest.approx(2 * MiB) and model.points == 3
+
+
+def test_a_failure_in_a_fresh_process_sets_the_ceiling():
+    trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [
+        T(512, "oom", 800 * MiB, 64 * MiB),  # in a long-lived worker: ran out early
+        T(400, "oom", 950 * MiB, 64 * MiB, fresh_process=True),
+    ]
+    assert fit(trials, limit_bytes=None).ceiling_bytes == 1014 * MiB
 
 
 def test_no_model_without_two_sizes_or_growth():

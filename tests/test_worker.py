@@ -4,7 +4,7 @@ import pytest
 
 from batchfind.config import load_config
 from batchfind.errors import InputError, NothingFits
-from batchfind.probe import check, probe
+from batchfind.probing import check, probe
 from batchfind.worker import SetupFailed, Worker
 
 from conftest import TINY
@@ -141,3 +141,25 @@ def test_variable_length_data_is_probed_with_the_longest_items(write_config):
     )))
     assert report.input_lengths == {"longest": 40, "shortest": 5, "scanned": 30, "total": 30}
     assert report.limit.batch_size == 4
+
+
+def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config):
+    report = probe(load_config(write_config(
+        "model: {name: mlp, in_features: 8, hidden: 16, layers: 1, classes: 4}\n"
+        "data: {kind: 'fixtures:Pairs', kwargs: {n: 600}, workers: 1}\n"
+        "train: {optimizer: adam, lr: 0.001, reference_batch: 16}\n"
+        "probe: {warmup_steps: 1, steps: 3, device: cpu, max_batch: 64}\n"
+        "recommend: {noise_scale: true, target_batch: 128}\n"
+    )))
+    rec = report.recommendation
+    assert rec.batch_size is not None and rec.effective_batch_size >= 128
+    assert rec.accumulation_steps == -(-128 // rec.batch_size)
+    assert rec.lr == pytest.approx(0.001 * (rec.effective_batch_size / 16) ** 0.5)
+    loader = rec.loader
+    assert loader["status"] == "ok" and loader["workers"] == 1 and loader["batch_size"] == rec.batch_size
+    assert 0 <= loader["data_share"] <= 1 and loader["step_ms"]["median"] >= loader["data_wait_ms"]["median"]
+    scale = rec.noise_scale
+    assert scale["status"] == "ok" and scale["batches"] == 12
+    assert scale["big_batch"] > scale["small_batch"] >= 2
+    assert scale["samples"] == 12 * (scale["big_batch"] + scale["small_batch"])
+    assert scale["b_simple"] is None or scale["b_simple"] > 0

@@ -7,7 +7,7 @@ import platform
 import time
 from typing import Callable
 
-from . import __version__, search
+from . import __version__, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, fit
@@ -17,6 +17,10 @@ from .worker import SetupFailed, Worker
 
 # A step whose p90 is this much above its p10 is too noisy to rank sizes by.
 NOISY_SPREAD = 0.25
+# Batches at each of the two sizes for the gradient noise scale.
+NOISE_BATCHES = 12
+# Above this share of a step spent waiting for data, training is input-bound.
+INPUT_BOUND_SHARE = 0.2
 
 
 class Prober:
@@ -62,6 +66,17 @@ class Prober:
         self.close()
         return self.try_batch(size)
 
+    def ask(self, request: dict) -> dict:
+        """A request other than a trial, in a brand-new worker; a failure comes back as its status."""
+        self.close()
+        try:
+            self.worker = self._spawn()
+            reply = self.worker.call(request, self.config.probe.trial_timeout_s)
+        except SetupFailed as exc:
+            reply = {"status": exc.status, "error": exc.message}
+        self.close()
+        return reply
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
@@ -74,6 +89,7 @@ class Outcome:
 
     model: MemoryModel | None = None
     refined: bool = False
+    advise: bool = False  # measure what the recommendation needs beyond the trials
 
 
 Plan = Callable[[Prober, dict, Callable[[], bool]], Outcome]
@@ -114,9 +130,40 @@ def probe(
             )
             outcome.refined = True
         _verify(prober, keep_going)
+        outcome.advise = True
         return outcome
 
     return _run(config, plan, on_trial_start, on_trial_end)
+
+
+def _decide(trials: list[Trial], outcome: Outcome, config: Config, facts: dict):
+    """Trials with their training plan, the limit, the recommendation and its notes."""
+    trials = with_training_plan(trials, config.train, config.recommend)
+    limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
+    limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
+    recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False))
+    return trials, limit, recommendation, notes
+
+
+def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit_size: int | None) -> dict:
+    """At the recommended size, in a fresh worker: steps through the DataLoader for data read from
+    files, and the gradient noise scale when asked for."""
+    extras: dict = {}
+    if size is None:
+        return extras
+    if facts["data"] != "synthetic":
+        extras["loader"] = prober.ask({"op": "loader", "batch_size": size})
+        extras["loader"].update(workers=config.data.workers, pin_memory=config.data.pin_memory)
+    if config.recommend.noise_scale:
+        big = min(max(size, 4), limit_size or size)
+        small = max(2, big // 8)
+        reply = prober.ask({"op": "noise", "small": small, "big": big, "batches": NOISE_BATCHES})
+        if reply.get("status") == "ok":
+            scale = noise.estimate(small, reply["small"], big, reply["big"])
+            extras["noise_scale"] = {**dataclasses.asdict(scale), "status": "ok", "measured_at": "initial weights"}
+        else:
+            extras["noise_scale"] = {"status": reply.get("status"), "error": reply.get("error")}
+    return extras
 
 
 def _edge(model: MemoryModel | None) -> int | None:
@@ -160,6 +207,18 @@ def check(
     return _run(config, plan, on_trial_start, on_trial_end)
 
 
+def validate(config: Config) -> Report:
+    """One training step of two samples on CPU: model and data build and agree. No probing."""
+    cpu = config.model_copy(update={"probe": config.probe.model_copy(
+        update={"device": "cpu", "warmup_steps": 0, "steps": 1, "memory_limit": None})})
+
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+        prober.try_batch(min(2, facts["dataset_len"]))
+        return Outcome()
+
+    return _run(cpu, plan, None, None)
+
+
 def _run(
     config: Config,
     plan: Plan,
@@ -181,21 +240,23 @@ def _run(
             return False
         return True
 
+    extras: dict = {}
     try:
         try:
             facts = prober.start()
         except SetupFailed as exc:
             raise _setup_error(exc) from None
         outcome = plan(prober, facts, keep_going)
+        if outcome.advise:
+            _, limit, recommendation, _ = _decide(prober.trials, outcome, config, facts)
+            extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
     except KeyboardInterrupt:
         interrupted, stopped = True, "interrupted"
     finally:
         prober.close()
-    trials = with_training_plan(prober.trials, config.train, config.recommend)
+    trials, limit, recommendation, notes = _decide(prober.trials, outcome, config, facts)
+    recommendation = dataclasses.replace(recommendation, **extras)
     model = outcome.model
-    limit = limit_of(trials, predicted_batch_size=_edge(model), refined=outcome.refined)
-    limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
-    recommendation = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False))
     return Report(
         tool={"name": "batchfind", "version": __version__},
         environment=Environment(
@@ -210,12 +271,14 @@ def _run(
         ),
         config=prober.raw,
         dataset_len=facts.get("dataset_len"),
+        parameters=facts.get("parameters"),
         input_lengths=facts.get("input_lengths"),
         trials=trials,
         limit=limit,
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
-        warnings=_warnings(trials, limit) + _length_warnings(facts.get("input_lengths")),
+        warnings=_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
+        + _advice_warnings(recommendation, facts),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch),
         wall_s=time.monotonic() - started,
@@ -234,6 +297,24 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     if last.batch_size == max_batch:
         return f"reached max_batch ({max_batch})"
     return "done"
+
+
+def _advice_warnings(rec, facts: dict) -> list[str]:
+    warnings = []
+    loader = rec.loader
+    if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
+        warnings.append(
+            f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
+            f"DataLoader ({loader['workers']} workers); raise data.workers or speed up loading"
+        )
+    elif loader and loader.get("status") != "ok":
+        warnings.append(f"the DataLoader timing failed: {loader.get('status')}: {loader.get('error')}")
+    scale = rec.noise_scale
+    if scale and scale.get("status") == "ok" and facts.get("data") == "synthetic":
+        warnings.append("the noise scale was measured on synthetic data: it describes random data, not your task")
+    if scale and scale.get("status") == "ok" and scale.get("b_simple") is None:
+        warnings.append("the gradient noise scale could not be estimated: |G|² came out non-positive (all noise)")
+    return warnings
 
 
 def _length_warnings(lengths: dict[str, int] | None) -> list[str]:
@@ -259,11 +340,11 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
         for t in trials
         if t.fits and not t.loss_finite
     ]
-    noisy = [
+    noisy = sorted({
         t.batch_size
         for t in trials
         if t.fits and t.step_ms and t.step_ms.p10 > 0 and t.step_ms.p90 / t.step_ms.p10 - 1 > NOISY_SPREAD
-    ]
+    })
     if noisy:
         warnings.append(
             f"step times varied by more than {NOISY_SPREAD:.0%} (p10 to p90) at batch {', '.join(map(str, noisy))}: "

@@ -1,0 +1,79 @@
+"""Comparing two reports: what changed, and whether anything regressed past a bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .report import Report, Trial
+
+
+@dataclass(frozen=True)
+class Change:
+    metric: str  # "limit", "recommended batch", "samples/s @ 64", "peak bytes @ 64"
+    base: float | None
+    new: float | None
+    change: float | None  # relative: +0.05 is 5% more
+    higher_is_better: bool
+    regressed: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    changes: list[Change]
+    max_regression: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressed(self) -> bool:
+        return any(c.regressed for c in self.changes)
+
+
+def _last_ok_by_size(report: Report) -> dict[int, Trial]:
+    return {t.batch_size: t for t in report.trials if t.fits}
+
+
+def _change(metric: str, base: float | None, new: float | None, higher_is_better: bool, bound: float) -> Change:
+    if base is None or new is None or base == 0:
+        return Change(metric, base, new, None, higher_is_better, False)
+    change = (new - base) / base
+    worse = -change if higher_is_better else change
+    return Change(metric, base, new, change, higher_is_better, worse > bound)
+
+
+def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparison:
+    """Limit, recommended batch, and throughput and peak memory at every size both ran."""
+    changes = [
+        _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression),
+        _change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size, True,
+                max_regression),
+    ]
+    old, now = _last_ok_by_size(base), _last_ok_by_size(new)
+    for size in sorted(old.keys() & now.keys()):
+        changes.append(_change(f"samples/s @ {size}", old[size].samples_per_s, now[size].samples_per_s, True,
+                               max_regression))
+        changes.append(_change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False,
+                               max_regression))
+    warnings = []
+    if (base.environment.device, base.environment.device_name) != (new.environment.device, new.environment.device_name):
+        warnings.append(
+            f"different devices: {base.environment.device_name} ({base.environment.device}) vs "
+            f"{new.environment.device_name} ({new.environment.device})"
+        )
+    if base.environment.memory_limit_bytes != new.environment.memory_limit_bytes:
+        warnings.append("different memory limits: limits and peaks are not comparable")
+    differing = _differences(base.config, new.config)
+    if differing:
+        warnings.append(f"different configs ({', '.join(differing[:5])}): compare with care")
+    return Comparison(changes, max_regression, warnings)
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(a.keys() | b.keys())
+    out = []
+    for key in keys:
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            out += _differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            out.append(f"{prefix}{key}")
+    return out

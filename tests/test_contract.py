@@ -1,0 +1,172 @@
+"""The CI and pipe contract: JSON Schema, thresholds, compare, init/validate, plot, the Python API."""
+
+import copy
+import json
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from batchfind.cli import app
+from batchfind.report import json_schema
+
+from conftest import TINY
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    """One real probe of a tiny model, shared by the tests that read reports."""
+    folder = tmp_path_factory.mktemp("report")
+    config = folder / "tiny.yaml"
+    config.write_text(TINY)
+    result = runner.invoke(app, ["probe", str(config), "--json", "--max-batch", "8", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""  # --quiet: nothing but the JSON
+    path = folder / "report.json"
+    path.write_text(result.stdout)
+    return path, json.loads(result.stdout), config
+
+
+def test_real_reports_validate_against_the_schema(real_report):
+    _, report, _ = real_report
+    jsonschema.validate(report, json_schema())
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda r: r.pop("trials"),
+        lambda r: r["trials"][0].update(status="exploded"),
+        lambda r: r["trials"][0].update(batch_size="eight"),
+        lambda r: r["limit"].pop("batch_size"),
+        lambda r: r.update(schema_version="one"),
+    ],
+)
+def test_broken_reports_do_not_validate(real_report, breakage):
+    report = copy.deepcopy(real_report[1])
+    breakage(report)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, json_schema())
+
+
+def test_schema_command_prints_the_schema():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == json.loads(json.dumps(json_schema()))
+
+
+def test_units_are_in_field_names(real_report):
+    trial = real_report[1]["trials"][0]
+    assert {"step_ms", "samples_per_s", "epoch_s", "peak_bytes", "wall_s"} <= trial.keys()
+
+
+def write(path, report):
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_compare_no_regression_exits_0(real_report, tmp_path):
+    path, report, _ = real_report
+    result = runner.invoke(app, ["compare", str(path), str(path), "--json"])
+    assert result.exit_code == 0
+    out = json.loads(result.stdout)
+    assert out["regressed"] is False and any(c["metric"] == "limit" for c in out["changes"])
+    assert "no regression" in result.stderr
+
+
+def test_compare_regression_exits_4_and_names_it(real_report, tmp_path):
+    _, report, _ = real_report
+    slower = copy.deepcopy(report)
+    size = slower["trials"][1]["batch_size"]
+    for t in slower["trials"]:
+        if t["batch_size"] == size and t["samples_per_s"]:
+            t["samples_per_s"] *= 0.5
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", slower),
+                                 "--max-regression", "10%"])
+    assert result.exit_code == 4
+    assert f"samples/s @ {size}" in result.stdout and "regressed" in result.stdout
+    # Within a looser bound the same drop is fine.
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--max-regression", "0.6"])
+    assert result.exit_code == 0
+
+
+def test_compare_warns_across_devices_and_configs(real_report, tmp_path):
+    _, report, _ = real_report
+    other = copy.deepcopy(report)
+    other["environment"]["device_name"] = "NVIDIA H100"
+    other["config"]["probe"]["steps"] = 99
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", other)])
+    assert "different devices" in result.stdout and "probe.steps" in result.stdout
+
+
+def test_compare_rejects_what_is_not_a_report(tmp_path):
+    (tmp_path / "x.json").write_text('{"schema_version": 1, "trials": "no"}')
+    (tmp_path / "y.json").write_text("not json")
+    for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file")):
+        result = runner.invoke(app, ["compare", str(tmp_path / name), str(tmp_path / name)])
+        assert result.exit_code == 2 and message in result.stderr
+
+
+def test_thresholds_exit_4_and_are_recorded(real_report):
+    _, _, config = real_report
+    result = runner.invoke(app, ["probe", str(config), "--json", "--max-batch", "4", "--quiet",
+                                 "--require-batch", "64", "--require-on", "limit", "--require-throughput", "1e12"])
+    assert result.exit_code == 4
+    reqs = json.loads(result.stdout)["requirements"]
+    assert [(r["name"], r["passed"]) for r in reqs] == [("limit", False), ("samples/s at the recommended batch", False)]
+    result = runner.invoke(app, ["probe", str(config), "--json", "--max-batch", "4", "--quiet",
+                                 "--require-batch", "1", "--require-throughput", "1"])
+    assert result.exit_code == 0 and all(r["passed"] for r in json.loads(result.stdout)["requirements"])
+
+
+@pytest.mark.parametrize("template", ["mlp", "cnn", "gpt"])
+def test_init_then_validate(tmp_path, template):
+    path = tmp_path / f"{template}.yaml"
+    result = runner.invoke(app, ["init", str(path), "--template", template])
+    assert result.exit_code == 0 and path.read_text().startswith("# batchfind config")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "valid" in result.stdout and "one training step on CPU ran" in result.stdout
+    assert runner.invoke(app, ["init", str(path)]).exit_code == 2  # no silent overwrite
+
+
+def test_custom_template_loads_and_validate_names_the_missing_module(tmp_path):
+    path = tmp_path / "custom.yaml"
+    runner.invoke(app, ["init", str(path), "--template", "custom"])
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "model.name: cannot import 'mypackage.models'" in result.stderr
+
+
+def test_validate_reports_data_that_does_not_fit(write_config):
+    path = write_config("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "data and model do not fit together" in result.stderr
+
+
+def test_plot_writes_a_real_png(real_report, tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path, _, _ = real_report
+    out = tmp_path / "plot.png"
+    result = runner.invoke(app, ["plot", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (800, 650)
+        assert len(set(image.convert("L").getdata())) > 10  # drawn, not blank
+
+
+def test_python_api_returns_the_same_report_as_the_cli(real_report):
+    import batchfind
+
+    _, cli_report, config = real_report
+    report = batchfind.probe(batchfind.load_config(config, {"--max-batch": 8}))
+    assert isinstance(report, batchfind.Report)
+    api = report.to_dict()
+    assert api.keys() == cli_report.keys()
+    assert api["config"] == cli_report["config"]
+    assert [(t["batch_size"], t["status"], t["phase"]) for t in api["trials"]] == [
+        (t["batch_size"], t["status"], t["phase"]) for t in cli_report["trials"]]
+    assert api["limit"] == cli_report["limit"]
