@@ -141,14 +141,19 @@ def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> No
     from .report import write_atomic
 
     text = report.to_json()
-    if output is not None:
-        write_atomic(output, text + "\n")
     if as_json:
         if not quiet:
             print_report(report, _console(stderr=True))
         sys.stdout.write(text + "\n")
+        sys.stdout.flush()
     else:
         print_report(report, _console())
+    if output is not None:
+        # Written last: if the file cannot be written, the report has already reached stdout.
+        try:
+            write_atomic(output, text + "\n")
+        except OSError as exc:
+            raise InputError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
 
 
 def _exit_code(report) -> int:

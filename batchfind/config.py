@@ -298,8 +298,14 @@ def _read(path: Path) -> dict[str, Any]:
 _TAGS = {*BUILTIN_MODELS, "factory"}
 
 
+def _key(part: object) -> str:
+    # A key with a newline or control character would break the one-line-per-problem promise.
+    text = str(part)
+    return text if text.isprintable() and text else repr(text)
+
+
 def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str:
-    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in _TAGS and p != error["loc"][0])]
+    loc = [_key(p) for p in error["loc"] if not (isinstance(p, str) and p in _TAGS and p != error["loc"][0])]
     # Pydantic puts a model validator's complaint on the section; it already names the fields.
     field = ".".join(loc)
     option = given.get(tuple(loc[:2]))

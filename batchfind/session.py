@@ -15,7 +15,7 @@ from .errors import InputError
 from .measure import gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
-from .step import autocast, compute_loss, make_step
+from .step import Step, autocast, compute_loss
 
 
 class Session:
@@ -28,7 +28,7 @@ class Session:
         self.model = build_model(config.model).to(self.device).train()
         self.batches = build_batches(config, self.device)
         check_fit(self.model, self.batches, config, self.device)
-        self.step = make_step(self.model, config.train, self.device)
+        self.step = Step(self.model, config.train, self.device)
         self.energy = devices.energy_meter(self.device)
         self.facts = {
             **devices.device_facts(self.device),
@@ -46,10 +46,12 @@ class Session:
     def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one request; any failure becomes its status (oom with how far memory got, or error)."""
         start = time.perf_counter()
+        self.step.stage = None
         try:
             result = getattr(self, f"_{op}")(**args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
-            result = {"status": "error", "error": one_line(exc)}
+            where = f"in {self.step.stage}: " if self.step.stage else ""
+            result = {"status": "error", "error": where + one_line(exc)}
             if devices.is_oom(exc):
                 # How far memory got before it ran out teaches the memory model where the ceiling is.
                 result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],

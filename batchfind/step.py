@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,21 +36,28 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_step(
-    model: nn.Module, train: TrainConfig, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A closure that runs one training step on a batch and returns the (detached) loss."""
-    optimizer = make_optimizer(model, train)
-    # fp16 needs loss scaling to train; its cost belongs in the measurement.
-    scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
+class Step:
+    """One training step on a batch, returning the (detached) loss.
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, train.precision):
-            loss = compute_loss(model(x), y, train.loss)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    `stage` names the part running (forward, backward, optimizer step), so a failure can say where
+    memory ran out.
+    """
+
+    def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
+        self.model, self.train, self.device = model, train, device
+        self.optimizer = make_optimizer(model, train)
+        # fp16 needs loss scaling to train; its cost belongs in the measurement.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
+        self.stage = "forward"
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.stage = "forward"
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.train.precision):
+            loss = compute_loss(self.model(x), y, self.train.loss)
+        self.stage = "backward"
+        self.scaler.scale(loss).backward()
+        self.stage = "optimizer step"
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss.detach()
-
-    return step

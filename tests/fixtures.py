@@ -8,6 +8,16 @@ import torch
 from torch import nn
 
 
+class _FailInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake, in backward)")
+
+
 class Trap(nn.Module):
     """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs."""
 
@@ -32,6 +42,8 @@ class Trap(nn.Module):
                 raise ValueError("a bug in the model")
             if self.how == "nan":
                 return self.linear(x) * float("nan")
+            if self.how == "backward_oom":
+                return _FailInBackward.apply(self.linear(x))
         return self.linear(x)
 
 

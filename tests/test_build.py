@@ -11,7 +11,7 @@ from batchfind.errors import InputError
 from batchfind.measure import measure, step_stats
 from batchfind.models import build_model
 from batchfind.session import check_fit
-from batchfind.step import make_step
+from batchfind.step import Step
 
 CPU = torch.device("cpu")
 
@@ -38,7 +38,7 @@ def test_builtin_models_train_on_their_synthetic_batches(write_config, text, out
     cfg, model, batches = built(write_config, text)
     x, y = batches.batch(4)
     assert model(x).shape == out_shape
-    step = make_step(model, cfg.train, CPU)
+    step = Step(model, cfg.train, CPU)
     assert torch.isfinite(step(x, y))
 
 
@@ -150,7 +150,7 @@ def test_step_stats_percentiles():
 
 def test_measure_runs_real_steps(write_config):
     cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
-    step = make_step(model, cfg.train, CPU)
+    step = Step(model, cfg.train, CPU)
     before = [p.detach().clone() for p in model.parameters()]
     result = measure(step, batches.batch, 10, warmup=1, steps=4, dataset_len=100, device=CPU)
     assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 4

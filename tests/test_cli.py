@@ -124,3 +124,22 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     assert report["interrupted"] is True and report["stopped_because"] == "interrupted"
     assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4]
     assert report["limit"]["verified"] is False
+
+
+def test_an_unwritable_output_still_prints_the_report(write_config, monkeypatch):
+    import batchfind.report
+    from test_fuzz import fake_probe
+
+    from batchfind import probing
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(probing, "probe", fake_probe)
+    monkeypatch.setattr(batchfind.report, "write_atomic", refuse)
+    path = write_config(TINY)
+    result = runner.invoke(app, ["probe", str(path), "--json", "-o", str(path.parent / "r.json")])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["recommendation"]["batch_size"] == 1
+    assert result.stderr.strip().endswith("Permission denied")
+    assert "--output: cannot write" in result.stderr

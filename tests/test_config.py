@@ -46,41 +46,6 @@ def test_overrides_win_and_errors_name_the_option(write_config):
         load_config(path, {"--memory-limit": "lots"})
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("model: {name: cnn, width: -3}\n", "model.width: must be greater than 0 (got -3)"),
-        ("model: {name: cnn, widht: 3}\n", "model.widht: unknown key"),
-        ("model: {name: mlp}\nextra: 1\n", "extra: unknown key"),
-        ("model: {name: resnet}\n", "model.name: expected one of mlp, cnn, transformer or package.module:factory"),
-        ("model: {name: mlp}\ntrain: {optimizer: lamb}\n", "train.optimizer: must be 'sgd', 'adam', 'adamw' or 'rmsprop'"),
-        ("model: {name: mlp}\ntrain: {precision: fp8}\n", "train.precision: must be 'fp32', 'bf16' or 'fp16'"),
-        ("model: {name: mlp}\ntrain: {loss: hinge}\n", "train.loss: must be 'cross_entropy' or 'mse'"),
-        ("model: {name: mlp}\ntrain: {lr: fast}\n", "train.lr: must be a valid number"),
-        ("model: {name: mlp}\nprobe: {min_batch: 8, max_batch: 4}\n", "min_batch (8) must be <= max_batch (4)"),
-        ("model: {name: mlp}\nprobe: {memory_limit: 2XB}\n", "probe.memory_limit: expected a size like 2GiB"),
-        ("model: {name: mlp}\nprobe: {memory_limit: -1}\n", "probe.memory_limit: must be > 0 bytes"),
-        ("model: {name: mlp}\nprobe: {device: tpu}\n", "probe.device: expected auto, cpu, cuda or cuda:N"),
-        ("model: {name: mlp}\nprobe: {steps: 0}\n", "probe.steps: must be greater than 0 (got 0)"),
-        ("model: {name: mlp}\ndata: {kind: parquet}\n", "data.kind: expected one of synthetic, tensors, imagefolder"),
-        ("model: {name: mlp}\ndata: {kind: tensors}\n", "data.kind tensors needs data.path"),
-        ("model: {name: transformer, d_model: 10, heads: 3}\n", "d_model (10) must be divisible by heads (3)"),
-        ("model: {name: mlp}\nprobe: 5\n", "probe: must be a valid dictionary"),
-        ("probe: {}\n", "model: required"),
-        ("model: [1, 2\n", "invalid YAML at line 2"),
-        ("", "empty config"),
-        ("- a\n- b\n", "expected a mapping of sections"),
-    ],
-)
-def test_invalid_configs_give_one_line_per_problem(write_config, text, expected):
-    path = write_config(text)
-    with pytest.raises(InputError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert expected in message
-    assert all(line.startswith(str(path)) for line in message.splitlines())
-
-
 def test_every_problem_is_listed(write_config):
     path = write_config("model: {name: cnn, width: 0, bogus: 1}\ntrain: {optimizer: lamb}\n")
     with pytest.raises(InputError) as info:

@@ -155,7 +155,8 @@ def test_plot_writes_a_real_png(real_report, tmp_path):
     assert result.exit_code == 0, result.stderr
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (800, 650)
-        assert len(set(image.convert("L").getdata())) > 10  # drawn, not blank
+        darkest, lightest = image.convert("L").getextrema()
+        assert lightest - darkest > 100  # drawn, not blank
 
 
 def test_python_api_returns_the_same_report_as_the_cli(real_report):
@@ -169,4 +170,5 @@ def test_python_api_returns_the_same_report_as_the_cli(real_report):
     assert api["config"] == cli_report["config"]
     assert [(t["batch_size"], t["status"], t["phase"]) for t in api["trials"]] == [
         (t["batch_size"], t["status"], t["phase"]) for t in cli_report["trials"]]
-    assert api["limit"] == cli_report["limit"]
+    measured = lambda limit: {k: v for k, v in limit.items() if k != "predicted_batch_size"}  # noqa: E731
+    assert measured(api["limit"]) == measured(cli_report["limit"])

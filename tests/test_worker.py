@@ -34,7 +34,8 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
 @pytest.mark.parametrize(
     "how, status, error",
     [
-        ("oom", "oom", "OutOfMemoryError"),
+        ("oom", "oom", "in forward: OutOfMemoryError"),
+        ("backward_oom", "oom", "in backward: OutOfMemoryError"),
         ("onednn", "oom", "could not create a primitive"),
         ("kill", "killed", "SIGKILL"),
         ("segv", "killed", "SIGSEGV"),
@@ -163,3 +164,15 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     assert scale["big_batch"] > scale["small_batch"] >= 2
     assert scale["samples"] == 12 * (scale["big_batch"] + scale["small_batch"])
     assert scale["b_simple"] is None or scale["b_simple"] > 0
+
+
+def test_a_real_out_of_memory_in_the_optimizer_step(write_config):
+    """Weights and gradients fit under the cap, Adam's two state tensors per weight do not."""
+    cfg = load_config(write_config(
+        "model: {name: mlp, in_features: 4096, hidden: 4096, layers: 3, classes: 4096}\n"
+        "train: {optimizer: adam, lr: 0.001}\n"
+        "probe: {device: cpu, memory_limit: 1GiB, warmup_steps: 0, steps: 1, min_batch: 1, max_batch: 1}"
+    ))
+    report = check(cfg, 1)
+    trial = report.trials[0]
+    assert trial.status == "oom" and trial.error.startswith("in optimizer step: "), trial.error

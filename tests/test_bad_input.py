@@ -1,0 +1,122 @@
+"""The bad-input corpus: every case is one line naming the file and field (or option), what was
+expected, exit code 2, and no traceback."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from batchfind.cli import app
+
+runner = CliRunner()
+
+MLP = "model: {name: mlp, in_features: 8, classes: 4}\n"
+CPU = "probe: {device: cpu, warmup_steps: 0, steps: 1}\n"
+
+# (config text, extra arguments, the substring the error must contain)
+CASES = {
+    "malformed yaml": ("model: [1, 2\n", [], "invalid YAML at line 2"),
+    "yaml tab indent": ("model:\n\t name: mlp\n", [], "invalid YAML"),
+    "empty file": ("", [], "empty config, expected at least a `model` section"),
+    "top level list": ("- model\n", [], "expected a mapping of sections at the top level (got list)"),
+    "missing model": ("probe: {}\n", [], "model: required"),
+    "unknown top key": (MLP + "trian: {}\n", [], "trian: unknown key"),
+    "unknown model key": ("model: {name: mlp, widht: 3}\n", [], "model.widht: unknown key"),
+    "unknown probe key": (MLP + "probe: {step: 3}\n", [], "probe.step: unknown key"),
+    "section not a mapping": (MLP + "probe: 5\n", [], "probe: must be a valid dictionary"),
+    "wrong type": (MLP + "train: {lr: fast}\n", [], "train.lr: must be a valid number"),
+    "list for int": ("model: {name: mlp, hidden: [1]}\n", [], "model.hidden: must be a valid integer"),
+    "zero size": ("model: {name: cnn, width: 0}\n", [], "model.width: must be greater than 0 (got 0)"),
+    "negative size": ("model: {name: mlp, layers: -2}\n", [], "model.layers: must be greater than 0 (got -2)"),
+    "zero steps": (MLP + "probe: {steps: 0}\n", [], "probe.steps: must be greater than 0 (got 0)"),
+    "min above max": (MLP + "probe: {min_batch: 64, max_batch: 8}\n", [], "min_batch (64) must be <= max_batch (8)"),
+    "bad memory size": (MLP + "probe: {memory_limit: 2 gigs}\n", [], "probe.memory_limit: expected a size like 2GiB"),
+    "negative memory": (MLP + "probe: {memory_limit: -5}\n", [], "probe.memory_limit: must be > 0 bytes"),
+    "unknown device": (MLP + "probe: {device: tpu}\n", [], "probe.device: expected auto, cpu, cuda or cuda:N"),
+    "unknown optimizer": (MLP + "train: {optimizer: lamb}\n", [], "train.optimizer: must be 'sgd', 'adam'"),
+    "unknown loss": (MLP + "train: {loss: hinge}\n", [], "train.loss: must be 'cross_entropy' or 'mse'"),
+    "unknown precision": (MLP + "train: {precision: fp8}\n", [], "train.precision: must be 'fp32', 'bf16' or 'fp16'"),
+    "unknown model": ("model: {name: resnet}\n", [], "model.name: expected one of mlp, cnn, transformer"),
+    "unknown data kind": (MLP + "data: {kind: parquet}\n", [], "data.kind: expected one of synthetic, tensors"),
+    "heads do not divide": ("model: {name: transformer, d_model: 10, heads: 3}\n", [],
+                            "d_model (10) must be divisible by heads (3)"),
+    "tolerance out of range": (MLP + "recommend: {tolerance: 2}\n", [], "recommend.tolerance: must be less than 1"),
+    "option min batch": (MLP, ["--min-batch", "0"], "--min-batch: must be greater than 0 (got 0)"),
+    "option memory": (MLP, ["--memory-limit", "lots"], "--memory-limit: expected a size like 2GiB"),
+    "option device": (MLP, ["--device", "gpu0"], "--device: expected auto, cpu, cuda or cuda:N"),
+    "option not a number": (MLP, ["--max-batch", "many"], "Invalid value for '--max-batch'"),
+    "output folder missing": (MLP, ["-o", "/no/such/dir/r.json"], "--output: folder /no/such/dir does not exist"),
+    "output is a folder": (MLP, ["-o", "{dir}"], "is a directory, expected a file path"),
+    # These reach the worker: model and data are built there.
+    "import path missing": ("model: {name: 'no_such_pkg.models:build'}\n" + CPU, [],
+                            "model.name: cannot import 'no_such_pkg.models'"),
+    "factory attribute missing": ("model: {name: 'fixtures:nothing_here'}\n" + CPU, [],
+                                  "model.name: module 'fixtures' has no attribute 'nothing_here'"),
+    "factory raises": ("model: {name: 'fixtures:raises'}\n" + CPU, [],
+                       "model.name: fixtures:raises(**kwargs) raised ValueError: factory is broken"),
+    "factory returns no model": ("model: {name: 'fixtures:not_a_model'}\n" + CPU, [],
+                                 "model.name: fixtures:not_a_model returned int, expected a torch.nn.Module"),
+    "dataset factory returns no dataset": (MLP + "data: {kind: 'fixtures:not_a_model'}\n" + CPU, [],
+                                           "data.kind: fixtures:not_a_model returned int, expected a map-style"),
+    "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
+                      "data: the fixtures:Pairs dataset is empty"),
+    "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,
+                                       ["--min-batch", "16"], "probe.min_batch: 16 is larger than the dataset (10"),
+    "shape does not fit": ("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
+                           "data and model do not fit together: inputs (1, 8) torch.float32"),
+    "labels out of range": ("model: {name: mlp, in_features: 8, classes: 2}\n"
+                            "data: {kind: 'fixtures:Pairs', kwargs: {classes: 9}}\n" + CPU, [],
+                            "but the model outputs 2 classes"),
+    "tensor file missing": (MLP + "data: {kind: tensors, path: none.pt}\n" + CPU, [], "data.path: "),
+    "tensor file is a folder": (MLP + "data: {kind: tensors, path: .}\n" + CPU, [],
+                                "is a directory, expected a .pt or .npz file"),
+    "tensor file wrong keys": (MLP + "data: {kind: tensors, path: wrong.npz}\n" + CPU, [],
+                               "expected 'inputs' and 'targets'"),
+    "synthetic factory needs shape": ("model: {name: 'fixtures:Trap'}\n" + CPU, [],
+                                      "data.input_shape: required for synthetic data with a factory model"),
+    "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),
+    "cuda:7": (MLP + "probe: {device: 'cuda:7'}\n", [], "probe.device: cuda:7 requested"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path):
+    if "cuda" in name and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    text, args, expected = CASES[name]
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 8), dtype="float32"))
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative data paths resolve against the config anyway
+    try:
+        result = runner.invoke(app, ["probe", str(config), *args])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    if not args or args[0] not in ("--max-batch",):
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        # It names the file, or the option the user typed.
+        assert str(config) in lines[0] or (args and args[0] in lines[0]) or lines[0].startswith(
+            ("error: model", "error: data", "error: probe")), lines[0]
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 30
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: mlp, width: 3}\n")
+    quiet = runner.invoke(app, ["probe", str(config)])
+    assert quiet.exit_code == 2 and "Traceback" not in quiet.output
+    loud = runner.invoke(app, ["probe", str(config), "--debug"])
+    assert loud.exception is not None and type(loud.exception).__name__ == "InputError"
+    runner_env = runner.invoke(app, ["probe", str(config)], env={"BATCHFIND_DEBUG": "1"})
+    assert type(runner_env.exception).__name__ == "InputError"
