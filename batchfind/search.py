@@ -54,10 +54,12 @@ def refine(
     """Find the largest fitting multiple of `multiple_of` between `fits` (ran) and `fails` (did not).
 
     `predict()` returns the memory model's edge given everything tried so far. While that edge is
-    below the failed size it chooses the next size (at most `model_probes` times): the edge itself,
-    or the first candidate above what fits when the model says that is the edge. Otherwise, and
-    afterwards, the bracket is halved. So the probes never exceed `model_probes` plus plain
-    bisection's ceil(log2(candidates + 1)), and a good model needs two: its edge, and one above.
+    below the failed size it chooses the next size: the edge itself, or the first candidate above
+    what fits when the model says that is the edge. The model keeps choosing while it is right about
+    the sizes it chose (at most `model_probes` times); once a size it expected to fit fails, or one
+    it expected to fail fits, the bracket is halved from then on. So the probes never exceed
+    `model_probes` plus plain bisection's ceil(log2(candidates + 1)), and a good model needs two:
+    its edge, and one above.
     """
     outcomes: list[Outcome] = []
     step = multiple_of
@@ -66,20 +68,20 @@ def refine(
         high = (fails - 1) // step * step  # the largest candidate below what fails
         if low > high:
             break
-        size = None
-        if predict is not None and model_probes > 0:
-            guess = predict()
-            if guess is not None and guess < fails:
-                model_probes -= 1
-                size = min(max(guess // step * step, low), high)
-        if size is None:
+        guess = predict() if predict is not None and model_probes > 0 else None
+        if guess is not None and guess < fails:
+            size = min(max(guess // step * step, low), high)
+        else:
+            guess = None
             size = (low // step + (high - low) // step // 2) * step
         outcome = try_batch(size)
         outcomes.append(outcome)
+        if outcome.status in STOPPING:
+            break
+        if guess is not None:
+            model_probes = model_probes - 1 if (size <= guess) == (outcome.status == "ok") else 0
         if outcome.status == "ok":
             fits = size
-        elif outcome.status in STOPPING:
-            break
         else:
             fails = size
     return outcomes

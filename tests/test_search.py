@@ -152,3 +152,16 @@ def test_refine_finds_exactly_the_largest_fitting_candidate(data, fits, span, st
     assert len(tried) <= 3 + bisection_bound(fits, fails, step)
     if model == "exact":
         assert len(tried) <= 2
+
+
+def test_a_model_proven_wrong_is_not_asked_again():
+    calls = []
+
+    def stubborn():
+        calls.append(1)
+        return 290  # the true edge is 299
+
+    found, tried = run_refine(300, 256, 512, predict=stubborn)
+    assert found == 299
+    assert tried[:2] == [290, 291]  # its edge fits, and so does the size it said would fail
+    assert len(calls) == 2  # from then on: bisection
