@@ -5,7 +5,7 @@ A small CPU task — a 2-layer MLP learning a fixed random teacher network's lab
 learning-rate grid, steps until the held-out loss reaches a target. McCandlish et al. (2018)
 predict steps S(B) = S_min (1 + B_crit / B); a least-squares fit of S against 1/B gives B_crit.
 Beside it, B_simple from batchfind.noise.estimate, measured the way `--noise-scale` does (12
-batches at two sizes) at the initial weights, and at the weights halfway to the target.
+batches at two sizes) at the initial weights, halfway to the target, and at the target.
 
     python benchmarks/critical_batch.py
 """
@@ -24,10 +24,10 @@ from batchfind.noise import estimate
 
 FEATURES, CLASSES, HIDDEN = 20, 10, 64
 BATCHES = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
-LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
-TARGET = 1.05  # held-out cross-entropy to reach (the flipped labels put the floor near 0.6)
+LRS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+TARGET = 0.85  # held-out cross-entropy to reach (the flipped labels put the floor near 0.6)
 MAX_STEPS = 6000
-EVAL_EVERY = 10
+EVAL_EVERY = 5
 
 
 def make_task(n: int, seed: int):
@@ -83,13 +83,13 @@ def noise_scale(model: nn.Module, train, small: int, big: int, seed: int):
     return estimate(small, sq_norms(small), big, sq_norms(big))
 
 
-def halfway_model(train, held, batch: int, lr: float) -> nn.Module:
-    """The student trained until its held-out loss is halfway from the start to the target."""
+def trained_model(train, held, batch: int, lr: float, fraction: float) -> nn.Module:
+    """The student trained until its held-out loss has gone `fraction` of the way to the target."""
     x, y = train
     model = student()
     with torch.no_grad():
         start = F.cross_entropy(model(held[0]), held[1]).item()
-    goal = (start + TARGET) / 2
+    goal = start + (TARGET - start) * fraction
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(7)
     for _ in range(MAX_STEPS):
@@ -130,8 +130,10 @@ def main() -> None:
     b_crit = slope / s_min if s_min > 0 else float("nan")
     print(f"\nfit S(B) = S_min (1 + B_crit/B): S_min = {s_min:.0f} steps, B_crit = {b_crit:.0f}")
     mid_batch = min(results, key=lambda b: abs(b - 64))
+    lr = results[mid_batch][0]
     for label, model in (("initial weights", student()),
-                         ("halfway to the target", halfway_model(train, held, mid_batch, results[mid_batch][0]))):
+                         ("halfway to the target", trained_model(train, held, mid_batch, lr, 0.5)),
+                         ("target", trained_model(train, held, mid_batch, lr, 1.0))):
         scale = noise_scale(model, train, 16, 128, seed=3)
         print(f"B_simple at the {label}: {scale.b_simple:.0f} (80% interval {scale.ci_low:.0f}-{scale.ci_high:.0f}, "
               f"12 batches of 16 and 128)")
