@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ import typer
 
 from . import __version__
 from .errors import BatchfindError, InputError
+from .report import MEMORY_FAILURES
 
 app = typer.Typer(
     help="Find the batch size to train with on this machine.",
@@ -137,23 +139,24 @@ def _progress(console, quiet: bool):
 
 
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
+    """The data first (stdout, then the file), the table last: nothing is lost if one step fails."""
     from .render import print_report
-    from .report import write_atomic
+    from . import report as reports
 
     text = report.to_json()
     if as_json:
-        if not quiet:
-            print_report(report, _console(stderr=True))
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    else:
-        print_report(report, _console())
-    if output is not None:
-        # Written last: if the file cannot be written, the report has already reached stdout.
-        try:
-            write_atomic(output, text + "\n")
-        except OSError as exc:
-            raise InputError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        if output is not None:
+            reports.write_atomic(output, text + "\n")
+    except OSError as exc:
+        raise InputError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        if not as_json:
+            print_report(report, _console())
+        elif not quiet:
+            print_report(report, _console(stderr=True))
 
 
 def _exit_code(report) -> int:
@@ -161,7 +164,7 @@ def _exit_code(report) -> int:
         return EXIT_INTERRUPTED
     if report.limit.batch_size is None:
         first = report.trials[0] if report.trials else None
-        return 3 if first is not None and first.status in ("oom", "killed", "timeout") else 1
+        return 3 if first is not None and first.status in MEMORY_FAILURES else 1
     if any(not r.passed for r in report.requirements):
         return EXIT_REQUIREMENT
     return 0
@@ -238,22 +241,29 @@ def probe(
             "--noise-scale": noise_scale,
         })
         _check_output(plot_file, "--plot")
+        if require_throughput is not None and not (math.isfinite(require_throughput) and require_throughput > 0):
+            raise InputError(f"--require-throughput: expected a positive number of samples/s (got {require_throughput})")
+        if plot_file is not None:
+            from .plot import require_matplotlib
+
+            require_matplotlib()
         console = _console(stderr=True)
         on_start, on_end = _progress(console, quiet)
         report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end)
         report = dataclasses.replace(report, requirements=check_requirements(
             report, batch=require_batch, on=require_on.value, throughput=require_throughput))
         _emit(report, as_json, output, quiet)
-        if plot_file is not None and not report.interrupted:
+        code = _exit_code(report)
+        if plot_file is not None and report.limit.batch_size is not None:
             from .plot import plot as draw
 
             draw(report, plot_file)
-        code = _exit_code(report)
         if code == 3:
             first = report.trials[0]
             console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status})")
         for failed in (r for r in report.requirements if not r.passed):
-            console.print(f"[red]requirement failed:[/red] {failed.name} is {failed.actual} (required ≥ {failed.required:g})")
+            actual = "not measured" if failed.actual is None else f"{failed.actual:g}"
+            console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {failed.required:g})")
         raise typer.Exit(code)
 
 
@@ -283,7 +293,7 @@ def check(
         if as_json:
             sys.stdout.write(report.to_json() + "\n")
         typer.echo(trial_line(trial), err=as_json)
-        raise typer.Exit(0 if trial.fits else 3 if trial.status in ("oom", "killed", "timeout") else 1)
+        raise typer.Exit(0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1)
 
 
 
@@ -380,12 +390,15 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         from .probing import validate as run_validate
 
         report = run_validate(load_config(config))
+        if report.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
         trial = report.trials[0]
         if not trial.fits:
             raise InputError(f"{config}: one training step on CPU failed: {trial.status}: {trial.error}")
-        typer.echo(
+        loss = f"loss {trial.loss:.4g}" if trial.loss is not None else "[yellow]the loss was not finite[/yellow]"
+        _console().print(
             f"{config}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
-            f"{report.dataset_len:,} samples, one training step on CPU ran (loss {trial.loss:.4g})"
+            f"{report.dataset_len:,} samples, one training step on CPU ran ({loss})"
         )
 
 

@@ -33,6 +33,8 @@ def _last_ok_by_size(report: Report) -> dict[int, Trial]:
 
 
 def _change(metric: str, base: float | None, new: float | None, higher_is_better: bool, bound: float) -> Change:
+    if base is not None and new is None and higher_is_better:
+        return Change(metric, base, new, None, higher_is_better, True)  # it no longer fits at all
     if base is None or new is None or base == 0:
         return Change(metric, base, new, None, higher_is_better, False)
     change = (new - base) / base

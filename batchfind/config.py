@@ -245,7 +245,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     """Read, override and validate a config; every problem becomes one InputError."""
     path = Path(path)
     raw = _read(path)
+    for section in ("data", "train", "probe", "recommend"):
+        if section in raw and raw[section] is None:
+            raw[section] = {}  # a section whose keys are all commented out
     for option, value in (overrides or {}).items():
+        if option not in OPTIONS:
+            raise InputError(f"unknown override {option!r}; expected one of {', '.join(OPTIONS)}")
         if value is not None:
             section, key = OPTIONS[option]
             if not isinstance(raw.setdefault(section, {}), dict):

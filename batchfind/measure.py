@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from torch.utils.data import DataLoader
 
 from . import devices
 from .config import TrainConfig
@@ -102,7 +103,7 @@ def gradient_sq_norms(
 
 def measure_loader(
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    loader: Iterable,
+    loader: DataLoader,
     batch_size: int,
     *,
     warmup: int,
@@ -125,14 +126,17 @@ def measure_loader(
             total_ms.append((time.perf_counter() - start) * 1000)
             wait_ms.append((fetched - start) * 1000)
     total, wait = step_stats(total_ms), step_stats(wait_ms)
+    median_s = total["median"] / 1000
     return {
         "status": "ok",
         "batch_size": batch_size,
+        "workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
         "step_ms": total,
         "data_wait_ms": wait,
-        "data_share": wait["median"] / total["median"] if total["median"] > 0 else None,
-        "samples_per_s": batch_size / (total["median"] / 1000),
-        "epoch_s": math.ceil(dataset_len / batch_size) * total["median"] / 1000,
+        "data_share": wait["median"] / total["median"] if median_s > 0 else None,
+        "samples_per_s": batch_size / median_s if median_s > 0 else None,
+        "epoch_s": math.ceil(dataset_len / batch_size) * median_s,
     }
 
 

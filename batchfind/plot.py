@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report
+from .report import MEMORY_FAILURES, Report, atomic_path
 
 GiB = 1024**3
 
 
-def plot(report: Report, path: Path) -> None:
+def require_matplotlib():
+    """pyplot, drawing to files only; a missing extra is bad input, found before a long probe."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")  # files only, never a window
+        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("plot: needs matplotlib (pip install 'batchfind[plot]')") from None
+    return plt
+
+
+def plot(report: Report, path: Path) -> None:
+    plt = require_matplotlib()
     fitting = {t.batch_size: t for t in report.trials if t.fits}
     if not fitting:
         raise InputError("plot: the report has no batch size that ran")
@@ -48,12 +52,8 @@ def plot(report: Report, path: Path) -> None:
             if size is not None:
                 axis.axvline(size, color=color, linestyle="--", alpha=0.7, label=label if axis is bottom else None)
     bottom.legend(loc="upper left", fontsize="small")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

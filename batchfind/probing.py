@@ -84,7 +84,7 @@ class Prober:
 
 
 @dataclasses.dataclass
-class Outcome:
+class PlanResult:
     """What a plan hands back beside the trials the prober kept."""
 
     model: MemoryModel | None = None
@@ -92,7 +92,7 @@ class Outcome:
     advise: bool = False  # measure what the recommendation needs beyond the trials
 
 
-Plan = Callable[[Prober, dict, Callable[[], bool]], Outcome]
+Plan = Callable[[Prober, dict, Callable[[], bool]], PlanResult]
 
 
 def probe(
@@ -109,12 +109,12 @@ def probe(
     """
     p = config.probe
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         dataset_len = facts["dataset_len"]
         if p.min_batch > dataset_len:
             raise InputError(f"probe.min_batch: {p.min_batch} is larger than the dataset ({dataset_len} samples)")
         high = min(p.max_batch or dataset_len, dataset_len)
-        outcome = Outcome()
+        outcome = PlanResult()
         doubled = search.double(prober.try_batch, p.min_batch, high, keep_going)
         ceiling = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
         outcome.model = fit(prober.trials, ceiling)
@@ -136,7 +136,7 @@ def probe(
     return _run(config, plan, on_trial_start, on_trial_end)
 
 
-def _decide(trials: list[Trial], outcome: Outcome, config: Config, facts: dict):
+def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dict):
     """Trials with their training plan, the limit, the recommendation and its notes."""
     trials = with_training_plan(trials, config.train, config.recommend)
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
@@ -153,10 +153,13 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
         return extras
     if facts["data"] != "synthetic":
         extras["loader"] = prober.ask({"op": "loader", "batch_size": size})
-        extras["loader"].update(workers=config.data.workers, pin_memory=config.data.pin_memory)
     if config.recommend.noise_scale:
+        # Two sizes at least 2 apart are needed; BatchNorm needs 2 samples in a batch.
         big = min(max(size, 4), limit_size or size)
         small = max(2, big // 8)
+        if big < 4:
+            extras["noise_scale"] = {"status": "skipped", "error": f"needs a batch of at least 4 that fits (limit {big})"}
+            return extras
         reply = prober.ask({"op": "noise", "small": small, "big": big, "batches": NOISE_BATCHES})
         if reply.get("status") == "ok":
             scale = noise.estimate(small, reply["small"], big, reply["big"])
@@ -197,12 +200,12 @@ def check(
 ) -> Report:
     """Run one batch size in a brand-new process for the measured steps: does it still fit?"""
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         if batch_size > facts["dataset_len"]:
             raise InputError(f"--batch: {batch_size} is larger than the dataset ({facts['dataset_len']} samples)")
         prober.phase = "verify"
         prober.try_batch(batch_size)
-        return Outcome()
+        return PlanResult()
 
     return _run(config, plan, on_trial_start, on_trial_end)
 
@@ -212,9 +215,9 @@ def validate(config: Config) -> Report:
     cpu = config.model_copy(update={"probe": config.probe.model_copy(
         update={"device": "cpu", "warmup_steps": 0, "steps": 1, "memory_limit": None})})
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> Outcome:
+    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         prober.try_batch(min(2, facts["dataset_len"]))
-        return Outcome()
+        return PlanResult()
 
     return _run(cpu, plan, None, None)
 
@@ -229,7 +232,7 @@ def _run(
     budget = config.probe.time_budget_s
     prober = Prober(config, on_trial_start, on_trial_end)
     interrupted = False
-    outcome = Outcome()
+    outcome = PlanResult()
     stopped = None
     facts: dict = {}
 

@@ -80,7 +80,7 @@ def recommend(
     fastest = max(roomy, key=lambda t: t.samples_per_s)
     floor = (1 - rec.tolerance) * fastest.samples_per_s
     chosen = min((t for t in roomy if t.samples_per_s >= floor), key=lambda t: t.batch_size)
-    spread = _spread(fastest)
+    spread = fastest.spread
     noisy = spread > rec.tolerance
     if chosen.batch_size == fastest.batch_size:
         reason = f"fastest measured ({fastest.samples_per_s:,.0f} samples/s)"
@@ -112,8 +112,3 @@ def recommend(
     )
     return recommendation, notes
 
-
-def _spread(trial: Trial) -> float:
-    """Half the p10-p90 range of step time, relative to the median."""
-    s = trial.step_ms
-    return (s.p90 - s.p10) / 2 / s.median if s and s.median > 0 else 0.0

@@ -26,9 +26,7 @@ def step_text(trial: Trial) -> str:
     """Median step time and half the p10–p90 range, relative: `12.3 ±4%`."""
     if trial.step_ms is None:
         return "-"
-    s = trial.step_ms
-    spread = (s.p90 - s.p10) / 2 / s.median if s.median > 0 else 0.0
-    return f"{s.median:.1f} ±{spread:.0%}"
+    return f"{trial.step_ms.median:.1f} ±{trial.spread:.0%}"
 
 
 def bar(fraction: float, width: int = 10) -> str:
@@ -40,8 +38,9 @@ def bar(fraction: float, width: int = 10) -> str:
 def trial_line(trial: Trial) -> str:
     """One line per finished trial, for progress on stderr."""
     if trial.fits:
+        speed = f"{trial.samples_per_s:,.0f}" if trial.samples_per_s else "-"
         return (f"batch {trial.batch_size}: ok, {step_text(trial)} ms/step, "
-                f"{trial.samples_per_s:,.0f} samples/s, peak {format_size(trial.peak_bytes)}")
+                f"{speed} samples/s, peak {format_size(trial.peak_bytes)}")
     return f"batch {trial.batch_size}: {trial.status}" + (f" — {trial.error}" if trial.error else "")
 
 
@@ -119,7 +118,7 @@ def print_report(report: Report, console: Console) -> None:
             plan.append(f"learning rate {rec.lr:.3g}")
         if plan:
             console.print("train with: " + "; ".join(plan))
-    if rec.loader and rec.loader.get("status") == "ok":
+    if rec.loader and rec.loader.get("status") == "ok" and rec.loader.get("data_share") is not None:
         ld = rec.loader
         console.print(
             f"through the DataLoader ({ld['workers']} workers) at {rec.batch_size}: {ld['step_ms']['median']:.1f} ms/step, "
@@ -127,10 +126,12 @@ def print_report(report: Report, console: Console) -> None:
         )
     if rec.noise_scale and rec.noise_scale.get("b_simple") is not None:
         ns = rec.noise_scale
+        interval = (f"80% interval {ns['ci_low']:,.0f}–{ns['ci_high']:,.0f}; " if ns.get("ci_low") is not None
+                    else "")
         console.print(
-            f"gradient noise scale B_simple ≈ {ns['b_simple']:,.0f} (80% interval {ns['ci_low']:,.0f}–{ns['ci_high']:,.0f}; "
+            f"gradient noise scale B_simple ≈ {ns['b_simple']:,.0f} ({interval}"
             f"{ns['batches']} batches of {ns['small_batch']} and {ns['big_batch']}, at the {ns['measured_at']}): "
-            "batches much larger than this buy little per step"
+            "a lower bound on the batch that stays efficient later in training"
         )
     if limit.batch_size is not None:
         edge = f"; first failure at {limit.first_oom}" if limit.first_oom else ""

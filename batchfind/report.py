@@ -6,9 +6,10 @@ import dataclasses
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Iterator, Literal, get_args
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +54,12 @@ class Trial:
     @property
     def fits(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def spread(self) -> float:
+        """Half the p10-p90 range of step time, relative to the median (0 when not measured)."""
+        s = self.step_ms
+        return (s.p90 - s.p10) / 2 / s.median if s and s.median > 0 else 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trial":
@@ -160,19 +167,29 @@ def check_requirements(
     return checks
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: a reader never sees half a report."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed onto it when the block succeeds: a reader never
+    sees half a file, and a failure leaves no temporary behind."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a report or config should have
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_schema() -> dict[str, Any]:

@@ -11,7 +11,7 @@ class Outcome(Protocol):
 
 
 # A failure that says nothing about memory (a bug, bad data): probing further cannot help.
-STOPPING = {"error", "input"}
+STOPPING = {"error"}
 
 
 def powers_of_two(low: int, high: int) -> Iterator[int]:

@@ -39,7 +39,6 @@ class Session:
             "data": self.batches.describe,
             "input_lengths": self.batches.lengths,
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "energy_counter": self.energy is not None,
             "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()),
         }
 

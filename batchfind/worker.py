@@ -47,8 +47,12 @@ class Worker:
         )
         self._buffer = b""
         self.trials_run = 0
-        self._send({"config": config})
-        reply = self._receive(timeout_s)
+        try:
+            self._send({"config": config})
+            reply = self._receive(timeout_s)
+        except BaseException:  # Ctrl-C during a slow model build: leave no child behind
+            self.close()
+            raise
         if reply.get("event") != "ready":
             self.close()
             raise SetupFailed(reply["status"], reply["error"])
@@ -73,14 +77,20 @@ class Worker:
         return reply
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            try:
-                self._proc.stdin.close()
-                self._proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
-        self._stderr.close()
+        try:
+            if self._proc.poll() is None:
+                try:
+                    self._proc.stdin.close()  # the child's loop ends at end of input
+                    self._proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.kill()
+                    self._proc.wait()
+        finally:
+            for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -111,9 +121,12 @@ class Worker:
         code = self._proc.wait()
         tail = self._stderr_tail()
         if code < 0:
-            name = signal.Signals(-code).name
-            # SIGKILL from outside is almost always the kernel's OOM killer.
-            status = "killed"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            # SIGKILL from outside is almost always the kernel's OOM killer; other signals are crashes.
+            status = "killed" if -code == signal.SIGKILL else "error"
             return {"status": status, "error": f"worker killed by {name}" + (f": {tail}" if tail else "")}
         status = "oom" if looks_like_oom(tail) else "error"
         return {"status": status, "error": f"worker exited with code {code}" + (f": {tail}" if tail else "")}

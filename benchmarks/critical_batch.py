@@ -124,7 +124,7 @@ def main() -> None:
     # S = S_min + S_min·B_crit·(1/B): least squares of S on 1/B.
     xs = [1 / b for b in results]
     ys = [s for _, s in results.values()]
-    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
     s_min = my - slope * mx
     b_crit = slope / s_min if s_min > 0 else float("nan")
@@ -135,6 +135,9 @@ def main() -> None:
                          ("halfway to the target", trained_model(train, held, mid_batch, lr, 0.5)),
                          ("target", trained_model(train, held, mid_batch, lr, 1.0))):
         scale = noise_scale(model, train, 16, 128, seed=3)
+        if scale.b_simple is None:
+            print(f"B_simple at the {label}: not estimable (|G|² came out non-positive)")
+            continue
         print(f"B_simple at the {label}: {scale.b_simple:.0f} (80% interval {scale.ci_low:.0f}-{scale.ci_high:.0f}, "
               f"12 batches of 16 and 128)")
     print(f"\ntook {time.monotonic() - started:.0f} s")

@@ -24,7 +24,7 @@ def fits_fresh(config, size: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+")
-    parser.add_argument("--memory-limit", default="2GiB")
+    parser.add_argument("--memory-limit", default=None, help="e.g. 2GiB (default: each config's own)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     overrides = {"--memory-limit": args.memory_limit, "--device": args.device, "--time-budget": 3600}
@@ -37,13 +37,14 @@ def main() -> None:
             wall = time.monotonic() - started
             refine = [t for t in report.trials if t.phase != "double"]
             limit = report.limit.batch_size
-            truth = f"{fits_fresh(config, limit)} / {fits_fresh(config, limit + 1)}" if limit else "-"
+            above = fits_fresh(config, limit + 1) if limit and limit < report.dataset_len else "-"
+            truth = f"{fits_fresh(config, limit)} / {above}" if limit else "-"
             rows.append((path, method, len(report.trials), len(refine), f"{wall:.0f}",
                          report.limit.predicted_batch_size, limit, report.limit.first_oom, truth))
             print(rows[-1], flush=True)
     env = report.environment
     print(f"\n{env.device_name} ({env.device}), torch {env.torch_version}, {env.threads} threads, "
-          f"{platform.platform()}, memory limit {args.memory_limit}\n")
+          f"{platform.platform()}, memory limit {args.memory_limit or 'per config'}\n")
     print("| config | refinement | trials | of them refine/verify | wall s | predicted edge | limit | first failure "
           "| fresh: limit / limit+1 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -67,7 +67,8 @@ def test_bad_input_is_one_line_and_exit_2(write_config, args, message):
     cfg = str(write_config(TINY))
     result = runner.invoke(app, [a.replace("{cfg}", cfg) for a in args])
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == f"error: {message}" or message in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in result.output
 
 

@@ -9,9 +9,18 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_load(path):
+def test_shipped_configs_build(path):
+    from batchfind.models import build_model
+
     cfg = load_config(path)
-    assert cfg.probe.min_batch >= 1
+    assert sum(p.numel() for p in build_model(cfg.model).parameters()) > 0
+
+
+def test_sections_with_every_key_commented_out_are_empty(write_config):
+    cfg = load_config(write_config("model: {name: mlp}\nprobe:\n  # device: cpu\n"))
+    assert cfg.probe.device == "auto"
+    with pytest.raises(InputError, match="unknown override '--bogus'"):
+        load_config(write_config("model: {name: mlp}\n"), {"--bogus": 1})
 
 
 def test_defaults_and_types(write_config):

@@ -56,11 +56,6 @@ def test_schema_command_prints_the_schema():
     assert result.exit_code == 0 and json.loads(result.stdout) == json.loads(json.dumps(json_schema()))
 
 
-def test_units_are_in_field_names(real_report):
-    trial = real_report[1]["trials"][0]
-    assert {"step_ms", "samples_per_s", "epoch_s", "peak_bytes", "wall_s"} <= trial.keys()
-
-
 def write(path, report):
     path.write_text(json.dumps(report))
     return str(path)
@@ -90,6 +85,34 @@ def test_compare_regression_exits_4_and_names_it(real_report, tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                                  "--max-regression", "0.6"])
     assert result.exit_code == 0
+
+
+def test_compare_a_batch_that_no_longer_fits_is_a_regression(real_report, tmp_path):
+    _, report, _ = real_report
+    broken = copy.deepcopy(report)
+    broken["limit"]["batch_size"] = None
+    broken["recommendation"]["batch_size"] = None
+    broken["trials"] = [dict(t, status="oom", samples_per_s=None) for t in broken["trials"]]
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", broken)])
+    assert result.exit_code == 4
+
+
+def test_plot_flag_does_not_hide_nothing_fits(write_config, tmp_path):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {at: 4}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    result = runner.invoke(app, ["probe", str(path), "--min-batch", "4", "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 3 and not (tmp_path / "p.png").exists()
+
+
+def test_validate_with_a_non_finite_loss_says_so(write_config):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {how: nan, at: 1}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and "the loss was not finite" in result.stdout
 
 
 def test_compare_warns_across_devices_and_configs(real_report, tmp_path):

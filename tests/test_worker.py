@@ -1,5 +1,7 @@
 """Trials in worker processes: out-of-memory, a killed worker, a hang and bad setup never crash the probe."""
 
+import math
+
 import pytest
 
 from batchfind.config import load_config
@@ -38,7 +40,7 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
         ("backward_oom", "oom", "in backward: OutOfMemoryError"),
         ("onednn", "oom", "could not create a primitive"),
         ("kill", "killed", "SIGKILL"),
-        ("segv", "killed", "SIGSEGV"),
+        ("segv", "error", "SIGSEGV"),  # a crash, not memory: probing stops there
         ("error", "error", "ValueError: a bug in the model"),
     ],
 )
@@ -164,6 +166,7 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     assert scale["big_batch"] > scale["small_batch"] >= 2
     assert scale["samples"] == 12 * (scale["big_batch"] + scale["small_batch"])
     assert scale["b_simple"] is None or scale["b_simple"] > 0
+    assert math.isfinite(scale["grad_sq"]) and math.isfinite(scale["trace_cov"])
 
 
 def test_a_real_out_of_memory_in_the_optimizer_step(write_config):
@@ -176,3 +179,9 @@ def test_a_real_out_of_memory_in_the_optimizer_step(write_config):
     report = check(cfg, 1)
     trial = report.trials[0]
     assert trial.status == "oom" and trial.error.startswith("in optimizer step: "), trial.error
+
+
+def test_noise_scale_needs_room_for_two_sizes(write_config):
+    report = probe(trap_config(write_config, "oom", 3, ", refine: false}\nrecommend: {noise_scale: true"))
+    assert report.limit.batch_size == 2
+    assert report.recommendation.noise_scale["status"] == "skipped"
