@@ -91,7 +91,7 @@ def recommend(
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
     if noisy:
         notes.append(
-            f"step times vary by ±{spread:.0%} at the fastest size, more than the {rec.tolerance:.0%} tolerance: "
+            f"step times vary by ±{spread:.1%} at the fastest size, more than the {rec.tolerance:.0%} tolerance: "
             "sizes this close cannot be told apart; more --steps would"
         )
     steps, effective = accumulation(chosen.batch_size, rec.target_batch)
