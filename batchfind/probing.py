@@ -244,20 +244,23 @@ def _run(
         return True
 
     extras: dict = {}
+    decision = None
     try:
         try:
             facts = prober.start()
         except SetupFailed as exc:
             raise _setup_error(exc) from None
         outcome = plan(prober, facts, keep_going)
+        # Advice requests add no trials, so the decision made before them stands.
+        decision = _decide(prober.trials, outcome, config, facts)
         if outcome.advise:
-            _, limit, recommendation, _ = _decide(prober.trials, outcome, config, facts)
+            _, limit, recommendation, _ = decision
             extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
     except KeyboardInterrupt:
         interrupted, stopped = True, "interrupted"
     finally:
         prober.close()
-    trials, limit, recommendation, notes = _decide(prober.trials, outcome, config, facts)
+    trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts)
     recommendation = dataclasses.replace(recommendation, **extras)
     model = outcome.model
     return Report(

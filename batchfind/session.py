@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import traceback
 from typing import Any
 
 import torch
@@ -119,7 +118,7 @@ def setup_failure(exc: BaseException) -> dict[str, Any]:
         return {"status": "input", "error": str(exc)}
     if devices.is_oom(exc):
         return {"status": "oom", "error": one_line(exc)}
-    return {"status": "error", "error": one_line(exc), "traceback": traceback.format_exc()}
+    return {"status": "error", "error": one_line(exc)}
 
 
 def one_line(exc: BaseException) -> str:

@@ -59,6 +59,7 @@ def test_doubling_never_passes_a_failure_and_stays_in_bounds(low, high, threshol
     high = max(low, high)
     try_batch, tried = fails_at(threshold)
     outcomes = double(try_batch, low, high)
+    assert [o.batch_size for o in outcomes] == tried
     assert all(low <= s <= high for s in tried)
     assert tried == sorted(set(tried))
     # It stops at the first failure: every size below the threshold was tried, none above the first failure.

@@ -12,11 +12,11 @@ from batchfind.worker import SetupFailed, Worker
 from conftest import TINY
 
 
-def trap_config(write_config, how, at, extra=", refine: false"):
+def trap_config(write_config, how, at, extra=", refine: false", more=""):
     return load_config(write_config(
         f"model: {{name: 'fixtures:Trap', kwargs: {{how: {how}, at: {at}}}}}\n"
         "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
-        f"probe: {{warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 20 {extra}}}\n"
+        f"probe: {{warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 20 {extra}}}\n" + more
     ))
 
 
@@ -182,6 +182,6 @@ def test_a_real_out_of_memory_in_the_optimizer_step(write_config):
 
 
 def test_noise_scale_needs_room_for_two_sizes(write_config):
-    report = probe(trap_config(write_config, "oom", 3, ", refine: false}\nrecommend: {noise_scale: true"))
+    report = probe(trap_config(write_config, "oom", 3, more="recommend: {noise_scale: true}\n"))
     assert report.limit.batch_size == 2
     assert report.recommendation.noise_scale["status"] == "skipped"
