@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -42,6 +43,11 @@ class Template(str, Enum):
     cnn = "cnn"
     gpt = "gpt"
     custom = "custom"
+
+
+class Strategy(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
 
 
 class LRRule(str, Enum):
@@ -88,25 +94,50 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 120)
 
 
+def _follower() -> int | None:
+    """Under torchrun, this process's rank when it is not rank 0: it probes but prints nothing."""
+    from .distributed import launcher_rank
+
+    rank = launcher_rank()
+    return rank if rank else None
+
+
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
     debug = debug or os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
+    rank = _follower()
+    who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
     try:
         yield
     except BatchfindError as exc:
         if debug:
             raise
         for line in str(exc).splitlines():
-            typer.echo(f"error: {line}", err=True)
+            typer.echo(f"{who}error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
         if debug:
             raise
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        typer.echo(f"{who}internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, torchrun stopping its ranks) ends a probe as Ctrl-C does: with
+    the partial report written."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_output(path: Path | None, option: str = "--output") -> None:
@@ -189,6 +220,14 @@ def probe(
     multiple_of: Annotated[
         Optional[int], typer.Option(help="Refined sizes are multiples of N (e.g. 8).", show_default=False)
     ] = None,
+    nproc_per_node: Annotated[
+        Optional[int],
+        typer.Option(help="Probe with N ranks on this machine, one device each, the same batch per device "
+                          "(or run under torchrun).", show_default=False),
+    ] = None,
+    strategy: Annotated[
+        Optional[Strategy], typer.Option(help="How the ranks train: ddp or fsdp [ddp].", show_default=False)
+    ] = None,
     tolerance: Annotated[
         Optional[float],
         typer.Option(help="Recommend the smallest size within this fraction of the best throughput [0.02].",
@@ -236,7 +275,8 @@ def probe(
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--memory-limit": memory_limit, "--time-budget": time_budget,
-            "--refine/--no-refine": refine, "--multiple-of": multiple_of, "--tolerance": tolerance,
+            "--refine/--no-refine": refine, "--multiple-of": multiple_of, "--nproc-per-node": nproc_per_node,
+            "--strategy": strategy.value if strategy else None, "--tolerance": tolerance,
             "--headroom": headroom, "--lr-rule": lr_rule.value if lr_rule else None, "--target-batch": target_batch,
             "--noise-scale": noise_scale,
         })
@@ -248,10 +288,14 @@ def probe(
 
             require_matplotlib()
         console = _console(stderr=True)
-        on_start, on_end = _progress(console, quiet)
-        report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end)
+        follower = _follower() is not None
+        on_start, on_end = _progress(console, quiet or follower)
+        with _terminate_as_interrupt():
+            report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end)
         report = dataclasses.replace(report, requirements=check_requirements(
             report, batch=require_batch, on=require_on.value, throughput=require_throughput))
+        if follower:  # rank 0 prints and writes the report: every rank holds the same one
+            raise typer.Exit(_exit_code(report))
         _emit(report, as_json, output, quiet)
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:

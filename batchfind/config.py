@@ -181,6 +181,11 @@ class ProbeConfig(_Section):
     time_budget_s: PositiveFloat | None = 600.0
     # A trial (setup and steps) that takes longer is stopped and reported as a timeout.
     trial_timeout_s: PositiveFloat = 300.0
+    # Ranks on this machine, each with its own device and the same per-device batch (under
+    # torchrun, torchrun says instead). null: one process, no distributed wrapper.
+    nproc_per_node: PositiveInt | None = None
+    # How the ranks train: ddp (a replica per rank) or fsdp (sharded parameters and optimizer state).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("device")
     @classmethod
@@ -233,6 +238,8 @@ OPTIONS = {
     "--time-budget": ("probe", "time_budget_s"),
     "--refine/--no-refine": ("probe", "refine"),
     "--multiple-of": ("probe", "multiple_of"),
+    "--nproc-per-node": ("probe", "nproc_per_node"),
+    "--strategy": ("probe", "strategy"),
     "--tolerance": ("recommend", "tolerance"),
     "--headroom": ("recommend", "headroom"),
     "--lr-rule": ("recommend", "lr_rule"),

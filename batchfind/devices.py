@@ -37,19 +37,23 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def resolve_device(spec: str):
+def resolve_device(spec: str, local_rank: int | None = None):
+    """The device to probe on; a rank of a distributed probe takes the GPU of its local rank."""
     import torch
 
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"probe.device: {spec} requested but this torch sees no CUDA GPU")
-        index = device.index or 0
+        if local_rank is not None and device.index is not None:
+            raise InputError(f"probe.device: {spec} names one GPU, but each rank takes its own; use cuda or auto")
+        index = local_rank if local_rank is not None else device.index or 0
         if index >= torch.cuda.device_count():
             raise InputError(
-                f"probe.device: {spec} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+                f"probe.device: {spec} requested for {'local rank ' + str(index) if local_rank is not None else 'it'}"
+                f" but only {torch.cuda.device_count()} GPU(s) are visible"
             )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
@@ -71,11 +75,12 @@ def device_facts(device) -> dict[str, Any]:
     }
 
 
-def apply_memory_limit(device, limit: int | None) -> int | None:
+def apply_memory_limit(device, limit: int | None, share: int = 1) -> int | None:
     """Enforce the limit for real: a RAM cap on CPU, the allocator's fraction on GPU.
 
     Returns the limit in force. On CPU a data-segment cap makes allocations beyond it fail
-    like any out-of-memory, instead of the machine swapping or the OOM killer stepping in.
+    like any out-of-memory, instead of the machine swapping or the OOM killer stepping in. The
+    default CPU cap is split `share` ways (ranks on one machine share its RAM).
     """
     import torch
 
@@ -88,7 +93,7 @@ def apply_memory_limit(device, limit: int | None) -> int | None:
     if limit is None:
         import psutil
 
-        limit = int(psutil.virtual_memory().available * CPU_DEFAULT_FRACTION)
+        limit = int(psutil.virtual_memory().available * CPU_DEFAULT_FRACTION / share)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     return limit
 

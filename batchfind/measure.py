@@ -96,9 +96,22 @@ def gradient_sq_norms(
         with autocast(device, train.precision):
             loss = compute_loss(model(x), y, train.loss)
         loss.backward()
-        norms.append(float(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None)))
+        norms.append(_sq_norm([p.grad for p in params if p.grad is not None]))
     model.zero_grad(set_to_none=True)
     return norms
+
+
+def _sq_norm(grads: list[torch.Tensor]) -> float:
+    """|g|²; under FSDP each rank holds a shard of every gradient, so the shards' sums are added up.
+    (DDP's gradients are already averaged over the ranks and whole on each.)"""
+    import torch.distributed as dist
+
+    sharded = dist.is_initialized() and any(hasattr(g, "to_local") for g in grads)
+    total = sum(((g.to_local() if hasattr(g, "to_local") else g).float().pow(2).sum() for g in grads),
+                torch.zeros((), device=grads[0].device if grads else "cpu"))
+    if sharded:
+        dist.all_reduce(total)
+    return float(total)
 
 
 def measure_loader(

@@ -12,8 +12,10 @@ from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, fit
 from .recommend import limit_of, recommend, with_training_plan
-from .report import MEMORY_FAILURES, STATUSES, Environment, Report, Trial
-from .worker import SetupFailed, Worker
+from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
+from .distributed import Agreement, Topology, topology
+from .group import Group
+from .worker import SetupFailed
 
 # A step whose p90 is this much above its p10 is too noisy to rank sizes by.
 NOISY_SPREAD = 0.25
@@ -24,33 +26,39 @@ INPUT_BOUND_SHARE = 0.2
 
 
 class Prober:
-    """Runs trials and keeps them. Holds one live worker, replaced after any trial that did not end
-    cleanly (memory after a failure is not a clean place to measure), or after every trial while
-    `fresh_only` is set."""
+    """Runs trials and keeps them. Holds one live group of workers (one per rank this process
+    drives), replaced after any trial that did not end cleanly (memory after a failure is not a
+    clean place to measure), or after every trial while `fresh_only` is set."""
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
-                 on_end: Callable[[Trial], None] | None):
-        self.config, self.on_start, self.on_end = config, on_start, on_end
+                 on_end: Callable[[Trial], None] | None, topo: Topology | None = None):
+        self.config, self.on_start, self.on_end, self.topo = config, on_start, on_end, topo
         self.raw = config.model_dump(mode="json")
-        self.worker: Worker | None = None
+        timeout = config.probe.trial_timeout_s
+        # Other drivers may spend a whole trial timeout, then stop their workers, before they answer.
+        self.agreement = Agreement(topo, 2 * timeout + 60) if topo and not topo.drives_all else None
+        self.world_size = topo.world_size if topo else 1
+        self.group: Group | None = None
+        self.generation = 0
         self.trials: list[Trial] = []
         self.phase = "double"
         self.fresh_only = False
 
     def start(self) -> dict:
-        self.worker = self._spawn()
-        return self.worker.ready
+        self.group = self._spawn()
+        return self.group.ready
 
-    def _spawn(self) -> Worker:
-        return Worker(self.raw, self.config.probe.trial_timeout_s)
+    def _spawn(self) -> Group:
+        self.generation += 1
+        return Group(self.raw, self.config.probe.trial_timeout_s, self.topo, self.agreement, self.generation)
 
     def try_batch(self, size: int) -> Trial:
         if self.on_start:
             self.on_start(size, self.phase)
         try:
-            if self.worker is None:
-                self.worker = self._spawn()
-            result = self.worker.run(size, self.config.probe.trial_timeout_s)
+            if self.group is None:
+                self.group = self._spawn()
+            result = self.group.run(size, self.config.probe.trial_timeout_s)
             trial = Trial.from_dict({**result, "phase": self.phase})
         except SetupFailed as exc:
             status = exc.status if exc.status in STATUSES else "error"
@@ -70,17 +78,17 @@ class Prober:
         """A request other than a trial, in a brand-new worker; a failure comes back as its status."""
         self.close()
         try:
-            self.worker = self._spawn()
-            reply = self.worker.call(request, self.config.probe.trial_timeout_s)
+            self.group = self._spawn()
+            reply = self.group.call(request, self.config.probe.trial_timeout_s)
         except SetupFailed as exc:
             reply = {"status": exc.status, "error": exc.message}
         self.close()
         return reply
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+        if self.group is not None:
+            self.group.close()
+            self.group = None
 
 
 @dataclasses.dataclass
@@ -110,10 +118,12 @@ def probe(
     p = config.probe
 
     def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
-        dataset_len = facts["dataset_len"]
-        if p.min_batch > dataset_len:
-            raise InputError(f"probe.min_batch: {p.min_batch} is larger than the dataset ({dataset_len} samples)")
-        high = min(p.max_batch or dataset_len, dataset_len)
+        dataset_len, world = facts["dataset_len"], prober.world_size
+        per_rank = dataset_len // world  # each rank's share of an epoch
+        if p.min_batch > per_rank:
+            ranks = f" × {world} ranks" if world > 1 else ""
+            raise InputError(f"probe.min_batch: {p.min_batch}{ranks} is larger than the dataset ({dataset_len} samples)")
+        high = min(p.max_batch or per_rank, per_rank)
         outcome = PlanResult()
         doubled = search.double(prober.try_batch, p.min_batch, high, keep_going)
         ceiling = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
@@ -133,12 +143,17 @@ def probe(
         outcome.advise = True
         return outcome
 
-    return _run(config, plan, on_trial_start, on_trial_end)
+    return _run(config, plan, on_trial_start, on_trial_end, _topology(config))
 
 
-def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dict):
+def _topology(config: Config) -> Topology | None:
+    # The rendezvous waits for every rank; give it as long as a trial may take.
+    return topology(config.probe.nproc_per_node, config.probe.trial_timeout_s)
+
+
+def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dict, world_size: int):
     """Trials with their training plan, the limit, the recommendation and its notes."""
-    trials = with_training_plan(trials, config.train, config.recommend)
+    trials = with_training_plan(trials, config.train, config.recommend, world_size)
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False))
@@ -162,7 +177,9 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
             return extras
         reply = prober.ask({"op": "noise", "small": small, "big": big, "batches": NOISE_BATCHES})
         if reply.get("status") == "ok":
-            scale = noise.estimate(small, reply["small"], big, reply["big"])
+            # Across ranks the gradient is averaged over every rank's batch: the global batch.
+            world = prober.world_size
+            scale = noise.estimate(small * world, reply["small"], big * world, reply["big"])
             extras["noise_scale"] = {**dataclasses.asdict(scale), "status": "ok", "measured_at": "initial weights"}
         else:
             extras["noise_scale"] = {"status": reply.get("status"), "error": reply.get("error")}
@@ -201,25 +218,27 @@ def check(
     """Run one batch size in a brand-new process for the measured steps: does it still fit?"""
 
     def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
-        if batch_size > facts["dataset_len"]:
-            raise InputError(f"--batch: {batch_size} is larger than the dataset ({facts['dataset_len']} samples)")
+        world = prober.world_size
+        if batch_size * world > facts["dataset_len"]:
+            ranks = f" × {world} ranks" if world > 1 else ""
+            raise InputError(f"--batch: {batch_size}{ranks} is larger than the dataset ({facts['dataset_len']} samples)")
         prober.phase = "verify"
         prober.try_batch(batch_size)
         return PlanResult()
 
-    return _run(config, plan, on_trial_start, on_trial_end)
+    return _run(config, plan, on_trial_start, on_trial_end, _topology(config))
 
 
 def validate(config: Config) -> Report:
     """One training step of two samples on CPU: model and data build and agree. No probing."""
     cpu = config.model_copy(update={"probe": config.probe.model_copy(
-        update={"device": "cpu", "warmup_steps": 0, "steps": 1, "memory_limit": None})})
+        update={"device": "cpu", "warmup_steps": 0, "steps": 1, "memory_limit": None, "nproc_per_node": None})})
 
     def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         prober.try_batch(min(2, facts["dataset_len"]))
         return PlanResult()
 
-    return _run(cpu, plan, None, None)
+    return _run(cpu, plan, None, None, None)
 
 
 def _run(
@@ -227,10 +246,11 @@ def _run(
     plan: Plan,
     on_trial_start: Callable[[int, str], None] | None,
     on_trial_end: Callable[[Trial], None] | None,
+    topo: Topology | None,
 ) -> Report:
     started = time.monotonic()
     budget = config.probe.time_budget_s
-    prober = Prober(config, on_trial_start, on_trial_end)
+    prober = Prober(config, on_trial_start, on_trial_end, topo)
     interrupted = False
     outcome = PlanResult()
     stopped = None
@@ -238,10 +258,12 @@ def _run(
 
     def keep_going() -> bool:
         nonlocal stopped
-        if budget is not None and time.monotonic() - started > budget:
+        go = budget is None or time.monotonic() - started <= budget
+        if prober.agreement:  # clocks differ between nodes: rank 0's says for all
+            go = prober.agreement.decide(go)
+        if not go:
             stopped = f"time budget of {budget:g} s spent"
-            return False
-        return True
+        return go
 
     extras: dict = {}
     decision = None
@@ -252,7 +274,7 @@ def _run(
             raise _setup_error(exc) from None
         outcome = plan(prober, facts, keep_going)
         # Advice requests add no trials, so the decision made before them stands.
-        decision = _decide(prober.trials, outcome, config, facts)
+        decision = _decide(prober.trials, outcome, config, facts, prober.world_size)
         if outcome.advise:
             _, limit, recommendation, _ = decision
             extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
@@ -260,7 +282,9 @@ def _run(
         interrupted, stopped = True, "interrupted"
     finally:
         prober.close()
-    trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts)
+        if prober.agreement:
+            prober.agreement.finish()
+    trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts, prober.world_size)
     recommendation = dataclasses.replace(recommendation, **extras)
     model = outcome.model
     return Report(
@@ -286,19 +310,24 @@ def _run(
         warnings=_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
         + _advice_warnings(recommendation, facts),
         interrupted=interrupted,
-        stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch),
+        stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
+                                                 prober.world_size),
         wall_s=time.monotonic() - started,
+        distributed=Distributed(
+            strategy=config.probe.strategy, world_size=topo.world_size, nodes=topo.nodes,
+            backend=facts.get("backend"), launcher=topo.launcher,
+        ) if topo else None,
     )
 
 
-def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None) -> str | None:
+def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None, world: int) -> str | None:
     doubled = [t for t in trials if t.phase == "double"]
     if not doubled:
         return None
     last = doubled[-1]
     if not last.fits:
         return f"{last.status} at batch {last.batch_size}"
-    if last.batch_size == dataset_len:
+    if dataset_len and last.batch_size == dataset_len // world:
         return f"reached the dataset size ({dataset_len})"
     if last.batch_size == max_batch:
         return f"reached max_batch ({max_batch})"

@@ -39,23 +39,22 @@ def scaled_lr(lr: float, batch: int, reference: int | None, rule: str) -> float 
     return lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
-def accumulation(batch: int, target: int | None) -> tuple[int | None, int | None]:
-    """(steps, effective batch) reaching at least `target` with micro-batches of `batch`."""
-    if target is None:
-        return None, None
-    steps = max(1, math.ceil(target / batch))
-    return steps, steps * batch
+def accumulation(batch: int, target: int | None) -> int | None:
+    """Steps of `batch` samples reaching at least `target` samples per optimizer step."""
+    return None if target is None else max(1, math.ceil(target / batch))
 
 
-def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig) -> list[Trial]:
-    """Each trial with its scaled learning rate and accumulation toward the target batch."""
+def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig, world_size: int = 1) -> list[Trial]:
+    """Each trial with its global batch (per-device batch × ranks × accumulation steps toward the
+    target batch) and the learning rate scaled to it: the optimizer sees the global batch."""
     rule = lr_rule(rec.lr_rule, train.optimizer)
     planned = []
     for t in trials:
-        steps, effective = accumulation(t.batch_size, rec.target_batch)
-        # With accumulation the optimizer sees the effective batch: scale the rate to that.
-        lr = scaled_lr(train.lr, effective or t.batch_size, train.reference_batch, rule)
-        planned.append(dataclasses.replace(t, lr=lr, accumulation_steps=steps, effective_batch_size=effective))
+        per_step = t.batch_size * world_size
+        steps = accumulation(per_step, rec.target_batch)
+        global_batch = per_step * (steps or 1)
+        lr = scaled_lr(train.lr, global_batch, train.reference_batch, rule)
+        planned.append(dataclasses.replace(t, lr=lr, accumulation_steps=steps, global_batch_size=global_batch))
     return planned
 
 
@@ -94,7 +93,7 @@ def recommend(
             f"step times vary by ±{spread:.1%} at the fastest size, more than the {rec.tolerance:.0%} tolerance: "
             "sizes this close cannot be told apart; more --steps would"
         )
-    steps, effective = accumulation(chosen.batch_size, rec.target_batch)
+    steps = chosen.accumulation_steps
     if steps and steps > 1 and has_batchnorm and chosen.batch_size < SMALL_BATCHNORM_BATCH:
         notes.append(
             f"BatchNorm sees micro-batches of {chosen.batch_size}: its batch statistics are noisy below "
@@ -107,7 +106,7 @@ def recommend(
         largest_batch_size=limit.batch_size,
         lr=chosen.lr,
         accumulation_steps=steps,
-        effective_batch_size=effective,
+        global_batch_size=chosen.global_batch_size,
         noisy=noisy,
     )
     return recommendation, notes

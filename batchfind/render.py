@@ -47,9 +47,16 @@ def trial_line(trial: Trial) -> str:
 def table(report: Report) -> Table:
     env = report.environment
     limit_bytes = env.memory_limit_bytes or env.memory_total_bytes
-    title = f"batchfind · {env.device_name or env.device} · limit {format_size(limit_bytes)}"
+    dist = report.distributed
+    world = dist.world_size if dist else 1
+    if dist:
+        nodes = f", {dist.nodes} nodes" if dist.nodes > 1 else ""
+        title = (f"batchfind · {world} × {env.device_name or env.device} ({dist.strategy}{nodes}) · "
+                 f"limit {format_size(limit_bytes)} per device · samples/s across all ranks")
+    else:
+        title = f"batchfind · {env.device_name or env.device} · limit {format_size(limit_bytes)}"
     grid = Table(title=title, title_justify="left")
-    grid.add_column("batch", justify="right")
+    grid.add_column("batch/device" if dist else "batch", justify="right")
     grid.add_column("status")
     grid.add_column("phase")
     grid.add_column("step ms", justify="right")
@@ -59,12 +66,12 @@ def table(report: Report) -> Table:
     grid.add_column("peak", justify="right")
     grid.add_column("of limit", justify="right")
     show_lr = any(t.lr is not None for t in report.trials)
-    show_accum = any(t.accumulation_steps is not None for t in report.trials)
+    show_global = dist is not None or any(t.accumulation_steps is not None for t in report.trials)
     show_energy = any(t.joules_per_sample is not None for t in report.trials)
     if show_lr:
         grid.add_column("lr", justify="right")
-    if show_accum:
-        grid.add_column("accum", justify="right")
+    if show_global:
+        grid.add_column("global batch", justify="right")
     if show_energy:
         grid.add_column("J/sample", justify="right")
     grid.add_column("note")
@@ -98,12 +105,18 @@ def table(report: Report) -> Table:
         ]
         if show_lr:
             cells.append(f"{t.lr:.3g}" if t.lr is not None else "-")
-        if show_accum:
-            cells.append(f"{t.accumulation_steps}×{t.batch_size}" if t.accumulation_steps else "-")
+        if show_global:
+            cells.append(global_batch_text(t.batch_size, world, t.accumulation_steps, t.global_batch_size))
         if show_energy:
             cells.append(f"{t.joules_per_sample:.3g}" if t.joules_per_sample is not None else "-")
         grid.add_row(*cells, ", ".join(notes))
     return grid
+
+
+def global_batch_text(batch: int, world: int, steps: int | None, total: int | None) -> str:
+    """`64×2×4 = 512`: per-device batch × ranks × accumulation steps, as far as each applies."""
+    factors = [str(batch)] + ([str(world)] if world > 1 else []) + ([str(steps)] if steps and steps > 1 else [])
+    return f"{'×'.join(factors)} = {total}" if len(factors) > 1 else str(total)
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -112,8 +125,10 @@ def print_report(report: Report, console: Console) -> None:
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
         plan = []
-        if rec.accumulation_steps:
-            plan.append(f"accumulate {rec.accumulation_steps} steps for an effective batch of {rec.effective_batch_size}")
+        if rec.accumulation_steps or report.distributed:
+            world = report.distributed.world_size if report.distributed else 1
+            plan.append("global batch " + global_batch_text(rec.batch_size, world, rec.accumulation_steps,
+                                                            rec.global_batch_size))
         if rec.lr is not None:
             plan.append(f"learning rate {rec.lr:.3g}")
         if plan:

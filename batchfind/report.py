@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, get_args
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # ok: ran all steps. oom: an allocation failed. killed: the worker died from a signal (the
 # kernel's OOM killer sends SIGKILL). timeout: past the per-trial limit. error: anything else.
 Status = Literal["ok", "oom", "killed", "timeout", "error"]
 STATUSES = get_args(Status)
 Phase = Literal["double", "refine", "verify"]
+# A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
+RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,25 @@ class StepTimes:
 
 
 @dataclass(frozen=True)
+class RankTrial:
+    """One rank's part of a distributed trial."""
+
+    rank: int
+    status: RankStatus
+    peak_bytes: int | None = None
+    step_ms: float | None = None  # median
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Trial:
-    batch_size: int
+    batch_size: int  # per device
     status: Status
     step_ms: StepTimes | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None  # estimated: steps per epoch × median step
     # GPU: allocator's peak reserved; CPU: process resident peak. For an oom: the peak before it.
+    # Distributed: the worst rank's.
     peak_bytes: int | None = None
     peak_allocated_bytes: int | None = None  # GPU only: peak bytes in live tensors
     loss: float | None = None
@@ -44,12 +58,14 @@ class Trial:
     failed_alloc_bytes: int | None = None  # oom: the allocation that failed, when the message says
     fresh_process: bool = False  # the first trial of a brand-new worker process
     joules_per_sample: float | None = None  # GPU with NVML energy counters only
-    # Derived, not measured: the learning rate scaled to this size, accumulation to the target batch.
+    # Derived, not measured: the learning rate scaled to the global batch, accumulation steps to
+    # the target batch, and the global batch: batch_size × world size × accumulation steps.
     lr: float | None = None
     accumulation_steps: int | None = None
-    effective_batch_size: int | None = None
+    global_batch_size: int | None = None
     phase: Phase = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     wall_s: float | None = None
+    ranks: list[RankTrial] | None = None  # distributed: every rank's status, peak and step
 
     @property
     def fits(self) -> bool:
@@ -67,6 +83,8 @@ class Trial:
         values = {k: v for k, v in data.items() if k in known}
         if values.get("step_ms") is not None:
             values["step_ms"] = StepTimes(**values["step_ms"])
+        if values.get("ranks") is not None:
+            values["ranks"] = [RankTrial(**r) for r in values["ranks"]]
         return cls(**values)
 
 
@@ -89,9 +107,9 @@ class Recommendation:
     reason: str
     fastest_batch_size: int | None = None
     largest_batch_size: int | None = None
-    lr: float | None = None  # scaled to batch_size (or to the effective batch with accumulation)
+    lr: float | None = None  # scaled to the global batch
     accumulation_steps: int | None = None
-    effective_batch_size: int | None = None
+    global_batch_size: int | None = None  # batch_size × world size × accumulation steps
     noisy: bool = False  # step times too noisy to tell sizes within the tolerance apart
     noise_scale: dict[str, Any] | None = None  # the gradient noise scale, when asked for
     loader: dict[str, Any] | None = None  # steps through the DataLoader at batch_size, for file data
@@ -120,6 +138,17 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class Distributed:
+    """How a distributed probe ran: every trial's batch_size is per device."""
+
+    strategy: Literal["ddp", "fsdp"]
+    world_size: int
+    nodes: int
+    backend: str | None  # nccl on GPU, gloo on CPU
+    launcher: Literal["batchfind", "torchrun"]
+
+
+@dataclass(frozen=True)
 class Report:
     tool: dict[str, str]
     environment: Environment
@@ -137,12 +166,13 @@ class Report:
     wall_s: float | None = None
     memory_model: dict[str, Any] | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
     requirements: list[Requirement] = field(default_factory=list)
+    distributed: Distributed | None = None  # null for a single-process probe
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         # Envelope first: readers see what they are looking at before the details.
-        order = ["schema_version", "tool", "environment", "config", "dataset_len", "parameters", "input_lengths", "trials", "limit",
+        order = ["schema_version", "tool", "environment", "distributed", "config", "dataset_len", "parameters", "input_lengths", "trials", "limit",
                  "memory_model", "recommendation", "requirements", "warnings", "interrupted", "stopped_because", "wall_s"]
         return {key: data[key] for key in order}
 

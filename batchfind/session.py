@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import torch
 
-from . import devices
+from . import devices, parallel
 from .config import Config
 from .data import IGNORE_INDEX, Batches, build_batches
 from .errors import InputError
@@ -18,15 +19,26 @@ from .step import Step, autocast, compute_loss
 
 
 class Session:
-    def __init__(self, raw_config: dict[str, Any]):
+    """`rank` is None for a plain probe; for a distributed one, this worker's place among the ranks."""
+
+    def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None):
         self.config = config = Config.model_validate(raw_config)
-        self.device = devices.resolve_device(config.probe.device)
-        # The cap comes first, so a model that does not fit at all is an out-of-memory too.
-        limit = devices.apply_memory_limit(self.device, config.probe.memory_limit)
-        torch.manual_seed(0)
-        self.model = build_model(config.model).to(self.device).train()
+        self.rank = rank
+        probe = config.probe
+        self.device = devices.resolve_device(probe.device, rank["local_rank"] if rank else None)
+        # The cap comes first, so a model that does not fit at all is an out-of-memory too. Ranks
+        # on one node share its RAM, so a default CPU cap is split between them.
+        limit = devices.apply_memory_limit(self.device, probe.memory_limit, share=rank["local_world_size"] if rank else 1)
+        if rank and self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank["local_world_size"]))
+        backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
+        torch.manual_seed(0)  # every rank starts from the same weights
+        model = build_model(config.model).to(self.device).train()
         self.batches = build_batches(config, self.device)
-        check_fit(self.model, self.batches, config, self.device)
+        check_fit(model, self.batches, config, self.device)
+        self.model = parallel.wrap(model, probe.strategy, self.device) if rank else model
+        if rank:
+            torch.manual_seed(rank["rank"])  # and draws its own random samples
         self.step = Step(self.model, config.train, self.device)
         self.energy = devices.energy_meter(self.device)
         self.facts = {
@@ -37,9 +49,15 @@ class Session:
             "dataset_len": len(self.batches),
             "data": self.batches.describe,
             "input_lengths": self.batches.lengths,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()),
+            # A sharded parameter (FSDP's DTensor) still counts its full size.
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+            "backend": backend,
         }
+
+    def close(self) -> None:
+        if self.rank:
+            parallel.leave()
 
     def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one request; any failure becomes its status (oom with how far memory got, or error)."""

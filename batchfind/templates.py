@@ -19,6 +19,8 @@ probe:
   multiple_of: 1             # refined sizes are multiples of this (8 suits tensor cores)
   time_budget_s: 600         # no new trial starts after this
   trial_timeout_s: 300       # a trial taking longer is stopped
+  nproc_per_node: null       # e.g. 8: one rank per GPU, the same batch per device (or use torchrun)
+  strategy: ddp              # ddp | fsdp: how the ranks train
 recommend:
   tolerance: 0.02            # "as fast" = within 2% of the best samples/s
   headroom: 0.10             # the recommended size leaves 10% of the memory limit free

@@ -22,7 +22,7 @@ from .devices import looks_like_oom
 
 
 class SetupFailed(Exception):
-    """The worker could not build the model and data; `status` says how (input, oom, error, ...)."""
+    """The workers could not build the model and data; `status` says how (input, oom, error, ...)."""
 
     def __init__(self, status: str, message: str):
         super().__init__(message)
@@ -30,9 +30,10 @@ class SetupFailed(Exception):
 
 
 class Worker:
-    """One child process; its first trial runs in a brand-new process (`fresh`)."""
+    """One child process. It is started and sent its setup at once; its replies are read as they come,
+    so several workers (one per rank) can be waited on together."""
 
-    def __init__(self, config: dict[str, Any], timeout_s: float):
+    def __init__(self, setup: dict[str, Any]):
         self._stderr = tempfile.TemporaryFile()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The child must import this same batchfind, installed or not.
@@ -46,35 +47,52 @@ class Worker:
             preexec_fn=_die_with_parent,
         )
         self._buffer = b""
-        self.trials_run = 0
+        self.send(setup)
+
+    def fileno(self) -> int:
+        return self._proc.stdout.fileno()
+
+    def send(self, message: dict[str, Any]) -> None:
         try:
-            self._send({"config": config})
-            reply = self._receive(timeout_s)
-        except BaseException:  # Ctrl-C during a slow model build: leave no child behind
-            self.close()
-            raise
-        if reply.get("event") != "ready":
-            self.close()
-            raise SetupFailed(reply["status"], reply["error"])
-        self.ready = reply
+            self._proc.stdin.write((json.dumps(message) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone; read() reports how it ended
 
-    def run(self, batch_size: int, timeout_s: float) -> dict[str, Any]:
-        """One trial: warm-up and measured steps at `batch_size`."""
-        fresh = self.trials_run == 0
-        self.trials_run += 1
-        start = time.perf_counter()
-        reply = self.call({"op": "trial", "batch_size": batch_size}, timeout_s)
-        reply.setdefault("batch_size", batch_size)
-        reply.setdefault("wall_s", time.perf_counter() - start)
-        reply["fresh_process"] = fresh
+    def message(self) -> dict[str, Any] | None:
+        """A complete message already read, if any."""
+        if b"\n" not in self._buffer:
+            return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def read(self) -> dict[str, Any] | None:
+        """After the pipe turned readable: the next message, one saying how the child ended, or None
+        while a message is still incomplete."""
+        chunk = os.read(self.fileno(), 65536)
+        if not chunk:
+            return self._ended()
+        self._buffer += chunk
+        return self.message()
+
+    def receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next message, or one saying how the child ended or that it hung (and was stopped)."""
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            reply = self.message()
+            while reply is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    return self.stop("timeout", f"no result within {timeout_s:g} s; worker stopped")
+                reply = self.read()
         return reply
 
-    def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Any request the session serves (trial, noise, loader); failures come back as a status."""
-        self._send(request)
-        reply = self._receive(timeout_s)
-        reply.pop("event", None)
-        return reply
+    def stop(self, status: str, error: str) -> dict[str, Any]:
+        """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply."""
+        self._proc.kill()
+        self._proc.wait()
+        return {"status": status, "error": error}
 
     def close(self) -> None:
         try:
@@ -91,31 +109,6 @@ class Worker:
                     stream.close()
                 except OSError:
                     pass
-
-    def _send(self, message: dict[str, Any]) -> None:
-        try:
-            self._proc.stdin.write((json.dumps(message) + "\n").encode())
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # the child is gone; _receive reports how it ended
-
-    def _receive(self, timeout_s: float) -> dict[str, Any]:
-        """The next message, or a synthesized one saying how the child ended or that it hung."""
-        deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    self._proc.kill()
-                    self._proc.wait()
-                    return {"status": "timeout", "error": f"no result within {timeout_s:g} s; worker stopped"}
-                chunk = os.read(self._proc.stdout.fileno(), 65536)
-                if not chunk:
-                    return self._ended()
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
 
     def _ended(self) -> dict[str, Any]:
         code = self._proc.wait()
@@ -163,15 +156,16 @@ def _serve() -> None:
     from .session import Session, setup_failure
 
     try:
-        session = Session(request["config"])
+        session = Session(request["config"], request.get("rank"))
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
         send({"event": "failed", **setup_failure(exc)})
         return
-    send({"event": "ready", **session.facts})
+    send({"event": "ready", "status": "ok", **session.facts})
     for line in sys.stdin:
         request = json.loads(line)
         op = request.pop("op")
         send({"event": op, **session.serve(op, request)})
+    session.close()
 
 
 if __name__ == "__main__":

@@ -19,14 +19,19 @@ class _FailInBackward(torch.autograd.Function):
 
 
 class Trap(nn.Module):
-    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs."""
+    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs.
 
-    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom"):
+    With `rank`, only that rank of a distributed probe misbehaves.
+    """
+
+    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom", rank: int | None = None):
         super().__init__()
         self.linear = nn.Linear(features, classes)
-        self.at, self.how = at, how
+        self.at, self.how, self.rank = at, how, rank
 
     def forward(self, x):
+        if self.rank is not None and torch.distributed.get_rank() != self.rank:
+            return self.linear(x)
         if x.shape[0] >= self.at:
             if self.how == "oom":
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")

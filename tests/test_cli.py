@@ -31,7 +31,7 @@ def test_probe_json_is_the_only_thing_on_stdout(write_config, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads(out.read_text())
-    assert report["schema_version"] == 1 and report["tool"]["name"] == "batchfind"
+    assert report["schema_version"] == 2 and report["tool"]["name"] == "batchfind"
     assert [(t["batch_size"], t["phase"]) for t in report["trials"]] == [
         (1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (16, "verify")]
     assert report["limit"]["batch_size"] == 16 and report["limit"]["first_oom"] is None
@@ -102,7 +102,8 @@ def test_info_json():
     assert isinstance(facts["gpus"], list) and "torch" in facts
 
 
-def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a cancelled CI job or torchrun stopping
+def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path, sig):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
         "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
@@ -117,7 +118,7 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     while b"probing batch 8" not in err and time.monotonic() < deadline:
         err += proc.stderr.read1(4096)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
     report = json.loads(out.read_text())

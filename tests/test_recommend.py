@@ -83,10 +83,10 @@ def test_lr_rules():
 
 
 def test_accumulation_reaches_the_target():
-    assert accumulation(48, 256) == (6, 288)
-    assert accumulation(64, 256) == (4, 256)
-    assert accumulation(512, 256) == (1, 512)
-    assert accumulation(64, None) == (None, None)
+    assert accumulation(48, 256) == 6
+    assert accumulation(64, 256) == 4
+    assert accumulation(512, 256) == 1
+    assert accumulation(64, None) is None
 
 
 def test_training_plan_per_trial_and_auto_rule():
@@ -96,13 +96,30 @@ def test_training_plan_per_trial_and_auto_rule():
     adam = with_training_plan(trials, TrainConfig(optimizer="adam", lr=0.001, reference_batch=1),
                               RecommendConfig(target_batch=8))
     # Accumulation to 8 means the optimizer always sees 8 samples: sqrt(8) × the reference rate.
-    assert [(t.accumulation_steps, t.effective_batch_size) for t in adam] == [(8, 8), (4, 8), (2, 8)]
+    assert [(t.accumulation_steps, t.global_batch_size) for t in adam] == [(8, 8), (4, 8), (2, 8)]
     assert [t.lr for t in adam] == pytest.approx([0.001 * math.sqrt(8)] * 3)
+    assert [t.global_batch_size for t in sgd] == [1, 2, 4]  # no accumulation: the batch itself
+
+
+def test_global_batch_counts_every_rank_and_accumulation_step():
+    trials = curve([10, 20, 40])  # batch 1, 2, 4 per device
+    planned = with_training_plan(trials, TrainConfig(optimizer="sgd", lr=0.1, reference_batch=8),
+                                 RecommendConfig(target_batch=24), world_size=4)
+    # 4 ranks × 1 needs 6 steps for 24; 4 × 2 needs 3; 4 × 4 needs 2 (32 ≥ 24).
+    assert [(t.accumulation_steps, t.global_batch_size) for t in planned] == [(6, 24), (3, 24), (2, 32)]
+    # Linear scaling to the global batch the optimizer sees.
+    assert [t.lr for t in planned] == pytest.approx([0.3, 0.3, 0.4])
+    alone = with_training_plan(trials, TrainConfig(), RecommendConfig(), world_size=4)
+    assert [(t.accumulation_steps, t.global_batch_size) for t in alone] == [(None, 4), (None, 8), (None, 16)]
+    rec, _ = recommend(planned, limit_of(planned), RecommendConfig(target_batch=24), None)
+    chosen = next(t for t in planned if t.batch_size == rec.batch_size)
+    assert (rec.accumulation_steps, rec.global_batch_size) == (chosen.accumulation_steps, chosen.global_batch_size)
 
 
 def test_batchnorm_with_small_micro_batches_is_warned():
-    trials = curve([10, 20, 40, 80])
-    rec, notes = recommend(trials, limit_of(trials), RecommendConfig(target_batch=256), None, has_batchnorm=True)
+    plan = RecommendConfig(target_batch=256)
+    trials = with_training_plan(curve([10, 20, 40, 80]), TrainConfig(), plan)
+    rec, notes = recommend(trials, limit_of(trials), plan, None, has_batchnorm=True)
     assert rec.accumulation_steps == 32 and any("BatchNorm sees micro-batches of 8" in n for n in notes)
 
 

@@ -7,7 +7,8 @@ import pytest
 from batchfind.config import load_config
 from batchfind.errors import InputError, NothingFits
 from batchfind.probing import check, probe
-from batchfind.worker import SetupFailed, Worker
+from batchfind.group import Group
+from batchfind.worker import SetupFailed
 
 from conftest import TINY
 
@@ -22,7 +23,7 @@ def trap_config(write_config, how, at, extra=", refine: false", more=""):
 
 def test_worker_runs_trials_and_reports_its_setup(write_config):
     cfg = load_config(write_config(TINY))
-    worker = Worker(cfg.model_dump(mode="json"), timeout_s=60)
+    worker = Group(cfg.model_dump(mode="json"), 60, None, None, generation=1)
     try:
         assert worker.ready["dataset_len"] == 64 and worker.ready["device"] == "cpu"
         assert worker.ready["memory_limit_bytes"] > 0
@@ -85,7 +86,7 @@ def test_setup_failures_map_to_errors(write_config):
     with pytest.raises(InputError, match="min_batch: 128 is larger than the dataset"):
         probe(load_config(write_config("model: {name: mlp}\ndata: {size: 100}\nprobe: {min_batch: 128, device: cpu}")))
     with pytest.raises(SetupFailed):
-        Worker(load_config(write_config("model: {name: 'fixtures:not_a_model'}")).model_dump(mode="json"), 60)
+        Group(load_config(write_config("model: {name: 'fixtures:not_a_model'}")).model_dump(mode="json"), 60, None, None, 1)
 
 
 def test_a_model_too_big_for_the_limit_is_nothing_fits(write_config):
@@ -155,9 +156,9 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
         "recommend: {noise_scale: true, target_batch: 128}\n"
     )))
     rec = report.recommendation
-    assert rec.batch_size is not None and rec.effective_batch_size >= 128
+    assert rec.batch_size is not None and rec.global_batch_size >= 128
     assert rec.accumulation_steps == -(-128 // rec.batch_size)
-    assert rec.lr == pytest.approx(0.001 * (rec.effective_batch_size / 16) ** 0.5)
+    assert rec.lr == pytest.approx(0.001 * (rec.global_batch_size / 16) ** 0.5)
     loader = rec.loader
     assert loader["status"] == "ok" and loader["workers"] == 1 and loader["batch_size"] == rec.batch_size
     assert 0 <= loader["data_share"] <= 1 and loader["step_ms"]["median"] >= loader["data_wait_ms"]["median"]

@@ -1,0 +1,143 @@
+"""Where the ranks of a distributed probe come from, and how the processes that drive them agree.
+
+Two ways in. `--nproc-per-node N` (or `probe.nproc_per_node`): this process drives all N ranks on
+this machine and hosts the rendezvous store. Under `torchrun ... -m batchfind probe`: torchrun
+started one batchfind per rank, on one or more nodes; each drives its own rank's worker and they
+agree through torchrun's store.
+
+Agreement happens here, between the driving processes, not inside the workers: a worker whose
+peer ran out of memory in backward is stuck in DDP's gradient all-reduce and can reach no
+collective, so its driver stops it instead. Every driver then publishes its ranks' results, all
+read all of them, and all take the same next step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+# torchrun sets these for every process it starts.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Keys of a probe live under this prefix in a store torchrun's agent may share.
+PREFIX = "batchfind"
+
+
+@dataclass
+class Topology:
+    world_size: int
+    ranks: list[int]  # global ranks this process drives
+    local_ranks: list[int]  # their device indices on this node
+    local_world_size: int  # ranks on this node: they share its RAM and cores
+    nodes: int
+    addr: str
+    port: int
+    launcher: str  # "batchfind" (--nproc-per-node) or "torchrun"
+    store: Any = None  # the c10d store; kept alive for the workers while the probe runs
+
+    @property
+    def drives_all(self) -> bool:
+        return len(self.ranks) == self.world_size
+
+
+def launcher_rank() -> int | None:
+    """This process's rank when torchrun started it, else None."""
+    if all(os.environ.get(var) for var in LAUNCHER_VARS):
+        return int(os.environ["RANK"])
+    return None
+
+
+def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
+    """The ranks this process drives; None for a plain single-process probe."""
+    under_torchrun = launcher_rank() is not None
+    if not under_torchrun and nproc_per_node is None:
+        return None
+    from torch.distributed import TCPStore, rendezvous
+
+    from .errors import InputError
+
+    timeout = timedelta(seconds=timeout_s)
+    if under_torchrun:
+        if nproc_per_node is not None:
+            raise InputError("--nproc-per-node: not used under torchrun, which starts the processes itself; drop it")
+        store, rank, world = next(rendezvous("env://", timeout=timeout))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return Topology(
+            world_size=world, ranks=[rank], local_ranks=[int(os.environ["LOCAL_RANK"])],
+            local_world_size=local_world, nodes=max(1, world // local_world),
+            addr=os.environ["MASTER_ADDR"], port=int(os.environ["MASTER_PORT"]), launcher="torchrun", store=store,
+        )
+    # Port 0: the system picks a free one; the workers learn it from their setup message.
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timeout)
+    ranks = list(range(nproc_per_node))
+    return Topology(
+        world_size=nproc_per_node, ranks=ranks, local_ranks=ranks, local_world_size=nproc_per_node, nodes=1,
+        addr="127.0.0.1", port=store.port, launcher="batchfind", store=store,
+    )
+
+
+class Agreement:
+    """Lockstep exchanges between the drivers of one probe over the store.
+
+    Every driver makes the same calls in the same order (each decision follows from results they
+    all read), so a counter names each exchange the same way everywhere.
+    """
+
+    def __init__(self, topo: Topology, timeout_s: float):
+        from torch.distributed import PrefixStore
+
+        self.store = PrefixStore(f"{PREFIX}/agree", topo.store)
+        self.topo, self.timeout = topo, timedelta(seconds=timeout_s)
+        self.round = 0
+
+    def next_round(self) -> None:
+        self.round += 1
+
+    def raise_flag(self) -> None:
+        """Tell the other drivers a rank failed this round: their ranks are waiting on it."""
+        self.store.set(f"{self.round}/failed", "1")
+
+    def flag_raised(self) -> bool:
+        return self.store.check([f"{self.round}/failed"])
+
+    def exchange(self, mine: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every rank's reply for this round, in rank order."""
+        for rank, reply in mine.items():
+            self.store.set(f"{self.round}/rank{rank}", json.dumps(reply))
+        keys = [f"{self.round}/rank{rank}" for rank in range(self.topo.world_size)]
+        self._wait(keys)
+        return [json.loads(self.store.get(key)) for key in keys]
+
+    def decide(self, mine: bool) -> bool:
+        """Rank 0's driver decides (whether to go on, say); the others follow."""
+        self.next_round()
+        key = f"{self.round}/decision"
+        if 0 in self.topo.ranks:
+            self.store.set(key, json.dumps(mine))
+        self._wait([key])
+        return json.loads(self.store.get(key))
+
+    def finish(self) -> None:
+        """Rank 0's driver may host the store: it leaves last, once every driver has read its last
+        exchange. Best effort: on an interrupt the others, or the store, may already be gone."""
+        try:
+            for rank in self.topo.ranks:
+                self.store.set(f"done/rank{rank}", "1")
+            if 0 in self.topo.ranks:
+                self.store.wait([f"done/rank{r}" for r in range(self.topo.world_size)], timedelta(seconds=30))
+        except Exception:  # noqa: BLE001 - the report is what matters now, not a goodbye
+            pass
+
+    def _wait(self, keys: list[str]) -> None:
+        from .errors import BatchfindError
+
+        try:
+            self.store.wait(keys, self.timeout)
+        except Exception as exc:  # a driver died or hung: there is no agreement to reach
+            missing = [key.rsplit("/", 1)[-1] for key in keys if not self.store.check([key])]
+            raise BatchfindError(
+                f"distributed probe: no word from {', '.join(missing)} within {self.timeout.total_seconds():g} s "
+                f"({type(exc).__name__}); another rank stopped"
+            ) from None

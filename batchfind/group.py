@@ -1,0 +1,195 @@
+"""The workers that run each request together: one for a plain probe, one per rank when distributed.
+
+A request is done when every rank has answered. The first rank to fail stops the others at once
+(they would wait forever in a collective on it), and its failure is the request's outcome on every
+rank. A distributed trial is reported as the job will see it: the worst rank's peak memory, the
+slowest rank's step, and samples per second across all ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+import time
+from typing import Any
+
+from .distributed import Agreement, Topology
+from .worker import SetupFailed, Worker
+
+# How often a driver waiting on its workers looks for a failure on another node.
+POLL_S = 0.2
+# A rank stopped because another rank failed first.
+STOPPED = "stopped"
+
+
+class Group:
+    def __init__(self, config: dict[str, Any], timeout_s: float, topo: Topology | None,
+                 agreement: Agreement | None, generation: int):
+        self.topo, self.agreement = topo, agreement
+        self.workers: dict[int, Worker] = {}
+        try:
+            for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
+                self.workers[rank] = Worker({"config": config, "rank": _rank_setup(topo, rank, local_rank, generation)})
+            replies = self._gather(timeout_s)
+        except BaseException:  # Ctrl-C during a slow model build: leave no child behind
+            self.close()
+            raise
+        failed = _first_failure(replies)
+        if failed is not None:
+            self.close()
+            raise SetupFailed(failed["status"], _name(failed, topo))
+        self.ready = {**replies[0], "memory_total_bytes": _least(replies, "memory_total_bytes"),
+                      "memory_limit_bytes": _least(replies, "memory_limit_bytes")}
+        self.trials_run = 0
+
+    def run(self, batch_size: int, timeout_s: float) -> dict[str, Any]:
+        """One trial on every rank: warm-up and measured steps at `batch_size` per device."""
+        fresh = self.trials_run == 0
+        self.trials_run += 1
+        start = time.perf_counter()
+        replies = self.call_all({"op": "trial", "batch_size": batch_size}, timeout_s)
+        merged = merge_trial(replies, batch_size, self.ready["dataset_len"])
+        merged["wall_s"] = time.perf_counter() - start
+        merged["fresh_process"] = fresh
+        return merged
+
+    def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Any other request: rank 0's answer, or the first failure."""
+        replies = self.call_all(request, timeout_s)
+        failed = _first_failure(replies)
+        return {**failed, "error": _name(failed, self.topo)} if failed else replies[0]
+
+    def call_all(self, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        for worker in self.workers.values():
+            worker.send(request)
+        return self._gather(timeout_s)
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers = {}
+
+    def _gather(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Every rank's next reply (all ranks', through the agreement, when others drive some)."""
+        if self.agreement:
+            self.agreement.next_round()
+        mine = self._wait_local(timeout_s)
+        for rank, reply in mine.items():
+            reply["rank"] = rank
+        if not self.agreement:
+            return [mine[rank] for rank in sorted(mine)]
+        return self.agreement.exchange(mine)
+
+    def _wait_local(self, timeout_s: float) -> dict[int, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        replies: dict[int, dict[str, Any]] = {}
+        waiting = dict(self.workers)
+
+        def failed() -> bool:
+            return any(r.get("status") != "ok" for r in replies.values())
+
+        with selectors.DefaultSelector() as selector:
+            for rank, worker in waiting.items():
+                selector.register(worker, selectors.EVENT_READ, rank)
+            while waiting:
+                for rank, worker in list(waiting.items()):
+                    reply = worker.message()
+                    if reply is not None:
+                        replies[rank] = reply
+                        del waiting[rank]
+                        selector.unregister(worker)
+                if not waiting:
+                    break
+                if failed() or (self.agreement and self.agreement.flag_raised()):
+                    # A rank failed: the others wait on it in a collective that will never complete.
+                    for rank, worker in waiting.items():
+                        replies[rank] = worker.stop(STOPPED, "stopped: another rank failed first")
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for rank, worker in waiting.items():
+                        replies[rank] = worker.stop("timeout", f"no result within {timeout_s:g} s; worker stopped")
+                    break
+                for key, _ in selector.select(min(left, POLL_S)):
+                    reply = key.fileobj.read()
+                    if reply is not None:
+                        replies[key.data] = reply
+                        del waiting[key.data]
+                        selector.unregister(key.fileobj)
+        if self.agreement and failed():
+            self.agreement.raise_flag()  # ranks driven elsewhere may be waiting on these
+        return replies
+
+
+def _rank_setup(topo: Topology | None, rank: int, local_rank: int, generation: int) -> dict[str, Any] | None:
+    if topo is None:
+        return None
+    return {
+        "rank": rank, "local_rank": local_rank, "world_size": topo.world_size,
+        "local_world_size": topo.local_world_size, "addr": topo.addr, "port": topo.port,
+        # Each set of workers forms its own process group: stopped workers leave theirs behind.
+        "prefix": f"batchfind/workers{generation}",
+    }
+
+
+def _first_failure(replies: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The failure that caused the others: a rank that failed on its own before one merely stopped."""
+    failed = [r for r in replies if r.get("status") != "ok"]
+    causes = [r for r in failed if r.get("status") != STOPPED]
+    return (causes or failed or [None])[0]
+
+
+def _name(reply: dict[str, Any], topo: Topology | None) -> str:
+    error = reply.get("error") or ""
+    if topo is None or topo.world_size == 1:
+        return error
+    return f"rank {reply.get('rank')}: {error}"
+
+
+def _least(replies: list[dict[str, Any]], key: str) -> int | None:
+    values = [r[key] for r in replies if r.get(key) is not None]
+    return min(values) if values else None
+
+
+def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int) -> dict[str, Any]:
+    """One trial from every rank's reply, as the job sees it.
+
+    A single rank's reply passes through. Across ranks: the first failure decides the status; the
+    peak is the worst rank's (every rank must fit); the step is the slowest rank's median (the
+    others wait for it in the gradient all-reduce); samples/s count every rank's batch.
+    """
+    for reply in replies:
+        reply.setdefault("batch_size", batch_size)
+    if len(replies) == 1:
+        return replies[0]
+    world = len(replies)
+    failed = _first_failure(replies)
+    peaks = [r["peak_bytes"] for r in replies if r.get("peak_bytes") is not None]
+    merged: dict[str, Any] = {
+        "batch_size": batch_size,
+        "status": failed["status"] if failed else "ok",
+        "error": f"rank {failed['rank']}: {failed.get('error')}" if failed else None,
+        "failed_alloc_bytes": failed.get("failed_alloc_bytes") if failed else None,
+        "peak_bytes": max(peaks) if peaks else None,
+        "peak_allocated_bytes": max((r["peak_allocated_bytes"] for r in replies
+                                     if r.get("peak_allocated_bytes") is not None), default=None),
+        "ranks": [
+            {"rank": r["rank"], "status": r["status"], "peak_bytes": r.get("peak_bytes"),
+             "step_ms": (r.get("step_ms") or {}).get("median"), "error": r.get("error")}
+            for r in replies
+        ],
+    }
+    if failed:
+        return merged
+    slowest = max(replies, key=lambda r: r["step_ms"]["median"])
+    median_s = slowest["step_ms"]["median"] / 1000
+    energy = [r.get("joules_per_sample") for r in replies]
+    merged.update(
+        step_ms=slowest["step_ms"],
+        samples_per_s=batch_size * world / median_s if median_s > 0 else None,
+        epoch_s=math.ceil(dataset_len / (batch_size * world)) * median_s,
+        loss=replies[0].get("loss"),
+        loss_finite=all(r.get("loss_finite") for r in replies),
+        joules_per_sample=sum(energy) / world if None not in energy else None,
+    )
+    return merged

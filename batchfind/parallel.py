@@ -1,0 +1,56 @@
+"""Inside a worker of a distributed probe: join the ranks' process group and wrap the model the way
+the job trains it, with PyTorch's DistributedDataParallel or FSDP (`fully_shard`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def join(rank: dict[str, Any], device: torch.device, timeout_s: float) -> str:
+    """Join this set of workers' process group (nccl on GPU, gloo on CPU); returns the backend."""
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.PrefixStore(rank["prefix"], dist.TCPStore(rank["addr"], rank["port"], is_master=False, timeout=timeout))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank["rank"], world_size=rank["world_size"], timeout=timeout)
+    return backend
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
+    """DDP: a full replica per rank plus gradient buckets. FSDP: parameters, gradients and optimizer
+    state sharded across ranks, each repeated block gathered only while it runs."""
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    for block in repeated_blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """Children of a ModuleList or Sequential that repeat one class, are built of modules and hold
+    parameters (a transformer's layers, a ResNet's blocks): the units FSDP gathers one at a time.
+    Single layers (a Linear) are too small to be worth their own unit. Innermost first, as
+    `fully_shard` wants nested units."""
+    blocks: list[nn.Module] = []
+    for container in model.modules():
+        if isinstance(container, (nn.ModuleList, nn.Sequential)):
+            children = [c for c in container.children() if any(True for _ in c.children())]
+            counts = Counter(type(child) for child in children)
+            blocks += [c for c in children if counts[type(c)] > 1 and any(True for _ in c.parameters())]
+    # modules() lists parents before children: reversed, every block comes after the blocks it holds.
+    return list(dict.fromkeys(reversed(blocks)))

@@ -1,0 +1,175 @@
+"""Distributed probes on CPU: 2 ranks over gloo, DDP and FSDP, a failure on one rank only, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from batchfind.config import load_config
+from batchfind.errors import InputError
+from batchfind.group import merge_trial
+from batchfind.models import build_model
+from batchfind.parallel import repeated_blocks
+from batchfind.probing import probe
+from batchfind.report import Report
+
+from conftest import ROOT
+
+# Every test here starts several processes; none may hang the suite.
+pytestmark = pytest.mark.timeout(240)
+
+
+def trap(write_config, how, at, extra=""):
+    return write_config(
+        f"model: {{name: 'fixtures:Trap', kwargs: {{how: {how}, at: {at}, rank: 1}}}}\n"
+        "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
+        f"probe: {{warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 60{extra}}}\n"
+    )
+
+
+def ok(rank, median, peak, **more):
+    return {"rank": rank, "status": "ok", "step_ms": {"median": median, "p10": median, "p90": median, "samples": [median]},
+            "peak_bytes": peak, "loss": 1.0, "loss_finite": True, "joules_per_sample": None, **more}
+
+
+# ---- merging the ranks' replies (pure) ----------------------------------------------------
+
+
+def test_a_trial_across_ranks_is_the_worst_rank_and_the_slowest_step():
+    merged = merge_trial([ok(0, 10.0, 500), ok(1, 20.0, 700)], batch_size=8, dataset_len=1000)
+    assert merged["status"] == "ok" and merged["peak_bytes"] == 700
+    assert merged["step_ms"]["median"] == 20.0
+    assert merged["samples_per_s"] == pytest.approx(8 * 2 / 0.020)  # every rank's batch per slowest step
+    assert merged["epoch_s"] == pytest.approx(63 * 0.020)  # ceil(1000 / 16) steps
+    assert [(r["rank"], r["peak_bytes"], r["step_ms"]) for r in merged["ranks"]] == [(0, 500, 10.0), (1, 700, 20.0)]
+
+
+def test_the_rank_that_failed_decides_not_the_one_it_stopped():
+    stopped = {"rank": 0, "status": "stopped", "error": "stopped: another rank failed first"}
+    oom = {"rank": 1, "status": "oom", "error": "in backward: OutOfMemoryError", "peak_bytes": 900,
+           "failed_alloc_bytes": 1 << 30}
+    merged = merge_trial([stopped, oom], batch_size=16, dataset_len=1000)
+    assert merged["status"] == "oom" and merged["error"] == "rank 1: in backward: OutOfMemoryError"
+    assert merged["peak_bytes"] == 900 and merged["failed_alloc_bytes"] == 1 << 30
+    assert [r["status"] for r in merged["ranks"]] == ["stopped", "oom"]
+    assert "samples_per_s" not in merged
+
+
+def test_one_rank_passes_through():
+    reply = ok(0, 10.0, 500, samples_per_s=800.0)
+    assert merge_trial([reply], batch_size=8, dataset_len=100) is reply
+
+
+def test_fsdp_shards_the_repeated_blocks_innermost_first(write_config):
+    gpt = build_model(load_config(write_config("model: {name: transformer, layers: 3, d_model: 32, heads: 2}")).model)
+    blocks = repeated_blocks(gpt)
+    assert len(blocks) == 3 and len({type(b) for b in blocks}) == 1
+    def block():
+        return nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+
+    class Stage(nn.Sequential):
+        pass
+
+    nested = nn.Sequential(Stage(block(), block()), Stage(block(), block()), nn.Linear(2, 2))
+    order = repeated_blocks(nested)
+    assert len(order) == 6  # 2 stages, 4 blocks; never a lone Linear
+    # Each block comes before the stage holding it.
+    assert all(order.index(inner) < order.index(stage) for stage in nested[:2] for inner in stage)
+    assert repeated_blocks(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))) == []
+
+
+# ---- real ranks over gloo -------------------------------------------------------------------
+
+
+def test_an_oom_in_backward_on_rank_1_stops_rank_0_and_both_move_on(write_config):
+    # Rank 0 sits in DDP's gradient all-reduce waiting for rank 1, which ran out of memory in
+    # backward: only a stop from outside ends that wait. The trial timeout is 60 s; the OOM must be
+    # agreed long before it.
+    report = probe(load_config(trap(write_config, "backward_oom", 12, ", nproc_per_node: 2")))
+    assert report.distributed.world_size == 2 and report.distributed.strategy == "ddp"
+    assert report.distributed.backend == "gloo" and report.distributed.launcher == "batchfind"
+    failed = [t for t in report.trials if not t.fits]
+    assert failed and all(t.status == "oom" and t.error.startswith("rank 1: in backward") for t in failed)
+    for t in failed:
+        assert [(r.rank, r.status) for r in t.ranks] == [(0, "stopped"), (1, "oom")]
+        assert t.wall_s < 30
+    assert report.limit.batch_size == 11 and report.limit.first_oom == 12 and report.limit.verified
+    for t in report.trials:
+        assert t.global_batch_size == t.batch_size * 2
+        assert len(t.ranks) == 2
+    fits = [t for t in report.trials if t.fits]
+    assert all(t.peak_bytes == max(r.peak_bytes for r in t.ranks) for t in fits)
+    assert all(t.step_ms.median == max(r.step_ms for r in t.ranks) for t in fits)
+    assert all(t.samples_per_s == pytest.approx(2 * t.batch_size / (t.step_ms.median / 1000)) for t in fits)
+
+
+def test_fsdp_probe_with_accumulation_and_noise_scale(write_config):
+    path = write_config(
+        "model: {name: transformer, vocab_size: 64, d_model: 32, layers: 2, heads: 2, seq_len: 16}\n"
+        "data: {kind: synthetic, size: 512}\n"
+        "train: {optimizer: sgd, lr: 0.1, reference_batch: 8}\n"
+        "probe: {warmup_steps: 1, steps: 2, device: cpu, max_batch: 8, refine: false, strategy: fsdp, nproc_per_node: 2}\n"
+        "recommend: {target_batch: 48, noise_scale: true}\n"
+    )
+    report = probe(load_config(path))
+    assert report.distributed.strategy == "fsdp" and report.distributed.world_size == 2
+    # Sharded parameters still count in full.
+    assert report.parameters == sum(p.numel() for p in build_model(load_config(path).model).parameters())
+    assert [t.batch_size for t in report.trials if t.phase == "double"] == [1, 2, 4, 8]
+    assert all(t.fits and t.loss_finite for t in report.trials)
+    rec = report.recommendation
+    steps = -(-48 // (rec.batch_size * 2))
+    assert rec.accumulation_steps == steps and rec.global_batch_size == rec.batch_size * 2 * steps
+    assert rec.lr == pytest.approx(0.1 * rec.global_batch_size / 8)
+    noise = rec.noise_scale
+    # Measured on the global batch: each rank's samples count.
+    assert noise["status"] == "ok" and noise["big_batch"] == 2 * min(max(rec.batch_size, 4), 8)
+
+
+def test_torchrun_launch_prints_one_report_from_rank_0(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {name: 'fixtures:Trap', kwargs: {how: oom, at: 6, rank: 1}}\n"
+        "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
+        "probe: {warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 60}\n"
+    )
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "batchfind", "probe", str(config), "--json", "-o", str(out)],
+        capture_output=True, text=True, env=env, timeout=200, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
+    assert report == json.loads(out.read_text())
+    assert report["distributed"] == {"strategy": "ddp", "world_size": 2, "nodes": 1, "backend": "gloo",
+                                     "launcher": "torchrun"}
+    assert report["limit"]["batch_size"] == 5 and report["limit"]["first_oom"] == 6
+    assert done.stderr.count("probing batch 1 …") == 1
+    assert [r["status"] for r in report["trials"][3]["ranks"]] == ["stopped", "oom"]  # batch 8 failed on rank 1
+
+
+def test_nproc_per_node_is_refused_under_torchrun(write_config, monkeypatch):
+    for var, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(InputError, match="--nproc-per-node: not used under torchrun"):
+        probe(load_config(write_config("model: {name: mlp}\nprobe: {device: cpu}"), {"--nproc-per-node": 2}))
+
+
+def test_the_report_reads_back_with_its_ranks(write_config, tmp_path):
+    from batchfind.report import load_report
+
+    report = probe(load_config(trap(write_config, "oom", 4, ", nproc_per_node: 2, refine: false")))
+    path = tmp_path / "r.json"
+    path.write_text(report.to_json())
+    again = load_report(path)
+    assert isinstance(again, Report) and again.distributed == report.distributed
+    failed = next(i for i, t in enumerate(report.trials) if not t.fits)
+    assert again.trials[failed].ranks == report.trials[failed].ranks and again.trials[failed].status == "oom"
+    assert [r.status for r in again.trials[failed].ranks] == ["stopped", "oom"]
