@@ -65,6 +65,14 @@ MemoryLimit = Annotated[
     Optional[str],
     typer.Option(help="Memory cap, e.g. 2GiB or 512MiB: RAM on CPU, a fraction of the card on GPU.", show_default=False),
 ]
+NprocPerNode = Annotated[
+    Optional[int],
+    typer.Option(help="N ranks on this machine, one device each, the same batch per device (or run under torchrun).",
+                 show_default=False),
+]
+StrategyOption = Annotated[
+    Optional[Strategy], typer.Option("--strategy", help="How the ranks train: ddp or fsdp [ddp].", show_default=False)
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (or set BATCHFIND_DEBUG=1).")]
@@ -220,14 +228,8 @@ def probe(
     multiple_of: Annotated[
         Optional[int], typer.Option(help="Refined sizes are multiples of N (e.g. 8).", show_default=False)
     ] = None,
-    nproc_per_node: Annotated[
-        Optional[int],
-        typer.Option(help="Probe with N ranks on this machine, one device each, the same batch per device "
-                          "(or run under torchrun).", show_default=False),
-    ] = None,
-    strategy: Annotated[
-        Optional[Strategy], typer.Option(help="How the ranks train: ddp or fsdp [ddp].", show_default=False)
-    ] = None,
+    nproc_per_node: NprocPerNode = None,
+    strategy: StrategyOption = None,
     tolerance: Annotated[
         Optional[float],
         typer.Option(help="Recommend the smallest size within this fraction of the best throughput [0.02].",
@@ -319,25 +321,31 @@ def check(
     steps: Steps = None,
     warmup: Warmup = None,
     memory_limit: MemoryLimit = None,
+    nproc_per_node: NprocPerNode = None,
+    strategy: StrategyOption = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Run one batch size in a fresh process: exit 0 if it fits, 3 if it runs out of memory."""
+    """Run one batch size (per device) in a fresh process: exit 0 if it fits, 3 if it runs out of memory."""
     with _errors(debug):
         from .config import load_config
         from .probing import check as run_check
         from .render import trial_line
 
         cfg = load_config(config, {"--device": device, "--steps": steps, "--warmup": warmup,
-                                   "--memory-limit": memory_limit})
+                                   "--memory-limit": memory_limit, "--nproc-per-node": nproc_per_node,
+                                   "--strategy": strategy.value if strategy else None})
         report = run_check(cfg, batch)
         if report.interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
         trial = report.trials[0]
+        code = 0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1
+        if _follower() is not None:  # rank 0 speaks for all
+            raise typer.Exit(code)
         if as_json:
             sys.stdout.write(report.to_json() + "\n")
         typer.echo(trial_line(trial), err=as_json)
-        raise typer.Exit(0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1)
+        raise typer.Exit(code)
 
 
 

@@ -61,12 +61,20 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
             f"different devices: {base.environment.device_name} ({base.environment.device}) vs "
             f"{new.environment.device_name} ({new.environment.device})"
         )
+    if _ranks(base) != _ranks(new):
+        warnings.append(f"different distribution: {_ranks(base)} vs {_ranks(new)}: sizes are per device, "
+                        "samples/s count every rank")
     if base.environment.memory_limit_bytes != new.environment.memory_limit_bytes:
         warnings.append("different memory limits: limits and peaks are not comparable")
     differing = _differences(base.config, new.config)
     if differing:
         warnings.append(f"different configs ({', '.join(differing[:5])}): compare with care")
     return Comparison(changes, max_regression, warnings)
+
+
+def _ranks(report: Report) -> str:
+    d = report.distributed
+    return f"{d.strategy} × {d.world_size}" if d else "one process"
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

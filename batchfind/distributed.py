@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .errors import BatchfindError, InputError
+
 # torchrun sets these for every process it starts.
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Keys of a probe live under this prefix in a store torchrun's agent may share.
@@ -55,8 +57,6 @@ def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
     if not under_torchrun and nproc_per_node is None:
         return None
     from torch.distributed import TCPStore, rendezvous
-
-    from .errors import InputError
 
     timeout = timedelta(seconds=timeout_s)
     if under_torchrun:
@@ -131,8 +131,6 @@ class Agreement:
             pass
 
     def _wait(self, keys: list[str]) -> None:
-        from .errors import BatchfindError
-
         try:
             self.store.wait(keys, self.timeout)
         except Exception as exc:  # a driver died or hung: there is no agreement to reach

@@ -27,6 +27,9 @@ class Group:
                  agreement: Agreement | None, generation: int):
         self.topo, self.agreement = topo, agreement
         self.workers: dict[int, Worker] = {}
+        # After a failure the ranks' process group is broken (a peer was stopped mid-collective):
+        # its survivors are killed rather than asked to leave it.
+        self.broken = False
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "rank": _rank_setup(topo, rank, local_rank, generation)})
@@ -47,7 +50,7 @@ class Group:
         fresh = self.trials_run == 0
         self.trials_run += 1
         start = time.perf_counter()
-        replies = self.call_all({"op": "trial", "batch_size": batch_size}, timeout_s)
+        replies = self._call_all({"op": "trial", "batch_size": batch_size}, timeout_s)
         merged = merge_trial(replies, batch_size, self.ready["dataset_len"])
         merged["wall_s"] = time.perf_counter() - start
         merged["fresh_process"] = fresh
@@ -55,18 +58,18 @@ class Group:
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Any other request: rank 0's answer, or the first failure."""
-        replies = self.call_all(request, timeout_s)
+        replies = self._call_all(request, timeout_s)
         failed = _first_failure(replies)
         return {**failed, "error": _name(failed, self.topo)} if failed else replies[0]
 
-    def call_all(self, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+    def _call_all(self, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
         for worker in self.workers.values():
             worker.send(request)
         return self._gather(timeout_s)
 
     def close(self) -> None:
         for worker in self.workers.values():
-            worker.close()
+            worker.close(kill=self.broken)
         self.workers = {}
 
     def _gather(self, timeout_s: float) -> list[dict[str, Any]]:
@@ -76,9 +79,9 @@ class Group:
         mine = self._wait_local(timeout_s)
         for rank, reply in mine.items():
             reply["rank"] = rank
-        if not self.agreement:
-            return [mine[rank] for rank in sorted(mine)]
-        return self.agreement.exchange(mine)
+        replies = self.agreement.exchange(mine) if self.agreement else [mine[rank] for rank in sorted(mine)]
+        self.broken = self.broken or _first_failure(replies) is not None
+        return replies
 
     def _wait_local(self, timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s

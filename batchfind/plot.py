@@ -30,7 +30,8 @@ def plot(report: Report, path: Path) -> None:
     sizes = sorted(fitting)
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5), constrained_layout=True)
     env = report.environment
-    fig.suptitle(f"batchfind · {env.device_name or env.device}")
+    ranks = f" × {report.distributed.world_size} ({report.distributed.strategy})" if report.distributed else ""
+    fig.suptitle(f"batchfind · {env.device_name or env.device}{ranks}")
     top.plot(sizes, [fitting[s].samples_per_s for s in sizes], "o-", color="tab:blue")
     top.set_ylabel("samples/s")
     bottom.plot(sizes, [fitting[s].peak_bytes / GiB for s in sizes], "o-", color="tab:green", label="peak memory")
@@ -42,7 +43,7 @@ def plot(report: Report, path: Path) -> None:
     if limit_bytes:
         bottom.axhline(limit_bytes / GiB, color="tab:red", linestyle=":", label="memory limit")
     bottom.set_ylabel("peak memory (GiB)")
-    bottom.set_xlabel("batch size")
+    bottom.set_xlabel("batch size per device" if report.distributed else "batch size")
     bottom.set_xscale("log", base=2)
     marks = [(report.limit.batch_size, "largest fits", "tab:red"),
              (report.recommendation.batch_size, "recommended", "tab:purple")]

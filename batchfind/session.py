@@ -94,9 +94,14 @@ class Session:
 
     def _loader(self, batch_size: int) -> dict[str, Any]:
         data, probe = self.config.data, self.config.probe
+        world = self.rank["world_size"] if self.rank else 1
         loader = self.batches.loader(batch_size, data.workers, data.pin_memory)
-        return measure_loader(self.step, loader, batch_size, warmup=probe.warmup_steps, steps=probe.steps,
-                              dataset_len=len(self.batches), device=self.device)
+        # Each rank reads its own share of an epoch and the ranks step together: count them all.
+        result = measure_loader(self.step, loader, batch_size, warmup=probe.warmup_steps, steps=probe.steps,
+                                dataset_len=len(self.batches) // world, device=self.device)
+        if result["samples_per_s"] is not None:
+            result["samples_per_s"] *= world
+        return result
 
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> None:

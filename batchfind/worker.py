@@ -1,20 +1,20 @@
 """Trials run in a child process, so an out-of-memory, a crash or a hang cannot take the tool down.
 
-The parent speaks JSON lines with `python -m batchfind.worker`: one setup request (the config),
-then one request per batch size; the child answers on its original stdout and sends everything
-else (the user's prints, warnings) to stderr, which the parent keeps for error messages.
+The parent speaks JSON lines with `python -m batchfind.worker`: one setup request (the config, and
+the child's rank in a distributed probe), then one request per batch size; the child answers on its
+original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
+keeps for error messages. Waiting, timeouts and stopping hung children are the group's job
+(`group.py`), which may wait on several children at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -75,34 +75,24 @@ class Worker:
         self._buffer += chunk
         return self.message()
 
-    def receive(self, timeout_s: float) -> dict[str, Any]:
-        """The next message, or one saying how the child ended or that it hung (and was stopped)."""
-        deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            reply = self.message()
-            while reply is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    return self.stop("timeout", f"no result within {timeout_s:g} s; worker stopped")
-                reply = self.read()
-        return reply
-
     def stop(self, status: str, error: str) -> dict[str, Any]:
         """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply."""
         self._proc.kill()
         self._proc.wait()
         return {"status": status, "error": error}
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """End the child: at the end of its input, or at once (`kill`) when it is not worth waiting for."""
         try:
-            if self._proc.poll() is None:
+            if not kill and self._proc.poll() is None:
                 try:
                     self._proc.stdin.close()  # the child's loop ends at end of input
                     self._proc.wait(timeout=5)
                 except (OSError, subprocess.TimeoutExpired):
-                    self._proc.kill()
-                    self._proc.wait()
+                    pass
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
         finally:
             for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
                 try:

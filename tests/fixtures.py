@@ -56,6 +56,13 @@ def raises(**kwargs):
     raise ValueError("factory is broken")
 
 
+def broken_on_rank(rank: int = 1):
+    """Builds a Trap on every rank but `rank` (a missing file on one node, say)."""
+    if torch.distributed.get_rank() == rank:
+        raise ValueError("factory is broken on this rank")
+    return Trap()
+
+
 def not_a_model(**kwargs):
     return 42
 

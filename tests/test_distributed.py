@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from torch import nn
 
 from batchfind.config import load_config
@@ -107,6 +106,23 @@ def test_an_oom_in_backward_on_rank_1_stops_rank_0_and_both_move_on(write_config
     assert all(t.samples_per_s == pytest.approx(2 * t.batch_size / (t.step_ms.median / 1000)) for t in fits)
 
 
+def test_a_rank_killed_by_a_signal_is_agreed_too(write_config):
+    # The kernel's OOM killer ends a rank's worker with SIGKILL: its peers are stopped, not left waiting.
+    report = probe(load_config(trap(write_config, "kill", 4, ", nproc_per_node: 2, refine: false, max_batch: 8")))
+    killed = next(t for t in report.trials if not t.fits)
+    assert killed.batch_size == 4 and killed.status == "killed" and killed.wall_s < 30
+    assert [r.status for r in killed.ranks] == ["stopped", "killed"]
+    assert report.limit.batch_size == 2
+
+
+def test_a_rank_that_cannot_build_its_model_fails_the_probe_naming_it(write_config):
+    path = write_config("model: {name: 'fixtures:broken_on_rank'}\n"
+                        "data: {input_shape: [8], num_classes: 4, size: 64}\n"
+                        "probe: {device: cpu, nproc_per_node: 2, trial_timeout_s: 60}\n")
+    with pytest.raises(InputError, match=r"^rank 1: model.name: fixtures:broken_on_rank.*broken on this rank"):
+        probe(load_config(path))
+
+
 def test_fsdp_probe_with_accumulation_and_noise_scale(write_config):
     path = write_config(
         "model: {name: transformer, vocab_size: 64, d_model: 32, layers: 2, heads: 2, seq_len: 16}\n"
@@ -162,10 +178,13 @@ def test_nproc_per_node_is_refused_under_torchrun(write_config, monkeypatch):
         probe(load_config(write_config("model: {name: mlp}\nprobe: {device: cpu}"), {"--nproc-per-node": 2}))
 
 
-def test_the_report_reads_back_with_its_ranks(write_config, tmp_path):
-    from batchfind.report import load_report
+def test_the_report_matches_its_schema_and_reads_back_with_its_ranks(write_config, tmp_path):
+    import jsonschema
+
+    from batchfind.report import json_schema, load_report
 
     report = probe(load_config(trap(write_config, "oom", 4, ", nproc_per_node: 2, refine: false")))
+    jsonschema.validate(json.loads(report.to_json()), json_schema())
     path = tmp_path / "r.json"
     path.write_text(report.to_json())
     again = load_report(path)
