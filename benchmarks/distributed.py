@@ -7,6 +7,8 @@ wall time of each, as a Markdown table.
 
     python benchmarks/distributed.py --memory-limit 2GiB configs/cnn-small.yaml
     python benchmarks/distributed.py --device cuda --nproc 2 configs/resnet50.yaml
+
+Other options (`--no-refine`, `--steps 2`) go to every `batchfind probe` as they are.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import time
 from pathlib import Path
 
 MODES = {
-    "plain": ([], None),
-    "ddp×1": (["--nproc-per-node", "1"], None),
-    "torchrun ddp×1": ([], 1),
-    "ddp×N": (["--nproc-per-node", "{n}", "--strategy", "ddp"], None),
-    "fsdp×N": (["--nproc-per-node", "{n}", "--strategy", "fsdp"], None),
+    "plain": ([], None),  # one process, no wrapper
+    "ddp1": (["--nproc-per-node", "1"], None),  # DDP, world size 1, started by batchfind
+    "torchrun1": ([], 1),  # the same through torchrun
+    "ddp": (["--nproc-per-node", "{n}", "--strategy", "ddp"], None),
+    "fsdp": (["--nproc-per-node", "{n}", "--strategy", "fsdp"], None),
 }
 
 
@@ -61,12 +63,12 @@ def row(config: str, mode: str, report: dict, wall: float) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+")
-    parser.add_argument("--nproc", type=int, default=2, help="ranks for the ddp×N and fsdp×N runs")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks for the ddp and fsdp runs")
     parser.add_argument("--memory-limit", default=None, help="per rank, e.g. 2GiB")
     parser.add_argument("--device", default=None)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    args = parser.parse_args()
-    extra = ["--time-budget", "3600"]
+    args, passed = parser.parse_known_args()
+    extra = ["--time-budget", "3600", *passed]
     extra += ["--memory-limit", args.memory_limit] if args.memory_limit else []
     extra += ["--device", args.device] if args.device else []
     rows, report = [], None
