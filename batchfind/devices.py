@@ -51,10 +51,8 @@ def resolve_device(spec: str, local_rank: int | None = None):
             raise InputError(f"probe.device: {spec} names one GPU, but each rank takes its own; use cuda or auto")
         index = local_rank if local_rank is not None else device.index or 0
         if index >= torch.cuda.device_count():
-            raise InputError(
-                f"probe.device: {spec} requested for {'local rank ' + str(index) if local_rank is not None else 'it'}"
-                f" but only {torch.cuda.device_count()} GPU(s) are visible"
-            )
+            wanted = f"{index + 1} ranks on this machine, one GPU each," if local_rank is not None else f"{spec}"
+            raise InputError(f"probe.device: {wanted} requested but only {torch.cuda.device_count()} GPU(s) are visible")
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     return device

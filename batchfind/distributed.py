@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,8 @@ from .errors import BatchfindError, InputError
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Keys of a probe live under this prefix in a store torchrun's agent may share.
 PREFIX = "batchfind"
+# How often a waiting driver looks at the store.
+POLL_S = 0.1
 
 
 @dataclass
@@ -61,7 +64,8 @@ def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
     timeout = timedelta(seconds=timeout_s)
     if under_torchrun:
         if nproc_per_node is not None:
-            raise InputError("--nproc-per-node: not used under torchrun, which starts the processes itself; drop it")
+            raise InputError("probe.nproc_per_node (--nproc-per-node): not used under torchrun, which starts the "
+                             "processes itself; drop it")
         store, rank, world = next(rendezvous("env://", timeout=timeout))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         return Topology(
@@ -78,18 +82,23 @@ def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
     )
 
 
+class AgreementLost(BatchfindError):
+    """Another driver stopped (interrupted, crashed, or silent past the timeout) mid-probe."""
+
+
 class Agreement:
     """Lockstep exchanges between the drivers of one probe over the store.
 
     Every driver makes the same calls in the same order (each decision follows from results they
-    all read), so a counter names each exchange the same way everywhere.
+    all read), so a counter names each exchange the same way everywhere. Waits poll in short
+    slices: a blocking store wait would hold off Ctrl-C and SIGTERM until it timed out.
     """
 
     def __init__(self, topo: Topology, timeout_s: float):
         from torch.distributed import PrefixStore
 
         self.store = PrefixStore(f"{PREFIX}/agree", topo.store)
-        self.topo, self.timeout = topo, timedelta(seconds=timeout_s)
+        self.topo, self.timeout_s = topo, timeout_s
         self.round = 0
 
     def next_round(self) -> None:
@@ -100,13 +109,14 @@ class Agreement:
         self.store.set(f"{self.round}/failed", "1")
 
     def flag_raised(self) -> bool:
-        return self.store.check([f"{self.round}/failed"])
+        """A rank failed this round, or a driver gave up: either way no collective will complete."""
+        return self.store.check([f"{self.round}/failed"]) or self.store.check(["abandoned"])
 
     def exchange(self, mine: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         """Every rank's reply for this round, in rank order."""
         for rank, reply in mine.items():
             self.store.set(f"{self.round}/rank{rank}", json.dumps(reply))
-        keys = [f"{self.round}/rank{rank}" for rank in range(self.topo.world_size)]
+        keys = {f"{self.round}/rank{rank}": f"rank {rank}" for rank in range(self.topo.world_size)}
         self._wait(keys)
         return [json.loads(self.store.get(key)) for key in keys]
 
@@ -116,26 +126,37 @@ class Agreement:
         key = f"{self.round}/decision"
         if 0 in self.topo.ranks:
             self.store.set(key, json.dumps(mine))
-        self._wait([key])
+        self._wait({key: "rank 0"})
         return json.loads(self.store.get(key))
+
+    def abandon(self, why: str) -> None:
+        """This driver stops early: the others stop waiting for it. Best effort."""
+        try:
+            self.store.set("abandoned", f"rank {self.topo.ranks[0]}: {why}")
+        except Exception:  # noqa: BLE001 - the store may be gone with torchrun's agent
+            pass
 
     def finish(self) -> None:
         """Rank 0's driver may host the store: it leaves last, once every driver has read its last
-        exchange. Best effort: on an interrupt the others, or the store, may already be gone."""
+        exchange, or one gave up. Best effort: the store may already be gone."""
         try:
             for rank in self.topo.ranks:
                 self.store.set(f"done/rank{rank}", "1")
             if 0 in self.topo.ranks:
-                self.store.wait([f"done/rank{r}" for r in range(self.topo.world_size)], timedelta(seconds=30))
+                self._wait({f"done/rank{r}": f"rank {r}" for r in range(self.topo.world_size)}, timeout_s=30)
         except Exception:  # noqa: BLE001 - the report is what matters now, not a goodbye
             pass
 
-    def _wait(self, keys: list[str]) -> None:
-        try:
-            self.store.wait(keys, self.timeout)
-        except Exception as exc:  # a driver died or hung: there is no agreement to reach
-            missing = [key.rsplit("/", 1)[-1] for key in keys if not self.store.check([key])]
-            raise BatchfindError(
-                f"distributed probe: no word from {', '.join(missing)} within {self.timeout.total_seconds():g} s "
-                f"({type(exc).__name__}); another rank stopped"
-            ) from None
+    def _wait(self, keys: dict[str, str], timeout_s: float | None = None) -> None:
+        """Until every key is set; `keys` maps each to the rank it waits for."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while not self.store.check(list(keys)):
+            if self.store.check(["abandoned"]):
+                raise AgreementLost(f"distributed probe stopped early: {self.store.get('abandoned').decode()}")
+            if time.monotonic() > deadline:
+                missing = [who for key, who in keys.items() if not self.store.check([key])]
+                raise AgreementLost(
+                    f"distributed probe: no word from {', '.join(missing)} within {timeout_s or self.timeout_s:g} s; "
+                    "its process stopped or hung"
+                )
+            time.sleep(POLL_S)

@@ -13,13 +13,16 @@ import selectors
 import time
 from typing import Any
 
-from .distributed import Agreement, Topology
+from .distributed import POLL_S, PREFIX, Agreement, Topology
 from .worker import SetupFailed, Worker
 
-# How often a driver waiting on its workers looks for a failure on another node.
-POLL_S = 0.2
+# How long workers get to leave on their own when the group closes.
+CLOSE_S = 5.0
 # A rank stopped because another rank failed first.
 STOPPED = "stopped"
+# A collective that failed because a peer went away: a consequence, never the cause.
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator",
+              "ProcessGroupNCCL", "ProcessGroupGloo", "Gloo", "gloo")
 
 
 class Group:
@@ -57,10 +60,11 @@ class Group:
         return merged
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Any other request: rank 0's answer, or the first failure."""
+        """Any other request: rank 0's answer, or the failure that caused the others."""
         replies = self._call_all(request, timeout_s)
         failed = _first_failure(replies)
-        return {**failed, "error": _name(failed, self.topo)} if failed else replies[0]
+        reply = {**failed, "error": _name(failed, self.topo)} if failed else replies[0]
+        return {k: v for k, v in reply.items() if k not in ("event", "rank")}
 
     def _call_all(self, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
         for worker in self.workers.values():
@@ -68,8 +72,12 @@ class Group:
         return self._gather(timeout_s)
 
     def close(self) -> None:
+        # Every worker is told at once and waited for against one deadline, not one after another.
         for worker in self.workers.values():
-            worker.close(kill=self.broken)
+            worker.end_input()
+        deadline = time.monotonic() + CLOSE_S
+        for worker in self.workers.values():
+            worker.close(kill=self.broken, wait_s=max(0.0, deadline - time.monotonic()))
         self.workers = {}
 
     def _gather(self, timeout_s: float) -> list[dict[str, Any]]:
@@ -84,6 +92,13 @@ class Group:
         return replies
 
     def _wait_local(self, timeout_s: float) -> dict[int, dict[str, Any]]:
+        try:
+            return self._wait_for_replies(timeout_s)
+        except BaseException:  # Ctrl-C mid-trial: the workers are busy and will not read a goodbye
+            self.broken = True
+            raise
+
+    def _wait_for_replies(self, timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         replies: dict[int, dict[str, Any]] = {}
         waiting = dict(self.workers)
@@ -131,22 +146,43 @@ def _rank_setup(topo: Topology | None, rank: int, local_rank: int, generation: i
         "rank": rank, "local_rank": local_rank, "world_size": topo.world_size,
         "local_world_size": topo.local_world_size, "addr": topo.addr, "port": topo.port,
         # Each set of workers forms its own process group: stopped workers leave theirs behind.
-        "prefix": f"batchfind/workers{generation}",
+        "prefix": f"{PREFIX}/workers{generation}",
     }
 
 
 def _first_failure(replies: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The failure that caused the others: a rank that failed on its own before one merely stopped."""
+    """The failure that caused the others. A rank whose peer died sees its collective fail too
+    (gloo: connection reset), often first; a stopped rank only waited. So: running out of memory
+    or being killed first, then an error of the rank's own, a timeout, a lost peer, a stop."""
     failed = [r for r in replies if r.get("status") != "ok"]
-    causes = [r for r in failed if r.get("status") != STOPPED]
-    return (causes or failed or [None])[0]
+    return min(failed, key=_blame, default=None)
+
+
+def _blame(reply: dict[str, Any]) -> tuple[int, int]:
+    status, error = reply.get("status"), reply.get("error") or ""
+    if status in ("oom", "killed"):
+        order = 0
+    elif status == STOPPED:
+        order = 4
+    elif status == "timeout":
+        order = 2
+    elif any(fragment in error for fragment in _PEER_LOST):
+        order = 3
+    else:  # an error of its own, bad input at setup
+        order = 1
+    return order, reply.get("rank", 0)
 
 
 def _name(reply: dict[str, Any], topo: Topology | None) -> str:
     error = reply.get("error") or ""
     if topo is None or topo.world_size == 1:
         return error
-    return f"rank {reply.get('rank')}: {error}"
+    return f"{_who(reply)}: {error}"
+
+
+def _who(reply: dict[str, Any]) -> str:
+    # Ranks that wait on each other time out together: which one hung first is not known.
+    return "every rank" if reply.get("status") == "timeout" else f"rank {reply.get('rank')}"
 
 
 def _least(replies: list[dict[str, Any]], key: str) -> int | None:
@@ -171,7 +207,7 @@ def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int
     merged: dict[str, Any] = {
         "batch_size": batch_size,
         "status": failed["status"] if failed else "ok",
-        "error": f"rank {failed['rank']}: {failed.get('error')}" if failed else None,
+        "error": f"{_who(failed)}: {failed.get('error')}" if failed else None,
         "failed_alloc_bytes": failed.get("failed_alloc_bytes") if failed else None,
         "peak_bytes": max(peaks) if peaks else None,
         "peak_allocated_bytes": max((r["peak_allocated_bytes"] for r in replies

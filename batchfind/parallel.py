@@ -27,17 +27,24 @@ def leave() -> None:
 
 
 def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
-    """DDP: a full replica per rank plus gradient buckets. FSDP: parameters, gradients and optimizer
-    state sharded across ranks, each repeated block gathered only while it runs."""
+    """The model, built in host memory, on `device` the way the strategy puts it there.
+
+    DDP: a full replica per rank plus gradient buckets. FSDP: parameters, gradients and optimizer
+    state sharded across ranks, each repeated block gathered only while it runs; blocks move to
+    the device one at a time, so a model that fits only when sharded still sets up.
+    """
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # The probe's device, not whichever accelerator the machine has.
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in repeated_blocks(model):
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

@@ -13,7 +13,7 @@ from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, fit
 from .recommend import limit_of, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
-from .distributed import Agreement, Topology, topology
+from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import Group
 from .worker import SetupFailed
 
@@ -121,8 +121,7 @@ def probe(
         dataset_len, world = facts["dataset_len"], prober.world_size
         per_rank = dataset_len // world  # each rank's share of an epoch
         if p.min_batch > per_rank:
-            ranks = f" × {world} ranks" if world > 1 else ""
-            raise InputError(f"probe.min_batch: {p.min_batch}{ranks} is larger than the dataset ({dataset_len} samples)")
+            raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
         high = min(p.max_batch or per_rank, per_rank)
         outcome = PlanResult()
         doubled = search.double(prober.try_batch, p.min_batch, high, keep_going)
@@ -146,6 +145,10 @@ def probe(
     return _run(config, plan, on_trial_start, on_trial_end, _topology(config))
 
 
+def _ranks(world: int) -> str:
+    return f" × {world} ranks" if world > 1 else ""
+
+
 def _topology(config: Config) -> Topology | None:
     # The rendezvous waits for every rank; give it as long as a trial may take.
     return topology(config.probe.nproc_per_node, config.probe.trial_timeout_s)
@@ -156,7 +159,8 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     trials = with_training_plan(trials, config.train, config.recommend, world_size)
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
-    recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False))
+    recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
+                                      world_size)
     return trials, limit, recommendation, notes
 
 
@@ -220,8 +224,7 @@ def check(
     def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         world = prober.world_size
         if batch_size * world > facts["dataset_len"]:
-            ranks = f" × {world} ranks" if world > 1 else ""
-            raise InputError(f"--batch: {batch_size}{ranks} is larger than the dataset ({facts['dataset_len']} samples)")
+            raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({facts['dataset_len']} samples)")
         prober.phase = "verify"
         prober.try_batch(batch_size)
         return PlanResult()
@@ -280,6 +283,14 @@ def _run(
             extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
     except KeyboardInterrupt:
         interrupted, stopped = True, "interrupted"
+        if prober.agreement:
+            prober.agreement.abandon("interrupted")
+    except AgreementLost as exc:  # another rank's process stopped: keep what all ranks agreed on
+        interrupted, stopped = True, str(exc)
+    except BaseException as exc:
+        if prober.agreement:  # the other drivers would wait for this one until their timeout
+            prober.agreement.abandon(f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         prober.close()
         if prober.agreement:
@@ -308,7 +319,7 @@ def _run(
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
         warnings=_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
-        + _advice_warnings(recommendation, facts),
+        + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
                                                  prober.world_size),
@@ -350,6 +361,13 @@ def _advice_warnings(rec, facts: dict) -> list[str]:
     if scale and scale.get("status") == "ok" and scale.get("b_simple") is None:
         warnings.append("the gradient noise scale could not be estimated: |G|² came out non-positive (all noise)")
     return warnings
+
+
+def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
+    if topo is None and "strategy" in config.probe.model_fields_set:
+        return [f"probe.strategy {config.probe.strategy} applies to several ranks; this probe ran one process "
+                "without it (use --nproc-per-node N or torchrun)"]
+    return []
 
 
 def _length_warnings(lengths: dict[str, int] | None) -> list[str]:

@@ -59,7 +59,8 @@ def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendCo
 
 
 def recommend(
-    trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False
+    trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False,
+    world_size: int = 1,
 ) -> tuple[Recommendation, list[str]]:
     """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom,
     and warnings about the choice."""
@@ -94,10 +95,13 @@ def recommend(
             "sizes this close cannot be told apart; more --steps would"
         )
     steps = chosen.accumulation_steps
-    if steps and steps > 1 and has_batchnorm and chosen.batch_size < SMALL_BATCHNORM_BATCH:
+    # With accumulation or several ranks, BatchNorm normalizes over the per-device micro-batch only
+    # (unless it is SyncBatchNorm), however large the global batch.
+    split = (steps or 1) > 1 or world_size > 1
+    if split and has_batchnorm and chosen.batch_size < SMALL_BATCHNORM_BATCH:
         notes.append(
             f"BatchNorm sees micro-batches of {chosen.batch_size}: its batch statistics are noisy below "
-            f"{SMALL_BATCHNORM_BATCH}; consider GroupNorm or a larger micro-batch"
+            f"{SMALL_BATCHNORM_BATCH}; consider GroupNorm, SyncBatchNorm or a larger micro-batch"
         )
     recommendation = Recommendation(
         batch_size=chosen.batch_size,

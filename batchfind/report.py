@@ -239,6 +239,19 @@ def json_schema() -> dict[str, Any]:
     }
 
 
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 reports (one process, `effective_batch_size` set only with accumulation) read as
+    version 2, so baselines kept from before still compare."""
+    upgraded = {**data, "schema_version": SCHEMA_VERSION, "distributed": None}
+    parts = [t for t in data.get("trials") or [] if isinstance(t, dict)]
+    if isinstance(data.get("recommendation"), dict):
+        parts.append(data["recommendation"])
+    for part in parts:
+        effective = part.pop("effective_batch_size", None)
+        part["global_batch_size"] = effective if effective is not None else part.get("batch_size")
+    return upgraded
+
+
 def load_report(path: Path) -> Report:
     """A report written by batchfind, validated against the schema; problems name the file and field."""
     from pydantic import TypeAdapter, ValidationError
@@ -251,9 +264,11 @@ def load_report(path: Path) -> Report:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a JSON report: {exc}") from None
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        data = _from_v1(data)
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         found = data.get("schema_version") if isinstance(data, dict) else None
-        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} (got {found!r})")
+        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {found!r})")
     try:
         return TypeAdapter(Report).validate_python(data)
     except ValidationError as exc:

@@ -33,10 +33,10 @@ class Session:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank["local_world_size"]))
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
         torch.manual_seed(0)  # every rank starts from the same weights
-        model = build_model(config.model).to(self.device).train()
+        model = build_model(config.model).train()
+        self.model = parallel.wrap(model, probe.strategy, self.device) if rank else model.to(self.device)
         self.batches = build_batches(config, self.device)
-        check_fit(model, self.batches, config, self.device)
-        self.model = parallel.wrap(model, probe.strategy, self.device) if rank else model
+        check_fit(self.model, self.batches, config, self.device)
         if rank:
             torch.manual_seed(rank["rank"])  # and draws its own random samples
         self.step = Step(self.model, config.train, self.device)
@@ -54,6 +54,8 @@ class Session:
             "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
             "backend": backend,
         }
+        # What setup left in the allocator's cache (FSDP's unsharded copies, say) is not a trial's.
+        devices.release(self.device)
 
     def close(self) -> None:
         if self.rank:

@@ -76,19 +76,29 @@ class Worker:
         return self.message()
 
     def stop(self, status: str, error: str) -> dict[str, Any]:
-        """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply."""
+        """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply,
+        unless it had already ended on its own: then how it ended."""
+        if self._proc.poll() is not None:
+            return self._ended()
         self._proc.kill()
         self._proc.wait()
         return {"status": status, "error": error}
 
-    def close(self, kill: bool = False) -> None:
+    def end_input(self) -> None:
+        """The child's loop ends at the end of its input."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self, kill: bool = False, wait_s: float = 5.0) -> None:
         """End the child: at the end of its input, or at once (`kill`) when it is not worth waiting for."""
         try:
             if not kill and self._proc.poll() is None:
+                self.end_input()
                 try:
-                    self._proc.stdin.close()  # the child's loop ends at end of input
-                    self._proc.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=wait_s)
+                except subprocess.TimeoutExpired:
                     pass
             if self._proc.poll() is None:
                 self._proc.kill()

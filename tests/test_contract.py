@@ -124,8 +124,27 @@ def test_compare_warns_across_devices_and_configs(real_report, tmp_path):
     assert "different devices" in result.stdout and "probe.steps" in result.stdout
 
 
+def test_compare_reads_version_1_baselines(real_report, tmp_path):
+    from batchfind.report import load_report
+
+    _, report, _ = real_report
+    old = copy.deepcopy(report)
+    old["schema_version"] = 1
+    del old["distributed"]
+    for part in [*old["trials"], old["recommendation"]]:
+        del part["global_batch_size"]
+        part.pop("ranks", None)
+        part["effective_batch_size"] = None  # version 1 set it only with accumulation
+    base = write(tmp_path / "v1.json", old)
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "v2.json", report)])
+    assert result.exit_code == 0, result.stderr
+    loaded = load_report(base)
+    assert loaded.distributed is None and [t.global_batch_size for t in loaded.trials] == [
+        t["batch_size"] for t in report["trials"]]
+
+
 def test_compare_rejects_what_is_not_a_report(tmp_path):
-    (tmp_path / "x.json").write_text('{"schema_version": 1, "trials": "no"}')
+    (tmp_path / "x.json").write_text('{"schema_version": 2, "trials": "no"}')
     (tmp_path / "y.json").write_text("not json")
     for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file")):
         result = runner.invoke(app, ["compare", str(tmp_path / name), str(tmp_path / name)])

@@ -10,7 +10,8 @@ from torch import nn
 
 from batchfind.config import load_config
 from batchfind.errors import InputError
-from batchfind.group import merge_trial
+from batchfind.distributed import Agreement, AgreementLost, Topology
+from batchfind.group import _first_failure, merge_trial
 from batchfind.models import build_model
 from batchfind.parallel import repeated_blocks
 from batchfind.probing import probe
@@ -56,6 +57,40 @@ def test_the_rank_that_failed_decides_not_the_one_it_stopped():
     assert merged["peak_bytes"] == 900 and merged["failed_alloc_bytes"] == 1 << 30
     assert [r["status"] for r in merged["ranks"]] == ["stopped", "oom"]
     assert "samples_per_s" not in merged
+
+
+def test_a_rank_that_lost_its_peer_is_not_blamed():
+    # rank 1 was killed; gloo then failed rank 0's all-reduce, often before rank 1's death was seen.
+    lost = {"rank": 0, "status": "error", "error": "in backward: RuntimeError: [gloo] Connection reset by peer"}
+    killed = {"rank": 1, "status": "killed", "error": "worker killed by SIGKILL"}
+    assert merge_trial([lost, killed], batch_size=4, dataset_len=100)["status"] == "killed"
+    # A rank that could not set up is the cause, not the rank stopped while waiting for it.
+    bad = {"rank": 1, "status": "input", "error": "model.name: broken"}
+    assert _first_failure([{"rank": 0, "status": "stopped"}, bad]) is bad
+    # Ranks waiting on each other time out together: no single rank is named.
+    hung = [{"rank": r, "status": "timeout", "error": "no result within 60 s"} for r in (0, 1)]
+    assert merge_trial(hung, batch_size=4, dataset_len=100)["error"] == "every rank: no result within 60 s"
+
+
+def test_drivers_stop_waiting_when_one_gives_up_or_goes_silent():
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+
+    def driver(rank):
+        topo = Topology(world_size=2, ranks=[rank], local_ranks=[0], local_world_size=1, nodes=2,
+                        addr="127.0.0.1", port=store.port, launcher="torchrun", store=store)
+        return Agreement(topo, timeout_s=0.5)
+
+    zero, one = driver(0), driver(1)
+    zero.next_round()
+    with pytest.raises(AgreementLost, match="no word from rank 1 within 0.5 s"):
+        zero.exchange({0: {"status": "ok"}})
+    one.abandon("interrupted")
+    zero.next_round()
+    with pytest.raises(AgreementLost, match="stopped early: rank 1: interrupted"):
+        zero.exchange({0: {"status": "ok"}})
+    assert zero.flag_raised()  # a worker waiting on rank 1's would be stopped too
 
 
 def test_one_rank_passes_through():
@@ -146,10 +181,12 @@ def test_fsdp_probe_with_accumulation_and_noise_scale(write_config):
     assert noise["status"] == "ok" and noise["big_batch"] == 2 * min(max(rec.batch_size, 4), 8)
 
 
-def test_torchrun_launch_prints_one_report_from_rank_0(tmp_path):
+@pytest.mark.parametrize("how, status", [("oom", "oom"), ("kill", "killed")])
+def test_torchrun_launch_prints_one_report_from_rank_0(tmp_path, how, status):
+    # Each rank's driver is its own process here: they agree through torchrun's store.
     config = tmp_path / "c.yaml"
     config.write_text(
-        "model: {name: 'fixtures:Trap', kwargs: {how: oom, at: 6, rank: 1}}\n"
+        f"model: {{name: 'fixtures:Trap', kwargs: {{how: {how}, at: 6, rank: 1}}}}\n"
         "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
         "probe: {warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 60}\n"
     )
@@ -167,14 +204,16 @@ def test_torchrun_launch_prints_one_report_from_rank_0(tmp_path):
                                      "launcher": "torchrun"}
     assert report["limit"]["batch_size"] == 5 and report["limit"]["first_oom"] == 6
     assert done.stderr.count("probing batch 1 …") == 1
-    assert [r["status"] for r in report["trials"][3]["ranks"]] == ["stopped", "oom"]  # batch 8 failed on rank 1
+    failed = report["trials"][3]  # batch 8, failed on rank 1
+    assert failed["status"] == status and failed["ranks"][1]["status"] == status
+    assert failed["ranks"][0]["status"] in ("stopped", "error")  # a dead peer fails gloo's collective
 
 
 def test_nproc_per_node_is_refused_under_torchrun(write_config, monkeypatch):
     for var, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29999"}.items():
         monkeypatch.setenv(var, value)
-    with pytest.raises(InputError, match="--nproc-per-node: not used under torchrun"):
+    with pytest.raises(InputError, match=r"nproc_per_node \(--nproc-per-node\): not used under torchrun"):
         probe(load_config(write_config("model: {name: mlp}\nprobe: {device: cpu}"), {"--nproc-per-node": 2}))
 
 

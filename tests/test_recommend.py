@@ -169,3 +169,12 @@ def test_noise_scale_interval_narrows_with_more_batches():
 def test_estimate_rejects_sizes_in_the_wrong_order():
     with pytest.raises(ValueError):
         estimate(8, [1.0], 8, [1.0])
+
+
+def test_batchnorm_on_several_ranks_is_warned_without_accumulation():
+    plan = RecommendConfig()
+    trials = with_training_plan(curve([10, 20, 40, 80]), TrainConfig(), plan, world_size=8)
+    _, notes = recommend(trials, limit_of(trials), plan, None, has_batchnorm=True, world_size=8)
+    assert any("BatchNorm sees micro-batches of 8" in n for n in notes)
+    _, alone = recommend(trials, limit_of(trials), plan, None, has_batchnorm=True)
+    assert not any("BatchNorm" in n for n in alone)
