@@ -71,7 +71,7 @@ NprocPerNode = Annotated[
                  show_default=False),
 ]
 StrategyOption = Annotated[
-    Optional[Strategy], typer.Option("--strategy", help="How the ranks train: ddp or fsdp [ddp].", show_default=False)
+    Optional[Strategy], typer.Option("--strategy", help="How the ranks train: ddp (default) or fsdp.", show_default=False)
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.")]
