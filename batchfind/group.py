@@ -84,7 +84,11 @@ class Group:
         """Every rank's next reply (all ranks', through the agreement, when others drive some)."""
         if self.agreement:
             self.agreement.next_round()
-        mine = self._wait_local(timeout_s)
+        try:
+            mine = self._wait_local(timeout_s)
+        except BaseException:  # Ctrl-C mid-trial: the workers are busy and will not read a goodbye
+            self.broken = True
+            raise
         for rank, reply in mine.items():
             reply["rank"] = rank
         replies = self.agreement.exchange(mine) if self.agreement else [mine[rank] for rank in sorted(mine)]
@@ -92,49 +96,35 @@ class Group:
         return replies
 
     def _wait_local(self, timeout_s: float) -> dict[int, dict[str, Any]]:
-        try:
-            return self._wait_for_replies(timeout_s)
-        except BaseException:  # Ctrl-C mid-trial: the workers are busy and will not read a goodbye
-            self.broken = True
-            raise
-
-    def _wait_for_replies(self, timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         replies: dict[int, dict[str, Any]] = {}
         waiting = dict(self.workers)
-
-        def failed() -> bool:
-            return any(r.get("status") != "ok" for r in replies.values())
-
         with selectors.DefaultSelector() as selector:
             for rank, worker in waiting.items():
                 selector.register(worker, selectors.EVENT_READ, rank)
+
+            def answered(rank: int, reply: dict[str, Any] | None) -> None:
+                if reply is not None:
+                    replies[rank] = reply
+                    selector.unregister(waiting.pop(rank))
+
+            def stop_waiting(status: str, error: str) -> None:
+                for rank, worker in waiting.items():
+                    replies[rank] = worker.stop(status, error)
+                waiting.clear()
+
             while waiting:
-                for rank, worker in list(waiting.items()):
-                    reply = worker.message()
-                    if reply is not None:
-                        replies[rank] = reply
-                        del waiting[rank]
-                        selector.unregister(worker)
-                if not waiting:
-                    break
-                if failed() or (self.agreement and self.agreement.flag_raised()):
+                if any(r.get("status") != "ok" for r in replies.values()) or (
+                    self.agreement and self.agreement.flag_raised()
+                ):
                     # A rank failed: the others wait on it in a collective that will never complete.
-                    for rank, worker in waiting.items():
-                        replies[rank] = worker.stop(STOPPED, "stopped: another rank failed first")
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    for rank, worker in waiting.items():
-                        replies[rank] = worker.stop("timeout", f"no result within {timeout_s:g} s; worker stopped")
-                    break
-                for key, _ in selector.select(min(left, POLL_S)):
-                    reply = key.fileobj.read()
-                    if reply is not None:
-                        replies[key.data] = reply
-                        del waiting[key.data]
-                        selector.unregister(key.fileobj)
-        if self.agreement and failed():
+                    stop_waiting(STOPPED, "stopped: another rank failed first")
+                elif (left := deadline - time.monotonic()) <= 0:
+                    stop_waiting("timeout", f"no result within {timeout_s:g} s; worker stopped")
+                else:
+                    for key, _ in selector.select(min(left, POLL_S)):
+                        answered(key.data, key.fileobj.read())
+        if self.agreement and any(r.get("status") != "ok" for r in replies.values()):
             self.agreement.raise_flag()  # ranks driven elsewhere may be waiting on these
         return replies
 

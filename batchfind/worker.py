@@ -59,7 +59,7 @@ class Worker:
         except BrokenPipeError:
             pass  # the child is gone; read() reports how it ended
 
-    def message(self) -> dict[str, Any] | None:
+    def _message(self) -> dict[str, Any] | None:
         """A complete message already read, if any."""
         if b"\n" not in self._buffer:
             return None
@@ -73,7 +73,7 @@ class Worker:
         if not chunk:
             return self._ended()
         self._buffer += chunk
-        return self.message()
+        return self._message()
 
     def stop(self, status: str, error: str) -> dict[str, Any]:
         """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply,
