@@ -160,21 +160,43 @@ def _check_output(path: Path | None, option: str = "--output") -> None:
         raise InputError(f"{option}: folder {path.parent} is not writable")
 
 
+@contextmanager
 def _progress(console, quiet: bool):
+    """Callbacks for a probe's progress: a line per trial, and on a terminal a status line that
+    follows the steps of the trial under way. Yields (on_start, on_end, on_step)."""
     if quiet:
-        return None, None
+        yield None, None, None
+        return
     started = time.monotonic()
+    done = 0
+    live = console.status("starting the workers …") if console.is_terminal else None
+
+    def stamp() -> str:
+        return f"[dim]{time.monotonic() - started:6.1f}s[/dim]"
 
     def on_start(size: int, phase: str) -> None:
         verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:"}[phase]
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {verb} batch {size} …")
+        console.print(f"{stamp()} {verb} batch {size} …")
+        if live:
+            live.update(f"batch {size} · trial {done + 1} · starting")
 
     def on_end(trial) -> None:
         from .render import trial_line
 
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {trial_line(trial)}")
+        nonlocal done
+        done += 1
+        console.print(f"{stamp()} {trial_line(trial)}")
 
-    return on_start, on_end
+    def on_step(event: dict) -> None:
+        if live:
+            live.update(f"batch {event['batch_size']} · trial {done + 1} · step {event['step']} of at least "
+                        f"{event['steps']} · {time.monotonic() - started:.0f} s so far")
+
+    if live is None:
+        yield on_start, on_end, None
+        return
+    with live:
+        yield on_start, on_end, on_step
 
 
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
@@ -291,9 +313,8 @@ def probe(
             require_matplotlib()
         console = _console(stderr=True)
         follower = _follower() is not None
-        on_start, on_end = _progress(console, quiet or follower)
-        with _terminate_as_interrupt():
-            report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end)
+        with _progress(console, quiet or follower) as (on_start, on_end, on_step), _terminate_as_interrupt():
+            report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
         report = dataclasses.replace(report, requirements=check_requirements(
             report, batch=require_batch, on=require_on.value, throughput=require_throughput))
         if follower:  # rank 0 prints and writes the report: every rank holds the same one

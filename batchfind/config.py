@@ -173,8 +173,14 @@ class ProbeConfig(_Section):
     refine: bool = True
     # Refined sizes are multiples of this (8 suits tensor cores).
     multiple_of: PositiveInt = 1
+    # Throughput trials: unmeasured steps, then at least `steps` measured ones and at least
+    # `min_time_s` of them (short steps are repeated until the time is reached).
     warmup_steps: NonNegativeInt = 2
     steps: PositiveInt = 5
+    min_time_s: NonNegativeFloat = 0.5
+    # Fit checks near the edge: steps that reach the steady-state peak (optimizer state appears at
+    # the first optimizer step, so the second step holds it).
+    fit_steps: Annotated[int, Field(ge=2)] = 2
     # CPU: the worker's RAM cap (default: 80% of available RAM). GPU: none unless given.
     memory_limit: int | None = None
     # Stop starting new trials after this long; null for no budget.
@@ -234,6 +240,7 @@ OPTIONS = {
     "--max-batch": ("probe", "max_batch"),
     "--steps": ("probe", "steps"),
     "--warmup": ("probe", "warmup_steps"),
+    "--fit-steps": ("probe", "fit_steps"),
     "--memory-limit": ("probe", "memory_limit"),
     "--time-budget": ("probe", "time_budget_s"),
     "--refine/--no-refine": ("probe", "refine"),

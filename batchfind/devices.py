@@ -12,6 +12,12 @@ from .errors import InputError
 # machine responsive and the kernel's OOM killer away.
 CPU_DEFAULT_FRACTION = 0.8
 
+# How much a CPU worker's peak data segment may vary between runs at one batch size, as a share of
+# the cap, with the allocator held steady (worker.MMAP_THRESHOLD): fresh runs of a small CNN and a
+# small GPT near a 2 GiB cap repeated within 3 MiB (0.15%); this allows three times that. GPU
+# allocators repeat to the block.
+CPU_VARIATION = 0.005
+
 # Message fragments of allocation failures that do not arrive as torch.OutOfMemoryError.
 _OOM_FRAGMENTS = (
     "out of memory",  # CUDA, HIP, XPU and MPS allocators
@@ -56,6 +62,16 @@ def resolve_device(spec: str, local_rank: int | None = None):
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     return device
+
+
+def wants_cuda(spec: str) -> bool:
+    """Whether a device spec resolves to a GPU, without creating a CUDA context (workers check
+    availability through NVML: PYTORCH_NVML_BASED_CUDA_CHECK)."""
+    if spec == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return spec.startswith("cuda")
 
 
 def device_facts(device) -> dict[str, Any]:
@@ -123,14 +139,57 @@ def read_peak(device) -> tuple[int, int | None]:
         import torch
 
         return torch.cuda.max_memory_reserved(device), torch.cuda.max_memory_allocated(device)
+    status = _vm_status()
+    if "VmHWM" in status:
+        return status["VmHWM"], None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
+
+
+class CappedPeak:
+    """The peak of what the memory limit counts, over one trial: on GPU the allocator's reserved
+    bytes (what `set_per_process_memory_fraction` caps), on CPU the data segment (what RLIMIT_DATA
+    caps: heap and private anonymous mappings). Resident memory, the CPU's `peak_bytes`, also holds
+    library pages the cap does not count, so only these bytes can be compared with the cap itself.
+
+    Linux keeps no resettable data-segment peak, only the lifetime peak of all mappings (VmPeak):
+    with the other mappings (code, files) unchanged during a trial, the data peak is VmPeak less
+    them. A trial that stays below an earlier trial's peak leaves VmPeak where it was, and its data
+    peak is unknown (None).
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.start = None if device.type == "cuda" else _vm_status().get("VmPeak")
+
+    def read(self) -> int | None:
+        if self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_reserved(self.device)
+        status = _vm_status()
+        if self.start is None or not {"VmPeak", "VmSize", "VmData"} <= status.keys() or status["VmPeak"] <= self.start:
+            return None
+        return status["VmPeak"] - (status["VmSize"] - status["VmData"])
+
+
+def memory_ceiling(device, limit: int | None) -> int | None:
+    """Where the capped peak runs out: the limit in force, else (GPU) what the device can still give
+    this process (free memory plus what its allocator already holds)."""
+    if limit is not None or device.type != "cuda":
+        return limit
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device)
+
+
+def _vm_status() -> dict[str, int]:
+    """The Vm* lines of /proc/self/status in bytes (empty where there is no /proc)."""
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, None
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k.startswith("Vm")}
     except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
+        return {}
 
 
 def release(device) -> None:

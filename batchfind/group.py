@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 import selectors
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .distributed import POLL_S, PREFIX, Agreement, Topology
 from .worker import SetupFailed, Worker
 
-# How long workers get to leave on their own when the group closes.
-CLOSE_S = 5.0
 # A rank stopped because another rank failed first.
 STOPPED = "stopped"
 # A collective that failed because a peer went away: a consequence, never the cause.
@@ -26,16 +24,35 @@ _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken p
 
 
 class Group:
+    """`standby`: start the workers now but let them wait, having built the model, until `activate`
+    (a single-process probe keeps one ready for when a brand-new process is needed). `on_progress`
+    hears rank 0's progress events during a request."""
+
     def __init__(self, config: dict[str, Any], timeout_s: float, topo: Topology | None,
-                 agreement: Agreement | None, generation: int):
-        self.topo, self.agreement = topo, agreement
+                 agreement: Agreement | None, generation: int, standby: bool = False,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.topo, self.agreement, self.on_progress = topo, agreement, on_progress
         self.workers: dict[int, Worker] = {}
-        # After a failure the ranks' process group is broken (a peer was stopped mid-collective):
-        # its survivors are killed rather than asked to leave it.
-        self.broken = False
+        self.ready: dict[str, Any] = {}
+        self.trials_run = 0
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
-                self.workers[rank] = Worker({"config": config, "rank": _rank_setup(topo, rank, local_rank, generation)})
+                self.workers[rank] = Worker({"config": config, "standby": standby,
+                                             "rank": _rank_setup(topo, rank, local_rank, generation)})
+        except BaseException:
+            self.close()
+            raise
+        if not standby:
+            self._activate(timeout_s)
+
+    def activate(self, timeout_s: float) -> None:
+        """A standby's workers go on to set up on the device."""
+        for worker in self.workers.values():
+            worker.send({"op": "start"})
+        self._activate(timeout_s)
+
+    def _activate(self, timeout_s: float) -> None:
+        try:
             replies = self._gather(timeout_s)
         except BaseException:  # Ctrl-C during a slow model build: leave no child behind
             self.close()
@@ -43,17 +60,17 @@ class Group:
         failed = _first_failure(replies)
         if failed is not None:
             self.close()
-            raise SetupFailed(failed["status"], _name(failed, topo))
+            raise SetupFailed(failed["status"], _name(failed, self.topo))
         self.ready = {**replies[0], "memory_total_bytes": _least(replies, "memory_total_bytes"),
-                      "memory_limit_bytes": _least(replies, "memory_limit_bytes")}
-        self.trials_run = 0
+                      "memory_limit_bytes": _least(replies, "memory_limit_bytes"),
+                      "memory_ceiling_bytes": _least(replies, "memory_ceiling_bytes")}
 
-    def run(self, batch_size: int, timeout_s: float) -> dict[str, Any]:
-        """One trial on every rank: warm-up and measured steps at `batch_size` per device."""
+    def run(self, batch_size: int, purpose: str, timeout_s: float) -> dict[str, Any]:
+        """One trial on every rank at `batch_size` per device: a throughput trial or a fit check."""
         fresh = self.trials_run == 0
         self.trials_run += 1
         start = time.perf_counter()
-        replies = self._call_all({"op": "trial", "batch_size": batch_size}, timeout_s)
+        replies = self._call_all({"op": "trial", "batch_size": batch_size, "purpose": purpose}, timeout_s)
         merged = merge_trial(replies, batch_size, self.ready["dataset_len"])
         merged["wall_s"] = time.perf_counter() - start
         merged["fresh_process"] = fresh
@@ -72,28 +89,19 @@ class Group:
         return self._gather(timeout_s)
 
     def close(self) -> None:
-        # Every worker is told at once and waited for against one deadline, not one after another.
+        # A finished worker holds nothing worth waiting for: killing it frees its memory at once.
         for worker in self.workers.values():
-            worker.end_input()
-        deadline = time.monotonic() + CLOSE_S
-        for worker in self.workers.values():
-            worker.close(kill=self.broken, wait_s=max(0.0, deadline - time.monotonic()))
+            worker.close(kill=True)
         self.workers = {}
 
     def _gather(self, timeout_s: float) -> list[dict[str, Any]]:
         """Every rank's next reply (all ranks', through the agreement, when others drive some)."""
         if self.agreement:
             self.agreement.next_round()
-        try:
-            mine = self._wait_local(timeout_s)
-        except BaseException:  # Ctrl-C mid-trial: the workers are busy and will not read a goodbye
-            self.broken = True
-            raise
+        mine = self._wait_local(timeout_s)
         for rank, reply in mine.items():
             reply["rank"] = rank
-        replies = self.agreement.exchange(mine) if self.agreement else [mine[rank] for rank in sorted(mine)]
-        self.broken = self.broken or _first_failure(replies) is not None
-        return replies
+        return self.agreement.exchange(mine) if self.agreement else [mine[rank] for rank in sorted(mine)]
 
     def _wait_local(self, timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -103,10 +111,14 @@ class Group:
             for rank, worker in waiting.items():
                 selector.register(worker, selectors.EVENT_READ, rank)
 
-            def answered(rank: int, reply: dict[str, Any] | None) -> None:
-                if reply is not None:
-                    replies[rank] = reply
-                    selector.unregister(waiting.pop(rank))
+            def answered(rank: int, messages: list[dict[str, Any]]) -> None:
+                for message in messages:
+                    if message.get("event") == "progress":
+                        if self.on_progress and rank == min(self.workers):
+                            self.on_progress(message)
+                    elif rank in waiting:
+                        replies[rank] = message
+                        selector.unregister(waiting.pop(rank))
 
             def stop_waiting(status: str, error: str) -> None:
                 for rank, worker in waiting.items():
@@ -175,6 +187,10 @@ def _who(reply: dict[str, Any]) -> str:
     return "every rank" if reply.get("status") == "timeout" else f"rank {reply.get('rank')}"
 
 
+def _most(replies: list[dict[str, Any]], key: str) -> int | None:
+    return max((r[key] for r in replies if r.get(key) is not None), default=None)
+
+
 def _least(replies: list[dict[str, Any]], key: str) -> int | None:
     values = [r[key] for r in replies if r.get(key) is not None]
     return min(values) if values else None
@@ -200,8 +216,10 @@ def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int
         "error": f"{_who(failed)}: {failed.get('error')}" if failed else None,
         "failed_alloc_bytes": failed.get("failed_alloc_bytes") if failed else None,
         "peak_bytes": max(peaks) if peaks else None,
-        "peak_allocated_bytes": max((r["peak_allocated_bytes"] for r in replies
-                                     if r.get("peak_allocated_bytes") is not None), default=None),
+        "peak_allocated_bytes": _most(replies, "peak_allocated_bytes"),
+        "capped_peak_bytes": _most(replies, "capped_peak_bytes"),
+        "purpose": replies[0].get("purpose"),
+        "steps": replies[0].get("steps"),
         "ranks": [
             {"rank": r["rank"], "status": r["status"], "peak_bytes": r.get("peak_bytes"),
              "step_ms": (r.get("step_ms") or {}).get("median"), "error": r.get("error")}

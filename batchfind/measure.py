@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -31,33 +32,62 @@ def step_stats(samples_ms: list[float]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps a trial runs, by what it is for.
+
+    A fit check needs the memory of a steady-state step and nothing more: optimizer state appears
+    at the first optimizer step, so the second step holds it. A throughput trial runs until both `min_steps` and `min_time_s` of measured steps
+    are reached (torch.utils.benchmark's blocked autorange), so a step of milliseconds is timed
+    many times and a step of seconds only `min_steps` times; `max_steps` bounds the first kind.
+    """
+
+    purpose: str  # "throughput" or "fit"
+    warmup: int
+    min_steps: int
+    min_time_s: float = 0.0
+    max_steps: int = 100
+
+    def more(self, done: int, elapsed_s: float) -> bool:
+        return done < self.min_steps or (elapsed_s < self.min_time_s and done < self.max_steps)
+
+
 def measure(
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     batch_size: int,
+    plan: StepPlan,
     *,
-    warmup: int,
-    steps: int,
     dataset_len: int,
     device: torch.device,
+    meter: devices.CappedPeak,
     energy: Callable[[], float] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run warm-up then measured steps; raises whatever the step raises (OOM included)."""
+    """Run the plan's warm-up and measured steps; raises whatever the step raises (OOM included).
+
+    `on_step(done, planned)` is told after each step, warm-up included (`planned` is the least
+    number of steps the plan runs)."""
     devices.reset_peak(device)
     x, y = batch(batch_size)
+    planned = plan.warmup + plan.min_steps
     losses = []
-    for _ in range(warmup):
+    for i in range(plan.warmup):
         losses.append(step(x, y))
+        if on_step:
+            on_step(i + 1, planned)
     devices.sync(device)
     joules_before = energy() if energy else None
-    times_ms = []
-    for _ in range(steps):
+    times_ms: list[float] = []
+    while plan.more(len(times_ms), sum(times_ms) / 1000):
         # Synchronize before each clock read so queued GPU work is counted in its own step.
         devices.sync(device)
         start = time.perf_counter()
         losses.append(step(x, y))
         devices.sync(device)
         times_ms.append((time.perf_counter() - start) * 1000)
+        if on_step:
+            on_step(plan.warmup + len(times_ms), planned)
     joules = energy() - joules_before if energy else None
     peak, peak_allocated = devices.read_peak(device)
     last_loss = float(losses[-1])
@@ -68,14 +98,17 @@ def measure(
     return {
         "batch_size": batch_size,
         "status": "ok",
+        "purpose": plan.purpose,
+        "steps": plan.warmup + len(times_ms),
         "step_ms": stats,
         "samples_per_s": batch_size / median_s if median_s > 0 else None,
         "epoch_s": math.ceil(dataset_len / batch_size) * median_s,
         "peak_bytes": peak,
         "peak_allocated_bytes": peak_allocated,
+        "capped_peak_bytes": meter.read(),
         "loss": last_loss if math.isfinite(last_loss) else None,
         "loss_finite": finite,
-        "joules_per_sample": joules / (steps * batch_size) if joules is not None else None,
+        "joules_per_sample": joules / (len(times_ms) * batch_size) if joules is not None else None,
     }
 
 

@@ -3,11 +3,14 @@
 Pure arithmetic on measured trials. Peak memory is close to linear in the batch size (a straight
 line over small batches predicted a large GPU's edge within 2%, where a log-log fit was off tenfold).
 The line goes through the largest sizes that ran, since the cost of one more sample near the edge
-is what matters (on CPU small batches carry per-batch overheads that bend the line). The ceiling
-is learned from failures where possible: the peak a failed trial reached plus the allocation that
-failed is where memory really ran out, in the same units as the measured peaks — on CPU the cap
-counts the data segment while the peak counts resident memory, and this absorbs the difference.
-A failure in a brand-new process says more than one in a long-lived worker.
+is what matters (on CPU small batches carry per-batch overheads that bend the line).
+
+The line is fitted to the peaks of what the memory limit counts (`capped_peak_bytes`: reserved
+bytes on GPU, the data segment on CPU), so its ceiling is the limit itself, known before anything
+fails. A failure can still lower it (a GPU allocator that cannot use its last fragment): the peak a
+failed trial reached plus the allocation that failed is where memory really ran out. Where capped
+peaks are not known, the line goes through resident peaks and the ceiling is learned from failures
+alone (on CPU resident memory holds library pages that the cap does not count).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Measured(Protocol):
     batch_size: int
     status: str
     peak_bytes: int | None
+    capped_peak_bytes: int | None
     failed_alloc_bytes: int | None
     fresh_process: bool
 
@@ -39,7 +43,9 @@ class MemoryModel:
     per_sample_bytes: float
     ceiling_bytes: int
     points: int  # fitting trials the line was fitted to
-    ceiling_from: str  # "failure" (learned) or "limit" (the configured cap or device total)
+    # "limit": the limit in force or the memory the device can give; "failure": learned from where a
+    # failed trial ran out; "fits": raised to the largest peak that ran (the stated ceiling was low)
+    ceiling_from: str
 
     def peak_at(self, batch_size: float) -> float:
         return self.fixed_bytes + self.per_sample_bytes * batch_size
@@ -62,26 +68,65 @@ def failed_allocation(message: str | None) -> int | None:
     return None
 
 
-def fit(trials: list[Measured], limit_bytes: int | None) -> MemoryModel | None:
-    """Least-squares line through the largest fitting trials' peaks; None until it can predict anything."""
-    peaks = {t.batch_size: t.peak_bytes for t in trials if t.status == "ok" and t.peak_bytes}
+def fit(trials: list[Measured], ceiling_bytes: int | None) -> MemoryModel | None:
+    """Least-squares line through the largest fitting trials' peaks; None until it can predict anything.
+
+    `ceiling_bytes`: where the capped peak runs out (the limit in force, or what the GPU can give).
+    """
+    capped = _line(trials, "capped_peak_bytes")
+    if capped and ceiling_bytes:
+        learned = _learned(trials, "capped_peak_bytes")
+        if learned is not None and learned < ceiling_bytes:
+            return MemoryModel(*capped[:2], learned, capped[2], "failure")
+        # A size that ran above the stated ceiling (a GPU's free memory read before another
+        # process let go) shows the ceiling is at least that high.
+        reached = max((t.capped_peak_bytes for t in trials if t.status == "ok" and t.capped_peak_bytes), default=0)
+        if reached > ceiling_bytes:
+            return MemoryModel(*capped[:2], reached, capped[2], "fits")
+        return MemoryModel(*capped[:2], ceiling_bytes, capped[2], "limit")
+    resident = _line(trials, "peak_bytes")
+    if resident is None:
+        return None
+    learned = _learned(trials, "peak_bytes")
+    if learned is not None:
+        return MemoryModel(*resident[:2], learned, resident[2], "failure")
+    if ceiling_bytes:
+        return MemoryModel(*resident[:2], ceiling_bytes, resident[2], "limit")
+    return None
+
+
+def _line(trials: list[Measured], field: str) -> tuple[float, float, int] | None:
+    """(fixed, per sample, points) through the largest sizes with a peak; None when memory does not grow.
+
+    The slope is the least-squares one; the line goes through the largest of those sizes that ran
+    first in a brand-new process, where there is one: a worker that ran other sizes before holds
+    memory they left behind (a CPU allocator's free lists), or lacks what a first trial allocates."""
+    peaks: dict[int, tuple[int, bool]] = {}
+    for t in trials:
+        value = getattr(t, field)
+        if t.status == "ok" and value:
+            old, fresh = peaks.get(t.batch_size, (0, False))
+            peaks[t.batch_size] = (max(value, old), fresh or t.fresh_process)
     if len(peaks) < 2:
         return None
     points = sorted(peaks.items())[-FIT_POINTS:]
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
+    mean_y = sum(y for _, (y, _) in points) / n
     sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    slope = sum((x - mean_x) * (y - mean_y) for x, (y, _) in points) / sxx
     if slope <= 0:
         return None  # memory did not grow with the batch: nothing to extrapolate
-    failures = [t for t in trials if t.status == "oom" and t.peak_bytes and t.failed_alloc_bytes]
+    anchors = [(x, y) for x, (y, fresh) in points if fresh]
+    if anchors and anchors[-1][0] > points[0][0]:
+        x, y = anchors[-1]
+        return y - slope * x, slope, n
+    return mean_y - slope * mean_x, slope, n
+
+
+def _learned(trials: list[Measured], field: str) -> int | None:
+    """Where memory ran out in a failed trial (its peak plus the allocation that failed); a failure
+    in a brand-new process says more than one in a long-lived worker."""
+    failures = [t for t in trials if t.status == "oom" and getattr(t, field) and t.failed_alloc_bytes]
     failures = [t for t in failures if t.fresh_process] or failures
-    learned = [t.peak_bytes + t.failed_alloc_bytes for t in failures]
-    if learned:
-        ceiling, source = min(learned), "failure"
-    elif limit_bytes:
-        ceiling, source = limit_bytes, "limit"
-    else:
-        return None
-    return MemoryModel(mean_y - slope * mean_x, slope, ceiling, n, source)
+    return min((getattr(t, field) + t.failed_alloc_bytes for t in failures), default=None)

@@ -28,57 +28,97 @@ INPUT_BOUND_SHARE = 0.2
 class Prober:
     """Runs trials and keeps them. Holds one live group of workers (one per rank this process
     drives), replaced after any trial that did not end cleanly (memory after a failure is not a
-    clean place to measure), or after every trial while `fresh_only` is set."""
+    clean place to measure) or when a trial asks for a brand-new process.
+
+    A single-process probe also keeps a standby: a worker started beside the first one, with the
+    model built but the device untouched, that takes over when a brand-new process is needed, so
+    the search near the edge does not wait for Python, torch and the model each time. A new standby
+    is started only while `keep_standby` is set (the search near the edge, whose fit checks are
+    not timed precisely): starting one beside a throughput trial would slow it.
+    """
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
-                 on_end: Callable[[Trial], None] | None, topo: Topology | None = None):
+                 on_end: Callable[[Trial], None] | None, topo: Topology | None = None,
+                 on_progress: Callable[[dict], None] | None = None):
         self.config, self.on_start, self.on_end, self.topo = config, on_start, on_end, topo
+        self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
         timeout = config.probe.trial_timeout_s
         # Other drivers may spend a whole trial timeout, then stop their workers, before they answer.
         self.agreement = Agreement(topo, 2 * timeout + 60) if topo and not topo.drives_all else None
         self.world_size = topo.world_size if topo else 1
         self.group: Group | None = None
+        self.standby: Group | None = None
+        self.keep_standby = topo is None
         self.generation = 0
         self.trials: list[Trial] = []
+        self.processes = 0  # brand-new worker processes (groups) that ran a trial or a request
+        self.start_s: float | None = None  # how long the first worker took to be ready
         self.phase = "double"
-        self.fresh_only = False
 
-    def start(self) -> dict:
-        self.group = self._spawn()
+    def start(self, standby: bool = False) -> dict:
+        if standby and self.keep_standby:
+            self.standby = self._new(standby=True)
+        started = time.monotonic()
+        self.group = self._new()
+        self.start_s = time.monotonic() - started
         return self.group.ready
 
-    def _spawn(self) -> Group:
+    def _new(self, standby: bool = False) -> Group:
         self.generation += 1
-        return Group(self.raw, self.config.probe.trial_timeout_s, self.topo, self.agreement, self.generation)
+        return Group(self.raw, self.config.probe.trial_timeout_s, self.topo, self.agreement, self.generation,
+                     standby=standby, on_progress=self.on_progress)
 
-    def try_batch(self, size: int) -> Trial:
+    def _fresh(self) -> Group:
+        """A brand-new group: the standby when there is one (a new one starts in its place)."""
+        self.close()
+        group, self.standby = self.standby, None
+        if group is None:
+            return self._new()
+        if self.keep_standby:
+            self.standby = self._new(standby=True)
+        try:
+            group.activate(self.config.probe.trial_timeout_s)
+        except BaseException:
+            group.close()
+            raise
+        return group
+
+    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False) -> Trial:
+        """One trial at `size`: in the current worker, or in a brand-new one when `fresh` (or when
+        the last trial did not end cleanly)."""
         if self.on_start:
             self.on_start(size, self.phase)
         try:
-            if self.group is None:
-                self.group = self._spawn()
-            result = self.group.run(size, self.config.probe.trial_timeout_s)
-            trial = Trial.from_dict({**result, "phase": self.phase})
+            if fresh or self.group is None:
+                self.group = self._fresh()
+            if self.group.trials_run == 0:
+                self.processes += 1
+            result = self.group.run(size, purpose, self.config.probe.trial_timeout_s)
+            trial = Trial.from_dict({**result, "phase": self.phase, "purpose": purpose})
         except SetupFailed as exc:
             status = exc.status if exc.status in STATUSES else "error"
-            trial = Trial(batch_size=size, status=status, error=exc.message, fresh_process=True, phase=self.phase)
-        if not trial.fits or self.fresh_only:
+            trial = Trial(batch_size=size, status=status, error=exc.message, fresh_process=True, phase=self.phase,
+                          purpose=purpose)
+        if not trial.fits:
             self.close()
         self.trials.append(trial)
         if self.on_end:
             self.on_end(trial)
         return trial
 
-    def try_fresh(self, size: int) -> Trial:
-        self.close()
-        return self.try_batch(size)
+    def end_standby(self) -> None:
+        """No more standbys: the search near the edge is over."""
+        self.keep_standby = False
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
 
     def ask(self, request: dict) -> dict:
         """A request other than a trial, in a brand-new worker; a failure comes back as its status."""
-        self.close()
         try:
-            self.group = self._spawn()
+            self.group = self._fresh()
+            self.processes += 1
             reply = self.group.call(request, self.config.probe.trial_timeout_s)
         except SetupFailed as exc:
             reply = {"status": exc.status, "error": exc.message}
@@ -89,6 +129,10 @@ class Prober:
         if self.group is not None:
             self.group.close()
             self.group = None
+
+    def shutdown(self) -> None:
+        self.end_standby()
+        self.close()
 
 
 @dataclasses.dataclass
@@ -108,41 +152,72 @@ def probe(
     *,
     on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
     memory_model: bool = True,
 ) -> Report:
-    """Double up to the first failure, refine to the exact edge, verify it in a fresh process.
+    """Double up to the first failure, find the exact edge near the memory model's prediction, and
+    prove it in brand-new processes.
 
-    `memory_model=False` refines by plain bisection (for comparison). Ctrl-C returns the partial
+    `memory_model=False` searches the edge by bisection (for comparison). Ctrl-C returns the partial
     report with `interrupted` set.
     """
+    return _run(config, lambda prober, facts, keep_going: plan(prober, facts, keep_going, memory_model),
+                on_trial_start, on_trial_end, _topology(config), on_progress, standby=True)
+
+
+def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool = True) -> PlanResult:
+    """The probe's plan, on anything that runs trials like a `Prober` (a simulated device in tests).
+
+    Powers of two run as throughput trials in one long-lived worker, except sizes the memory model
+    puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed).
+    Near the edge every trial is a fit check (`search.edge`).
+    """
+    config = prober.config
     p = config.probe
+    dataset_len, world = facts["dataset_len"], prober.world_size
+    per_rank = dataset_len // world  # each rank's share of an epoch
+    if p.min_batch > per_rank:
+        raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
+    high = min(p.max_batch or per_rank, per_rank)
+    ceiling = facts.get("memory_ceiling_bytes")
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
-        dataset_len, world = facts["dataset_len"], prober.world_size
-        per_rank = dataset_len // world  # each rank's share of an epoch
-        if p.min_batch > per_rank:
-            raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
-        high = min(p.max_batch or per_rank, per_rank)
-        outcome = PlanResult()
-        doubled = search.double(prober.try_batch, p.min_batch, high, keep_going)
-        ceiling = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
-        outcome.model = fit(prober.trials, ceiling)
-        last = doubled[-1] if doubled else None
-        fits = limit_of(prober.trials).batch_size
-        if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
-            # Near the edge, measure in the kind of process that proves the answer: a brand-new one.
-            prober.phase, prober.fresh_only = "refine", True
-            search.refine(
-                prober.try_batch, fits, last.batch_size, multiple_of=p.multiple_of,
-                predict=(lambda: _edge(fit(prober.trials, ceiling))) if memory_model else None,
-                keep_going=keep_going,
-            )
-            outcome.refined = True
-        _verify(prober, keep_going)
-        outcome.advise = True
-        return outcome
+    def model() -> MemoryModel | None:
+        return fit(prober.trials, ceiling)
 
-    return _run(config, plan, on_trial_start, on_trial_end, _topology(config))
+    def purpose(size: int) -> str:
+        m = model()
+        beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
+        return "fit" if beyond else "throughput"
+
+    def double(size: int) -> Trial:
+        kind = purpose(size)
+        # Where processes are cheap, the first size beyond the headroom starts a brand-new one, so
+        # the model near the edge rests on a fresh process's peak (a CPU worker that ran smaller
+        # sizes holds memory they freed).
+        fresh = (kind == "fit" and all(t.purpose == "throughput" for t in prober.trials)
+                 and _processes_cheap(prober, _edge(model())))
+        return prober.trial(size, kind, fresh)
+
+    outcome = PlanResult()
+    doubled = search.double(double, p.min_batch, high, keep_going)
+    outcome.model = model()
+    last = doubled[-1] if doubled else None
+    fits = limit_of(prober.trials).batch_size
+    prober.phase = "refine"
+    if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
+        cheap = _processes_cheap(prober, _edge(model()))
+        # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
+        m, variation = model(), facts.get("memory_variation_bytes") or 0
+        resolution = max(1, int(variation / m.per_sample_bytes)) if _explains(m, last.batch_size) and variation else 1
+        search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
+                    multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
+                    margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
+                    keep_going=keep_going)
+        outcome.refined = True
+    _verify(prober, keep_going)
+    prober.end_standby()
+    outcome.advise = True
+    return outcome
 
 
 def _ranks(world: int) -> str:
@@ -158,10 +233,28 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     """Trials with their training plan, the limit, the recommendation and its notes."""
     trials = with_training_plan(trials, config.train, config.recommend, world_size)
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
-    limit_bytes = facts.get("memory_limit_bytes") or facts.get("memory_total_bytes")
+    variation = facts.get("memory_variation_bytes") or 0
+    limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=_safe_size(
+        limit.batch_size, limit.first_oom, fit(trials, facts.get("memory_ceiling_bytes")), variation))
+    limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)
     return trials, limit, recommendation, notes
+
+
+def _explains(model: MemoryModel | None, failed: int | None) -> bool:
+    """Whether the memory model puts the edge below a size that failed: running out of the limit,
+    not something else (a model's own limit, a fake), is what stopped it."""
+    return model is not None and failed is not None and model.predicted_edge < failed
+
+
+def _safe_size(limit: int | None, first_oom: int | None, model: MemoryModel | None, variation: int) -> int | None:
+    """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
+    run-to-run variation free."""
+    if limit is None or not variation or not _explains(model, first_oom):
+        return limit
+    below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
+    return max(1, min(limit, below))
 
 
 def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit_size: int | None) -> dict:
@@ -194,22 +287,30 @@ def _edge(model: MemoryModel | None) -> int | None:
     return model.predicted_edge if model else None
 
 
-def _verify(prober: Prober, keep_going: Callable[[], bool]) -> None:
-    """Re-run the limit in a brand-new process unless it already ran in one; step down if it fails."""
-    while keep_going():
-        limit = limit_of(prober.trials)
-        if limit.batch_size is None or limit.verified:
-            return
-        prober.phase = "verify"
-        trial = prober.try_fresh(limit.batch_size)
-        if trial.fits:
-            return
-        below = limit_of(prober.trials).batch_size
-        if below is None:
-            return
-        prober.phase, prober.fresh_only = "refine", True
-        search.refine(prober.try_batch, below, trial.batch_size,
-                      multiple_of=prober.config.probe.multiple_of, keep_going=keep_going)
+def _processes_cheap(prober, predicted: int | None) -> bool:
+    """Whether starting a worker costs less than a fit check near the predicted edge: on a CPU steps
+    near the edge take seconds and a standby worker is already waiting; on a GPU a new process
+    costs seconds of CUDA start-up against fractions of a second per step."""
+    timed = [t for t in prober.trials if t.fits and t.step_ms and t.step_ms.median > 0]
+    if predicted is None or not timed or prober.start_s is None:
+        return False
+    largest = max(timed, key=lambda t: t.batch_size)
+    fit_s = prober.config.probe.fit_steps * largest.step_ms.median / 1000 * predicted / largest.batch_size
+    return prober.start_s < fit_s
+
+
+def _verify(prober, keep_going: Callable[[], bool]) -> None:
+    """Prove the limit in a brand-new process unless it already ran first in one; when that fails,
+    search down to the edge below it."""
+    limit = limit_of(prober.trials)
+    if limit.batch_size is None or limit.verified or not keep_going():
+        return
+    prober.phase = "verify"
+    if prober.trial(limit.batch_size, "fit", fresh=True).fits or limit_of(prober.trials).batch_size is None:
+        return
+    prober.phase = "refine"
+    search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
+                multiple_of=prober.config.probe.multiple_of, keep_going=keep_going)
 
 
 def check(
@@ -219,29 +320,31 @@ def check(
     on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
 ) -> Report:
-    """Run one batch size in a brand-new process for the measured steps: does it still fit?"""
+    """Run one batch size in a brand-new process, the fit check a probe proves its limit with: does
+    it still fit?"""
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
+    def check_plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         world = prober.world_size
         if batch_size * world > facts["dataset_len"]:
             raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({facts['dataset_len']} samples)")
         prober.phase = "verify"
-        prober.try_batch(batch_size)
+        prober.trial(batch_size, "fit")
         return PlanResult()
 
-    return _run(config, plan, on_trial_start, on_trial_end, _topology(config))
+    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config))
 
 
 def validate(config: Config) -> Report:
     """One training step of two samples on CPU: model and data build and agree. No probing."""
     cpu = config.model_copy(update={"probe": config.probe.model_copy(
-        update={"device": "cpu", "warmup_steps": 0, "steps": 1, "memory_limit": None, "nproc_per_node": None})})
+        update={"device": "cpu", "warmup_steps": 0, "steps": 1, "min_time_s": 0, "memory_limit": None,
+                "nproc_per_node": None})})
 
-    def plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
-        prober.try_batch(min(2, facts["dataset_len"]))
+    def one_step(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
+        prober.trial(min(2, facts["dataset_len"]))
         return PlanResult()
 
-    return _run(cpu, plan, None, None, None)
+    return _run(cpu, one_step, None, None, None)
 
 
 def _run(
@@ -250,10 +353,12 @@ def _run(
     on_trial_start: Callable[[int, str], None] | None,
     on_trial_end: Callable[[Trial], None] | None,
     topo: Topology | None,
+    on_progress: Callable[[dict], None] | None = None,
+    standby: bool = False,
 ) -> Report:
     started = time.monotonic()
     budget = config.probe.time_budget_s
-    prober = Prober(config, on_trial_start, on_trial_end, topo)
+    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress)
     interrupted = False
     outcome = PlanResult()
     stopped = None
@@ -261,7 +366,8 @@ def _run(
 
     def keep_going() -> bool:
         nonlocal stopped
-        go = budget is None or time.monotonic() - started <= budget
+        # The first trial always runs: a budget smaller than starting a worker still gets an answer.
+        go = budget is None or not prober.trials or time.monotonic() - started <= budget
         if prober.agreement:  # clocks differ between nodes: rank 0's says for all
             go = prober.agreement.decide(go)
         if not go:
@@ -272,7 +378,7 @@ def _run(
     decision = None
     try:
         try:
-            facts = prober.start()
+            facts = prober.start(standby)
         except SetupFailed as exc:
             raise _setup_error(exc) from None
         outcome = plan(prober, facts, keep_going)
@@ -292,7 +398,7 @@ def _run(
             prober.agreement.abandon(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        prober.close()
+        prober.shutdown()
         if prober.agreement:
             prober.agreement.finish()
     trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts, prober.world_size)

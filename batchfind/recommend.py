@@ -64,16 +64,21 @@ def recommend(
 ) -> tuple[Recommendation, list[str]]:
     """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom,
     and warnings about the choice."""
+    # Fit checks near the edge time too few steps to rank sizes by; a size must fit on every run.
+    largest = limit.safe_batch_size or limit.batch_size
     usable = [
         t for t in trials
-        if t.fits and t.loss_finite and t.samples_per_s and limit.batch_size and t.batch_size <= limit.batch_size
+        if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s and largest
+        and t.batch_size <= largest
     ]
     if not usable:
         return Recommendation(None, "no batch size ran with a finite loss"), []
     # The last trial at each size is the one that counts (a verify re-run supersedes the first).
     by_size = {t.batch_size: t for t in usable}
     notes = []
-    roomy = [t for t in by_size.values() if not limit_bytes or (t.peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
+    # The headroom is of what the limit counts: compare the capped peak with it where it is known.
+    roomy = [t for t in by_size.values()
+             if not limit_bytes or (t.capped_peak_bytes or t.peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
     if not roomy:
         roomy = list(by_size.values())
         notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")

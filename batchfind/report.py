@@ -18,6 +18,9 @@ SCHEMA_VERSION = 2
 Status = Literal["ok", "oom", "killed", "timeout", "error"]
 STATUSES = get_args(Status)
 Phase = Literal["double", "refine", "verify"]
+# throughput: warm-up, then measured steps until enough steps and time; fit: the steps that reach
+# the steady-state peak, to say whether a size fits (its step times are not precise enough to rank).
+Purpose = Literal["throughput", "fit"]
 # A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
 RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
@@ -52,6 +55,9 @@ class Trial:
     # Distributed: the worst rank's.
     peak_bytes: int | None = None
     peak_allocated_bytes: int | None = None  # GPU only: peak bytes in live tensors
+    # The peak of what the memory limit counts: GPU reserved bytes, CPU the data segment (null
+    # where a trial stayed below an earlier one's peak in the same process). The memory model's unit.
+    capped_peak_bytes: int | None = None
     loss: float | None = None
     loss_finite: bool | None = None
     error: str | None = None
@@ -64,6 +70,8 @@ class Trial:
     accumulation_steps: int | None = None
     global_batch_size: int | None = None
     phase: Phase = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
+    purpose: Purpose = "throughput"
+    steps: int | None = None  # steps run, warm-up included
     wall_s: float | None = None
     ranks: list[RankTrial] | None = None  # distributed: every rank's status, peak and step
 
@@ -99,6 +107,10 @@ class Limit:
     verified: bool = False  # batch_size ran its measured steps in a brand-new process
     predicted_batch_size: int | None = None  # the memory model's edge, for comparison
     refined: bool = False  # the edge between powers of two was searched to the exact size
+    # The largest size expected to fit on every run: batch_size less the run-to-run variation of
+    # memory the edge allows for (`variation_bytes`: on CPU a share of the cap; 0 on GPU).
+    safe_batch_size: int | None = None
+    variation_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,20 @@
-"""How the next batch size is chosen. Pure: it calls `try_batch(size)` and knows nothing of torch."""
+"""How the next batch size is chosen. Pure: it calls the trial functions it is handed and knows
+nothing of torch or processes."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 
 class Outcome(Protocol):
     batch_size: int
     status: str
+    fresh_process: bool
 
+
+# The margin below the model's edge once the model has overshot: the edges it predicted from the
+# doubling sizes were within 2% on the workloads measured.
+CAUTIOUS = 0.03
 
 # A failure that says nothing about memory (a bug, bad data): probing further cannot help.
 STOPPING = {"error"}
@@ -41,47 +47,90 @@ def double(
     return outcomes
 
 
-def refine(
-    try_batch: Callable[[int], Outcome],
-    fits: int,
-    fails: int,
+def edge(
+    fit: Callable[[int, bool], Outcome],
+    known: Sequence[Outcome],
     *,
     multiple_of: int = 1,
     predict: Callable[[], int | None] | None = None,
-    model_probes: int = 3,
+    margin: float = 0.0,
+    reuse: bool = True,
+    resolution: int = 1,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> list[Outcome]:
-    """Find the largest fitting multiple of `multiple_of` between `fits` (ran) and `fails` (did not).
+    """Find the largest fitting multiple of `multiple_of` below the smallest size that failed among
+    the `known` outcomes (at least one did), and prove it: it fit as the first trial of a brand-new
+    process, and the size above it failed in one. `fit(size, fresh)` runs a fit check, in a brand-new process when `fresh`, else in the worker
+    that ran the last check (which, having only fitted so far, is still a clean place to measure).
 
-    `predict()` returns the memory model's edge given everything tried so far. While that edge is
-    below the failed size it chooses the next size: the edge itself, or the first candidate above
-    what fits when the model says that is the edge. The model keeps choosing while it is right about
-    the sizes it chose (at most `model_probes` times); once a size it expected to fit fails, or one
-    it expected to fail fits, the bracket is halved from then on. So the probes never exceed
-    `model_probes` plus plain bisection's ceil(log2(candidates + 1)), and a good model needs two:
-    its edge, and one above.
+    A brand-new process costs more than a step, so the search goes on inside the worker while sizes
+    fit: from a fit it jumps to `predict()`, the memory model's edge refitted to everything tried so
+    far. Sizes that fit there only count as evidence (a worker that has run before may fit a sample
+    more than a brand-new one); a failure ends the worker. When the model says the best fit so far is
+    the edge, the search proves it: that size in a brand-new process unless it ran first in one, then
+    the size above. When the model keeps saying so and is wrong, the steps above double (a gallop),
+    and without a model each new size halves what is left, so the search always ends.
+
+    Where a brand-new process costs more than a few fit checks (a GPU), `margin` makes each jump
+    land safely below the model's edge: a model that overshot would otherwise cost a process for its
+    failure and another to start below it. Once the model has overshot, every search does so.
+
+    Without `reuse` every check runs in a brand-new process: where processes are cheap and a
+    worker that ran before is a worse place to measure (a CPU, whose allocator keeps what earlier
+    trials freed). The search ends, proven, once what fits and what fails are `resolution` apart or
+    closer: where memory varies between runs (a CPU), a finer edge would not repeat.
     """
-    outcomes: list[Outcome] = []
     step = multiple_of
+    tried: list[Outcome] = []
+    warm = False  # the worker of the last check is alive and has only fitted
+    misses = 0  # the model called the edge and the size above still fitted: gallop instead
     while keep_going():
-        low = (fits // step + 1) * step  # the smallest candidate above what fits
-        high = (fails - 1) // step * step  # the largest candidate below what fails
-        if low > high:
-            break
-        guess = predict() if predict is not None and model_probes > 0 else None
-        if guess is not None and guess < fails:
-            size = min(max(guess // step * step, low), high)
+        seen = [*known, *tried]
+        hi = min(o.batch_size for o in seen if o.status != "ok")
+        lo = max((o.batch_size for o in seen if o.status == "ok" and o.batch_size < hi), default=0)
+        if lo == 0:
+            break  # nothing below the failures fits
+        proven = lo in {o.batch_size for o in seen if o.status == "ok" and o.fresh_process}
+        # A size that failed in a worker but fitted in a brand-new process sits in the band where
+        # the edge is fuzzy (CPU allocators): it counts as a failure, and is tried fresh only once.
+        tried_fresh = {o.batch_size for o in seen if o.fresh_process}
+        above = (lo // step + 1) * step  # the smallest candidate above what fits
+        top = (hi - 1) // step * step  # the largest candidate below what fails
+        # Within the resolution of what fits, the model's edge is as good as there: the next check
+        # is the one that should fail.
+        reach = min(max(above, (lo + resolution) // step * step), top)
+        guess = predict() if predict is not None and above <= top else None
+        calls_edge = guess is not None and guess < reach
+        if above > top or hi - lo <= resolution or (calls_edge and not proven and not misses):
+            # Nothing left between them, or the model says this is the edge: prove it.
+            if not proven:
+                size, fresh = lo, True
+            elif hi not in tried_fresh:
+                size, fresh = hi, True
+            else:
+                break
         else:
-            guess = None
-            size = (low // step + (high - low) // step // 2) * step
-        outcome = try_batch(size)
-        outcomes.append(outcome)
+            middle = (above // step + (top - above) // step // 2) * step
+            if calls_edge:
+                # Past a proven fit the next check proves the size above, in a brand-new process;
+                # once the model has been wrong about that, steps double in the worker (never past
+                # the middle of what is left).
+                size = reach if not misses else max(above, min(lo + step * 2**misses, middle) // step * step)
+                fresh = not warm or not misses
+            elif guess is None:
+                size, fresh = middle, not warm
+            else:
+                # With a margin, checks aim below the model's edge (by the margin, or half the way
+                # there when that is closer), so they fit and the search climbs in one worker.
+                guess = min(guess, hi - 1)
+                target = guess - min(int(guess * margin), (guess - lo) // 2)
+                size, fresh = max(above, min(target // step * step, top)), not warm
+        outcome = fit(size, fresh)
+        tried.append(outcome)
         if outcome.status in STOPPING:
             break
-        if guess is not None:
-            model_probes = model_probes - 1 if (size <= guess) == (outcome.status == "ok") else 0
-        if outcome.status == "ok":
-            fits = size
-        else:
-            fails = size
-    return outcomes
+        warm = reuse and outcome.status == "ok"
+        misses = misses + 1 if calls_edge and size > lo and outcome.status == "ok" else 0
+        if guess is not None and not calls_edge and not warm:
+            margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
+    return tried

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -12,29 +12,54 @@ from . import devices, parallel
 from .config import Config
 from .data import IGNORE_INDEX, Batches, build_batches
 from .errors import InputError
-from .measure import gradient_sq_norms, measure, measure_loader
+from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
 from .step import Step, autocast, compute_loss
 
 
 class Session:
-    """`rank` is None for a plain probe; for a distributed one, this worker's place among the ranks."""
+    """`rank` is None for a plain probe; for a distributed one, this worker's place among the ranks.
+
+    Built in two stages so a standby worker can be started early: the constructor imports, checks
+    the config and builds the model in host memory; `start()` touches the device (memory cap,
+    weights, data, the first forward). A standby waits between the two, costing its peers nothing.
+    """
 
     def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None):
-        self.config = config = Config.model_validate(raw_config)
+        self.config = Config.model_validate(raw_config)
         self.rank = rank
+        self.model: torch.nn.Module | None = None
+        self.limit: int | None = None
+        if rank is None:
+            probe = self.config.probe
+            if not devices.wants_cuda(probe.device):
+                # A CPU cap touches no other process: set it first, so a model that does not fit
+                # at all is an out-of-memory too.
+                self.limit = devices.apply_memory_limit(torch.device("cpu"), probe.memory_limit)
+            torch.manual_seed(0)
+            self.model = build_model(self.config.model).train()
+
+    def start(self) -> dict[str, Any]:
+        """Set up on the device; returns the facts the probe needs."""
+        config, rank = self.config, self.rank
         probe = config.probe
         self.device = devices.resolve_device(probe.device, rank["local_rank"] if rank else None)
-        # The cap comes first, so a model that does not fit at all is an out-of-memory too. Ranks
-        # on one node share its RAM, so a default CPU cap is split between them.
-        limit = devices.apply_memory_limit(self.device, probe.memory_limit, share=rank["local_world_size"] if rank else 1)
+        limit = self.limit
+        if self.model is None or self.device.type == "cuda":
+            # The cap comes before the model where it can, so a model that does not fit at all is
+            # an out-of-memory too. Ranks on one node share its RAM: a default CPU cap is split.
+            limit = devices.apply_memory_limit(self.device, probe.memory_limit,
+                                               share=rank["local_world_size"] if rank else 1)
         if rank and self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank["local_world_size"]))
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
-        torch.manual_seed(0)  # every rank starts from the same weights
-        model = build_model(config.model).train()
-        self.model = parallel.wrap(model, probe.strategy, self.device) if rank else model.to(self.device)
+        if rank:
+            torch.manual_seed(0)  # every rank starts from the same weights
+            model = build_model(config.model).train()
+            self.model = parallel.wrap(model, probe.strategy, self.device)
+        else:
+            model = self.model = self.model.to(self.device)
         self.batches = build_batches(config, self.device)
         check_fit(self.model, self.batches, config, self.device)
         if rank:
@@ -45,6 +70,8 @@ class Session:
             **devices.device_facts(self.device),
             "torch_version": torch.__version__,
             "memory_limit_bytes": limit,
+            "memory_ceiling_bytes": devices.memory_ceiling(self.device, limit),
+            "memory_variation_bytes": int(limit * devices.CPU_VARIATION) if self.device.type == "cpu" and limit else 0,
             "threads": torch.get_num_threads(),
             "dataset_len": len(self.batches),
             "data": self.batches.describe,
@@ -56,15 +83,18 @@ class Session:
         }
         # What setup left in the allocator's cache (FSDP's unsharded copies, say) is not a trial's.
         devices.release(self.device)
+        return self.facts
 
     def close(self) -> None:
         if self.rank:
             parallel.leave()
 
-    def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    def serve(self, op: str, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run one request; any failure becomes its status (oom with how far memory got, or error)."""
         start = time.perf_counter()
         self.step.stage = None
+        self.progress = progress
+        self.meter = devices.CappedPeak(self.device)
         try:
             result = getattr(self, f"_{op}")(**args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
@@ -73,17 +103,27 @@ class Session:
             if devices.is_oom(exc):
                 # How far memory got before it ran out teaches the memory model where the ceiling is.
                 result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],
-                              failed_alloc_bytes=failed_allocation(str(exc)))
+                              capped_peak_bytes=self.meter.read(), failed_alloc_bytes=failed_allocation(str(exc)))
         devices.release(self.device)
         result["wall_s"] = time.perf_counter() - start
         return result
 
-    def _trial(self, batch_size: int) -> dict[str, Any]:
+    def _trial(self, batch_size: int, purpose: str = "throughput") -> dict[str, Any]:
         probe = self.config.probe
+        if purpose == "fit":
+            plan = StepPlan("fit", warmup=0, min_steps=probe.fit_steps)
+        else:
+            plan = StepPlan("throughput", warmup=probe.warmup_steps, min_steps=probe.steps, min_time_s=probe.min_time_s)
+        progress = self.progress
+
+        def on_step(done: int, planned: int) -> None:
+            if progress:
+                progress({"batch_size": batch_size, "step": done, "steps": planned})
+
         return measure(
-            self.step, self.batches.batch, batch_size,
-            warmup=probe.warmup_steps, steps=probe.steps,
-            dataset_len=len(self.batches), device=self.device, energy=self.energy,
+            self.step, self.batches.batch, batch_size, plan,
+            dataset_len=len(self.batches), device=self.device, meter=self.meter, energy=self.energy,
+            on_step=on_step,
         )
 
     def _noise(self, small: int, big: int, batches: int) -> dict[str, Any]:

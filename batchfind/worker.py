@@ -3,8 +3,10 @@
 The parent speaks JSON lines with `python -m batchfind.worker`: one setup request (the config, and
 the child's rank in a distributed probe), then one request per batch size; the child answers on its
 original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
-keeps for error messages. Waiting, timeouts and stopping hung children are the group's job
-(`group.py`), which may wait on several children at once.
+keeps for error messages. While a trial runs the child also sends `progress` events, one per step.
+A standby child (`"standby": true`) builds the model and then waits for a `start` request before it
+touches the device. Waiting, timeouts and stopping hung children are the group's job (`group.py`),
+which may wait on several children at once.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ class Worker:
 
     def __init__(self, setup: dict[str, Any]):
         self._stderr = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Asking torch whether a GPU exists must not create a CUDA context in a standby.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
+        if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
+            env = steady_allocator(env)
         # The child must import this same batchfind, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
@@ -44,6 +49,9 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=env,
+            # Its own process group, so processes it starts (DataLoader workers, a user's factory's)
+            # end with it.
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         self._buffer = b""
@@ -59,30 +67,29 @@ class Worker:
         except BrokenPipeError:
             pass  # the child is gone; read() reports how it ended
 
-    def _message(self) -> dict[str, Any] | None:
-        """A complete message already read, if any."""
-        if b"\n" not in self._buffer:
-            return None
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def read(self) -> dict[str, Any] | None:
-        """After the pipe turned readable: the next message, one saying how the child ended, or None
-        while a message is still incomplete."""
+    def read(self) -> list[dict[str, Any]]:
+        """After the pipe turned readable: the messages completed by what arrived (none while one is
+        still incomplete), or one saying how the child ended."""
         chunk = os.read(self.fileno(), 65536)
         if not chunk:
-            return self._ended()
-        self._buffer += chunk
-        return self._message()
+            return [self._ended()]
+        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+        return [json.loads(line) for line in lines]
 
     def stop(self, status: str, error: str) -> dict[str, Any]:
         """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply,
         unless it had already ended on its own: then how it ended."""
         if self._proc.poll() is not None:
             return self._ended()
-        self._proc.kill()
-        self._proc.wait()
+        self._kill()
         return {"status": status, "error": error}
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except OSError:
+            self._proc.kill()
+        self._proc.wait()
 
     def end_input(self) -> None:
         """The child's loop ends at the end of its input."""
@@ -92,7 +99,8 @@ class Worker:
             pass
 
     def close(self, kill: bool = False, wait_s: float = 5.0) -> None:
-        """End the child: at the end of its input, or at once (`kill`) when it is not worth waiting for."""
+        """End the child: at the end of its input, or at once (`kill`) when it is not worth waiting for.
+        Whatever it started is killed with it."""
         try:
             if not kill and self._proc.poll() is None:
                 self.end_input()
@@ -100,9 +108,7 @@ class Worker:
                     self._proc.wait(timeout=wait_s)
                 except subprocess.TimeoutExpired:
                     pass
-            if self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait()
+            self._kill()
         finally:
             for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
                 try:
@@ -128,6 +134,24 @@ class Worker:
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
+
+
+# glibc serves allocations at or above a threshold with their own mappings, returned to the system
+# when freed. By default the threshold rises with the largest block freed (up to 32 MiB), so which
+# tensors come from the heap, and how fragmented it gets, changes from run to run: a small CNN's
+# peak at one batch size varied by up to 30% between runs, and its edge under a CPU cap with it.
+# Fixed at 4 MiB, the peak repeated to the MiB; with those mappings on transparent huge pages the
+# steps cost no more than glibc's default (measured in docs/benchmarks.md).
+MMAP_THRESHOLD = 4 << 20
+
+
+def steady_allocator(env: dict[str, str]) -> dict[str, str]:
+    """A CPU worker's environment with glibc's allocator held steady; settings the user made win."""
+    env = dict(env)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    if "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
+    return env
 
 
 def _die_with_parent() -> None:
@@ -157,14 +181,21 @@ def _serve() -> None:
 
     try:
         session = Session(request["config"], request.get("rank"))
+        if request.get("standby") and not sys.stdin.readline():
+            return  # the probe ended without needing this standby
+        facts = session.start()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
         send({"event": "failed", **setup_failure(exc)})
         return
-    send({"event": "ready", "status": "ok", **session.facts})
+
+    def progress(message: dict[str, Any]) -> None:
+        send({"event": "progress", **message})
+
+    send({"event": "ready", "status": "ok", **facts})
     for line in sys.stdin:
         request = json.loads(line)
         op = request.pop("op")
-        send({"event": op, **session.serve(op, request)})
+        send({"event": op, **session.serve(op, request, progress)})
     session.close()
 
 

@@ -16,6 +16,7 @@ class T:
     peak_bytes: int | None = None
     failed_alloc_bytes: int | None = None
     fresh_process: bool = False
+    capped_peak_bytes: int | None = None
 
 
 def line(fixed, per_sample, sizes):
@@ -23,7 +24,7 @@ def line(fixed, per_sample, sizes):
 
 
 def test_exact_line_and_limit_ceiling():
-    model = fit(line(300 * MiB, 2 * MiB, [1, 2, 4, 8, 16]), limit_bytes=1024 * MiB)
+    model = fit(line(300 * MiB, 2 * MiB, [1, 2, 4, 8, 16]), ceiling_bytes=1024 * MiB)
     assert model.fixed_bytes == pytest.approx(300 * MiB)
     assert model.per_sample_bytes == pytest.approx(2 * MiB) and model.points == 3
     assert model.ceiling_from == "limit" and model.predicted_edge == 362  # (1024 - 300) / 2
@@ -31,7 +32,7 @@ def test_exact_line_and_limit_ceiling():
 
 def test_the_ceiling_is_learned_from_a_failure():
     trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [T(512, "oom", 900 * MiB, 64 * MiB)]
-    model = fit(trials, limit_bytes=1024 * MiB)
+    model = fit(trials, ceiling_bytes=1024 * MiB)
     assert model.ceiling_from == "failure" and model.ceiling_bytes == 964 * MiB
     assert model.predicted_edge == 332
 
@@ -39,7 +40,7 @@ def test_the_ceiling_is_learned_from_a_failure():
 def test_the_line_follows_the_largest_sizes():
     # Small batches cost more per sample (per-batch overheads); the edge depends on the marginal cost.
     trials = [T(1, "ok", 300 * MiB), T(2, "ok", 320 * MiB)] + line(300 * MiB, 2 * MiB, [64, 128, 256])
-    model = fit(trials, limit_bytes=1024 * MiB)
+    model = fit(trials, ceiling_bytes=1024 * MiB)
     assert model.per_sample_bytes == pytest.approx(2 * MiB) and model.points == 3
 
 
@@ -48,7 +49,7 @@ def test_a_failure_in_a_fresh_process_sets_the_ceiling():
         T(512, "oom", 800 * MiB, 64 * MiB),  # in a long-lived worker: ran out early
         T(400, "oom", 950 * MiB, 64 * MiB, fresh_process=True),
     ]
-    assert fit(trials, limit_bytes=None).ceiling_bytes == 1014 * MiB
+    assert fit(trials, ceiling_bytes=None).ceiling_bytes == 1014 * MiB
 
 
 def test_no_model_without_two_sizes_or_growth():
@@ -72,3 +73,25 @@ def test_failed_allocation_from_messages():
     assert failed_allocation(cpu) == 33554432
     assert failed_allocation(cuda) == 2 * 1024**3
     assert failed_allocation("could not create a primitive") is None and failed_allocation(None) is None
+
+
+def capped(fixed, per_sample, sizes, fresh=()):
+    return [T(bs, "ok", None, capped_peak_bytes=int(fixed + per_sample * bs), fresh_process=bs in fresh) for bs in sizes]
+
+
+def test_capped_peaks_take_the_limit_as_the_ceiling_before_anything_fails():
+    trials = capped(300 * MiB, 2 * MiB, [64, 128, 256]) + [T(512, "oom", 900 * MiB, 64 * MiB)]
+    model = fit(trials, ceiling_bytes=1024 * MiB)
+    assert model.ceiling_from == "limit" and model.predicted_edge == 362
+
+
+def test_the_line_goes_through_the_largest_fresh_point():
+    # A worker that ran smaller sizes holds 40 MiB they left behind; the fresh 300 does not.
+    trials = capped(340 * MiB, 2 * MiB, [64, 128, 256]) + capped(300 * MiB, 2 * MiB, [300], fresh=(300,))
+    model = fit(trials, ceiling_bytes=1024 * MiB)
+    assert model.peak_at(300) == pytest.approx(900 * MiB)
+
+
+def test_a_size_that_ran_above_the_stated_ceiling_raises_it():
+    model = fit(capped(300 * MiB, 2 * MiB, [128, 256, 400]), ceiling_bytes=1000 * MiB)
+    assert model.ceiling_from == "fits" and model.ceiling_bytes == 1100 * MiB and model.predicted_edge == 400

@@ -69,59 +69,82 @@ def test_doubling_never_passes_a_failure_and_stays_in_bounds(low, high, threshol
     assert len(tried) <= (high // low).bit_length() + 1
 
 
-# ---- refinement ---------------------------------------------------------------------------
+# ---- the edge ------------------------------------------------------------------------------
 
-from batchfind.search import refine  # noqa: E402
-
-
-def run_refine(threshold, fits, fails, **kwargs):
-    try_batch, tried = fails_at(threshold)
-    refine(try_batch, fits, fails, **kwargs)
-    fitting = [s for s in tried if s < threshold]
-    return max(fitting, default=fits), tried
+from batchfind.search import edge  # noqa: E402
 
 
-def test_plain_bisection_sequence():
-    found, tried = run_refine(300, 256, 512)
-    assert found == 299
-    assert tried == [384, 320, 288, 304, 296, 300, 298, 299]
+@dataclass
+class Check:
+    batch_size: int
+    status: str
+    fresh_process: bool
 
 
-def test_a_perfect_model_needs_two_probes():
-    found, tried = run_refine(300, 256, 512, predict=lambda: 299)
-    assert found == 299 and tried == [299, 300]
+class Device:
+    """Fit checks on a device whose brand-new processes fit below `fresh_edge + 1` and whose workers
+    that ran before fit `bonus` more; a failure ends the worker."""
+
+    def __init__(self, fresh_edge, bonus=0, status="oom"):
+        self.fresh_edge, self.bonus, self.status = fresh_edge, bonus, status
+        self.tried, self.warm, self.processes = [], False, 0
+
+    def fit(self, size, fresh):
+        first = fresh or not self.warm
+        self.processes += first
+        ok = size <= self.fresh_edge + (0 if first else self.bonus)
+        self.warm = ok
+        self.tried.append((size, fresh))
+        return Check(size, "ok" if ok else self.status, first)
 
 
-def test_a_model_that_says_the_fitting_size_is_the_edge_probes_just_above():
-    found, tried = run_refine(257, 256, 512, predict=lambda: 200)
-    assert found == 256 and tried == [257]
+def doubling(fits, fails):
+    return [Check(fits, "ok", False), Check(fails, "oom", False)]
 
 
-def test_a_model_beyond_the_failure_is_ignored():
-    _, with_model = run_refine(300, 256, 512, predict=lambda: 10_000)
-    _, plain = run_refine(300, 256, 512)
-    assert with_model == plain
+def proven(outcomes, size, status):
+    return any(o.batch_size == size and o.status == status and o.fresh_process for o in outcomes)
+
+
+def test_an_exact_model_needs_two_brand_new_processes():
+    device = Device(299)
+    outcomes = edge(device.fit, doubling(256, 512), predict=lambda: 299)
+    assert [(o.batch_size, o.status, o.fresh_process) for o in outcomes] == [(299, "ok", True), (300, "oom", True)]
+
+
+def test_without_a_model_it_bisects_inside_the_worker_while_sizes_fit():
+    device = Device(299)
+    outcomes = edge(device.fit, doubling(256, 512))
+    assert proven(outcomes, 299, "ok") and proven(outcomes, 300, "oom")
+    assert device.processes < len(outcomes)  # fits went on in the same worker
+
+
+def test_a_size_a_worker_fitted_but_a_fresh_process_did_not_counts_as_a_failure():
+    device = Device(299, bonus=1)  # workers that ran before fit 300 too
+    outcomes = edge(device.fit, doubling(256, 512), predict=lambda: 310)
+    assert proven(outcomes, 299, "ok") and proven(outcomes, 300, "oom")
 
 
 def test_multiple_of_restricts_candidates():
-    found, tried = run_refine(300, 256, 512, multiple_of=8)
-    assert found == 296 and all(s % 8 == 0 for s in tried)
+    device = Device(299)
+    outcomes = edge(device.fit, doubling(256, 512), multiple_of=8)
+    assert all(o.batch_size % 8 == 0 for o in outcomes)
+    assert proven(outcomes, 296, "ok") and proven(outcomes, 304, "oom")
 
 
-def test_refine_stops_on_an_error_and_on_the_budget():
-    def try_batch(size):
-        return Fake(size, "error")
+def test_the_search_ends_within_its_resolution():
+    device = Device(299)
+    outcomes = edge(device.fit, doubling(256, 512), predict=lambda: 299, resolution=4)
+    # 299 fits and the check 4 above it fails: closer than that would not repeat.
+    assert [(o.batch_size, o.status) for o in outcomes] == [(299, "ok"), (303, "oom")]
 
-    assert len(refine(try_batch, 4, 64)) == 1
-    try_batch, tried = fails_at(300)
+
+def test_edge_stops_on_an_error_and_on_the_budget():
+    device = Device(10, status="error")
+    assert len(edge(device.fit, doubling(4, 64))) == 1
+    device = Device(299)
     calls = iter([True, True, False])
-    refine(try_batch, 256, 512, keep_going=lambda: next(calls))
-    assert len(tried) == 2
-
-
-def bisection_bound(fits, fails, step):
-    candidates = max(0, (fails - 1) // step - fits // step)
-    return candidates.bit_length()
+    assert len(edge(device.fit, doubling(256, 512), keep_going=lambda: next(calls))) == 2
 
 
 @given(
@@ -129,40 +152,28 @@ def bisection_bound(fits, fails, step):
     fits=st.integers(1, 5000),
     span=st.integers(2, 5000),
     step=st.sampled_from([1, 2, 8, 64]),
+    bonus=st.integers(0, 2),
+    reuse=st.booleans(),
     model=st.sampled_from(["none", "exact", "low", "high", "wild"]),
 )
-def test_refine_finds_exactly_the_largest_fitting_candidate(data, fits, span, step, model):
+def test_edge_proves_exactly_the_largest_fitting_candidate(data, fits, span, step, bonus, reuse, model):
     fails = fits + span
-    threshold = data.draw(st.integers(fits + 1, fails))  # sizes below it fit
+    fresh_edge = data.draw(st.integers(fits, fails - 1))  # sizes up to it fit in a brand-new process
     predictions = {
         "none": None,
-        "exact": lambda: threshold - 1,
-        "low": lambda: int((threshold - 1) * 0.9),
-        "high": lambda: int((threshold - 1) * 1.1) + 1,
+        "exact": lambda: fresh_edge,
+        "low": lambda: int(fresh_edge * 0.9),
+        "high": lambda: int(fresh_edge * 1.1) + 1,
         "wild": lambda: data.draw(st.integers(0, 3 * fails)),
     }
-    try_batch, tried = fails_at(threshold)
-    outcomes = refine(try_batch, fits, fails, multiple_of=step, predict=predictions[model])
+    device = Device(fresh_edge, bonus=bonus)
+    known = [Check(fits, "ok", True), Check(fails, "oom", False)]
+    outcomes = edge(device.fit, known, multiple_of=step, predict=predictions[model], reuse=reuse)
     candidates = [s for s in range(fits + 1, fails) if s % step == 0]
-    truth = max([s for s in candidates if s < threshold], default=fits)
-    found = max([o.batch_size for o in outcomes if o.status == "ok"], default=fits)
-    assert found == truth
-    # Every tried size is a candidate, and none is tried twice.
-    assert all(s in candidates for s in tried) and len(set(tried)) == len(tried)
-    # The stated bound: at most 3 model probes plus plain bisection.
-    assert len(tried) <= 3 + bisection_bound(fits, fails, step)
-    if model == "exact":
-        assert len(tried) <= 2
-
-
-def test_a_model_proven_wrong_is_not_asked_again():
-    calls = []
-
-    def stubborn():
-        calls.append(1)
-        return 290  # the true edge is 299
-
-    found, tried = run_refine(300, 256, 512, predict=stubborn)
-    assert found == 299
-    assert tried[:2] == [290, 291]  # its edge fits, and so does the size it said would fail
-    assert len(calls) == 2  # from then on: bisection
+    truth = max([s for s in candidates if s <= fresh_edge], default=fits)
+    above = min([s for s in candidates if s > truth], default=fails)
+    assert proven(known + outcomes, truth, "ok")
+    if above < fails:
+        assert proven(outcomes, above, "oom")
+    assert all(o.batch_size in candidates or o.batch_size in (fits, fails) for o in outcomes)
+    assert len(outcomes) <= 2 * (len(candidates) + 2)

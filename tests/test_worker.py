@@ -27,11 +27,14 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
     try:
         assert worker.ready["dataset_len"] == 64 and worker.ready["device"] == "cpu"
         assert worker.ready["memory_limit_bytes"] > 0
-        first, second = worker.run(4, 60), worker.run(8, 60)
+        first, second = worker.run(4, "throughput", 60), worker.run(8, "fit", 60)
     finally:
         worker.close()
     assert first["status"] == second["status"] == "ok"
     assert first["fresh_process"] and not second["fresh_process"]
+    # A fit check runs just the steps that reach the steady peak; a throughput trial at least its steps.
+    assert (first["purpose"], second["purpose"]) == ("throughput", "fit")
+    assert second["steps"] == cfg.probe.fit_steps and first["steps"] >= cfg.probe.warmup_steps + cfg.probe.steps
 
 
 @pytest.mark.parametrize(
@@ -124,14 +127,14 @@ def test_refinement_finds_the_exact_edge_and_it_is_verified(write_config):
 
 
 def test_multiple_of_and_a_failed_verification_steps_down(write_config):
-    """Flaky fits 16 in a reused worker but only 12 in a fresh one: verification steps down to 12."""
+    """Flaky fits 16 in a reused worker but only 12 in a fresh one: the search steps down to 12."""
     report = probe(load_config(write_config(
         "model: {name: 'fixtures:Flaky', kwargs: {fresh_limit: 12}}\n"
         "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
         "probe: {warmup_steps: 0, steps: 1, device: cpu, multiple_of: 4, min_batch: 4}\n"
     )))
     assert report.limit.batch_size == 12 and report.limit.verified and report.limit.first_oom == 16
-    assert any(t.phase == "verify" and t.batch_size == 16 and t.status == "oom" for t in report.trials)
+    assert any(t.fresh_process and t.batch_size == 16 and t.status == "oom" for t in report.trials)
     assert all(t.batch_size % 4 == 0 for t in report.trials)
     assert any("ran in a long-lived worker" in w for w in report.warnings)
     assert report.recommendation.batch_size <= 12

@@ -1,0 +1,216 @@
+"""The probe's plan on a simulated device: how many brand-new processes and steps it spends.
+
+The device: peak memory is fixed + per-sample × batch; a brand-new process fits `edge`, a worker
+that has run a trial before fits `bonus` samples more (as a long-lived process does on a GPU), and
+the first step peaks lower than the second (optimizer state appears at the first optimizer step).
+The memory model's ceiling is set off by a chosen error, so its predicted edge is that far off.
+Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchfind.config import Config
+from batchfind.probing import plan
+from batchfind.recommend import limit_of
+from batchfind.report import StepTimes, Trial
+
+MiB = 1024**2
+
+
+class SimDevice:
+    """Runs trials the way a `Prober` does, on arithmetic instead of a device.
+
+    Peak memory is fixed + per_sample × b + curvature × b²: the memory model's straight line through
+    the doubling sizes then predicts the edge `model_error` off (the curvature is solved for it),
+    while its ceiling, the limit, is exact. A failed step got `1/50` of the batch's activations past
+    the limit (one layer's), so the peak it reached is short of the limit by half of that. A brand-new
+    process costs `start_s`, a step `step_s` per sample (a GPU's proportions by default).
+    """
+
+    def __init__(self, edge: int, *, per_sample: int = 83 * MiB, fixed: int = 300 * MiB, bonus: int = 1,
+                 first_step_saving: int | None = None, model_error: float = 0.0, start_s: float = 12.0,
+                 step_s: float = 0.0004, **probe):
+        self.config = Config.model_validate({"model": {"name": "mlp"}, "probe": {"warmup_steps": 1, "steps": 3, **probe}})
+        self.edge, self.per_sample, self.fixed, self.bonus = edge, per_sample, fixed, bonus
+        self.curvature = self._solve_curvature(model_error)
+        self.capacity = (self.peak(edge) + self.peak(edge + 1)) // 2  # a fresh process fits `edge`, not one more
+        self.saving = per_sample * 2 if first_step_saving is None else first_step_saving
+        self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity}
+        self.world_size, self.phase = 1, "double"
+        self.start_s, self.step_s = start_s, step_s
+        self.trials: list[Trial] = []
+        self.processes = 0  # brand-new processes, the first (doubling) worker included
+        self.steps = 0
+        self.worker_trials: int | None = None  # trials the live worker has run; None: no live worker
+
+    def peak(self, size: int, curvature: float | None = None) -> int:
+        q = self.curvature if curvature is None else curvature
+        return int(self.fixed + self.per_sample * size + q * size * size)
+
+    def _solve_curvature(self, error: float) -> float:
+        """The curvature at which the line through the three largest powers of two below the edge
+        predicts an edge `error` off."""
+        sizes = [2**k for k in range(20) if 2**k <= self.edge][-3:]
+
+        def predicted_error(q: float) -> float:
+            ys = [self.peak(b, q) for b in sizes]
+            mx, my = sum(sizes) / 3, sum(ys) / 3
+            slope = sum((x - mx) * (y - my) for x, y in zip(sizes, ys)) / sum((x - mx) ** 2 for x in sizes)
+            ceiling = (self.peak(self.edge, q) + self.peak(self.edge + 1, q)) / 2
+            return (ceiling - (my - slope * mx)) / slope / self.edge - 1
+
+        low, high = -self.per_sample / self.edge / 4, self.per_sample / self.edge / 4
+        for _ in range(100):  # the line overshoots more as the curvature grows
+            mid = (low + high) / 2
+            low, high = (low, mid) if predicted_error(mid) > error else (mid, high)
+        return (low + high) / 2
+
+    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False) -> Trial:
+        if fresh or self.worker_trials is None:
+            self.processes += 1
+            self.worker_trials = 0
+        first = self.worker_trials == 0
+        marginal = self.peak(size + 1) - self.peak(size)
+        capacity = self.capacity + (0 if first else self.bonus * marginal)
+        p = self.config.probe
+        steps = p.fit_steps if purpose == "fit" else p.warmup_steps + p.steps
+        steady = self.peak(size)
+        peak = steady if steps >= 2 else steady - self.saving
+        step_ms = StepTimes(*[self.step_s * size * 1000] * 3, samples=[])
+        if peak <= capacity:
+            self.steps += steps
+            self.worker_trials += 1
+            trial = Trial(size, "ok", step_ms=step_ms, samples_per_s=1 / self.step_s, peak_bytes=peak,
+                          capped_peak_bytes=peak, loss_finite=True, fresh_process=first, phase=self.phase,
+                          purpose=purpose, steps=steps)
+        else:
+            failed_step = 1 if steady - self.saving > capacity else 2
+            self.steps += failed_step
+            self.worker_trials = None  # a failure ends the worker
+            alloc = self.per_sample * size // 50
+            trial = Trial(size, "oom", peak_bytes=capacity - alloc // 2, capped_peak_bytes=capacity - alloc // 2,
+                          failed_alloc_bytes=alloc, fresh_process=first, phase=self.phase, purpose=purpose,
+                          steps=failed_step)
+        self.trials.append(trial)
+        return trial
+
+    def end_standby(self) -> None:
+        pass
+
+    def run(self, memory_model: bool = True):
+        plan(self, self.facts, lambda: True, memory_model)
+        return limit_of(self.trials)
+
+
+def doubling_processes(sim: SimDevice) -> int:
+    return sim.processes - 1
+
+
+# A GPU's proportions (a brand-new CUDA process 12 s, a step well under a second) and a 2-core CPU's
+# (a worker 1 s to start, and already waiting as a standby; a step of seconds near the edge).
+GPU = {"start_s": 12.0, "step_s": 0.0004}
+CPU = {"start_s": 1.0, "step_s": 0.03}
+
+
+@pytest.mark.parametrize("error", [-0.02, -0.01, 0.0, 0.01, 0.02])
+@pytest.mark.parametrize("bonus", [0, 1])
+def test_a_good_prediction_proves_the_exact_edge_in_at_most_three_new_processes(error, bonus):
+    # ResNet-50's numbers on a large GPU: ~83 MiB per sample, edge near 1708.
+    sim = SimDevice(1708, model_error=error, bonus=bonus, **GPU)
+    limit = sim.run()
+    assert limit.batch_size == 1708 and limit.verified and limit.first_oom == 1709
+    assert doubling_processes(sim) <= 3
+    # The proof: 1708 ran first in a brand-new process, and so did the failure at 1709.
+    assert any(t.batch_size == 1708 and t.fits and t.fresh_process for t in sim.trials)
+    assert any(t.batch_size == 1709 and not t.fits and t.fresh_process for t in sim.trials)
+
+
+def test_where_steps_cost_more_than_processes_every_check_near_the_edge_is_fresh():
+    sim = SimDevice(1708, **CPU)
+    limit = sim.run()
+    assert limit.batch_size == 1708 and limit.verified and limit.first_oom == 1709
+    # The first size past the headroom starts a brand-new process (the model's anchor); then only
+    # the proof: 1708 fits and 1709 fails, each first in a brand-new process.
+    assert [(t.batch_size, t.status, t.fresh_process) for t in sim.trials if t.purpose == "fit"] == [
+        (2048, "oom", True), (1708, "ok", True), (1709, "oom", True)]
+    assert doubling_processes(sim) == 3
+
+
+def test_fit_checks_run_past_the_first_step():
+    # The first step peaks lower: a one-step check would pass sizes above the edge.
+    sim = SimDevice(1708, first_step_saving=40 * 83 * MiB)
+    limit = sim.run()
+    assert limit.batch_size == 1708
+    assert all(t.steps >= 2 for t in sim.trials if t.purpose == "fit" and t.fits)
+
+
+def test_sizes_beyond_the_headroom_are_only_fit_checked():
+    sim = SimDevice(1708)
+    sim.run()
+    doubled = [t for t in sim.trials if t.phase == "double"]
+    assert [t.purpose for t in doubled if t.batch_size <= 1024] == ["throughput"] * 11
+    # 2048 is predicted past the memory limit: a fit check is all it gets.
+    assert doubled[-1].batch_size == 2048 and doubled[-1].purpose == "fit"
+
+
+def old_plan_processes(edge: int, model_error: float) -> int:
+    """The previous plan's count on the same device: every refinement trial in a brand-new process;
+    its model's line through the three largest sizes that ran, with the ceiling learned from the
+    doubling's failure (the peak it reached plus the allocation that failed); the model chose at
+    most three sizes, or until it was wrong once, then bisection."""
+    from batchfind.memory import fit
+
+    sim = SimDevice(edge, model_error=model_error)
+    for size in [2**k for k in range(20)]:
+        if not sim.trial(size).fits:
+            break
+    fits, fails = size // 2, size
+    probes = 3
+    while fits + 1 < fails:
+        model = fit([t for t in sim.trials], None)  # no ceiling but the learned one, as then
+        guess = model.predicted_edge if model and probes else None
+        if guess is not None and guess < fails:
+            size = min(max(guess, fits + 1), fails - 1)
+        else:
+            guess, size = None, (fits + fails) // 2
+        trial = sim.trial(size, fresh=True)
+        if guess is not None:
+            probes = probes - 1 if (size <= guess) == trial.fits else 0
+        fits, fails = (size, fails) if trial.fits else (fits, size)
+    return sim.processes - 1
+
+
+@pytest.mark.parametrize("error", [-0.02, 0.0, 0.02])
+def test_fewer_new_processes_than_the_previous_plan(error):
+    sim = SimDevice(1708, model_error=error, **GPU)
+    sim.run()
+    old = old_plan_processes(1708, error)
+    assert doubling_processes(sim) <= 3 < 7 <= old
+    print(f"model error {error:+.0%}: new processes {doubling_processes(sim)}, previous plan {old}")
+
+
+def test_without_a_model_bisection_still_finds_and_proves_the_edge():
+    sim = SimDevice(1708)
+    limit = sim.run(memory_model=False)
+    assert limit.batch_size == 1708 and limit.verified and limit.first_oom == 1709
+    # Bisection inside the worker while sizes fit: far fewer processes than candidates.
+    assert doubling_processes(sim) <= math.ceil(math.log2(1024)) + 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(edge=st.integers(3, 5000), bonus=st.integers(0, 2), error=st.floats(-0.5, 0.5),
+       multiple_of=st.sampled_from([1, 8]))
+def test_the_reported_limit_is_exact_and_never_above_what_a_fresh_process_ran(edge, bonus, error, multiple_of):
+    sim = SimDevice(edge, per_sample=2 * MiB, bonus=bonus, model_error=error, multiple_of=multiple_of)
+    limit = sim.run()
+    powers = [2**k for k in range(13) if 2**k <= edge]
+    expected = max([edge // multiple_of * multiple_of, powers[-1]])
+    assert limit.batch_size == expected
+    assert any(t.batch_size == limit.batch_size and t.fits and t.fresh_process for t in sim.trials)
+    assert limit.first_oom is not None and limit.first_oom > limit.batch_size
