@@ -61,6 +61,7 @@ ConfigArg = Annotated[Path, typer.Argument(help="Config file (YAML or TOML).", s
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
 Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measuring.", show_default=False)]
+FitSteps = Annotated[Optional[int], typer.Option(help="Steps of a fit check (at least 2).", show_default=False)]
 MemoryLimit = Annotated[
     Optional[str],
     typer.Option(help="Memory cap, e.g. 2GiB or 512MiB: RAM on CPU, a fraction of the card on GPU.", show_default=False),
@@ -239,6 +240,7 @@ def probe(
     max_batch: Annotated[Optional[int], typer.Option(help="Largest batch to try.", show_default=False)] = None,
     steps: Steps = None,
     warmup: Warmup = None,
+    fit_steps: FitSteps = None,
     memory_limit: MemoryLimit = None,
     time_budget: Annotated[
         Optional[float], typer.Option(help="Seconds after which no new trial starts.", show_default=False)
@@ -298,7 +300,7 @@ def probe(
         _check_output(output)
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
-            "--warmup": warmup, "--memory-limit": memory_limit, "--time-budget": time_budget,
+            "--warmup": warmup, "--fit-steps": fit_steps, "--memory-limit": memory_limit, "--time-budget": time_budget,
             "--refine/--no-refine": refine, "--multiple-of": multiple_of, "--nproc-per-node": nproc_per_node,
             "--strategy": strategy.value if strategy else None, "--tolerance": tolerance,
             "--headroom": headroom, "--lr-rule": lr_rule.value if lr_rule else None, "--target-batch": target_batch,
@@ -339,21 +341,21 @@ def check(
     config: ConfigArg,
     batch: Annotated[int, typer.Option(help="The batch size to check.", min=1, show_default=False)],
     device: Device = None,
-    steps: Steps = None,
-    warmup: Warmup = None,
+    fit_steps: FitSteps = None,
     memory_limit: MemoryLimit = None,
     nproc_per_node: NprocPerNode = None,
     strategy: StrategyOption = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Run one batch size (per device) in a fresh process: exit 0 if it fits, 3 if it runs out of memory."""
+    """Run one batch size (per device) in a fresh process, the fit check a probe proves its limit with:
+    exit 0 if it fits, 3 if it runs out of memory."""
     with _errors(debug):
         from .config import load_config
         from .probing import check as run_check
         from .render import trial_line
 
-        cfg = load_config(config, {"--device": device, "--steps": steps, "--warmup": warmup,
+        cfg = load_config(config, {"--device": device, "--fit-steps": fit_steps,
                                    "--memory-limit": memory_limit, "--nproc-per-node": nproc_per_node,
                                    "--strategy": strategy.value if strategy else None})
         report = run_check(cfg, batch)

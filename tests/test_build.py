@@ -6,9 +6,9 @@ import torch
 
 from batchfind.config import load_config
 from batchfind.data import build_batches
-from batchfind.devices import is_oom, looks_like_oom
+from batchfind.devices import CappedPeak, is_oom, looks_like_oom
 from batchfind.errors import InputError
-from batchfind.measure import measure, step_stats
+from batchfind.measure import StepPlan, measure, step_stats
 from batchfind.models import build_model
 from batchfind.session import check_fit
 from batchfind.step import Step
@@ -152,9 +152,26 @@ def test_measure_runs_real_steps(write_config):
     cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
     step = Step(model, cfg.train, CPU)
     before = [p.detach().clone() for p in model.parameters()]
-    result = measure(step, batches.batch, 10, warmup=1, steps=4, dataset_len=100, device=CPU)
-    assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 4
+    result = measure(step, batches.batch, 10, StepPlan("throughput", warmup=1, min_steps=4), dataset_len=100,
+                     device=CPU, meter=CappedPeak(CPU))
+    assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 4 and result["steps"] == 5
     assert result["epoch_s"] == pytest.approx(10 * result["step_ms"]["median"] / 1000)
     assert result["samples_per_s"] == pytest.approx(10 / (result["step_ms"]["median"] / 1000))
     assert result["peak_bytes"] > 0 and result["loss_finite"] is True
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the optimizer stepped"
+
+
+def test_throughput_trials_repeat_short_steps_until_the_minimum_time(write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
+    step, seen = Step(model, cfg.train, CPU), []
+    plan = StepPlan("throughput", warmup=1, min_steps=2, min_time_s=0.2, max_steps=50)
+    result = measure(step, batches.batch, 4, plan, dataset_len=100, device=CPU, meter=CappedPeak(CPU),
+                     on_step=lambda done, planned: seen.append((done, planned)))
+    # Steps of well under a millisecond: far more than the minimum, up to the cap.
+    assert 2 < len(result["step_ms"]["samples"]) <= 50
+    assert seen[0] == (1, 3) and seen[-1][0] == result["steps"]
+
+
+def test_a_fit_check_runs_just_its_steps():
+    plan = StepPlan("fit", warmup=0, min_steps=2)
+    assert [plan.more(done, 0.0) for done in range(3)] == [True, True, False]
