@@ -120,7 +120,8 @@ def _errors(debug: bool) -> Iterator[None]:
         rank = None  # torchrun's variables are malformed: the probe says so where it meets its ranks
     who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err = _Guarded(sys.stdout), _Guarded(sys.stderr)
+    out = _Guarded(sys.stdout)
+    sys.stdout, sys.stderr = out, _Guarded(sys.stderr)
     try:
         try:
             yield
@@ -227,7 +228,7 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
         if path.is_dir():
             raise InputError(f"{option}: {path} is a directory, expected a file path")
         for other in filter(None, keep):
-            if path.exists() and other.exists() and path.samefile(other):
+            if path.absolute() == other.absolute() or path.exists() and other.exists() and path.samefile(other):
                 raise InputError(f"{option}: {path} would overwrite {other}, which this command reads")
         target = replace_target(path)
     except OSError as exc:

@@ -294,7 +294,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             view = view[os.write(fd, view):]
         return
     with atomic_path(path) as target:
-        # In place: appended, never truncated: /dev/stdout may be a file holding output already.
+        # In place: appended, never truncated: another process's /proc/N/fd/M may be a file holding its output.
         with open(target, "wb" if target != Path(path) else "ab") as f:
             f.write(data)
             f.flush()

@@ -390,3 +390,22 @@ def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
     assert failure["status"] == "oom" and "too little for Python and torch" in failure["error"]
     assert setup_failure(ImportError("libx.so: failed to map segment from shared object"))["status"] == "oom"
     assert setup_failure(ValueError("a bug"))["status"] == "error"
+
+
+# ---- templates ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["mlp", "cnn", "gpt", "custom"])
+def test_init_writes_the_format_its_suffix_names_and_both_say_the_same(tmp_path, template):
+    import tomllib
+
+    configs = {}
+    for fmt, parse in (("yaml", yaml.safe_load), ("toml", tomllib.loads)):
+        path = tmp_path / f"c.{fmt}"
+        assert runner.invoke(app, ["init", str(path), "--template", template]).exit_code == 0
+        text = path.read_text()
+        assert isinstance(parse(text), dict) and text.count("# ") > 10  # the format named, commented
+        configs[fmt] = load_config(path)
+        # Set for one process it would only make every probe warn that it was not used.
+        assert "strategy" not in configs[fmt].probe.model_fields_set
+    assert configs["yaml"].model_dump() == configs["toml"].model_dump()
