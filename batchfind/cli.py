@@ -229,7 +229,8 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
             raise InputError(f"{option}: {path} is a directory, expected a file path")
         for other in filter(None, keep):
             if path.absolute() == other.absolute() or path.exists() and other.exists() and path.samefile(other):
-                raise InputError(f"{option}: {path} would overwrite {other}, which this command reads")
+                raise InputError(f"{option}: {path} would overwrite {other}, which this command also uses; "
+                                 "choose another file")
         target = replace_target(path)
     except OSError as exc:
         raise InputError(f"{option}: {path}: {exc.strerror or exc}") from None

@@ -106,7 +106,7 @@ def test_any_options_parse_or_fail_cleanly(monkeypatch, tmp_path_factory, option
 @given(text=st.text(alphabet=st.sampled_from(list("{}[]:,&*!<>|-'\"\n\t #=.0123456789abcmodelnprx\0")), max_size=200),
        suffix=st.sampled_from([".yaml", ".toml"]))
 def test_any_text_loads_or_fails_in_lines_naming_the_file(tmp_path_factory, text, suffix):
-    """Arbitrary text (anchors, aliases, duplicate keys, deep brackets, NUL) never escapes as anything but InputError."""
+    """Arbitrary text (anchors, aliases, duplicate keys, deep brackets, NUL): InputError or a config."""
     path = tmp_path_factory.mktemp("text") / f"c{suffix}"
     path.write_text(text)
     try:

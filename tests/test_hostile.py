@@ -159,8 +159,8 @@ def test_a_full_disk_on_stdout_is_one_line_after_the_file(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(MLP)
     out = tmp_path / "r.json"
-    result = subprocess.run(["bash", "-c", f"{sys.executable} -c {FAKE!r} probe {config} --json -q -o {out} >/dev/full"],
-                            capture_output=True, text=True)
+    shell = f"{sys.executable} -c {FAKE!r} probe {config} --json -q -o {out} >/dev/full"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: cannot write to stdout: No space left on device"]
     assert out.exists()
