@@ -115,10 +115,21 @@ def _follower() -> int | None:
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
     debug = debug or os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
-    rank = _follower()
-    who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
     try:
-        yield
+        rank = _follower()
+    except InputError:
+        rank = None  # torchrun's variables are malformed: the probe says so where it meets its ranks
+    who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
+    streams = sys.stdout, sys.stderr
+    out = _Guarded(sys.stdout)
+    sys.stdout, sys.stderr = out, _Guarded(sys.stderr)
+    try:
+        try:
+            yield
+        except typer.Exit:
+            out.check()
+            raise
+        out.check()
     except BatchfindError as exc:
         if debug:
             raise
@@ -132,6 +143,60 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         typer.echo(f"{who}internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1) from None
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class _Guarded:
+    """A standard stream that cannot end a run: a reader that closed the pipe (`| head`) chose to
+    stop reading, so the rest goes nowhere; a closed stream is an empty sink; characters the
+    encoding lacks (PYTHONIOENCODING=ascii) are replaced. Any other failure to write (a full disk)
+    is kept, and `check` reports it once the files are written."""
+
+    def __init__(self, stream):
+        self._stream = stream if stream is not None else open(os.devnull, "w")
+        self._failed: OSError | None = None
+        self._sunk = stream is None
+
+    def write(self, text: str) -> int:
+        if not self._sunk:
+            try:
+                try:
+                    self._stream.write(text)
+                except UnicodeEncodeError:
+                    encoding = self._stream.encoding or "ascii"
+                    self._stream.write(text.encode(encoding, "replace").decode(encoding))
+            except OSError as exc:
+                self._sink(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._sunk:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._sink(exc)
+
+    def _sink(self, exc: OSError) -> None:
+        self._sunk = True
+        if not isinstance(exc, BrokenPipeError):
+            self._failed = exc
+        try:  # what is still buffered goes nowhere at exit, instead of raising there again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def check(self) -> None:
+        if self._failed is not None:
+            raise BatchfindError(f"cannot write to {str(getattr(self._stream, 'name', 'the output')).strip('<>')}: "
+                                 f"{self._failed.strerror or self._failed}")
+
+    def __getattr__(self, name: str):
+        if name == "buffer":  # writers must come through write(), not around it
+            raise AttributeError(name)
+        return getattr(self._stream, name)
 
 
 @contextmanager
@@ -149,15 +214,34 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_output(path: Path | None, option: str = "--output") -> None:
-    """Fail before a long probe, not after it, when the report cannot be written."""
+def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path | None, ...] = ()) -> None:
+    """Fail before a long probe, not after it, when the report cannot be written, or would be
+    written over one of the files in `keep` (the config being probed, another output)."""
+    from .files import path_problem
+    from .report import replace_target
+
     if path is None:
         return
-    if path.is_dir():
-        raise InputError(f"{option}: {path} is a directory, expected a file path")
-    if not path.parent.resolve().is_dir():
+    problem = path_problem(path)
+    if problem:
+        raise InputError(f"{option}: {problem}")
+    try:
+        if path.is_dir():
+            raise InputError(f"{option}: {path} is a directory, expected a file path")
+        for other in filter(None, keep):
+            if path.absolute() == other.absolute() or path.exists() and other.exists() and path.samefile(other):
+                raise InputError(f"{option}: {path} would overwrite {other}, which this command also uses; "
+                                 "choose another file")
+        target = replace_target(path)
+    except OSError as exc:
+        raise InputError(f"{option}: {path}: {exc.strerror or exc}") from None
+    if target is None:  # a device, a FIFO, /dev/stdout: written in place
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option}: {path} is not writable")
+        return
+    if not target.parent.is_dir():
         raise InputError(f"{option}: folder {path.parent} does not exist")
-    if not os.access(path.parent.resolve(), os.W_OK):
+    if not os.access(target.parent, os.W_OK):
         raise InputError(f"{option}: folder {path.parent} is not writable")
 
 
@@ -201,24 +285,29 @@ def _progress(console, quiet: bool):
 
 
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
-    """The data first (stdout, then the file), the table last: nothing is lost if one step fails."""
+    """The file first, then stdout, then the table: a reader that stops reading, or a stream that
+    cannot take the output, never costs the file; a file that cannot be written costs nothing else."""
     from .render import print_report
     from . import report as reports
 
     text = report.to_json()
-    if as_json:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+    failed = None
     try:
         if output is not None:
             reports.write_atomic(output, text + "\n")
+    except BrokenPipeError:
+        pass  # `-o >(head -c 10)`: its reader chose to stop
     except OSError as exc:
-        raise InputError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        if not as_json:
-            print_report(report, _console())
-        elif not quiet:
-            print_report(report, _console(stderr=True))
+        failed = InputError(f"--output: cannot write {output}: {exc.strerror or exc}")
+    if as_json:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    if not as_json:
+        print_report(report, _console())
+    elif not quiet:
+        print_report(report, _console(stderr=True))
+    if failed is not None:
+        raise failed
 
 
 def _exit_code(report) -> int:
@@ -297,7 +386,7 @@ def probe(
         from .probing import probe as run_probe
         from .report import check_requirements
 
-        _check_output(output)
+        _check_output(output, keep=(config,))
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--fit-steps": fit_steps, "--memory-limit": memory_limit, "--time-budget": time_budget,
@@ -306,7 +395,7 @@ def probe(
             "--headroom": headroom, "--lr-rule": lr_rule.value if lr_rule else None, "--target-batch": target_batch,
             "--noise-scale": noise_scale,
         })
-        _check_output(plot_file, "--plot")
+        _check_output(plot_file, "--plot", keep=(config, output))
         if require_throughput is not None and not (math.isfinite(require_throughput) and require_throughput > 0):
             raise InputError(f"--require-throughput: expected a positive number of samples/s (got {require_throughput})")
         if plot_file is not None:
@@ -399,9 +488,10 @@ def info(as_json: AsJson = False, debug: Debug = False) -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the report."""
-    from .report import json_schema
+    with _errors(False):
+        from .report import json_schema
 
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
 @app.command()
@@ -418,12 +508,13 @@ def compare(
     with _errors(debug):
         from .compare import compare as run_compare
         from .render import print_comparison
-        from .report import load_report
+        from .report import finite, load_report
 
         bound = _fraction(max_regression, "--max-regression")
         result = run_compare(load_report(base), load_report(new), bound)
         if as_json:
-            sys.stdout.write(json.dumps(dataclasses.asdict(result) | {"regressed": result.regressed}, indent=2) + "\n")
+            data = finite(dataclasses.asdict(result) | {"regressed": result.regressed})
+            sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         print_comparison(result, _console(stderr=as_json))
         raise typer.Exit(EXIT_REQUIREMENT if result.regressed else 0)
 
@@ -447,13 +538,13 @@ def init(
 ) -> None:
     """Write a commented config to start from."""
     with _errors(debug):
-        from .report import write_atomic
-        from .templates import TEMPLATES
+        from .report import replace_target, write_atomic
+        from .templates import render
 
-        if path.exists() and not force:
-            raise InputError(f"{path}: exists; pass --force to overwrite it")
         _check_output(path, "PATH")
-        write_atomic(path, TEMPLATES[template.value])
+        if path.exists() and replace_target(path) is not None and not force:  # /dev/stdout clobbers nothing
+            raise InputError(f"{path}: exists; pass --force to overwrite it")
+        write_atomic(path, render(template.value, "toml" if path.suffix.lower() == ".toml" else "yaml"))
         typer.echo(f"wrote {path} ({template.value}); check it with: batchfind validate {path}", err=True)
 
 
@@ -488,7 +579,7 @@ def plot(
         from .plot import plot as draw
         from .report import load_report
 
-        _check_output(output)
+        _check_output(output, keep=(report_file,))
         draw(load_report(report_file), output)
         typer.echo(f"wrote {output}", err=True)
 

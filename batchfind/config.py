@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -22,17 +24,37 @@ from pydantic import (
 )
 
 from .errors import InputError
+from .files import MAX_CONFIG_BYTES, check_shape, path_problem, read_text
 from .sizes import parse_size
 
-FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# \Z, not $: `$` also matches before a final newline, and "cpu\n" is not a device.
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)\Z")
 BUILTIN_MODELS = ("mlp", "cnn", "transformer")
 DATA_KINDS = ("synthetic", "tensors", "imagefolder")
 
 
 class _Section(BaseModel):
-    # Unknown keys are typos until proven otherwise.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos until proven otherwise; NaN and infinity are never meant (and a
+    # report holding them would not be JSON).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments are copied into the report: every float in them must be finite."""
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where}: must be a finite number (got {item})")
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return value
+
+
+FiniteKwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
 
 
 class MLPModel(_Section):
@@ -90,7 +112,7 @@ class FactoryModel(_Section):
     """Any `package.module:callable` returning an nn.Module, called with `kwargs`."""
 
     name: str
-    kwargs: dict[str, Any] = {}
+    kwargs: FiniteKwargs = {}
 
     @field_validator("name")
     @classmethod
@@ -133,10 +155,18 @@ class DataConfig(_Section):
     target_shape: list[PositiveInt] = []
     num_classes: PositiveInt | None = None
     # Keyword arguments for a `module:factory` dataset.
-    kwargs: dict[str, Any] = {}
+    kwargs: FiniteKwargs = {}
     # The DataLoader whose steps are timed for file and factory data (the recommended size).
     workers: NonNegativeInt = 0
     pin_memory: bool | None = None  # default: on for CUDA
+
+    @field_validator("path")
+    @classmethod
+    def _nameable(cls, value: Path | None) -> Path | None:
+        problem = value is not None and path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("kind")
     @classmethod
@@ -183,7 +213,7 @@ class ProbeConfig(_Section):
     fit_steps: Annotated[int, Field(ge=2)] = 2
     # CPU: the worker's RAM cap (default: 80% of available RAM). GPU: none unless given.
     memory_limit: int | None = None
-    # Stop starting new trials after this long; null for no budget.
+    # Stop starting new trials after this long; null (or inf) for no budget.
     time_budget_s: PositiveFloat | None = 600.0
     # A trial (setup and steps) that takes longer is stopped and reported as a timeout.
     trial_timeout_s: PositiveFloat = 300.0
@@ -199,6 +229,12 @@ class ProbeConfig(_Section):
         if not DEVICE.match(value):
             raise ValueError(f"expected auto, cpu, cuda or cuda:N (got {value!r})")
         return value
+
+    @field_validator("time_budget_s", mode="before")
+    @classmethod
+    def _unbounded(cls, value: Any) -> Any:
+        # `--time-budget inf` is the natural way to ask for none; the report says null.
+        return None if isinstance(value, float) and value == math.inf else value
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -282,36 +318,58 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a YAML or TOML config file")
+    text = read_text(path, MAX_CONFIG_BYTES, "a YAML or TOML config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    if path.suffix.lower() == ".toml":
-        import tomllib
-
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: invalid TOML: {exc}") from None
-    else:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
+        raw = _parse_toml(path, text) if path.suffix.lower() == ".toml" else _parse_yaml(path, text)
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to parse") from None
     if raw is None:
         raise InputError(f"{path}: empty config, expected at least a `model` section")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of sections at the top level (got {type(raw).__name__})")
+    check_shape(raw, path)
     return raw
+
+
+def _parse_toml(path: Path, text: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            # PyYAML keeps the last of two equal keys: a second `probe:` would silently drop the
+            # first. Checked before merges (`<<: *base`) are flattened in, which may be overridden.
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class refuses it
+                    continue
+                if duplicate:
+                    mark = key_node.start_mark
+                    raise InputError(f"{path}: duplicate key '{_key(key)}' at line {mark.line + 1}, "
+                                     f"column {mark.column + 1}")
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 _TAGS = {*BUILTIN_MODELS, "factory"}
@@ -336,7 +394,7 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     if kind == "missing":
         return f"{where}: required"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") or kind.endswith(
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number") or kind.endswith(
         ("_type", "_parsing")
     ) or kind == "literal_error":
         message = f"{message} (got {value!r})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,11 @@ def synthetic_spec(cfg: Config) -> SampleSpec:
     )
 
 
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def load_tensors(path: Path) -> TensorDataset:
     """A .pt file holding {inputs, targets} or (inputs, targets), or an .npz with those arrays."""
     _must_be_file(path)
@@ -180,8 +187,15 @@ def load_tensors(path: Path) -> TensorDataset:
                 loaded: Any = {k: torch.from_numpy(npz[k]) for k in npz.files}
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's refusal runs to a dozen lines and suggests weights_only=False, which would run
+        # whatever code the file holds: name what was refused, once.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = found.group(1) if found else "objects that are not tensors"
+        raise InputError(f"data.path: cannot load {path}: it holds {what}; only tensors, numbers and plain "
+                         "containers are loaded (weights_only=True)") from None
     except Exception as exc:
-        raise InputError(f"data.path: cannot load {path}: {type(exc).__name__}: {exc}") from None
+        raise InputError(f"data.path: cannot load {path}: {type(exc).__name__}: {_first_line(exc)}") from None
     if isinstance(loaded, dict):
         missing = {"inputs", "targets"} - loaded.keys()
         if missing:

@@ -22,8 +22,13 @@ from typing import Any
 
 from .errors import BatchfindError, InputError
 
-# torchrun sets these for every process it starts.
+# torchrun sets these for every process it starts. Set together, they mean "join": that is how
+# `torchrun -m batchfind` works, and nothing tells a rank torchrun started from a process that
+# merely inherited them (run from inside a torchrun job). Such a process finds no peers, so the
+# ranks must meet within MEET_S or the probe stops with one line naming the variables.
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# torchrun starts every rank of a job at once, after its own rendezvous: a minute is ample.
+MEET_S = 60.0
 # Keys of a probe live under this prefix in a store torchrun's agent may share.
 PREFIX = "batchfind"
 # How often a waiting driver looks at the store.
@@ -48,10 +53,24 @@ class Topology:
 
 
 def launcher_rank() -> int | None:
-    """This process's rank when torchrun started it, else None."""
-    if all(os.environ.get(var) for var in LAUNCHER_VARS):
-        return int(os.environ["RANK"])
-    return None
+    """This process's rank when torchrun started it (all its variables set), else None."""
+    if not all(os.environ.get(var) for var in LAUNCHER_VARS):
+        return None
+    _launcher_env()
+    return int(os.environ["RANK"])
+
+
+def _launcher_env() -> dict[str, str]:
+    """torchrun's variables, checked: a malformed one is one line, not a C++ trace minutes later."""
+    env = {var: os.environ[var] for var in LAUNCHER_VARS}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        if not env[var].isdigit():
+            raise InputError(f"{var}={env[var]!r}: torchrun's variables are set, but this is not a number; "
+                             f"unset {', '.join(LAUNCHER_VARS)} unless torchrun started batchfind")
+    if int(env["RANK"]) >= int(env["WORLD_SIZE"]):
+        raise InputError(f"RANK={env['RANK']} is not below WORLD_SIZE={env['WORLD_SIZE']}; unset "
+                         f"{', '.join(LAUNCHER_VARS)} unless torchrun started batchfind")
+    return env
 
 
 def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
@@ -59,26 +78,80 @@ def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
     under_torchrun = launcher_rank() is not None
     if not under_torchrun and nproc_per_node is None:
         return None
-    from torch.distributed import TCPStore, rendezvous
-
-    timeout = timedelta(seconds=timeout_s)
     if under_torchrun:
         if nproc_per_node is not None:
             raise InputError("probe.nproc_per_node (--nproc-per-node): not used under torchrun, which starts the "
                              "processes itself; drop it")
-        store, rank, world = next(rendezvous("env://", timeout=timeout))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        return Topology(
-            world_size=world, ranks=[rank], local_ranks=[int(os.environ["LOCAL_RANK"])],
-            local_world_size=local_world, nodes=max(1, world // local_world),
-            addr=os.environ["MASTER_ADDR"], port=int(os.environ["MASTER_PORT"]), launcher="torchrun", store=store,
-        )
-    # Port 0: the system picks a free one; the workers learn it from their setup message.
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        return _join(timeout_s)
+    # The store is for this machine's ranks only: it listens on loopback (c10d's own socket would
+    # listen on every interface). Port 0: the system picks a free one; the store owns the socket.
+    import socket
+
+    from torch.distributed import TCPStore
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    store = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s),
+                     master_listen_fd=listener.detach())
     ranks = list(range(nproc_per_node))
     return Topology(
         world_size=nproc_per_node, ranks=ranks, local_ranks=ranks, local_world_size=nproc_per_node, nodes=1,
-        addr="127.0.0.1", port=store.port, launcher="batchfind", store=store,
+        addr="127.0.0.1", port=port, launcher="batchfind", store=store,
+    )
+
+
+def _wait_listening(addr: str, port: int, deadline: float) -> None:
+    import socket
+
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens there: {exc.strerror or exc}") from None
+        time.sleep(0.5)
+
+
+def _join(timeout_s: float) -> Topology:
+    """Meet the other ranks torchrun started, within MEET_S; one line when they do not come."""
+    from torch.distributed import rendezvous
+
+    env = _launcher_env()
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    where = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    deadline = time.monotonic() + MEET_S
+    # Rank 0 hosts the store unless torchrun's agent does. A client waits for it here: c10d's own
+    # retries would print a C++ stack trace on every attempt.
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
+    try:
+        if not hosts:
+            _wait_listening(env["MASTER_ADDR"], int(env["MASTER_PORT"]), deadline)
+        left = timedelta(seconds=max(1.0, deadline - time.monotonic()))
+        store, _, _ = next(rendezvous("env://", timeout=left))
+        store.set(f"{PREFIX}/meet/rank{rank}", "1")
+        keys = [f"{PREFIX}/meet/rank{r}" for r in range(world)]
+        while not store.check(keys):
+            if time.monotonic() > deadline:
+                missing = [str(r) for r, key in enumerate(keys) if not store.check([key])]
+                raise TimeoutError(f"rank {', '.join(missing)} of {world} did not come")
+            time.sleep(POLL_S)
+        store.set_timeout(timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError, TimeoutError) as exc:  # c10d's store errors are RuntimeErrors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"RANK={rank} WORLD_SIZE={world} MASTER_ADDR:MASTER_PORT={where} are set, so this process joins a "
+            f"torchrun probe, but the ranks did not meet within {MEET_S:g} s ({reason[:200]}); if they were "
+            "inherited from another job, unset them"
+        ) from None
+    given = os.environ.get("LOCAL_WORLD_SIZE", "")
+    local_world = int(given) if given.isdigit() and int(given) > 0 else world
+    return Topology(
+        world_size=world, ranks=[rank], local_ranks=[int(env["LOCAL_RANK"])],
+        local_world_size=local_world, nodes=max(1, world // local_world),
+        addr=env["MASTER_ADDR"], port=int(env["MASTER_PORT"]), launcher="torchrun", store=store,
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import math
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report, atomic_path
+from .report import MEMORY_FAILURES, Report, write_atomic
 
 GiB = 1024**3
 
@@ -22,6 +24,10 @@ def require_matplotlib():
     return plt
 
 
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def plot(report: Report, path: Path) -> None:
     plt = require_matplotlib()
     fitting = {t.batch_size: t for t in report.trials if t.fits}
@@ -32,9 +38,11 @@ def plot(report: Report, path: Path) -> None:
     env = report.environment
     ranks = f" × {report.distributed.world_size} ({report.distributed.strategy})" if report.distributed else ""
     fig.suptitle(f"batchfind · {env.device_name or env.device}{ranks}")
-    top.plot(sizes, [fitting[s].samples_per_s for s in sizes], "o-", color="tab:blue")
+    # A value not measured (null in the report) is a gap in the line, not a crash.
+    top.plot(sizes, [_or_nan(fitting[s].samples_per_s) for s in sizes], "o-", color="tab:blue")
     top.set_ylabel("samples/s")
-    bottom.plot(sizes, [fitting[s].peak_bytes / GiB for s in sizes], "o-", color="tab:green", label="peak memory")
+    bottom.plot(sizes, [_or_nan(fitting[s].peak_bytes) / GiB for s in sizes], "o-", color="tab:green",
+                label="peak memory")
     failed = [t for t in report.trials if t.status in MEMORY_FAILURES]
     if failed:
         bottom.plot([t.batch_size for t in failed], [(t.peak_bytes or 0) / GiB for t in failed],
@@ -53,8 +61,9 @@ def plot(report: Report, path: Path) -> None:
             if size is not None:
                 axis.axvline(size, color=color, linestyle="--", alpha=0.7, label=label if axis is bottom else None)
     bottom.legend(loc="upper left", fontsize="small")
+    image = io.BytesIO()
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(image, dpi=100, format="png")
     finally:
         plt.close(fig)
+    write_atomic(path, image.getvalue())

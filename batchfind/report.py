@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -189,7 +192,19 @@ class Report:
         return {key: data[key] for key in order}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return json.dumps(finite(self.to_dict()), indent=2, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None: JSON has no such numbers, and in a report
+    they can only mean "not measured" (a config cannot hold them; validation refuses them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def check_requirements(
@@ -211,27 +226,92 @@ def check_requirements(
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it when the block succeeds: a reader never
-    sees half a file, and a failure leaves no temporary behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """The path to write `path` through. For a regular file (or a new one): a temporary beside it,
+    renamed onto it when the block succeeds, so a reader never sees half a file and a failure
+    leaves no temporary behind; the file keeps its permissions, and a symbolic link stays a link.
+    For anything else (/dev/null, /dev/stdout, a FIFO, a shell's >(cmd)): `path` itself, written
+    in place, since renaming over it would replace the device or the link."""
+    target = replace_target(path)
+    if target is None:
+        yield Path(path)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a report or config should have
     try:
+        _take_mode(Path(tmp), target)
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+def replace_target(path: Path) -> Path | None:
+    """The regular file an atomic write of `path` renames onto (through symbolic links), or None
+    when `path` must be written in place: it is a device, a FIFO or a socket, or it reaches a file
+    through /proc (/dev/stdout, /dev/fd/N), which is some process's open file, not a name."""
+    kind, hop = _follow(path)
+    if kind != "path":
+        return None
+    try:
+        mode = os.stat(hop).st_mode
+    except FileNotFoundError:
+        return hop
+    return hop if stat.S_ISREG(mode) else None
+
+
+def _follow(path: Path) -> tuple[str, Any]:
+    """Where `path`'s symbolic links lead: ("path", the last one), ("fd", N) for this process's
+    descriptor N (/dev/stdout, /dev/fd/N), or ("proc", None) for another process's."""
+    hop = Path(os.path.abspath(path))
+    mine = f"/proc/{os.getpid()}/fd"
+    for _ in range(40):  # the kernel's own limit on links followed
+        if not hop.is_symlink():
+            break
+        folder = os.path.realpath(hop.parent)
+        if folder == mine and hop.name.isdigit():
+            return "fd", int(hop.name)
+        if folder == "/proc" or folder.startswith("/proc/"):
+            return "proc", None
+        hop = Path(os.path.normpath(os.path.join(folder, os.readlink(hop))))
+    return "path", hop
+
+
+def _take_mode(tmp: Path, target: Path) -> None:
+    """The replacement gets the replaced file's mode (and owner, where allowed); a new file the
+    umask's default, not mkstemp's 0600."""
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        return
+    os.chmod(tmp, stat.S_IMODE(old.st_mode))
+    try:
+        os.chown(tmp, old.st_uid, old.st_gid)
+    except OSError:
+        pass  # only root may give a file away; the mode is kept either way
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """`data` (text as UTF-8) written to `path` as atomic_path says: renamed into place, or in place."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    kind, fd = _follow(path)
+    if kind == "fd":  # /dev/stdout: this process's own descriptor, in turn with what it prints
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    with atomic_path(path) as target:
+        # In place: appended, never truncated: another process's /proc/N/fd/M may be a file holding its output.
+        with open(target, "wb" if target != Path(path) else "ab") as f:
+            f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                os.fsync(f.fileno())  # a pipe or a terminal has nothing to sync
 
 
 def json_schema() -> dict[str, Any]:
@@ -264,18 +344,27 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def _not_json(token: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON does not have (and comparisons would carry).
+    raise ValueError(f"{token} is not a JSON number")
+
+
 def load_report(path: Path) -> Report:
     """A report written by batchfind, validated against the schema; problems name the file and field."""
     from pydantic import TypeAdapter, ValidationError
 
     from .errors import InputError
 
+    from .files import MAX_REPORT_BYTES, check_shape, read_text
+
+    text = read_text(Path(path), MAX_REPORT_BYTES, "a JSON report")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:  # JSONDecodeError, NaN, an integer of thousands of digits
         raise InputError(f"{path}: not a JSON report: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not a JSON report: nested too deeply to parse") from None
+    check_shape(data, Path(path), max_values=None)
     if isinstance(data, dict) and data.get("schema_version") == 1:
         data = _from_v1(data)
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:

@@ -1,6 +1,7 @@
 """Parsing and printing byte sizes (`2GiB`, `512MiB`, `1.5GB`)."""
 
 import re
+from decimal import Decimal
 
 _UNITS = {
     "": 1, "b": 1,
@@ -8,7 +9,9 @@ _UNITS = {
     "t": 1000**4, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
+# The largest limit the kernel's setrlimit takes (a signed 64-bit count of bytes).
+MAX_BYTES = 2**63 - 1
 
 
 def parse_size(text: str | int) -> int:
@@ -16,17 +19,25 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, bool):
         raise ValueError(f"expected a size like 2GiB or 512MiB (got {text!r})")
     if isinstance(text, int):
-        if text <= 0:
-            raise ValueError(f"must be > 0 bytes (got {text})")
-        return text
-    match = _SIZE.match(str(text))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _UNITS:
-        raise ValueError(f"expected a size like 2GiB, 512MiB or 1.5GB (got {text!r})")
-    size = int(float(match.group(1)) * _UNITS[unit])
+        size = text
+    else:
+        match = _SIZE.match(str(text))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _UNITS:
+            raise ValueError(f"expected a size like 2GiB, 512MiB or 1.5GB (got {text!r})")
+        number = match.group(1)
+        # Decimal, not float, and only so many digits: hundreds must give "too large", not an overflow.
+        size = int(Decimal(number) * _UNITS[unit]) if len(number.split(".")[0]) <= 24 else MAX_BYTES + 1
     if size <= 0:
         raise ValueError(f"must be > 0 bytes (got {text!r})")
+    if size > MAX_BYTES:
+        raise ValueError(f"must be at most {MAX_BYTES} bytes (8 EiB) (got {_short(text)})")
     return size
+
+
+def _short(text: str | int) -> str:
+    text = repr(text) if isinstance(text, str) else str(text)
+    return text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
 
 
 def format_size(size: int | None) -> str:

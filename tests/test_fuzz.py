@@ -80,7 +80,9 @@ def fake_probe(config, **_):
 
 
 option_values = st.one_of(st.integers(-5, 1 << 40).map(str), st.sampled_from(["2GiB", "0", "-3", "1e3", "nan", "",
-                                                                                 "cuda:9", "auto", "x"]))
+                                                                                 "cuda:9", "auto", "x", "inf", "-inf",
+                                                                                 "9" * 400, "9" * 400 + "MiB",
+                                                                                 "cpu\n", "1e400"]))
 OPTIONS = ["--device", "--min-batch", "--max-batch", "--steps", "--warmup", "--memory-limit", "--time-budget",
            "--multiple-of", "--tolerance", "--headroom", "--lr-rule", "--target-batch", "--require-batch",
            "--require-throughput", "--require-on"]
@@ -98,3 +100,17 @@ def test_any_options_parse_or_fail_cleanly(monkeypatch, tmp_path_factory, option
     assert result.exit_code in (0, 2, 4), (args, result.exit_code, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
     assert "Traceback" not in result.output
+
+
+@settings(max_examples=int(300 * SCALE), deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("{}[]:,&*!<>|-'\"\n\t #=.0123456789abcmodelnprx\0")), max_size=200),
+       suffix=st.sampled_from([".yaml", ".toml"]))
+def test_any_text_loads_or_fails_in_lines_naming_the_file(tmp_path_factory, text, suffix):
+    """Arbitrary text (anchors, aliases, duplicate keys, deep brackets, NUL): InputError or a config."""
+    path = tmp_path_factory.mktemp("text") / f"c{suffix}"
+    path.write_text(text)
+    try:
+        load_config(path)
+    except InputError as exc:
+        lines = str(exc).splitlines()
+        assert lines and all(line.startswith(str(path)) for line in lines), str(exc)

@@ -13,11 +13,11 @@ from batchfind.worker import SetupFailed
 from conftest import TINY
 
 
-def trap_config(write_config, how, at, extra=", refine: false", more=""):
+def trap_config(write_config, how, at, extra=", refine: false", more="", timeout=20):
     return load_config(write_config(
         f"model: {{name: 'fixtures:Trap', kwargs: {{how: {how}, at: {at}}}}}\n"
         "data: {kind: synthetic, size: 4096, input_shape: [8], num_classes: 4}\n"
-        f"probe: {{warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: 20 {extra}}}\n" + more
+        f"probe: {{warmup_steps: 0, steps: 1, device: cpu, trial_timeout_s: {timeout} {extra}}}\n" + more
     ))
 
 
@@ -60,7 +60,7 @@ def test_failures_at_a_size_end_the_doubling_and_are_reported(write_config, how,
 
 
 def test_a_hung_step_is_stopped_at_the_trial_timeout(write_config):
-    report = probe(trap_config(write_config, "hang", 4, ", trial_timeout_s: 3, refine: false"))
+    report = probe(trap_config(write_config, "hang", 4, timeout=3))
     assert [t.status for t in report.trials] == ["ok", "ok", "timeout", "ok"]
     assert "no result within 3 s" in report.trials[2].error
 

@@ -1,0 +1,411 @@
+"""Hostile and careless use: odd output targets, closed or narrow streams, hostile files, non-finite
+numbers, inherited environments. Each ends in the file written or one line and exit 2, never in a
+lost report, a clobbered file, a hang or an "internal error"."""
+
+import dataclasses
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from batchfind import distributed, probing
+from batchfind.cli import _check_output, app
+from batchfind.config import load_config
+from batchfind.errors import InputError
+from batchfind.files import MAX_DEPTH
+from batchfind.report import Trial, load_report, replace_target, write_atomic
+from test_fuzz import fake_probe
+
+runner = CliRunner()
+TESTS = Path(__file__).parent
+MLP = "model: {name: mlp, in_features: 8, classes: 4}\n"
+EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _one_line(result, *expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(e in lines[0] for e in expected), lines[0]
+    assert "internal error" not in result.output and "Traceback" not in result.output
+
+
+# ---- where a report may be written -------------------------------------------------------
+
+
+def _regular(folder, mode):
+    path = folder / "old.json"
+    path.write_text("old")
+    path.chmod(mode)
+    return path, path
+
+
+def _link(folder, mode):
+    target, _ = _regular(folder, mode)
+    link = folder / "link.json"
+    link.symlink_to(target)
+    return link, target
+
+
+def _new(folder, mode):
+    return folder / "new.json", folder / "new.json"
+
+
+@EXAMPLES
+@given(kind=st.sampled_from([_regular, _link, _new]), mode=st.sampled_from([0o600, 0o640, 0o644, 0o444]),
+       text=st.text(max_size=200))
+def test_files_are_replaced_atomically_keeping_mode_and_links(tmp_path_factory, kind, mode, text):
+    folder = tmp_path_factory.mktemp("out")
+    path, target = kind(folder, mode)
+    existed = target.exists()
+    write_atomic(path, text)
+    assert target.read_bytes().decode("utf-8") == text
+    if existed:
+        assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert path.is_symlink() == (kind is _link)
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == []  # no temporary left
+
+
+@pytest.mark.parametrize("special", ["fifo", "pipe", "devnull"])
+def test_special_targets_are_written_in_place_not_replaced(tmp_path, special):
+    got = []
+    if special == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        reader = threading.Thread(target=lambda: got.append(path.read_bytes()))
+        reader.start()
+    elif special == "pipe":  # what a shell's >(cmd) passes: /dev/fd/N, a pipe
+        read_end, write_end = os.pipe()
+        path = Path(f"/dev/fd/{write_end}")
+    else:
+        path = Path(os.devnull)
+    assert replace_target(path) is None
+    _check_output(path)  # the up-front check lets it through
+    write_atomic(path, '{"a": 1}\n')
+    if special == "fifo":
+        reader.join(timeout=30)
+        assert got == [b'{"a": 1}\n'] and stat.S_ISFIFO(path.stat().st_mode)
+    elif special == "pipe":
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            assert f.read() == b'{"a": 1}\n'
+    else:
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_dev_stdout_goes_through_this_process_own_descriptor(tmp_path):
+    out = tmp_path / "out.txt"
+    code = ("import sys; from batchfind.report import write_atomic; print('before', flush=True); "
+            "write_atomic('/dev/stdout', 'report\\n'); print('after')")
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True)
+    assert out.read_text() == "before\nreport\nafter\n"  # nothing truncated, nothing overwritten
+    assert Path("/dev/stdout").is_symlink()
+
+
+@pytest.mark.parametrize("option", ["-o", "--plot"])
+def test_the_config_being_probed_is_never_an_output(write_config, option, monkeypatch):
+    monkeypatch.setattr(probing, "probe", fake_probe)
+    path = write_config(MLP)
+    before = path.read_text()
+    _one_line(runner.invoke(app, ["probe", str(path), option, str(path)]), "would overwrite", str(path))
+    assert path.read_text() == before
+
+
+def test_plot_never_overwrites_the_report_it_reads(tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    _one_line(runner.invoke(app, ["plot", str(report), "-o", str(report)]), "would overwrite")
+    assert report.read_text() == "{}"
+
+
+# ---- streams the reader closed, or cannot encode -------------------------------------------
+
+# A real process, with the probe replaced by a fake: the streams are the point, not the probe.
+FAKE = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from test_fuzz import fake_probe; "
+        "from batchfind import probing; probing.probe = fake_probe; from batchfind.cli import main; main()")
+
+
+@pytest.mark.parametrize("how", ["head", "closed stdout", "closed stderr", "ascii", "stderr head"])
+def test_the_file_is_written_whatever_happens_to_the_streams(tmp_path, how):
+    config = tmp_path / "c.yaml"
+    config.write_text(MLP)
+    out = tmp_path / "r.json"
+    run = f"{sys.executable} -c {FAKE!r} probe {config} -o {out}"
+    shell = {
+        "head": f"{run} --json | true; exit ${{PIPESTATUS[0]}}",  # the reader is gone before the first write
+        "closed stdout": f"{run} --json >&-",
+        "closed stderr": f"{run} 2>&- >/dev/null",
+        "ascii": f"PYTHONIOENCODING=ascii {run} >/dev/null",  # the table and progress hold non-ASCII
+        "stderr head": f"{run} --json 2>&1 >/dev/null | true; exit ${{PIPESTATUS[0]}}",
+    }[how]
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr and "Traceback" not in result.stderr
+    assert json.loads(out.read_text())["recommendation"]["batch_size"] == 1
+
+
+def test_a_full_disk_on_stdout_is_one_line_after_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(MLP)
+    out = tmp_path / "r.json"
+    shell = f"{sys.executable} -c {FAKE!r} probe {config} --json -q -o {out} >/dev/full"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: cannot write to stdout: No space left on device"]
+    assert out.exists()
+
+
+# ---- numbers JSON does not have ------------------------------------------------------------
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@EXAMPLES
+@given(value=finite_floats, nested=st.booleans())
+def test_any_finite_float_in_the_config_round_trips_through_the_report(tmp_path_factory, value, nested):
+    path = tmp_path_factory.mktemp("f") / "c.yaml"
+    kwargs = {"x": [value]} if nested else {"x": value}
+    path.write_text(yaml.safe_dump({"model": {"name": "fixtures:Trap", "kwargs": kwargs}}))
+    report = fake_probe(load_config(path))
+    assert json.loads(report.to_json())["config"]["model"]["kwargs"] == kwargs
+
+
+@EXAMPLES
+@given(value=st.sampled_from([math.nan, math.inf, -math.inf]),
+       where=st.sampled_from(["model.kwargs", "data.kwargs", "train.lr", "recommend.tolerance"]),
+       suffix=st.sampled_from([".yaml", ".toml"]))
+def test_a_non_finite_float_in_the_config_is_one_line(tmp_path_factory, value, where, suffix):
+    section, key = where.split(".")
+    raw = {"model": {"name": "fixtures:Trap"}}
+    raw.setdefault(section, {})[key] = {"deep": {"x": value}} if key == "kwargs" else value
+    path = tmp_path_factory.mktemp("f") / f"c{suffix}"
+    path.write_text(yaml.safe_dump(raw) if suffix == ".yaml" else _toml(raw))
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    assert len(str(caught.value).splitlines()) == 1
+    assert str(caught.value).startswith(f"{path}: {where}") and "finite" in str(caught.value)
+
+
+def _toml(raw):
+    def value(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    return "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items()) for s, body in raw.items())
+
+
+@EXAMPLES
+@given(budget=st.one_of(st.just("inf"), st.floats(min_value=1e-3, max_value=1e12).map(repr)))
+def test_time_budget_inf_means_none_and_any_budget_serialises(write_config, monkeypatch, budget):
+    monkeypatch.setattr(probing, "probe", fake_probe)
+    result = runner.invoke(app, ["probe", str(write_config(MLP)), "--json", "-q", "--time-budget", budget])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)["config"]["probe"]["time_budget_s"]
+    assert written == (None if budget == "inf" else float(budget))
+
+
+@pytest.mark.parametrize("budget", ["nan", "-inf", "0", "-1"])
+def test_time_budget_that_is_no_duration_is_one_line(write_config, budget):
+    _one_line(runner.invoke(app, ["probe", str(write_config(MLP)), "--time-budget", budget]), "--time-budget")
+
+
+@EXAMPLES
+@given(value=st.floats(allow_nan=True, allow_infinity=True))
+def test_a_report_never_holds_bare_nan(value):
+    report = fake_probe(load_config_text(MLP))
+    trial = Trial(batch_size=1, status="ok", samples_per_s=value, loss=value, peak_bytes=1)
+    text = dataclasses.replace(report, trials=[trial]).to_json()
+    data = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the report"))
+    assert data["trials"][0]["loss"] == (value if math.isfinite(value) else None)
+
+
+def load_config_text(text):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+def test_compare_json_is_json_even_when_a_change_overflows(tmp_path):
+    base, new = fake_probe(load_config_text(MLP)), fake_probe(load_config_text(MLP))
+    paths = []
+    for name, report, speed in (("a", base, 5e-324), ("b", new, 1e308)):
+        trial = Trial(batch_size=1, status="ok", samples_per_s=speed, peak_bytes=1)
+        path = tmp_path / f"{name}.json"
+        path.write_text(dataclasses.replace(report, trials=[trial]).to_json())
+        paths.append(str(path))
+    result = runner.invoke(app, ["compare", *paths, "--json"])
+    assert result.exit_code == 0, result.output
+    changes = json.loads(result.stdout, parse_constant=lambda token: pytest.fail(token))["changes"]
+    assert [c["change"] for c in changes if c["metric"] == "samples/s @ 1"] == [None]
+
+
+def test_a_report_with_nan_tokens_is_not_json(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(fake_probe(load_config_text(MLP)).to_json().replace('"dataset_len": 10', '"dataset_len": NaN'))
+    _one_line(runner.invoke(app, ["compare", str(path), str(path)]), str(path), "NaN is not a JSON number")
+
+
+# ---- files that are not what they claim ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["validate", "/dev/zero"], ["probe", "/dev/zero"],
+                                     ["compare", "/dev/zero", "/dev/zero"], ["plot", "/dev/zero", "-o", "x.png"]])
+def test_endless_files_end_quickly(command):
+    _one_line(runner.invoke(app, command), "/dev/zero: larger than")
+
+
+@EXAMPLES
+@given(depth=st.integers(1, 3000), fmt=st.sampled_from(["yaml", "toml", "json"]))
+def test_any_nesting_depth_loads_or_is_one_line(tmp_path_factory, depth, fmt):
+    folder = tmp_path_factory.mktemp("deep")
+    nested = "[" * depth + "]" * depth
+    if fmt == "json":
+        path = folder / "r.json"
+        path.write_text(nested)
+        with pytest.raises(InputError) as caught:
+            load_report(path)
+    else:
+        path = folder / f"c.{fmt}"
+        path.write_text(MLP + f"data: {{kwargs: {{x: {nested}}}}}\n" if fmt == "yaml"
+                        else f"[model]\nname = 'mlp'\n[data.kwargs]\nx = {nested}\n")
+        if depth + 3 <= MAX_DEPTH:  # the top level, data, kwargs
+            load_config(path)
+            return
+        with pytest.raises(InputError) as caught:
+            load_config(path)
+    assert len(str(caught.value).splitlines()) == 1 and str(caught.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("levels", [3, 9])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_config, levels):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    path = write_config(MLP + "data:\n  kwargs:\n" + "".join(f"    {line}\n" for line in lines))
+    if levels == 3:  # 9 + 81 + 729 values: a config may use aliases
+        assert load_config(path).data.kwargs["a2"][0][0] == ["x"] * 9
+    else:
+        _one_line(runner.invoke(app, ["validate", str(path)]), "YAML aliases")
+
+
+def test_a_yaml_alias_that_holds_itself_is_refused(write_config):
+    _one_line(runner.invoke(app, ["validate", str(write_config(MLP + "data: {kwargs: {a: &a [*a]}}\n"))]),
+              "nested more than")
+
+
+def test_yaml_merge_keys_may_override(write_config):
+    path = write_config("base: &base {name: mlp, hidden: 8}\nmodel: {<<: *base, hidden: 16}\n")
+    with pytest.raises(InputError, match="base: unknown key"):  # the merge itself is fine
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["x" * 300 + ".yaml", "a/" * 2100 + "c.yaml"])
+def test_unnameable_paths_are_one_line(name):
+    _one_line(runner.invoke(app, ["validate", name]))
+    _one_line(runner.invoke(app, ["compare", name, name]))
+    _one_line(runner.invoke(app, ["init", name]))
+    _one_line(runner.invoke(app, ["plot", "r.json", "-o", name]))
+
+
+@pytest.mark.parametrize("path", ["a\\0b.pt", "{}.pt".format("y" * 300)])
+def test_unnameable_data_paths_are_one_line(write_config, path):
+    config = write_config(MLP + f'data: {{kind: tensors, path: "{path}"}}\n')
+    _one_line(runner.invoke(app, ["validate", str(config)]), f"{config}: data.path:")
+
+
+def test_plot_of_a_report_with_a_peak_not_measured(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = fake_probe(load_config_text(MLP))  # its one trial has peak_bytes null
+    assert report.trials[0].peak_bytes is None
+    path = tmp_path / "r.json"
+    path.write_text(report.to_json())
+    result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---- processes and environments ------------------------------------------------------------
+
+
+def test_the_distributed_store_listens_on_loopback_only():
+    import psutil
+
+    topo = distributed.topology(2, 30)
+    listening = [c.laddr for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == topo.port]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+
+
+def test_inherited_torchrun_variables_fail_in_one_line(monkeypatch, write_config):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(distributed, "MEET_S", 1.0)
+    for var, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(var, value)
+    result = runner.invoke(app, ["check", str(write_config(MLP)), "--batch", "1"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "did not meet within 1 s" in lines[0] and "unset them" in lines[0]
+
+
+@pytest.mark.parametrize("var,value", [("RANK", "x"), ("MASTER_PORT", "-1"), ("RANK", "5")])
+def test_malformed_torchrun_variables_fail_in_one_line(monkeypatch, write_config, var, value):
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for name, given in {**env, var: value}.items():
+        monkeypatch.setenv(name, given)
+    result = runner.invoke(app, ["check", str(write_config(MLP)), "--batch", "1"])
+    assert result.exit_code == 2 and f"{var}=" in result.stderr and "unset" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
+    import resource
+
+    from batchfind.session import setup_failure
+
+    assert setup_failure(SystemError("error return without exception set"))["status"] == "error"  # no cap
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (200 << 20, 200 << 20))
+    failure = setup_failure(SystemError("error return without exception set"))
+    assert failure["status"] == "oom" and "too little for Python and torch" in failure["error"]
+    assert setup_failure(ImportError("libx.so: failed to map segment from shared object"))["status"] == "oom"
+    assert setup_failure(ValueError("a bug"))["status"] == "error"
+
+
+# ---- templates ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["mlp", "cnn", "gpt", "custom"])
+def test_init_writes_the_format_its_suffix_names_and_both_say_the_same(tmp_path, template):
+    import tomllib
+
+    configs = {}
+    for fmt, parse in (("yaml", yaml.safe_load), ("toml", tomllib.loads)):
+        path = tmp_path / f"c.{fmt}"
+        assert runner.invoke(app, ["init", str(path), "--template", template]).exit_code == 0
+        text = path.read_text()
+        assert isinstance(parse(text), dict) and text.count("# ") > 10  # the format named, commented
+        configs[fmt] = load_config(path)
+        # Set for one process it would only make every probe warn that it was not used.
+        assert "strategy" not in configs[fmt].probe.model_fields_set
+    assert configs["yaml"].model_dump() == configs["toml"].model_dump()
