@@ -29,6 +29,7 @@ _OOM_FRAGMENTS = (
     "could not create a primitive",  # oneDNN when its scratch allocation fails under a cap
     "std::bad_alloc",
     "Cannot allocate memory",
+    "Thread creation failed",  # libgomp, when a cap leaves no room for its threads' stacks
 )
 
 
