@@ -114,6 +114,9 @@ def _follower() -> int | None:
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
     debug = debug or os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
+    saved = os.environ.get("BATCHFIND_DEBUG")
+    if debug:
+        os.environ["BATCHFIND_DEBUG"] = "1"  # workers then send their own tracebacks too
     rank = _follower()
     who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
     try:
@@ -131,6 +134,11 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         typer.echo(f"{who}internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1) from None
+    finally:  # a caller in the same process (tests, notebooks) keeps its own setting
+        if saved is None:
+            os.environ.pop("BATCHFIND_DEBUG", None)
+        else:
+            os.environ["BATCHFIND_DEBUG"] = saved
 
 
 @contextmanager
