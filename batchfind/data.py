@@ -54,15 +54,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def leading_size(batch: Any) -> int | None:
-    """Samples in a batch: the leading dimension of its first tensor."""
-    for leaf in _leaves(batch):
-        if isinstance(leaf, torch.Tensor) and leaf.dim():
-            return leaf.shape[0]
-    return None
-
-
-def describe(batch: Any) -> str:
+def describe_batch(batch: Any) -> str:
     """Shapes and dtypes of a batch for error messages: `inputs (1, 8) torch.float32, targets ...`
     for a pair, `{input_ids: (1, 16) torch.int64, ...}` for anything else."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
@@ -79,17 +71,6 @@ def _structure(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_structure(v) for v in value) + ")"
     return type(value).__name__
-
-
-def _leaves(value: Any):
-    if isinstance(value, Mapping):
-        for v in value.values():
-            yield from _leaves(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _leaves(v)
-    else:
-        yield value
 
 
 class Batches:

@@ -11,7 +11,7 @@ import torch
 
 from . import devices, parallel
 from .config import Config
-from .data import IGNORE_INDEX, Batches, build_batches, describe, leading_size
+from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError
 from .measure import gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
@@ -110,9 +110,6 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
     """One sample through the step without training, so data that does not fit the model is an
     input error, not a trial error."""
     batch = batches.batch(1)
-    size = leading_size(batch)
-    if size not in (1, None):
-        raise InputError(f"data: a batch of 1 item has {size} rows ({describe(batch)}): items must be single samples")
     train = config.train
     step = make_step(model, train, device)
     model.eval()
@@ -125,7 +122,7 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             raise
         via = f" through train.step {train.step}" if train.step else ""
         raise InputError(
-            f"data and model do not fit together: {describe(batch)} into {config.model.name}{via}: {one_line(exc)}"
+            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: {one_line(exc)}"
         ) from None
     finally:
         model.train()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from batchfind.cli import app
 from batchfind.config import load_config
-from batchfind.data import build_batches, collate, leading_size, to_device
+from batchfind.data import build_batches, collate, to_device
 from batchfind.errors import InputError
 from batchfind.measure import gradient_sq_norms, measure, measure_loader
 from batchfind.models import build_model, instantiate
@@ -86,12 +86,11 @@ def probe(write_config, text: str, *args: str):
 # ---- batches of any structure -------------------------------------------------------------
 
 
-def test_nested_batches_move_and_size_by_their_leading_dimension():
+def test_nested_batches_move_to_the_device_keeping_their_structure():
     batch = {"a": torch.zeros(3, 2), "pair": (torch.ones(3), [torch.zeros(3, 1)]), "text": ["x"] * 3}
     moved = to_device(batch, torch.device("meta"))
     assert moved["a"].device.type == "meta" and moved["pair"][1][0].device.type == "meta"
     assert moved["text"] == ["x"] * 3 and isinstance(moved["pair"], tuple) and isinstance(moved["pair"][1], list)
-    assert leading_size(batch) == 3 and leading_size(["no tensor"]) is None
 
 
 def test_dict_items_collate_to_tensors_padding_labels_with_the_ignore_index():
