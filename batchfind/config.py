@@ -242,6 +242,8 @@ class TrainConfig(_Section):
                 raise ValueError(f"lr ({self.lr}) and optimizer_kwargs.lr ({lr}) differ; set it once")
             if isinstance(lr, (int, float)) and lr > 0:
                 self.lr = float(lr)  # the learning rate the advice scales
+        elif not builtin and "lr" in self.model_fields_set:
+            self.optimizer_kwargs = {**self.optimizer_kwargs, "lr": self.lr}
         if self.step is not None and self.precision != "fp32":
             raise ValueError("train.step owns its precision: use torch.autocast inside it, not train.precision")
         return self

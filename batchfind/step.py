@@ -288,5 +288,5 @@ def make_step(model: nn.Module, train: TrainConfig, device: torch.device) -> Ste
     if is_lightning(model):
         return LightningStep(model, train, device)
     if is_lightning(getattr(model, "module", None)):
-        raise InputError("model.name: a LightningModule under DDP: its training_step would bypass the wrapper; use strategy fsdp")
+        raise InputError("model.name: a LightningModule is not probed under DDP: its training_step would bypass the wrapper")
     return Step(model, train, device)

@@ -3,6 +3,7 @@ downloads), dict batches and datasets, two-input models, a loss, an optimizer an
 own, a LightningModule; and the errors when a model and its data do not go together."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from batchfind.session import check_fit
 from batchfind.step import CustomStep, LightningStep, Step, make_step
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).parent.parent
 PROBE = "probe: {device: cpu, warmup_steps: 0, steps: 1, max_batch: 4, refine: false}\n"
 
 BERT = """
@@ -199,12 +201,18 @@ train: {loss: 'zoo:info_nce'}
     assert trains(make_step(model, cfg.train, CPU), batch, model) == pytest.approx(expected, rel=1e-5)
 
 
-def test_optimizers_of_your_own_are_built_with_their_arguments(built):
+def test_optimizers_of_your_own_are_built_with_their_arguments(built, write_config):
     cfg, model, _ = built(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', optimizer_kwargs: {lr: 0.05, lr_decay: 0.1}}")
     step = make_step(model, cfg.train, CPU)
     (optimizer,) = step.optimizers
     assert isinstance(optimizer, torch.optim.Adagrad) and optimizer.defaults["lr_decay"] == 0.1
     assert cfg.train.lr == 0.05  # the learning rate that lr scaling starts from
+    cfg = load_config(write_config(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', lr: 0.02}"))
+    assert cfg.train.optimizer_kwargs == {"lr": 0.02}
+    with pytest.raises(InputError, match=r"train: lr \(0.02\) and optimizer_kwargs.lr \(0.05\) differ"):
+        load_config(write_config(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', lr: 0.02, optimizer_kwargs: {lr: 0.05}}"))
+    with pytest.raises(InputError, match="optimizer_kwargs and optimizer_takes are for a package.module:factory optimizer"):
+        load_config(write_config(MLP_PAIRS + "train: {optimizer: adam, optimizer_kwargs: {lr: 0.05}}"))
     cfg, model, batches = built(MLP_PAIRS + "train: {optimizer: 'zoo:grouped_adamw', optimizer_takes: model, optimizer_kwargs: {lr: 0.01}}")
     step = make_step(model, cfg.train, CPU)
     assert [g["weight_decay"] for g in step.optimizers[0].param_groups] == [0.01, 0.0]
@@ -260,8 +268,10 @@ def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
         (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (1, 12) torch.int64"),
         ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
          "data and model do not fit together: batch {input_ids: (1, 8) torch.int64, attention_mask: (1, 8) torch.int64, labels: (1, 8) torch.int64} into mlp"),
+        ("model: {name: mlp}\ndata: {kind: 'zoo:Tokens', kwargs: {vocab: 0}}\n", "data: item 0 of the Tokens dataset raised RuntimeError"),
     ],
-    ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected"],
+    ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected",
+         "a dataset that raises"],
 )
 def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_config, text, message):
     if "transformers" in text:
@@ -271,6 +281,24 @@ def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_c
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data: {inputs: {ids: {shape: [4], dtype: int64}}}", "data.inputs.ids: an int64 input needs `high`"),
+        ("data: {inputs: {ids: {dtype: int64, low: 5, high: 5}}}", "data.inputs.ids: high (5) must be > low (5)"),
+        ("data: {kind: 'zoo:Tokens', inputs: {a: {}}}", "data: data.inputs describes synthetic data; data.kind is zoo:Tokens"),
+        ("train: {step: 'zoo:clipped_step', precision: bf16}", "train: train.step owns its precision"),
+        ("train: {step: clipped_step}", "train.step: expected package.module:function (got 'clipped_step')"),
+        ("train: {loss: hinge}", "train.loss: must be 'cross_entropy' or 'mse', or package.module:function (got 'hinge')"),
+        ("train: {call: kwargs}", "train.call: must be 'auto', 'positional' or 'single'"),
+    ],
+)
+def test_new_fields_are_checked_when_the_config_is_read(write_config, text, message):
+    with pytest.raises(InputError) as info:
+        load_config(write_config("model: {name: mlp}\n" + text))
+    assert message in str(info.value)
+
+
 def test_debug_shows_the_workers_own_traceback(write_config):
     config = write_config("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens'}\nprobe: {device: cpu}\n")
     result = CliRunner().invoke(app, ["probe", str(config), "--debug"])
@@ -278,6 +306,14 @@ def test_debug_shows_the_workers_own_traceback(write_config):
     message = str(result.exception)
     assert message.startswith("data and model do not fit together") and "Traceback (most recent call last)" in message
     assert "batchfind/session.py" in message and "in check_fit" in message
+
+
+def test_the_readme_examples_build_and_fit(built, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    for name in ("hf-bert.yaml", "mixup.yaml"):
+        cfg, model, batches = built((ROOT / "examples" / name).read_text())
+        check_fit(model, batches, cfg, CPU)
 
 
 def test_vision_libraries_where_they_import(built):
