@@ -106,8 +106,6 @@ def _kind(output: Any) -> str:
 
 def scalar(value: Any, source: str) -> torch.Tensor:
     """The loss as a one-element tensor; anything else is the source's mistake."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value))
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise InputError(f"{source} returned {what}, expected the loss (a tensor with one element)")
@@ -254,11 +252,14 @@ class CustomStep:
 
     def __call__(self, batch: Any) -> torch.Tensor:
         self.stage = "train.step"
-        return scalar(self.fn(self.model, batch, self.optimizer), f"train.step {self.train.step}").detach()
+        return self._run(batch, self.optimizer).detach()
 
     def gradients(self, batch: Any) -> None:
         # The user's step runs as written, but its optimizer neither updates nor clears gradients.
-        self.fn(self.model, batch, _Frozen(self.optimizer))
+        self._run(batch, _Frozen(self.optimizer))
+
+    def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
+        return scalar(self.fn(self.model, batch, optimizer), f"train.step {self.train.step}")
 
     def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
         """The whole step without its update (it may not run under no_grad: it calls backward)."""

@@ -234,6 +234,12 @@ def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_a_step_that_returns_no_loss_is_bad_input(built):
+    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:forgets_the_loss'}\n")
+    with pytest.raises(InputError, match="train.step zoo:forgets_the_loss returned NoneType, expected the loss"):
+        check_fit(model, batches, cfg, CPU)
+
+
 def test_custom_step_probe_with_noise_scale(write_config):
     code, out, err = probe(write_config, MLP_PAIRS + "train: {step: 'zoo:clipped_step'}\nrecommend: {noise_scale: true}\n" + PROBE)
     assert code == 0, err

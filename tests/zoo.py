@@ -65,6 +65,10 @@ def clipped_step(model, batch, optimizer):
     return loss
 
 
+def forgets_the_loss(model, batch, optimizer):
+    clipped_step(model, batch, optimizer)
+
+
 def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01):
     """A LightningModule (defined here so this file imports without Lightning)."""
     import lightning as L
