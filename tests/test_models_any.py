@@ -322,12 +322,18 @@ def test_the_readme_examples_build_and_fit(built, monkeypatch):
         check_fit(model, batches, cfg, CPU)
 
 
-def test_vision_libraries_where_they_import(built):
+@pytest.mark.parametrize(
+    "library, model",
+    [
+        ("torchvision", "{name: 'torchvision.models:resnet18', kwargs: {num_classes: 4}}"),
+        ("timm", "{name: 'timm:create_model', kwargs: {model_name: resnet18, pretrained: false, num_classes: 4}}"),
+    ],
+)
+def test_vision_libraries_where_they_import(built, library, model):
     try:
-        import torchvision  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails in many ways
-        pytest.skip(f"torchvision does not import beside this torch: {type(exc).__name__}: {exc}")
-    cfg, model, batches = built("model: {name: 'torchvision.models:resnet18', kwargs: {num_classes: 4}}\n"
-                                "data: {input_shape: [3, 32, 32], num_classes: 4, size: 16}\n")
+        __import__(library)
+    except Exception as exc:  # noqa: BLE001 - a build for another torch fails in many ways
+        pytest.skip(f"{library} does not import beside this torch: {type(exc).__name__}: {exc}")
+    cfg, model, batches = built(f"model: {model}\ndata: {{input_shape: [3, 32, 32], num_classes: 4, size: 16}}\n")
     check_fit(model, batches, cfg, CPU)
     trains(make_step(model, cfg.train, CPU), batches.batch(2), model)
