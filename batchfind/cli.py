@@ -115,6 +115,9 @@ def _follower() -> int | None:
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
     debug = debug or os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
+    saved = os.environ.get("BATCHFIND_DEBUG")
+    if debug:
+        os.environ["BATCHFIND_DEBUG"] = "1"  # workers then send their own tracebacks too
     try:
         rank = _follower()
     except InputError:
@@ -145,6 +148,10 @@ def _errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
     finally:
         sys.stdout, sys.stderr = streams
+        if saved is None:  # a caller in the same process (tests, notebooks) keeps its own setting
+            os.environ.pop("BATCHFIND_DEBUG", None)
+        else:
+            os.environ["BATCHFIND_DEBUG"] = saved
 
 
 class _Guarded:

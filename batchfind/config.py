@@ -32,6 +32,8 @@ FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)\Z")
 BUILTIN_MODELS = ("mlp", "cnn", "transformer")
 DATA_KINDS = ("synthetic", "tensors", "imagefolder")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+LOSSES = ("cross_entropy", "mse")
 
 
 class _Section(BaseModel):
@@ -140,6 +142,23 @@ ModelConfig = Annotated[
 ]
 
 
+class InputSpec(_Section):
+    """One named synthetic input: its shape per sample, dtype and, for integers, the range [low, high)."""
+
+    shape: list[PositiveInt] = []
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
+    low: int = 0
+    high: int | None = None
+
+    @model_validator(mode="after")
+    def _integer_range(self) -> "InputSpec":
+        if self.dtype.startswith("int") and self.high is None:
+            raise ValueError(f"an {self.dtype} input needs `high` (values are drawn from [low, high))")
+        if self.high is not None and self.high <= self.low:
+            raise ValueError(f"high ({self.high}) must be > low ({self.low})")
+        return self
+
+
 class DataConfig(_Section):
     kind: str = "synthetic"
     # Samples in one epoch for synthetic data; the dataset's length otherwise.
@@ -154,6 +173,8 @@ class DataConfig(_Section):
     vocab_size: PositiveInt | None = None
     target_shape: list[PositiveInt] = []
     num_classes: PositiveInt | None = None
+    # Synthetic named inputs: batches are dicts of these (with the model's labels among them).
+    inputs: dict[str, InputSpec] | None = None
     # Keyword arguments for a `module:factory` dataset.
     kwargs: FiniteKwargs = {}
     # The DataLoader whose steps are timed for file and factory data (the recommended size).
@@ -181,18 +202,85 @@ class DataConfig(_Section):
     def _needs_path(self) -> "DataConfig":
         if self.kind in ("tensors", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind} needs data.path")
+        if self.inputs is not None:
+            if self.kind != "synthetic":
+                raise ValueError(f"data.inputs describes synthetic data; data.kind is {self.kind}")
+            if not self.inputs:
+                raise ValueError("data.inputs: name at least one input")
+            if self.input_shape is not None:
+                raise ValueError("data.inputs and data.input_shape describe the same thing; keep one")
         return self
 
 
+def _builtin_or_factory(value: str, builtins: tuple[str, ...], what: str) -> str:
+    if value not in builtins and not FACTORY.match(value):
+        names = ", ".join(repr(b) for b in builtins[:-1]) + f" or {builtins[-1]!r}"
+        raise ValueError(f"must be {names}, or package.module:{what} (got {value!r})")
+    return value
+
+
 class TrainConfig(_Section):
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    # A builtin name, or package.module:factory called with the parameters (or the model) and
+    # `optimizer_kwargs`.
+    optimizer: str = "sgd"
+    optimizer_kwargs: dict[str, Any] = {}
+    optimizer_takes: Literal["parameters", "model"] = "parameters"
     lr: PositiveFloat = 0.1
     weight_decay: NonNegativeFloat = 0.0
     momentum: NonNegativeFloat = 0.9
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    # A builtin name, or package.module:function(output, target) returning the loss. A model
+    # output that carries its own `loss` is used as it is.
+    loss: str = "cross_entropy"
+    # The field of the model's output the loss scores (`logits`, or an index into a tuple).
+    output: str | int | None = None
+    # The key holding the target in dict batches (the rest go to the model); none: the whole dict.
+    target: str | None = None
+    # How inputs reach the model. auto: a tensor as model(x), a tuple as model(*x), a dict as
+    # model(**x); positional: a dict's values as model(*values); single: model(inputs) always.
+    call: Literal["auto", "positional", "single"] = "auto"
+    # package.module:function(model, batch, optimizer) -> loss: the whole step, replacing ours.
+    step: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # The batch size `lr` was tuned for; with it, every batch size gets its scaled learning rate.
     reference_batch: PositiveInt | None = None
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        return _builtin_or_factory(value, OPTIMIZERS, "factory")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, value: str) -> str:
+        return _builtin_or_factory(value, LOSSES, "function")
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, value: str | None) -> str | None:
+        if value is not None and not FACTORY.match(value):
+            raise ValueError(f"expected package.module:function (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        builtin = self.optimizer in OPTIMIZERS
+        if builtin and (self.optimizer_kwargs or self.optimizer_takes != "parameters"):
+            raise ValueError("optimizer_kwargs and optimizer_takes are for a package.module:factory optimizer")
+        if not builtin and "lr" in self.optimizer_kwargs:
+            lr = self.optimizer_kwargs["lr"]
+            if "lr" in self.model_fields_set and lr != self.lr:
+                raise ValueError(f"lr ({self.lr}) and optimizer_kwargs.lr ({lr}) differ; set it once")
+            if isinstance(lr, (int, float)) and lr > 0:
+                self.lr = float(lr)  # the learning rate the advice scales
+        elif not builtin and "lr" in self.model_fields_set:
+            self.optimizer_kwargs = {**self.optimizer_kwargs, "lr": self.lr}
+        if self.step is not None and self.precision != "fp32":
+            raise ValueError("train.step owns its precision: use torch.autocast inside it, not train.precision")
+        return self
+
+    @property
+    def builtin_loss(self) -> bool:
+        return self.loss in LOSSES
 
 
 class ProbeConfig(_Section):

@@ -1,9 +1,14 @@
-"""Datasets (synthetic, tensors, imagefolder, `module:factory`) and real batches of a given size."""
+"""Datasets (synthetic, tensors, imagefolder, `module:factory`) and real batches of a given size.
+
+A batch is opaque to the rest of batchfind: a tensor, a tuple or list, a dict, or nested mixes of
+these, moved to the device by `to_device`; only the step (step.py) looks inside one.
+"""
 
 from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +17,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from .config import CNNModel, Config, MLPModel, TransformerModel
+from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
 from .errors import InputError
 from .models import call_factory
 
@@ -35,6 +40,41 @@ class SampleSpec:
     num_classes: int | None  # None: float targets (regression)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int64": torch.long, "int32": torch.int32, "bool": torch.bool}
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """The batch with every tensor in it on `device`, its structure kept."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        # Mapping types such as transformers' BatchEncoding are rebuilt as plain dicts: model(**batch) takes both.
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def describe_batch(batch: Any) -> str:
+    """Shapes and dtypes of a batch for error messages: `inputs (1, 8) torch.float32, targets ...`
+    for a pair, `{input_ids: (1, 16) torch.int64, ...}` for anything else."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        x, y = batch
+        return f"inputs {tuple(x.shape)} {x.dtype}, targets {tuple(y.shape)} {y.dtype}"
+    return "batch " + _structure(batch)
+
+
+def _structure(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {value.dtype}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_structure(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_structure(v) for v in value) + ")"
+    return type(value).__name__
+
+
 class Batches:
     """Real batches of any size from one dataset, plus its length for steps per epoch.
 
@@ -42,7 +82,8 @@ class Batches:
     the worst case a training run can meet, so a size that fits here fits every batch.
     """
 
-    def __init__(self, dataset: Dataset | None, spec: SampleSpec | None, length: int, device: torch.device):
+    def __init__(self, dataset: Dataset | None, spec: SampleSpec | dict[str, InputSpec] | None, length: int,
+                 device: torch.device):
         self.dataset, self.spec, self.length, self.device = dataset, spec, length, device
         self.describe = "synthetic" if dataset is None else type(dataset).__name__
         self.order: list[int] | None = None
@@ -53,7 +94,7 @@ class Batches:
     def __len__(self) -> int:
         return self.length
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, size: int) -> Any:
         if self.spec is not None:
             return self._synthetic(size)
         # The same items every trial (the longest first when lengths vary), so sizes compare fairly.
@@ -61,14 +102,14 @@ class Batches:
             indices: Any = range(size)
         else:  # the scanned items, longest first, then unscanned ones in order
             indices = self.order[:size] + list(range(len(self.order), size))
-        return self._collate([self.dataset[i] for i in indices])
+        return self._collate([self._item(i) for i in indices])
 
-    def sample(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, size: int) -> Any:
         """A batch of random items (new random data when synthetic): independent draws."""
         if self.spec is not None:
             return self._synthetic(size)
         indices = torch.randint(0, self.length, (size,)).tolist()
-        return self._collate([self.dataset[i] for i in indices])
+        return self._collate([self._item(i) for i in indices])
 
     def loader(self, size: int, workers: int, pin_memory: bool | None) -> DataLoader:
         """The DataLoader a training run would use: shuffled, full batches only."""
@@ -77,23 +118,30 @@ class Batches:
         return DataLoader(
             self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
-            collate_fn=default_collate if self.lengths is None else pad_collate,
+            collate_fn=collate if self.lengths is None else pad_collate,
         )
 
-    def _collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = default_collate(items) if self.lengths is None else pad_collate(items)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _collate(self, items: list) -> Any:
+        return to_device(collate(items) if self.lengths is None else pad_collate(items), self.device)
+
+    def _item(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # the user's dataset: a failure is bad input, in one line
+            raise InputError(f"data: item {index} of the {self.describe} dataset raised {type(exc).__name__}: {exc}") from None
 
     def _scan_lengths(self) -> None:
         scanned = min(self.length, SCAN_LIMIT)
-        sizes = [_length(self.dataset[i][0]) for i in range(scanned)]
+        sizes = [_item_length(self._item(i)) for i in range(scanned)]
         if None in sizes or len(set(sizes)) <= 1:
             return
         self.order = sorted(range(scanned), key=lambda i: -sizes[i])
         self.lengths = {"longest": max(sizes), "shortest": min(sizes), "scanned": scanned, "total": self.length}
 
-    def _synthetic(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _synthetic(self, size: int) -> Any:
         s, dev = self.spec, self.device
+        if isinstance(s, dict):
+            return {name: _random(size, spec, dev) for name, spec in s.items()}
         if s.input_high is None:
             x = torch.randn(size, *s.input_shape, device=dev, dtype=s.input_dtype)
         else:
@@ -105,14 +153,52 @@ class Batches:
         return x, y
 
 
+def _random(size: int, spec: InputSpec, device: torch.device) -> torch.Tensor:
+    shape, dtype = (size, *spec.shape), DTYPES[spec.dtype]
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=device, dtype=dtype)
+    high = 2 if dtype == torch.bool and spec.high is None else spec.high
+    return torch.randint(spec.low, high, shape, device=device).to(dtype)
+
+
 def _length(value: Any) -> int | None:
     if isinstance(value, torch.Tensor):
         return value.shape[0] if value.dim() else None
     return len(value) if isinstance(value, (list, tuple)) else None
 
 
-def pad_collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _item_length(item: Any) -> int | None:
+    """An item's length: its input's for an (input, target) pair, its longest field's for a dict."""
+    if isinstance(item, Mapping):
+        return max((n for n in map(_length, item.values()) if n is not None), default=None)
+    return _length(item[0]) if isinstance(item, (tuple, list)) else None
+
+
+def collate(items: list) -> Any:
+    """default_collate, except that dict items (a tokenizer's output) make a dict of tensors, their
+    lists of numbers included; fields of varying length are padded as in `pad_collate`."""
+    if not isinstance(items[0], Mapping):
+        return default_collate(items)
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], Mapping):
+            out[key] = collate(values)
+        elif isinstance(values[0], (str, bytes)):
+            out[key] = values
+        else:
+            tensors = [torch.as_tensor(v) for v in values]
+            if all(t.shape == tensors[0].shape for t in tensors):
+                out[key] = torch.stack(tensors)
+            else:  # Hugging Face's convention: `labels` padding is ignored by the loss
+                out[key] = pad_sequence(tensors, batch_first=True, padding_value=IGNORE_INDEX if key == "labels" else 0)
+    return out
+
+
+def pad_collate(items: list) -> Any:
     """Pad inputs with 0 to the longest; per-position targets with IGNORE_INDEX."""
+    if isinstance(items[0], Mapping):
+        return collate(items)
     inputs = [torch.as_tensor(x) for x, _ in items]
     targets = [torch.as_tensor(y) for _, y in items]
     x = pad_sequence(inputs, batch_first=True, padding_value=0)
@@ -144,9 +230,12 @@ def build_batches(cfg: Config, device: torch.device) -> Batches:
     return Batches(dataset, None, length, device)
 
 
-def synthetic_spec(cfg: Config) -> SampleSpec:
+def synthetic_spec(cfg: Config) -> SampleSpec | dict[str, InputSpec]:
     model, data = cfg.model, cfg.data
-    regression = cfg.train.loss == "mse"
+    if data.inputs is not None:
+        return data.inputs
+    # A loss of your own scores float targets unless classes are given.
+    regression = cfg.train.loss == "mse" or (not cfg.train.builtin_loss and data.num_classes is None)
     if isinstance(model, MLPModel):
         return SampleSpec((model.in_features,), torch.float32, None, (), None if regression else model.classes)
     if isinstance(model, CNNModel):
@@ -156,7 +245,7 @@ def synthetic_spec(cfg: Config) -> SampleSpec:
         # Next-token prediction: every position has a target token.
         return SampleSpec((model.seq_len,), torch.long, model.vocab_size, (model.seq_len,), model.vocab_size)
     if data.input_shape is None:
-        raise InputError("data.input_shape: required for synthetic data with a factory model")
+        raise InputError("data.input_shape: required for synthetic data with a factory model (or data.inputs)")
     integer = data.input_dtype == "int64"
     if integer and data.vocab_size is None:
         raise InputError("data.vocab_size: required when data.input_dtype is int64")

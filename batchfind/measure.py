@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import devices
-from .config import TrainConfig
-from .step import autocast, compute_loss
+from .data import to_device
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -53,8 +52,8 @@ class StepPlan:
 
 
 def measure(
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    step: Callable[[Any], torch.Tensor],
+    batch: Callable[[int], Any],
     batch_size: int,
     plan: StepPlan,
     *,
@@ -69,11 +68,11 @@ def measure(
     `on_step(done, planned)` is told after each step, warm-up included (`planned` is the least
     number of steps the plan runs)."""
     devices.reset_peak(device)
-    x, y = batch(batch_size)
+    b = batch(batch_size)
     planned = plan.warmup + plan.min_steps
     losses = []
     for i in range(plan.warmup):
-        losses.append(step(x, y))
+        losses.append(step(b))
         if on_step:
             on_step(i + 1, planned)
     devices.sync(device)
@@ -83,7 +82,7 @@ def measure(
         # Synchronize before each clock read so queued GPU work is counted in its own step.
         devices.sync(device)
         start = time.perf_counter()
-        losses.append(step(x, y))
+        losses.append(step(b))
         devices.sync(device)
         times_ms.append((time.perf_counter() - start) * 1000)
         if on_step:
@@ -92,7 +91,7 @@ def measure(
     peak, peak_allocated = devices.read_peak(device)
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
-    del x, y, losses
+    del b, losses
     stats = step_stats(times_ms)
     median_s = stats["median"] / 1000
     return {
@@ -114,21 +113,18 @@ def measure(
 
 def gradient_sq_norms(
     model: torch.nn.Module,
-    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    sample: Callable[[int], Any],
     batch_size: int,
     count: int,
-    train: TrainConfig,
-    device: torch.device,
+    gradients: Callable[[Any], None],
 ) -> list[float]:
     """|g|² of the mean-loss gradient on `count` independent batches, without stepping the optimizer."""
     norms = []
     params = [p for p in model.parameters() if p.requires_grad]
     for _ in range(count):
-        x, y = sample(batch_size)
+        b = sample(batch_size)
         model.zero_grad(set_to_none=True)
-        with autocast(device, train.precision):
-            loss = compute_loss(model(x), y, train.loss)
-        loss.backward()
+        gradients(b)
         norms.append(_sq_norm([p.grad for p in params if p.grad is not None]))
     model.zero_grad(set_to_none=True)
     return norms
@@ -148,7 +144,7 @@ def _sq_norm(grads: list[torch.Tensor]) -> float:
 
 
 def measure_loader(
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step: Callable[[Any], torch.Tensor],
     loader: DataLoader,
     batch_size: int,
     *,
@@ -163,10 +159,9 @@ def measure_loader(
     for i in range(warmup + steps):
         devices.sync(device)
         start = time.perf_counter()
-        x, y = next(batches)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        b = to_device(next(batches), device)
         fetched = time.perf_counter()
-        step(x, y)
+        step(b)
         devices.sync(device)
         if i >= warmup:
             total_ms.append((time.perf_counter() - start) * 1000)

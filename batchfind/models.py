@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import torch
@@ -26,23 +27,69 @@ def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> n
     return model
 
 
-def call_factory(spec: str, kwargs: dict[str, Any], field: str) -> Any:
-    """Import `package.module:attr` and call it; failures name the config field."""
-    module_name, _, attr = spec.partition(":")
+def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwargs_field: str | None = None) -> Any:
+    """Import `package.module:attr` and call it with `args` and `kwargs`, whose `_target_` mappings
+    are built first; failures name the config field (`kwargs_field`: default the section's kwargs)."""
+    target = resolve(spec, field)
+    if not callable(target):
+        raise InputError(f"{field}: {spec} is not callable")
+    kwargs_field = kwargs_field or field.rsplit(".", 1)[0] + ".kwargs"
+    built = {key: instantiate(value, f"{kwargs_field}.{key}") for key, value in kwargs.items()}
+    try:
+        return target(*args, **built)
+    except Exception as exc:  # the user's code: any failure is bad input, reported in one line
+        raise InputError(f"{field}: {spec}(**kwargs) raised {type(exc).__name__}: {exc}") from None
+
+
+def resolve(spec: str, field: str) -> Any:
+    """The object named `package.module:attr`, or `package.module.attr` as Hydra's `_target_` has it."""
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+    else:  # the longest importable prefix is the module
+        parts = spec.split(".")
+        module_name, attr = spec, ""
+        for cut in range(len(parts) - 1, 0, -1):
+            if importlib.util.find_spec(parts[0]) is None:
+                break
+            try:
+                importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            module_name, attr = ".".join(parts[:cut]), ".".join(parts[cut:])
+            break
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise InputError(f"{field}: cannot import {module_name!r} ({exc})") from None
-    for part in attr.split("."):
+    for part in filter(None, attr.split(".")):
         if not hasattr(target, part):
             raise InputError(f"{field}: module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
-    if not callable(target):
-        raise InputError(f"{field}: {spec} is not callable")
-    try:
-        return target(**kwargs)
-    except Exception as exc:  # the user's code: any failure is bad input, reported in one line
-        raise InputError(f"{field}: {spec}(**kwargs) raised {type(exc).__name__}: {exc}") from None
+    return target
+
+
+def instantiate(value: Any, field: str) -> Any:
+    """A config value with every `{_target_: callable, **kwargs}` mapping in it built, innermost
+    first (Hydra's convention), so objects such as a transformers `BertConfig` come from YAML."""
+    if isinstance(value, list):
+        return [instantiate(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    if "_target_" not in value:
+        return {k: instantiate(v, f"{field}.{k}") for k, v in value.items()}
+    spec = value["_target_"]
+    if not isinstance(spec, str):
+        raise InputError(f"{field}._target_: expected package.module:callable (got {spec!r})")
+    kwargs = {k: v for k, v in value.items() if k != "_target_"}
+    return call_factory(spec, kwargs, f"{field}._target_", kwargs_field=field)
+
+
+def is_lightning(model: nn.Module) -> bool:
+    """A LightningModule, recognised without importing Lightning (an optional dependency)."""
+    return any(
+        cls.__name__ == "LightningModule" and cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+        for cls in type(model).__mro__
+    )
 
 
 def mlp(cfg: MLPModel) -> nn.Module:

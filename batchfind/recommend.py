@@ -29,7 +29,8 @@ def limit_of(trials: list[Trial], **extra) -> Limit:
 
 
 def lr_rule(rule: str, optimizer: str) -> str:
-    return AUTO_RULE[optimizer] if rule == "auto" else rule
+    # An optimizer of your own has no known rule: its learning rate is left as it is.
+    return AUTO_RULE.get(optimizer, "none") if rule == "auto" else rule
 
 
 def scaled_lr(lr: float, batch: int, reference: int | None, rule: str) -> float | None:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from typing import Any, Callable
 
 import torch
 
 from . import devices, parallel
 from .config import Config
-from .data import IGNORE_INDEX, Batches, build_batches
+from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
-from .step import Step, autocast, compute_loss
+from .step import make_step, split
 
 
 class Session:
@@ -64,7 +65,7 @@ class Session:
         check_fit(self.model, self.batches, config, self.device)
         if rank:
             torch.manual_seed(rank["rank"])  # and draws its own random samples
-        self.step = Step(self.model, config.train, self.device)
+        self.step = make_step(self.model, config.train, self.device)
         self.energy = devices.energy_meter(self.device)
         self.facts = {
             **devices.device_facts(self.device),
@@ -127,11 +128,10 @@ class Session:
         )
 
     def _noise(self, small: int, big: int, batches: int) -> dict[str, Any]:
-        train = self.config.train
         return {
             "status": "ok",
-            "small": gradient_sq_norms(self.model, self.batches.sample, small, batches, train, self.device),
-            "big": gradient_sq_norms(self.model, self.batches.sample, big, batches, train, self.device),
+            "small": gradient_sq_norms(self.model, self.batches.sample, small, batches, self.step.gradients),
+            "big": gradient_sq_norms(self.model, self.batches.sample, big, batches, self.step.gradients),
         }
 
     def _loader(self, batch_size: int) -> dict[str, Any]:
@@ -147,46 +147,53 @@ class Session:
 
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> None:
-    """One tiny forward and loss, so data that does not fit the model is an input error, not a trial error."""
-    x, y = batches.batch(1)
+    """One sample through the step without training, so data that does not fit the model is an
+    input error, not a trial error."""
+    batch = batches.batch(1)
+    train = config.train
+    step = make_step(model, train, device)
     model.eval()
     try:
-        with torch.no_grad(), autocast(device, config.train.precision):
-            out = model(x)
-            if config.train.loss == "cross_entropy" and not y.is_floating_point():
-                check_labels(batches, classes=out.shape[-1])
-            compute_loss(out, y, config.train.loss)
+        step.check(batch, lambda classes: check_labels(batches, classes, config))
     except InputError:
         raise
     except Exception as exc:
         if devices.is_oom(exc):
             raise
+        via = f" through train.step {train.step}" if train.step else ""
         raise InputError(
-            f"data and model do not fit together: inputs {tuple(x.shape)} {x.dtype}, targets "
-            f"{tuple(y.shape)} {y.dtype} into {config.model.name}: {one_line(exc)}"
+            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: {one_line(exc)}"
         ) from None
     finally:
         model.train()
 
 
-def check_labels(batches: Batches, classes: int) -> None:
+def check_labels(batches: Batches, classes: int, config: Config) -> None:
     # Out-of-range labels fail deep inside the loss (or silently on GPU): catch them here.
-    _, labels = batches.batch(min(len(batches), 256))
+    _, labels = split(batches.batch(min(len(batches), 256)), config.train)
     labels = labels[labels != IGNORE_INDEX]  # padding
+    if not labels.numel():
+        return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise InputError(f"data: targets range over [{low}, {high}] but the model outputs {classes} classes")
 
 
 def setup_failure(exc: BaseException) -> dict[str, Any]:
+    # With debugging on, the worker's own traceback travels with its message.
+    trace = "\n" + "".join(traceback.format_exception(exc)).rstrip() if debugging() else ""
     if isinstance(exc, InputError):
-        return {"status": "input", "error": str(exc)}
+        return {"status": "input", "error": str(exc) + trace}
     if devices.is_oom(exc):
-        return {"status": "oom", "error": one_line(exc)}
+        return {"status": "oom", "error": one_line(exc) + trace}
     if _starved(exc):
         return {"status": "oom", "error": f"{one_line(exc)} (the memory limit leaves too little for Python and "
-                                          "torch themselves)"}
-    return {"status": "error", "error": one_line(exc)}
+                                          "torch themselves)" + trace}
+    return {"status": "error", "error": one_line(exc) + trace}
+
+
+def debugging() -> bool:
+    return os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
 
 
 def _starved(exc: BaseException) -> bool:

@@ -1,16 +1,34 @@
-"""One full training step: forward, loss, backward, optimizer step, with the configured precision."""
+"""One full training step: forward, loss, backward, optimizer step, with the configured precision.
+
+Only this module looks inside a batch: how it splits into inputs and a target, how the model is
+called with them, and where the loss comes from. Everyone else calls `step(batch)`. A step is the
+default one (any nn.Module), a LightningModule's own, or the user's `train.step`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
+from .config import OPTIMIZERS, TrainConfig
+from .errors import InputError
+from .models import call_factory, is_lightning, resolve
 
 
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer not in OPTIMIZERS:
+        # Called with the model when it builds parameter groups itself, else with the parameters.
+        given = model if train.optimizer_takes == "model" else model.parameters()
+        optimizer = call_factory(train.optimizer, train.optimizer_kwargs, "train.optimizer", given,
+                                 kwargs_field="train.optimizer_kwargs")
+        if not (hasattr(optimizer, "step") and hasattr(optimizer, "zero_grad")):
+            raise InputError(f"train.optimizer: {train.optimizer} returned {type(optimizer).__name__}, expected an optimizer")
+        return optimizer
     params = model.parameters()
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
@@ -36,28 +54,240 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def split(batch: Any, train: TrainConfig) -> tuple[Any, Any]:
+    """(inputs, target or None). A dict goes to the model whole unless `train.target` names the
+    target's key; a tuple or list is its inputs then its target; anything else is all input."""
+    if isinstance(batch, Mapping):
+        if train.target is None:
+            return batch, None
+        if train.target not in batch:
+            raise InputError(f"train.target: batches have no key {train.target!r} (they have {', '.join(map(str, batch))})")
+        return {k: v for k, v in batch.items() if k != train.target}, batch[train.target]
+    if train.target is not None:
+        raise InputError(f"train.target: names a key of dict batches, but batches are {type(batch).__name__}s")
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 1:
+            return batch[0], None
+        return (batch[0] if len(batch) == 2 else tuple(batch[:-1])), batch[-1]
+    return batch, None
+
+
+def call_model(model: nn.Module, inputs: Any, call: str) -> Any:
+    if call == "single" or isinstance(inputs, torch.Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(*inputs.values()) if call == "positional" else model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def field(output: Any, name: str | int) -> Any:
+    """A named field of a model's output: an attribute, a key, or a position in a tuple; None if absent."""
+    if isinstance(output, torch.Tensor):
+        return None
+    if isinstance(name, int):
+        try:
+            return output[name] if isinstance(output, (tuple, list, Mapping)) else None
+        except (IndexError, KeyError):
+            return None
+    if isinstance(output, Mapping):
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+def _kind(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with fields {', '.join(map(str, output))}"
+    if isinstance(output, (tuple, list)):
+        return f"a {type(output).__name__} of {len(output)}"
+    return type(output).__name__
+
+
+def scalar(value: Any, source: str) -> torch.Tensor:
+    """The loss as a one-element tensor; anything else is the source's mistake."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(f"{source} returned {what}, expected the loss (a tensor with one element)")
+    return value.reshape(())
+
+
+def _function(spec: str, name: str) -> Callable:
+    target = resolve(spec, name)
+    if not callable(target):
+        raise InputError(f"{name}: {spec} is not callable")
+    return target
+
+
 class Step:
     """One training step on a batch, returning the (detached) loss.
 
-    `stage` names the part running (forward, backward, optimizer step), so a failure can say where
-    memory ran out.
+    The loss is the model output's own `loss` when it has one (Hugging Face models given labels);
+    otherwise the configured loss scores the output, or its `train.output` field, against the
+    target. `stage` names the part running (forward, backward, optimizer step), so a failure can
+    say where memory ran out.
     """
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
-        self.optimizer = make_optimizer(model, train)
+        self.optimizers = self._optimizers()
+        self.loss_fn = None if train.builtin_loss else _function(train.loss, "train.loss")
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
         self.stage = "forward"
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [make_optimizer(self.model, self.train)]
+
+    def __call__(self, batch: Any) -> torch.Tensor:
         self.stage = "forward"
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.train.precision):
-            loss = compute_loss(self.model(x), y, self.train.loss)
+            loss = self.loss(batch)
         self.stage = "backward"
         self.scaler.scale(loss).backward()
         self.stage = "optimizer step"
-        self.scaler.step(self.optimizer)
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
         return loss.detach()
+
+    def gradients(self, batch: Any) -> None:
+        """The gradient of the loss on `batch`, added to the parameters' `.grad`; no update."""
+        with autocast(self.device, self.train.precision):
+            loss = self.loss(batch)
+        loss.backward()
+
+    def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
+        """The forward and the loss without training; problems raise. Class labels are checked
+        against the output's classes (`labels_below`) before the loss can trip over them."""
+        with torch.no_grad(), autocast(self.device, self.train.precision):
+            output, target = self.forward(batch)
+            scored = self._scored(output)
+            if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
+                    and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
+                labels_below(scored.shape[-1])
+            self.score(output, target)
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self.score(*self.forward(batch))
+
+    def forward(self, batch: Any) -> tuple[Any, Any]:
+        inputs, target = split(batch, self.train)
+        return call_model(self.model, inputs, self.train.call), target
+
+    def _scored(self, output: Any) -> Any:
+        if self.train.output is None:
+            return output
+        value = field(output, self.train.output)
+        if value is None:
+            raise InputError(f"train.output: the model returned {_kind(output)}: no field {self.train.output!r}")
+        return value
+
+    def score(self, output: Any, target: Any) -> torch.Tensor:
+        own = field(output, "loss")
+        if isinstance(own, torch.Tensor):
+            return scalar(own, "the model's output `loss`")
+        scored = self._scored(output)
+        if self.loss_fn is not None:
+            return scalar(self.loss_fn(scored, target) if target is not None else self.loss_fn(scored), f"train.loss {self.train.loss}")
+        if not isinstance(scored, torch.Tensor):
+            raise InputError(
+                f"the model returned {_kind(scored)}: not a tensor and no loss; set train.output to the field "
+                "to score (such as logits), or give the model its labels so it computes its own loss"
+            )
+        if target is None:
+            raise InputError(
+                "the model's output has no loss and batches have no target: name the target's key in "
+                "train.target (dict batches), give the model its labels, or use (input, target) items"
+            )
+        return compute_loss(scored, target, self.train.loss)
+
+
+class LightningStep(Step):
+    """A LightningModule's own step: `training_step` gives the loss, `configure_optimizers` the
+    optimizers, stepped the way Lightning's automatic optimization does."""
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        if not getattr(self.model, "automatic_optimization", True):
+            raise InputError(
+                "model.name: this LightningModule optimizes manually, which needs a Trainer; probe it with train.step"
+            )
+        return _lightning_optimizers(self.model.configure_optimizers())
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        out = self.model.training_step(batch, 0)
+        return scalar(out.get("loss") if isinstance(out, Mapping) else out, "the LightningModule's training_step")
+
+    def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
+        with torch.no_grad(), autocast(self.device, self.train.precision):
+            self.loss(batch)
+
+
+def _lightning_optimizers(configured: Any) -> list[torch.optim.Optimizer]:
+    """The optimizers in whatever configure_optimizers returned: one, a list, (optimizers,
+    schedulers), a dict with an `optimizer`, or a list of those."""
+    if configured is None:
+        raise InputError("model.name: the LightningModule's configure_optimizers returned no optimizer")
+    if isinstance(configured, Mapping):
+        return _lightning_optimizers(configured.get("optimizer"))
+    if hasattr(configured, "step") and hasattr(configured, "zero_grad"):
+        return [configured]
+    if isinstance(configured, (list, tuple)) and configured:
+        if len(configured) == 2 and isinstance(configured[0], (list, tuple)):
+            configured = configured[0]  # (optimizers, schedulers)
+        return [o for item in configured for o in _lightning_optimizers(item)]
+    raise InputError(f"model.name: configure_optimizers returned {type(configured).__name__}, expected optimizers")
+
+
+class CustomStep:
+    """The user's `train.step(model, batch, optimizer) -> loss`: forward, backward and update are theirs."""
+
+    def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
+        self.model, self.train, self.device = model, train, device
+        self.fn = _function(train.step, "train.step")
+        self.optimizer = make_optimizer(model, train)
+        self.stage = "train.step"
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        self.stage = "train.step"
+        return self._run(batch, self.optimizer).detach()
+
+    def gradients(self, batch: Any) -> None:
+        # The user's step runs as written, but its optimizer neither updates nor clears gradients.
+        self._run(batch, _Frozen(self.optimizer))
+
+    def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
+        return scalar(self.fn(self.model, batch, optimizer), f"train.step {self.train.step}")
+
+    def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
+        """The whole step without its update (it may not run under no_grad: it calls backward)."""
+        self.gradients(batch)
+        self.model.zero_grad(set_to_none=True)
+
+
+class _Frozen:
+    """An optimizer whose `step` and `zero_grad` do nothing; everything else is the real one's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self._optimizer = optimizer
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+
+def make_step(model: nn.Module, train: TrainConfig, device: torch.device) -> Step | CustomStep:
+    if train.step is not None:
+        return CustomStep(model, train, device)
+    if is_lightning(model):
+        return LightningStep(model, train, device)
+    if is_lightning(getattr(model, "module", None)):
+        raise InputError("model.name: a LightningModule is not probed under DDP: its training_step would bypass the wrapper")
+    return Step(model, train, device)

@@ -110,7 +110,7 @@ def _lightning(mode: str, config_path: str, limit: str) -> int | None:
             return len(batches)
 
         def __getitem__(self, i):
-            x, y = batches.sample(1)
+            x, y = batches.sample(1)  # the shipped configs' synthetic data: (inputs, targets)
             return x[0], y[0]
 
     class Module(pl.LightningModule):
@@ -143,9 +143,9 @@ def _accelerate(config_path: str, limit: str) -> int:
 
     @find_executable_batch_size(starting_batch_size=ACCELERATE_START)
     def train(batch_size: int) -> int:
-        x, y = batches.batch(batch_size)
+        batch = batches.batch(batch_size)
         for _ in range(STEPS_PER_TRIAL):
-            step(x, y)
+            step(batch)
         return batch_size
 
     return train()

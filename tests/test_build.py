@@ -39,7 +39,7 @@ def test_builtin_models_train_on_their_synthetic_batches(write_config, text, out
     x, y = batches.batch(4)
     assert model(x).shape == out_shape
     step = Step(model, cfg.train, CPU)
-    assert torch.isfinite(step(x, y))
+    assert torch.isfinite(step((x, y)))
 
 
 def test_resnet50_config_is_resnet50():

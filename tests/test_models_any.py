@@ -1,0 +1,339 @@
+"""Models people train, from YAML: Hugging Face BERT and GPT-2 built from small configs (no
+downloads), dict batches and datasets, two-input models, a loss, an optimizer and a step of your
+own, a LightningModule; and the errors when a model and its data do not go together."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from batchfind.cli import app
+from batchfind.config import load_config
+from batchfind.data import build_batches, collate, to_device
+from batchfind.errors import InputError
+from batchfind.measure import gradient_sq_norms, measure, measure_loader
+from batchfind.models import build_model, instantiate
+from batchfind.session import check_fit
+from batchfind.step import CustomStep, LightningStep, Step, make_step
+
+CPU = torch.device("cpu")
+ROOT = Path(__file__).parent.parent
+PROBE = "probe: {device: cpu, warmup_steps: 0, steps: 1, max_batch: 4, refine: false}\n"
+
+BERT = """
+model:
+  name: transformers:BertForSequenceClassification
+  kwargs:
+    config:
+      _target_: transformers.BertConfig
+      vocab_size: 100
+      hidden_size: 16
+      num_hidden_layers: 1
+      num_attention_heads: 2
+      intermediate_size: 32
+      max_position_embeddings: 32
+      num_labels: 3
+      hidden_dropout_prob: 0.0          # so the loss a step reports can be recomputed
+      attention_probs_dropout_prob: 0.0
+"""
+BERT_SYNTHETIC = BERT + """
+data:
+  size: 64
+  inputs:
+    input_ids: {shape: [12], dtype: int64, high: 100}
+    attention_mask: {shape: [12], dtype: int64, low: 1, high: 2}
+    labels: {shape: [], dtype: int64, high: 3}
+train:
+  optimizer: adamw
+  lr: 0.001
+"""
+GPT2 = """
+model:
+  name: transformers:GPT2LMHeadModel
+  kwargs:
+    config: {_target_: 'transformers:GPT2Config', vocab_size: 100, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 32}
+data: {kind: 'zoo:Tokens', kwargs: {n: 20, vocab: 100}}
+train: {optimizer: adamw, lr: 0.001}
+"""
+MLP_PAIRS = "model: {name: mlp, in_features: 8, hidden: 16, layers: 1, classes: 4}\ndata: {kind: 'fixtures:Pairs', kwargs: {n: 32}}\n"
+
+
+@pytest.fixture
+def built(write_config):
+    def build(text: str):
+        cfg = load_config(write_config(text))
+        torch.manual_seed(0)
+        return cfg, build_model(cfg.model).train(), build_batches(cfg, CPU)
+
+    return build
+
+
+def trains(step, batch, model) -> float:
+    """Runs one step; asserts it changed the weights and returns the loss."""
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = step(batch)
+    assert loss.dim() == 0 and not loss.requires_grad and torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the optimizer stepped"
+    return float(loss)
+
+
+def probe(write_config, text: str, *args: str):
+    """Exit code, stdout (the JSON report) and stderr (errors) of a probe."""
+    result = CliRunner().invoke(app, ["probe", str(write_config(text)), "--json", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+# ---- batches of any structure -------------------------------------------------------------
+
+
+def test_nested_batches_move_to_the_device_keeping_their_structure():
+    batch = {"a": torch.zeros(3, 2), "pair": (torch.ones(3), [torch.zeros(3, 1)]), "text": ["x"] * 3}
+    moved = to_device(batch, torch.device("meta"))
+    assert moved["a"].device.type == "meta" and moved["pair"][1][0].device.type == "meta"
+    assert moved["text"] == ["x"] * 3 and isinstance(moved["pair"], tuple) and isinstance(moved["pair"][1], list)
+
+
+def test_dict_items_collate_to_tensors_padding_labels_with_the_ignore_index():
+    items = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7], "meta": {"id": 0}},
+             {"input_ids": [8], "labels": [8], "meta": {"id": 1}}]
+    batch = collate(items)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert batch["meta"]["id"].tolist() == [0, 1]
+
+
+# ---- Hugging Face transformers, built from YAML ---------------------------------------------
+
+
+def test_nested_targets_build_objects_and_name_the_field_when_they_fail():
+    transformers = pytest.importorskip("transformers")
+    config = instantiate({"config": {"_target_": "transformers.BertConfig", "hidden_size": 16}}, "model.kwargs")["config"]
+    assert isinstance(config, transformers.BertConfig) and config.hidden_size == 16
+    with pytest.raises(InputError, match=r"model.kwargs.config._target_: cannot import 'nowhere'"):
+        instantiate({"config": {"_target_": "nowhere:Config"}}, "model.kwargs")
+    with pytest.raises(InputError, match=r"model.kwargs.config.inner._target_: .*raised TypeError"):
+        instantiate({"config": {"inner": {"_target_": "torch.nn.Linear", "bogus": 1}}}, "model.kwargs")
+
+
+def test_bert_trains_on_named_synthetic_inputs_with_its_own_loss(built):
+    pytest.importorskip("transformers")
+    cfg, model, batches = built(BERT_SYNTHETIC)
+    batch = batches.batch(4)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"} and batch["input_ids"].shape == (4, 12)
+    assert int(batch["attention_mask"].min()) == 1 and int(batch["labels"].max()) < 3
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    with torch.no_grad():  # the model's own loss is the one trained on
+        expected = float(model(**batch).loss)
+    assert trains(step, batch, model) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gpt2_trains_on_a_dataset_of_token_dicts(built):
+    pytest.importorskip("transformers")
+    cfg, model, batches = built(GPT2)
+    assert batches.lengths["longest"] > batches.lengths["shortest"]
+    batch = batches.batch(3)  # the longest items, padded: labels with -100, which the model ignores
+    assert batch["input_ids"].shape[1] == batches.lengths["longest"]
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    trains(step, batch, model)
+    loader = batches.loader(4, workers=0, pin_memory=False)
+    result = measure_loader(step, loader, 4, warmup=0, steps=2, dataset_len=len(batches), device=CPU)
+    assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 2
+
+
+def test_bert_probe_from_yaml_runs_every_size(write_config):
+    pytest.importorskip("transformers")
+    code, out, err = probe(write_config, BERT_SYNTHETIC + PROBE)
+    assert code == 0, err
+    report = json.loads(out)
+    assert [t["batch_size"] for t in report["trials"] if t["phase"] == "double"] == [1, 2, 4]
+    assert all(t["status"] == "ok" and t["loss_finite"] for t in report["trials"])
+    assert report["parameters"] > 0
+
+
+def test_bert_logits_scored_by_the_configured_loss_against_a_named_target(built):
+    pytest.importorskip("transformers")
+    text = BERT_SYNTHETIC.replace("    labels: {", "    label: {") + "  output: logits\n  target: label\n"
+    cfg, model, batches = built(text)
+    check_fit(model, batches, cfg, CPU)
+    batch = batches.batch(4)
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["label"]))
+    assert trains(make_step(model, cfg.train, CPU), batch, model) == pytest.approx(expected, rel=1e-5)
+
+
+# ---- two inputs, your own loss, optimizer and step -------------------------------------------
+
+
+def test_two_input_model_from_named_inputs_and_from_tuples(built):
+    named = """
+model: {name: 'zoo:TwoTower', kwargs: {classes: 3}}
+data:
+  inputs: {a: {shape: [8]}, b: {shape: [6]}, y: {dtype: int64, high: 3}}
+train: {target: y}
+"""
+    cfg, model, batches = built(named)
+    check_fit(model, batches, cfg, CPU)
+    trains(make_step(model, cfg.train, CPU), batches.batch(5), model)
+    positional = named.replace("{target: y}", "{target: y, call: positional}").replace("a: {", "first: {")
+    cfg, model, batches = built(positional)
+    trains(make_step(model, cfg.train, CPU), batches.batch(5), model)
+    # A flat (a, b, target) tuple batch: the model gets model(a, b).
+    step = Step(model, cfg.train.model_copy(update={"target": None}), CPU)
+    trains(step, (torch.randn(5, 8), torch.randn(5, 6), torch.randint(0, 3, (5,))), model)
+
+
+def test_a_contrastive_loss_of_your_own_scores_an_output_with_no_target(built):
+    from zoo import info_nce
+
+    cfg, model, batches = built("""
+model: {name: 'zoo:TwoTower'}
+data: {inputs: {a: {shape: [8]}, b: {shape: [6]}}}
+train: {loss: 'zoo:info_nce'}
+""")
+    check_fit(model, batches, cfg, CPU)
+    batch = batches.batch(6)
+    with torch.no_grad():
+        expected = float(info_nce(model(**batch)))
+    assert trains(make_step(model, cfg.train, CPU), batch, model) == pytest.approx(expected, rel=1e-5)
+
+
+def test_optimizers_of_your_own_are_built_with_their_arguments(built, write_config):
+    cfg, model, _ = built(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', optimizer_kwargs: {lr: 0.05, lr_decay: 0.1}}")
+    step = make_step(model, cfg.train, CPU)
+    (optimizer,) = step.optimizers
+    assert isinstance(optimizer, torch.optim.Adagrad) and optimizer.defaults["lr_decay"] == 0.1
+    assert cfg.train.lr == 0.05  # the learning rate that lr scaling starts from
+    cfg = load_config(write_config(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', lr: 0.02}"))
+    assert cfg.train.optimizer_kwargs == {"lr": 0.02}
+    with pytest.raises(InputError, match=r"train: lr \(0.02\) and optimizer_kwargs.lr \(0.05\) differ"):
+        load_config(write_config(MLP_PAIRS + "train: {optimizer: 'torch.optim:Adagrad', lr: 0.02, optimizer_kwargs: {lr: 0.05}}"))
+    with pytest.raises(InputError, match="optimizer_kwargs and optimizer_takes are for a package.module:factory optimizer"):
+        load_config(write_config(MLP_PAIRS + "train: {optimizer: adam, optimizer_kwargs: {lr: 0.05}}"))
+    cfg, model, batches = built(MLP_PAIRS + "train: {optimizer: 'zoo:grouped_adamw', optimizer_takes: model, optimizer_kwargs: {lr: 0.01}}")
+    step = make_step(model, cfg.train, CPU)
+    assert [g["weight_decay"] for g in step.optimizers[0].param_groups] == [0.01, 0.0]
+    trains(step, batches.batch(4), model)
+    assert step.optimizers[0].state, "the optimizer's state exists, so its memory is measured"
+
+
+def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating(built):
+    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:clipped_step', optimizer: adam}\n")
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    assert isinstance(step, CustomStep)
+    before = [p.detach().clone() for p in model.parameters()]
+    norms = gradient_sq_norms(model, batches.sample, 8, 3, step.gradients)
+    assert len(norms) == 3 and all(n > 0 for n in norms)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update while measuring gradients"
+    result = measure(step, batches.batch, 8, warmup=1, steps=2, dataset_len=len(batches), device=CPU)
+    assert result["status"] == "ok" and result["loss_finite"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_step_that_returns_no_loss_is_bad_input(built):
+    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:forgets_the_loss'}\n")
+    with pytest.raises(InputError, match="train.step zoo:forgets_the_loss returned NoneType, expected the loss"):
+        check_fit(model, batches, cfg, CPU)
+
+
+def test_custom_step_probe_with_noise_scale(write_config):
+    code, out, err = probe(write_config, MLP_PAIRS + "train: {step: 'zoo:clipped_step'}\nrecommend: {noise_scale: true}\n" + PROBE)
+    assert code == 0, err
+    report = json.loads(out)
+    assert all(t["status"] == "ok" for t in report["trials"])
+    scale = report["recommendation"]["noise_scale"]
+    assert scale["status"] == "ok" and scale["batches"] > 0 and scale["samples"] > 0, scale
+
+
+# ---- Lightning ------------------------------------------------------------------------------
+
+
+def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
+    pytest.importorskip("lightning")
+    cfg, model, batches = built(MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4", "'zoo:lightning_classifier'"))
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    assert isinstance(step, LightningStep) and isinstance(step.optimizers[0], torch.optim.Adam)
+    calls = model.training_steps
+    trains(step, batches.batch(8), model)
+    assert model.training_steps == calls + 1
+
+
+# ---- errors that name the problem -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (BERT_SYNTHETIC.replace("    labels: {", "    label: {"), "the model returned SequenceClassifierOutput with fields logits: not a tensor and no loss; set train.output"),
+        (BERT_SYNTHETIC + "  target: label\n", "train.target: batches have no key 'label' (they have input_ids, attention_mask, labels)"),
+        (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (1, 12) torch.int64"),
+        ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
+         "data and model do not fit together: batch {input_ids: (1, 8) torch.int64, attention_mask: (1, 8) torch.int64, labels: (1, 8) torch.int64} into mlp"),
+        ("model: {name: mlp}\ndata: {kind: 'zoo:Tokens', kwargs: {vocab: 0}}\n", "data: item 0 of the Tokens dataset raised RuntimeError"),
+    ],
+    ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected",
+         "a dataset that raises"],
+)
+def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_config, text, message):
+    if "transformers" in text:
+        pytest.importorskip("transformers")
+    code, _, err = probe(write_config, text + "probe: {device: cpu}\n")
+    assert code == 2, err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data: {inputs: {ids: {shape: [4], dtype: int64}}}", "data.inputs.ids: an int64 input needs `high`"),
+        ("data: {inputs: {ids: {dtype: int64, low: 5, high: 5}}}", "data.inputs.ids: high (5) must be > low (5)"),
+        ("data: {kind: 'zoo:Tokens', inputs: {a: {}}}", "data: data.inputs describes synthetic data; data.kind is zoo:Tokens"),
+        ("train: {step: 'zoo:clipped_step', precision: bf16}", "train: train.step owns its precision"),
+        ("train: {step: clipped_step}", "train.step: expected package.module:function (got 'clipped_step')"),
+        ("train: {loss: hinge}", "train.loss: must be 'cross_entropy' or 'mse', or package.module:function (got 'hinge')"),
+        ("train: {call: kwargs}", "train.call: must be 'auto', 'positional' or 'single'"),
+    ],
+)
+def test_new_fields_are_checked_when_the_config_is_read(write_config, text, message):
+    with pytest.raises(InputError) as info:
+        load_config(write_config("model: {name: mlp}\n" + text))
+    assert message in str(info.value)
+
+
+def test_debug_shows_the_workers_own_traceback(write_config):
+    config = write_config("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens'}\nprobe: {device: cpu}\n")
+    result = CliRunner().invoke(app, ["probe", str(config), "--debug"])
+    assert isinstance(result.exception, InputError)
+    message = str(result.exception)
+    assert message.startswith("data and model do not fit together") and "Traceback (most recent call last)" in message
+    assert "batchfind/session.py" in message and "in check_fit" in message
+
+
+def test_the_readme_examples_build_and_fit(built, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    for name in ("hf-bert.yaml", "mixup.yaml"):
+        cfg, model, batches = built((ROOT / "examples" / name).read_text())
+        check_fit(model, batches, cfg, CPU)
+
+
+@pytest.mark.parametrize(
+    "library, model",
+    [
+        ("torchvision", "{name: 'torchvision.models:resnet18', kwargs: {num_classes: 4}}"),
+        ("timm", "{name: 'timm:create_model', kwargs: {model_name: resnet18, pretrained: false, num_classes: 4}}"),
+    ],
+)
+def test_vision_libraries_where_they_import(built, library, model):
+    try:
+        __import__(library)
+    except Exception as exc:  # noqa: BLE001 - a build for another torch fails in many ways
+        pytest.skip(f"{library} does not import beside this torch: {type(exc).__name__}: {exc}")
+    cfg, model, batches = built(f"model: {model}\ndata: {{input_shape: [3, 32, 32], num_classes: 4, size: 16}}\n")
+    check_fit(model, batches, cfg, CPU)
+    trains(make_step(model, cfg.train, CPU), batches.batch(2), model)

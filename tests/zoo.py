@@ -1,0 +1,93 @@
+"""Models, datasets, losses, optimizers and steps that the any-model tests name as `zoo:...`: the
+user code each kind of model needs (and nothing for what YAML alone can describe)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TwoTower(nn.Module):
+    """A two-input model, `forward(a, b)`: embeds each input; returns the pair of embeddings, or
+    class scores when `classes` is given."""
+
+    def __init__(self, a_features: int = 8, b_features: int = 6, dim: int = 16, classes: int | None = None):
+        super().__init__()
+        self.a, self.b = nn.Linear(a_features, dim), nn.Linear(b_features, dim)
+        self.head = nn.Linear(2 * dim, classes) if classes else None
+
+    def forward(self, a, b):
+        za, zb = self.a(a), self.b(b)
+        return self.head(torch.cat([za, zb], -1)) if self.head else (za, zb)
+
+
+def info_nce(output, temperature: float = 0.1):
+    """A contrastive loss with no target: each `a` must pick its own `b` among the batch's."""
+    za, zb = (F.normalize(z, dim=-1) for z in output)
+    logits = za @ zb.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(za), device=logits.device))
+
+
+class Tokens(torch.utils.data.Dataset):
+    """What a tokenized text dataset yields: dicts of Python lists, lengths varying per item."""
+
+    def __init__(self, n: int = 40, vocab: int = 100, shortest: int = 4, longest: int = 24, classes: int | None = None):
+        g = torch.Generator().manual_seed(0)
+        self.lengths = torch.randint(shortest, longest + 1, (n,), generator=g).tolist()
+        self.vocab, self.classes = vocab, classes
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        ids = torch.randint(0, self.vocab, (self.lengths[i],), generator=torch.Generator().manual_seed(i)).tolist()
+        item = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        # A classifier's item has one label; a language model's labels are its inputs.
+        item["labels"] = i % self.classes if self.classes else list(ids)
+        return item
+
+
+def grouped_adamw(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01):
+    """Parameter groups: no weight decay on biases and norms (so it takes the model, not its parameters)."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def clipped_step(model, batch, optimizer):
+    """Two losses, gradient clipping: a step a loss function alone cannot describe."""
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y) + 0.01 * logits.pow(2).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss
+
+
+def forgets_the_loss(model, batch, optimizer):
+    clipped_step(model, batch, optimizer)
+
+
+def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01):
+    """A LightningModule (defined here so this file imports without Lightning)."""
+    import lightning as L
+
+    class Classifier(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+            self.training_steps = 0
+
+        def training_step(self, batch, batch_idx):
+            self.training_steps += 1
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return {"loss": loss}
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 10)}
+
+    return Classifier()
