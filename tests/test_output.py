@@ -1,0 +1,117 @@
+"""What people read: the table at any width, piped output, help, compare, info and the plot."""
+
+import dataclasses
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from batchfind.render import print_report, rate_text, step_text, table, trial_notes
+from batchfind.report import Environment, Limit, Recommendation, Report, StepTimes, Trial
+from batchfind.sizes import format_size
+
+MiB = 1024**2
+LIMIT = 2048 * MiB
+
+# A cnn-small probe under a 2 GiB cap on a 2-core CPU (README's example): (batch, status, phase,
+# median step ms, p10, p90, peak MiB, fresh process).
+RUN = [
+    (1, "ok", "double", 11.6, 10.8, 12.6, 323.6, True),
+    (2, "ok", "double", 10.4, 10.2, 10.6, 336.5, False),
+    (4, "ok", "double", 13.3, 13.0, 13.6, 342.7, False),
+    (8, "ok", "double", 19.3, 19.1, 19.5, 352.8, False),
+    (16, "ok", "double", 31.6, 31.0, 32.2, 371.5, False),
+    (32, "ok", "double", 62.4, 56.2, 68.6, 416.4, False),
+    (64, "ok", "double", 123.0, 119.3, 126.7, 496.7, False),
+    (128, "ok", "double", 238.9, 234.1, 243.7, 645.2, False),
+    (256, "ok", "double", 505.7, 434.9, 576.5, 877.5, False),
+    (512, "ok", "double", 1554.4, 1445.6, 1663.2, 1331.2, False),
+    (1024, "oom", "double", None, None, None, 1945.6, False),
+    (829, "ok", "refine", 2138.9, 2010.6, 2267.2, 1740.8, True),
+    (958, "ok", "refine", 2649.4, 2411.0, 2887.8, 1966.1, True),
+    (1010, "oom", "refine", None, None, None, 2048.0, True),
+    (1003, "oom", "refine", None, None, None, 1986.6, True),
+    (1002, "ok", "refine", 3223.8, 3127.1, 3320.5, 1966.1, True),
+]
+DATASET = 50_000
+
+
+def trial(batch, status, phase, median, p10, p90, peak_mib, fresh):
+    ok = status == "ok"
+    return Trial(
+        batch_size=batch, status=status, phase=phase, fresh_process=fresh, peak_bytes=int(peak_mib * MiB),
+        step_ms=StepTimes(median, p10, p90, [p10, median, p90]) if ok else None,
+        samples_per_s=batch / median * 1000 if ok else None,
+        epoch_s=-(-DATASET // batch) * median / 1000 if ok else None,
+        loss=2.3 if ok else None, loss_finite=True if ok else None,
+        error=None if ok else "in forward: RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. "
+                              "DefaultCPUAllocator: can't allocate memory: you tried to allocate 51380224 bytes.",
+    )
+
+
+def make_report(run=RUN, recommended=128, fastest=128, limit=1002, warnings=()):
+    return Report(
+        tool={"name": "batchfind", "version": "0"},
+        environment=Environment("2.13.0", "cpu", "AMD EPYC 7B13", 24 * 1024 * MiB, LIMIT, 2),
+        config={}, dataset_len=DATASET, parameters=700_000, input_lengths=None,
+        trials=[trial(*row) for row in run],
+        limit=Limit(limit, 1003, verified=True, refined=True),
+        recommendation=Recommendation(recommended, "fastest measured", fastest_batch_size=fastest,
+                                      largest_batch_size=limit),
+        warnings=list(warnings), stopped_because="oom at batch 1024",
+    )
+
+
+def rendered(report, width):
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    print_report(report, console)
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_every_header_and_number_is_readable_at_any_width(width):
+    report = make_report()
+    text = rendered(report, width)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text
+    header = next(line for line in lines if "batch" in line and "samples/s" in line)
+    for name in ("batch", "step ms", "samples/s", "peak", "note"):
+        assert re.search(rf"[┃│ ]{re.escape(name)}[ (┃│]", header), (name, header)
+    cells = [re.split(r"\s*[│┃]\s*", line.strip("│┃ ")) for line in lines if line.startswith("│")]
+    rows = [c for c in cells if c[0].isdigit()]
+    assert [int(c[0]) for c in rows] == [t.batch_size for t in report.trials]
+    for row, t in zip(rows, report.trials):
+        numbers = [step_text(t), rate_text(t.samples_per_s), format_size(t.peak_bytes), f"{t.peak_bytes / LIMIT:.0%}"]
+        for number in numbers:
+            assert any(number in cell for cell in row), (number, row)
+
+
+def test_a_narrow_terminal_drops_the_bar_and_phase_first_a_wide_one_keeps_them():
+    wide, narrow = table(make_report(), 200), table(make_report(), 80)
+    wide_headers = [c.header for c in wide.columns]
+    narrow_headers = [c.header for c in narrow.columns]
+    assert "phase" in wide_headers and "" in wide_headers  # the throughput bar
+    assert "phase" not in narrow_headers and "" not in narrow_headers
+    assert "peak (of limit)" in narrow_headers
+
+
+def test_labels_go_on_the_last_trial_at_a_size_and_fastest_means_fastest_measured():
+    # 64 re-run for verification; the recommendation's fastest-within-headroom (64) is not the fastest (128).
+    run = RUN[:8] + [RUN[10], (64, "ok", "verify", 123.0, 119.3, 126.7, 496.7, True)]
+    report = make_report(run, recommended=64, fastest=64, limit=128)
+    notes = dict(enumerate(trial_notes(report)))
+    assert notes[6] == "" and notes[9] == "fastest within headroom, [bold]recommended[/bold]"
+    assert notes[7] == "largest fits, verified, fastest"
+    assert notes[8] == "out of memory"
+    # When they agree, one label says it.
+    assert "fastest, [bold]recommended[/bold]" in trial_notes(make_report())
+
+
+def test_without_a_status_column_failures_name_their_status():
+    run = RUN[:3] + [(8, "timeout", "double", None, None, None, 352.8, False)]
+    report = make_report(run, limit=4)
+    report.trials[3] = dataclasses.replace(report.trials[3], error="no result within 300 s; worker stopped")
+    assert trial_notes(report)[3] == "no result within 300 s; worker stopped"
+    assert trial_notes(report, with_status=True)[3] == "[yellow]timeout[/]: no result within 300 s; worker stopped"
