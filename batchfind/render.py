@@ -240,17 +240,25 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
 
 
+def _compared(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric.startswith("peak"):
+        return format_size(int(value))
+    return rate_text(value) if metric.startswith("samples/s") else f"{value:,.0f}"
+
+
 def print_comparison(result, console: Console) -> None:
     grid = Table(title=f"batchfind compare · regression bound {result.max_regression:.0%}", title_justify="left")
-    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"), ("", "left")):
-        grid.add_column(name, justify=justify)
+    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"),
+                          ("verdict", "left")):
+        grid.add_column(name, justify=justify, no_wrap=name != "metric")
     for c in result.changes:
-        bytes_metric = c.metric.startswith("peak")
-        show = (lambda v: format_size(int(v)) if v is not None else "-") if bytes_metric else (
-            lambda v: f"{v:,.0f}" if v is not None else "-")
         change = f"{c.change:+.1%}" if c.change is not None else "-"
-        verdict = "[red]regressed[/red]" if c.regressed else ""
-        grid.add_row(c.metric, show(c.base), show(c.new), change, verdict)
+        verdict = "[red]regressed[/red]" if c.regressed else "ok" if c.change is not None else "-"
+        # The metric's name in the JSON counts bytes; the table shows them in MiB or GiB.
+        metric = c.metric.replace("peak bytes", "peak memory")
+        grid.add_row(metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict)
     console.print(grid)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")

@@ -3,6 +3,8 @@
 import dataclasses
 import io
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -115,3 +117,131 @@ def test_without_a_status_column_failures_name_their_status():
     report.trials[3] = dataclasses.replace(report.trials[3], error="no result within 300 s; worker stopped")
     assert trial_notes(report)[3] == "no result within 300 s; worker stopped"
     assert trial_notes(report, with_status=True)[3] == "[yellow]timeout[/]: no result within 300 s; worker stopped"
+
+
+def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from batchfind.plot import figure
+
+    report = dataclasses.replace(make_report(), config={"model": {"name": "cnn"},
+                                                        "train": {"optimizer": "sgd", "precision": "fp32"}})
+    fig = figure(report, "cnn-small.yaml")
+    try:
+        top, bottom, search = fig.axes
+        assert fig.get_suptitle() == "cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC 7B13 · limit 2.0 GiB"
+        doubled = [str(t.batch_size) for t in report.trials if t.phase == "double"]
+        assert [label.get_text() for label in bottom.get_xticklabels()] == doubled
+        bars = [c for c in top.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 1 and len(bars[0].lines[0].get_xdata()) == sum(t.fits for t in report.trials)
+        searched = [t for t in report.trials if t.phase != "double"]
+        assert [label.get_text().split("\n")[0] for label in search.get_xticklabels()] == [
+            str(t.batch_size) for t in searched]
+        assert len(fig.legends) == 1 and all(axis.get_legend() is None for axis in fig.axes)
+    finally:
+        plt.close(fig)
+
+
+WARNING = ("step times varied by more than 25% (p10 to p90) at batch 256, 1000: throughput there is uncertain; "
+           "more --steps or a quieter machine will tell")
+
+
+def test_a_pipe_gets_the_full_table_and_unbroken_lines(monkeypatch):
+    from batchfind.cli import _console
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    console = _console()
+    print_report(make_report(warnings=[WARNING]), console)
+    text = sys.stdout.getvalue()
+    assert "phase" in text and "█" in text  # the full layout, bar included
+    assert f"warning: {WARNING}\n" in text
+
+
+def fake_probe(report):
+    """A probe that reports `report`'s trials to the progress callbacks and returns it."""
+
+    def run(config, on_trial_start=None, on_trial_end=None, **_):
+        for t in report.trials:
+            if on_trial_start:
+                on_trial_start(t.batch_size, t.phase)
+            if on_trial_end:
+                on_trial_end(t)
+        return report
+
+    return run
+
+
+def test_quiet_without_json_prints_nothing_and_progress_keeps_brackets(monkeypatch, write_config):
+    from typer.testing import CliRunner
+
+    from batchfind import probing
+    from batchfind.cli import app
+
+    monkeypatch.setattr(probing, "probe", fake_probe(make_report()))
+    path = write_config("model: {name: mlp}\n")
+    quiet = CliRunner().invoke(app, ["probe", str(path), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    loud = CliRunner().invoke(app, ["probe", str(path)])
+    assert "batchfind · AMD EPYC 7B13" in loud.stdout
+    oom = next(line for line in loud.stderr.splitlines() if "batch 1024: oom" in line)
+    assert oom.endswith("batch 1024: oom — in forward: RuntimeError: DefaultCPUAllocator: can't allocate memory: "
+                        "you tried to allocate 51380224 bytes.")
+
+
+def test_enforce_fail_noise_is_cleaned_from_errors():
+    from batchfind.devices import clean_error
+
+    raw = ("RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+           "you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
+    assert clean_error(raw) == ("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                "1073741824 bytes. Error code 12 (Cannot allocate memory)")
+    assert clean_error("ValueError: [1, 2] is not a shape") == "ValueError: [1, 2] is not a shape"
+
+
+def test_cpu_name_is_the_model_name_where_linux_gives_one():
+    from batchfind.devices import cpu_name, host_info
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    assert cpu_name() == (names[0] if names else cpu_name()) and cpu_name()
+    assert host_info()["cpu"]["name"] == cpu_name()
+
+
+@pytest.mark.parametrize("command", ["", "probe", "check", "info", "compare", "init", "validate", "plot", "schema"])
+def test_help_fits_80_columns_without_cutting_names(command):
+    from typer.testing import CliRunner
+
+    from batchfind.cli import app
+
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    text = result.stdout
+    assert "<bool>" not in text and "…" not in text and "..." not in text.split("Commands:")[-1]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    usage = text.splitlines()[0]
+    assert usage == usage.replace("{config}", "").replace("{base}", "")  # arguments in capitals, like REPORT
+    if command == "probe":
+        for option in ("--require-throughput", "--nproc-per-node", "--memory-limit", "--lr-rule", "--quiet"):
+            assert re.search(rf"^\s+(-\w, )?{option}\b", text, re.M), option
+    if command == "info":
+        assert "table" not in text
+
+
+def test_compare_shows_small_rates_memory_and_a_header_for_every_column(tmp_path):
+    from batchfind.compare import compare
+    from batchfind.render import print_comparison
+
+    slow = [(1, "ok", "double", 2500.0, 2400.0, 2600.0, 900.0, True), (2, "ok", "double", 4600.0, 4500.0, 4700.0,
+                                                                        1000.0, False)]
+    base = make_report(slow, recommended=2, fastest=2, limit=2)
+    new = make_report([slow[0], (2, "ok", "double", 6000.0, 5900.0, 6100.0, 1200.0, False)], recommended=1,
+                      fastest=1, limit=2)
+    console = Console(width=100, file=io.StringIO(), color_system=None)
+    print_comparison(compare(base, new, 0.10), console)
+    text = console.file.getvalue()
+    assert re.search(r"samples/s @ 2\s+│\s+0\.435\s+│\s+0\.333\s+│\s+-23\.3%\s+│ regressed", text), text
+    assert re.search(r"peak memory @ 2\s+│\s+1000\.0 MiB\s+│\s+1\.2 GiB", text) and "peak bytes" not in text
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert [h.strip() for h in header.strip("┃").split("┃")] == ["metric", "base", "new", "change", "verdict"]
