@@ -16,8 +16,9 @@ from .sizes import format_size
 _STATUS_STYLE = {"ok": "green", "oom": "red", "killed": "red", "timeout": "yellow", "error": "magenta"}
 # What a narrow terminal gives up, in this order, until the table fits: the throughput bar, the
 # phase, a column of its own for the share of the limit (it joins the peak), one for the status
-# (it joins the note), the epoch estimate, and the factors of the global batch (its total stays).
-COMPACT_STEPS = ("bar", "phase", "share", "status", "epoch", "factors")
+# (it joins the note), the epoch estimate, the factors of the global batch (its total stays), and
+# then energy, learning rate and global batch per row (the summary still gives the recommended one's).
+COMPACT_STEPS = ("bar", "phase", "share", "status", "epoch", "factors", "energy", "lr", "global")
 # The note column wraps between its phrases ("largest fits, verified"), so it needs room for the
 # longest of them, up to this many characters (a long error message wraps at words).
 _NOTE_MAX_PHRASE = 24
@@ -151,13 +152,13 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
     else:
         columns += [_Column("peak", [format_size(t.peak_bytes) for t in trials]),
                     _Column("of limit", [share(t) for t in trials])]
-    if any(t.lr is not None for t in trials):
+    if "lr" not in compact and any(t.lr is not None for t in trials):
         columns.append(_Column("lr", [f"{t.lr:.3g}" if t.lr is not None else "-" for t in trials]))
-    if dist is not None or any(t.accumulation_steps is not None for t in trials):
+    if "global" not in compact and (dist is not None or any(t.accumulation_steps is not None for t in trials)):
         columns.append(_Column("global batch", [
             str(t.global_batch_size) if "factors" in compact
             else global_batch_text(t.batch_size, world, t.accumulation_steps, t.global_batch_size) for t in trials]))
-    if any(t.joules_per_sample is not None for t in trials):
+    if "energy" not in compact and any(t.joules_per_sample is not None for t in trials):
         columns.append(_Column("J/sample", [f"{t.joules_per_sample:.3g}" if t.joules_per_sample is not None else "-"
                                             for t in trials]))
     columns.append(_Column("note", trial_notes(report, with_status="status" in compact), "left"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 from batchfind.render import print_report, rate_text, step_text, table, trial_notes
 from batchfind.report import Environment, Limit, Recommendation, Report, StepTimes, Trial
@@ -73,21 +74,42 @@ def rendered(report, width):
 
 @pytest.mark.parametrize("width", [80, 100, 200])
 def test_every_header_and_number_is_readable_at_any_width(width):
-    report = make_report()
+    report = make_report(warnings=[WARNING])
     text = rendered(report, width)
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= width
     assert "…" not in text
-    header = next(line for line in lines if "batch" in line and "samples/s" in line)
-    for name in ("batch", "step ms", "samples/s", "peak", "note"):
-        assert re.search(rf"[┃│ ]{re.escape(name)}[ (┃│]", header), (name, header)
-    cells = [re.split(r"\s*[│┃]\s*", line.strip("│┃ ")) for line in lines if line.startswith("│")]
-    rows = [c for c in cells if c[0].isdigit()]
-    assert [int(c[0]) for c in rows] == [t.batch_size for t in report.trials]
-    for row, t in zip(rows, report.trials):
-        numbers = [step_text(t), rate_text(t.samples_per_s), format_size(t.peak_bytes), f"{t.peak_bytes / LIMIT:.0%}"]
-        for number in numbers:
-            assert any(number in cell for cell in row), (number, row)
+    header = next(line for line in lines if line.startswith("┃"))
+    assert header.strip("┃").split("┃")[0].strip() == "batch"
+    layout = table(report, width).columns
+    for column in layout:
+        assert f" {column.header} " in header, (column.header, header)
+    assert {"batch", "step ms", "samples/s", "note"} <= {c.header for c in layout}
+    assert any(c.header.startswith("peak") for c in layout)
+    # Every cell but the note (which may wrap between its phrases) appears whole on its trial's row.
+    rows = [line for line in lines if re.match(r"│\s+\d+\s+│", line)]  # a trial's first line
+    assert len(rows) == len(report.trials)
+    for column in layout[:-1]:
+        for row, cell in zip(rows, column.cells):
+            assert Text.from_markup(cell).plain in row, (column.header, cell, row)
+    for number in ("11.6 ±8%", "86.2", "3223.8 ±3%", "1.9 GiB", "96%"):  # spot checks, as printed
+        assert number in text
+
+
+def test_a_distributed_probe_with_a_training_plan_fits_80_columns_too():
+    from batchfind.report import Distributed
+
+    report = make_report()
+    report = dataclasses.replace(
+        report, distributed=Distributed("fsdp", 8, 1, "nccl", "batchfind"),
+        trials=[dataclasses.replace(t, lr=1e-4 * (t.batch_size * 8 / 256) ** 0.5, accumulation_steps=4,
+                                    global_batch_size=t.batch_size * 8 * 4, joules_per_sample=0.0123)
+                for t in report.trials])
+    wide = rendered(report, 250)
+    assert "lr" in wide and "global batch" in wide and "J/sample" in wide and "1002×8×4 = 32064" in wide
+    text = rendered(report, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert "batch/device" in text and "samples/s" in text
 
 
 def test_a_narrow_terminal_drops_the_bar_and_phase_first_a_wide_one_keeps_them():
