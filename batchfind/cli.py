@@ -364,7 +364,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the same facts as JSON to stdout.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Show torch, GPUs (through NVML), CPU cores and RAM."""
+    """Show torch, GPUs (through NVML), the CPU model, cores and RAM."""
     with _errors(debug):
         from .devices import host_info
         from .sizes import format_size
