@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 EXIT_INTERRUPTED = 130
@@ -57,7 +58,7 @@ class LRRule(str, Enum):
     none = "none"
 
 
-ConfigArg = Annotated[Path, typer.Argument(help="Config file (YAML or TOML).", show_default=False)]
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
 Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measuring.", show_default=False)]
@@ -77,7 +78,7 @@ StrategyOption = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (or set BATCHFIND_DEBUG=1).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table on stderr; for scripts.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table (errors still show); for scripts.")]
 
 
 def _version(value: bool) -> None:
@@ -95,12 +96,18 @@ def _root(
     """Find the batch size to train with on this machine."""
 
 
+# Columns a console that is not a terminal offers: wide enough that no table needs to fold.
+_UNWRAPPED_WIDTH = 1000
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Logs and pipes are read later, often wider than 80 columns: do not wrap the table there.
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 120)
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False)
+    # Logs and pipes are read later, in any width: the full table, and no line broken.
+    return Console(stderr=stderr, highlight=False, width=_UNWRAPPED_WIDTH, soft_wrap=True)
 
 
 def _follower() -> int | None:
@@ -273,11 +280,14 @@ def _progress(console, quiet: bool):
             live.update(f"batch {size} · trial {done + 1} · starting")
 
     def on_end(trial) -> None:
+        from rich.markup import escape
+
         from .render import trial_line
 
         nonlocal done
         done += 1
-        console.print(f"{stamp()} {trial_line(trial)}")
+        # Error messages hold brackets (`[enforce fail at ...]`) that are not markup.
+        console.print(f"{stamp()} {escape(trial_line(trial))}")
 
     def on_step(event: dict) -> None:
         if live:
@@ -309,10 +319,8 @@ def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> No
     if as_json:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    if not as_json:
-        print_report(report, _console())
-    elif not quiet:
-        print_report(report, _console(stderr=True))
+    if not quiet:  # the table goes to stdout unless the JSON is there
+        print_report(report, _console(stderr=as_json))
     if failed is not None:
         raise failed
 
@@ -328,7 +336,7 @@ def _exit_code(report) -> int:
     return 0
 
 
-@app.command()
+@app.command(short_help="Probe batch sizes to the memory edge, measure each, recommend one.")
 def probe(
     config: ConfigArg,
     device: Device = None,
@@ -422,7 +430,7 @@ def probe(
         if plot_file is not None and report.limit.batch_size is not None:
             from .plot import plot as draw
 
-            draw(report, plot_file)
+            draw(report, plot_file, source=config.name)
         if code == 3:
             first = report.trials[0]
             console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status})")
@@ -432,7 +440,7 @@ def probe(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Run one batch size in a fresh process; exit 0 if it fits.")
 def check(
     config: ConfigArg,
     batch: Annotated[int, typer.Option(help="The batch size to check.", min=1, show_default=False)],
@@ -441,7 +449,8 @@ def check(
     memory_limit: MemoryLimit = None,
     nproc_per_node: NprocPerNode = None,
     strategy: StrategyOption = None,
-    as_json: AsJson = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the result line goes "
+                                                          "to stderr).")] = False,
     debug: Debug = False,
 ) -> None:
     """Run one batch size (per device) in a fresh process, the fit check a probe proves its limit with:
@@ -470,8 +479,11 @@ def check(
 
 
 @app.command()
-def info(as_json: AsJson = False, debug: Debug = False) -> None:
-    """Show torch, GPUs (through NVML), CPU cores and RAM."""
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same facts as JSON to stdout.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Show torch, GPUs (through NVML), the CPU model, cores and RAM."""
     with _errors(debug):
         from .devices import host_info
         from .sizes import format_size
@@ -501,14 +513,15 @@ def schema() -> None:
         sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
-@app.command()
+@app.command(short_help="Compare two reports; exit 4 on a regression past the bound.")
 def compare(
-    base: Annotated[Path, typer.Argument(help="The earlier report (JSON).", show_default=False)],
-    new: Annotated[Path, typer.Argument(help="The later report (JSON).", show_default=False)],
+    base: Annotated[Path, typer.Argument(metavar="BASE", help="The earlier report (JSON).", show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The later report (JSON).", show_default=False)],
     max_regression: Annotated[
         str, typer.Option(help="Exit 4 when a metric gets worse by more than this (10% or 0.1).")
     ] = "10%",
-    as_json: AsJson = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON to stdout (the table goes "
+                                                          "to stderr).")] = False,
     debug: Debug = False,
 ) -> None:
     """Compare two reports: limit, recommended batch, throughput and peak memory; exit 4 on regression."""
@@ -538,9 +551,9 @@ def _fraction(text: str, option: str) -> float:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("batchfind.yaml"),
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to write the config.")] = Path("batchfind.yaml"),
     template: Annotated[Template, typer.Option(help="Which starting point.")] = Template.cnn,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     debug: Debug = False,
 ) -> None:
     """Write a commented config to start from."""
@@ -555,7 +568,7 @@ def init(
         typer.echo(f"wrote {path} ({template.value}); check it with: batchfind validate {path}", err=True)
 
 
-@app.command()
+@app.command(short_help="Check a config and run one training step on CPU; no probing.")
 def validate(config: ConfigArg, debug: Debug = False) -> None:
     """Check a config, and that its model and data build and run one training step on CPU; no probing."""
     with _errors(debug):
@@ -575,7 +588,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         )
 
 
-@app.command()
+@app.command(short_help="Draw throughput and peak memory against batch size to a PNG.")
 def plot(
     report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False)],

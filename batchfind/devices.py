@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import resource
 from typing import Any, Callable
 
@@ -85,9 +86,31 @@ def device_facts(device) -> dict[str, Any]:
 
     return {
         "device": "cpu",
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": cpu_name(),
         "memory_total_bytes": psutil.virtual_memory().total,
     }
+
+
+def cpu_name() -> str:
+    """The processor's model name ("AMD EPYC 7B13"), or at least its architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux; platform.processor() is empty there
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# `[enforce fail at alloc_cpu.cpp:127] err == 0. ` opens torch's CPU allocation failures: a source
+# location and a failed condition, which tell a reader nothing the rest of the message does not.
+_ENFORCE_NOISE = re.compile(r"\[enforce fail at [^\]]*\]\s*(?:[^.\s]+ [=!<>]=? [^.\s]+\.\s*)?")
+
+
+def clean_error(message: str) -> str:
+    """An error message without torch's enforce-fail bookkeeping, for the report and the table."""
+    return _ENFORCE_NOISE.sub("", message)
 
 
 def apply_memory_limit(device, limit: int | None, share: int = 1) -> int | None:
@@ -214,7 +237,7 @@ def host_info() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "torch_cuda": torch.version.cuda,
         "cpu": {
-            "name": platform.processor() or platform.machine(),
+            "name": cpu_name(),
             "cores_logical": psutil.cpu_count(logical=True),
             "cores_physical": psutil.cpu_count(logical=False),
             "ram_total_bytes": psutil.virtual_memory().total,

@@ -16,6 +16,9 @@ from typing import Any, Callable
 from .distributed import POLL_S, PREFIX, Agreement, Topology
 from .worker import SetupFailed, Worker
 
+# How long a worker may take to start (Python, torch, the model, a CUDA context, the ranks meeting):
+# a trial's own timeout does not include it, so a short one still leaves a loaded machine room.
+START_S = 600.0
 # A rank stopped because another rank failed first.
 STOPPED = "stopped"
 # A collective that failed because a peer went away: a consequence, never the cause.
@@ -28,7 +31,7 @@ class Group:
     (a single-process probe keeps one ready for when a brand-new process is needed). `on_progress`
     hears rank 0's progress events during a request."""
 
-    def __init__(self, config: dict[str, Any], timeout_s: float, topo: Topology | None,
+    def __init__(self, config: dict[str, Any], topo: Topology | None,
                  agreement: Agreement | None, generation: int, standby: bool = False,
                  on_progress: Callable[[dict[str, Any]], None] | None = None):
         self.topo, self.agreement, self.on_progress = topo, agreement, on_progress
@@ -43,17 +46,17 @@ class Group:
             self.close()
             raise
         if not standby:
-            self._activate(timeout_s)
+            self._activate()
 
-    def activate(self, timeout_s: float) -> None:
+    def activate(self) -> None:
         """A standby's workers go on to set up on the device."""
         for worker in self.workers.values():
             worker.send({"op": "start"})
-        self._activate(timeout_s)
+        self._activate()
 
-    def _activate(self, timeout_s: float) -> None:
+    def _activate(self) -> None:
         try:
-            replies = self._gather(timeout_s)
+            replies = self._gather(START_S)
         except BaseException:  # Ctrl-C during a slow model build: leave no child behind
             self.close()
             raise

@@ -204,6 +204,17 @@ class GPT(nn.Module):
         self.ln = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight
+        # GPT-2's initialisation: with the head tied to the embedding, PyTorch's N(0, 1) embedding
+        # gives logits of std ~sqrt(d_model) and an initial loss ~20x ln(vocab). At std 0.02 a fresh
+        # model predicts nearly uniformly; residual projections shrink with depth so the stream's
+        # scale does not grow with the number of layers.
+        residual_std = 0.02 / (2 * cfg.layers) ** 0.5
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = residual_std if name.endswith(("proj", "mlp.2")) else 0.02
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
-import math
+
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report, write_atomic
+from .report import MEMORY_FAILURES, Report, Trial, write_atomic
+from .sizes import format_size
 
 GiB = 1024**3
 
@@ -24,35 +25,60 @@ def require_matplotlib():
     return plt
 
 
-def _or_nan(value: float | None) -> float:
-    return math.nan if value is None else value
+def title(report: Report, source: str | None = None) -> str:
+    """What was probed, where, under which limit: `cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC · limit 2.0 GiB`."""
+    env, dist, config = report.environment, report.distributed, report.config
+    model = config.get("model", {}).get("name")
+    train = config.get("train", {})
+    what = ", ".join(str(v) for v in (model, train.get("optimizer"), train.get("precision")) if v)
+    what = f"{source}: {what}" if source and what else source or what or "batchfind"
+    device = env.device_name or env.device
+    ranks = f"{dist.world_size} × {device} ({dist.strategy})" if dist else device
+    limit = env.memory_limit_bytes or env.memory_total_bytes
+    per = " per device" if dist else ""
+    return f"{what} · {ranks} · limit {format_size(limit)}{per}" if limit else f"{what} · {ranks}"
 
 
-def plot(report: Report, path: Path) -> None:
+def figure(report: Report, source: str | None = None):
+    """Throughput with its p10–p90 spread and peak memory over batch size (the doubling sizes
+    labelled on a log axis), and, when the edge was searched, every trial of that search in order."""
     plt = require_matplotlib()
+    # The last run at a size is the one that counts (a verification supersedes the first).
     fitting = {t.batch_size: t for t in report.trials if t.fits}
     if not fitting:
         raise InputError("plot: the report has no batch size that ran")
     sizes = sorted(fitting)
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5), constrained_layout=True)
-    env = report.environment
-    ranks = f" × {report.distributed.world_size} ({report.distributed.strategy})" if report.distributed else ""
-    fig.suptitle(f"batchfind · {env.device_name or env.device}{ranks}")
-    # A value not measured (null in the report) is a gap in the line, not a crash.
-    top.plot(sizes, [_or_nan(fitting[s].samples_per_s) for s in sizes], "o-", color="tab:blue")
+    refined = any(t.phase == "refine" for t in report.trials)
+    search = [t for t in report.trials if t.phase in ("refine", "verify")] if refined else []
+    fig = plt.figure(figsize=(11 if search else 8, 7), layout="constrained")
+    grid = fig.add_gridspec(2, 2 if search else 1, width_ratios=[3, 2] if search else None)
+    top = fig.add_subplot(grid[0, 0])
+    bottom = fig.add_subplot(grid[1, 0], sharex=top)
+    fig.suptitle(title(report, source))
+
+    timed = [fitting[s] for s in sizes if fitting[s].samples_per_s and fitting[s].step_ms]
+    top.errorbar([t.batch_size for t in timed], [t.samples_per_s for t in timed], yerr=_spread(timed),
+                 fmt="o-", color="tab:blue", capsize=3, label="samples/s (bars: p10–p90 step time)")
     top.set_ylabel("samples/s")
-    bottom.plot(sizes, [_or_nan(fitting[s].peak_bytes) / GiB for s in sizes], "o-", color="tab:green",
+    measured = [s for s in sizes if fitting[s].peak_bytes is not None]
+    bottom.plot(measured, [fitting[s].peak_bytes / GiB for s in measured], "o-", color="tab:green",
                 label="peak memory")
-    failed = [t for t in report.trials if t.status in MEMORY_FAILURES]
+    failed = [t for t in report.trials if t.status in MEMORY_FAILURES and t.peak_bytes is not None]
     if failed:
-        bottom.plot([t.batch_size for t in failed], [(t.peak_bytes or 0) / GiB for t in failed],
-                    "x", color="tab:red", markersize=9, label="out of memory (peak before)")
-    limit_bytes = env.memory_limit_bytes or env.memory_total_bytes
+        bottom.plot([t.batch_size for t in failed], [t.peak_bytes / GiB for t in failed], "x", color="tab:red",
+                    markersize=9, linestyle="none", label="out of memory (peak before)")
+    limit_bytes = report.environment.memory_limit_bytes or report.environment.memory_total_bytes
     if limit_bytes:
         bottom.axhline(limit_bytes / GiB, color="tab:red", linestyle=":", label="memory limit")
     bottom.set_ylabel("peak memory (GiB)")
     bottom.set_xlabel("batch size per device" if report.distributed else "batch size")
     bottom.set_xscale("log", base=2)
+    # Tick at the doubling sizes, written as numbers: refined sizes crowd near the edge, and get
+    # their own panel.
+    ticks = sorted({t.batch_size for t in report.trials if t.phase == "double"} or set(sizes))
+    bottom.set_xticks(ticks, labels=[str(s) for s in ticks])
+    bottom.xaxis.set_minor_locator(plt.NullLocator())
+    top.tick_params(labelbottom=False)
     marks = [(report.limit.batch_size, "largest fits", "tab:red"),
              (report.recommendation.batch_size, "recommended", "tab:purple")]
     for axis in (top, bottom):
@@ -60,7 +86,49 @@ def plot(report: Report, path: Path) -> None:
         for size, label, color in marks:
             if size is not None:
                 axis.axvline(size, color=color, linestyle="--", alpha=0.7, label=label if axis is bottom else None)
-    bottom.legend(loc="upper left", fontsize="small")
+    if search:
+        _search_panel(fig.add_subplot(grid[:, 1]), search, limit_bytes)
+    handles = {}
+    for axis in fig.axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize="small")
+    return fig
+
+
+def _spread(trials: list[Trial]) -> list[list[float]]:
+    """Throughput below and above each point, from the step time's p90 and p10."""
+    low, high = [], []
+    for t in trials:
+        s = t.step_ms
+        low.append(t.samples_per_s * (1 - s.median / s.p90) if s.p90 > 0 else 0.0)
+        high.append(t.samples_per_s * (s.median / s.p10 - 1) if s.p10 > 0 else 0.0)
+    return [low, high]
+
+
+def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
+    """The edge search, one column per trial in the order run, each labelled with its size."""
+    places = range(len(search))
+    for i, t in zip(places, search):
+        if t.peak_bytes is None:
+            continue
+        ok = t.fits
+        axis.plot(i, t.peak_bytes / GiB, "o" if ok else "x", color="tab:green" if ok else "tab:red",
+                  markersize=8 if ok else 9, label="fits" if ok else "out of memory (peak before)")
+    if limit_bytes:
+        axis.axhline(limit_bytes / GiB, color="tab:red", linestyle=":", label="memory limit")
+    axis.set_xticks(list(places), labels=[f"{t.batch_size}\n{t.phase}" for t in search], fontsize="small")
+    axis.set_xlim(-0.5, len(search) - 0.5)
+    axis.set_title("searching the edge, in order", fontsize="medium")
+    axis.set_ylabel("peak memory (GiB)")
+    axis.set_xlabel("batch size tried")
+    axis.grid(True, axis="y", alpha=0.3)
+
+
+def plot(report: Report, path: Path, source: str | None = None) -> None:
+    """Write the figure as a PNG; `source` (the config file's name) goes into its title."""
+    plt = require_matplotlib()
+    fig = figure(report, source)
     image = io.BytesIO()
     try:
         fig.savefig(image, dpi=100, format="png")

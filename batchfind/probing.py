@@ -14,7 +14,7 @@ from .memory import MemoryModel, fit
 from .recommend import limit_of, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
-from .group import Group
+from .group import START_S, Group
 from .worker import SetupFailed
 
 # A step whose p90 is this much above its p10 is too noisy to rank sizes by.
@@ -44,8 +44,9 @@ class Prober:
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
         timeout = config.probe.trial_timeout_s
-        # Other drivers may spend a whole trial timeout, then stop their workers, before they answer.
-        self.agreement = Agreement(topo, 2 * timeout + 60) if topo and not topo.drives_all else None
+        # Other drivers may spend a worker's start or a whole trial, then stop their workers, before
+        # they answer.
+        self.agreement = Agreement(topo, 2 * max(timeout, START_S) + 60) if topo and not topo.drives_all else None
         self.world_size = topo.world_size if topo else 1
         self.group: Group | None = None
         self.standby: Group | None = None
@@ -66,8 +67,8 @@ class Prober:
 
     def _new(self, standby: bool = False) -> Group:
         self.generation += 1
-        return Group(self.raw, self.config.probe.trial_timeout_s, self.topo, self.agreement, self.generation,
-                     standby=standby, on_progress=self.on_progress)
+        return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
+                     on_progress=self.on_progress)
 
     def _fresh(self) -> Group:
         """A brand-new group: the standby when there is one (a new one starts in its place)."""
@@ -78,7 +79,7 @@ class Prober:
         if self.keep_standby:
             self.standby = self._new(standby=True)
         try:
-            group.activate(self.config.probe.trial_timeout_s)
+            group.activate()
         except BaseException:
             group.close()
             raise

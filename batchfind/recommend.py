@@ -88,10 +88,14 @@ def recommend(
     chosen = min((t for t in roomy if t.samples_per_s >= floor), key=lambda t: t.batch_size)
     spread = fastest.spread
     noisy = spread > rec.tolerance
+    # A faster size that leaves too little memory free is not the fastest the reason may name.
+    beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
     if chosen.batch_size == fastest.batch_size:
-        reason = f"fastest measured ({fastest.samples_per_s:,.0f} samples/s)"
+        reason = (f"{'fastest within the headroom' if beaten else 'fastest measured'} "
+                  f"({fastest.samples_per_s:,.0f} samples/s)")
     else:
-        reason = (f"within {rec.tolerance:.0%} of the fastest ({chosen.samples_per_s:,.0f} vs "
+        reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''} "
+                  f"({chosen.samples_per_s:,.0f} vs "
                   f"{fastest.samples_per_s:,.0f} samples/s at {fastest.batch_size}) with less memory")
     if rec.headroom and limit_bytes:
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import textwrap
+from dataclasses import dataclass
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .devices import clean_error
 from .report import Report, Trial
 from .sizes import format_size
 
 _STATUS_STYLE = {"ok": "green", "oom": "red", "killed": "red", "timeout": "yellow", "error": "magenta"}
+# What a narrow terminal gives up, in this order, until the table fits: the throughput bar, the
+# phase, a column of its own for the share of the limit (it joins the peak), one for the status
+# (it joins the note), the epoch estimate, the factors of the global batch (its total stays), and
+# then energy, learning rate and global batch per row (the summary still gives the recommended one's).
+COMPACT_STEPS = ("bar", "phase", "share", "status", "epoch", "factors", "energy", "lr", "global")
+# The note column wraps between its phrases ("largest fits, verified"), so it needs room for the
+# longest of them, up to this many characters (a long error message wraps at words).
+_NOTE_MAX_PHRASE = 24
+# Error messages in the note are cut here; the JSON report has them whole.
+_NOTE_ERROR_CHARS = 60
 
 
 def _duration(seconds: float | None) -> str:
@@ -35,81 +49,144 @@ def bar(fraction: float, width: int = 10) -> str:
     return "█" * (eighths // 8) + ("▏▎▍▌▋▊▉"[eighths % 8 - 1] if eighths % 8 else "")
 
 
+def rate_text(per_s: float | None) -> str:
+    """Samples per second: whole numbers from 100 up, three significant digits below (0.412, 41.2)."""
+    if per_s is None:
+        return "-"
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
+
+
 def trial_line(trial: Trial) -> str:
     """One line per finished trial, for progress on stderr."""
     if trial.fits:
-        speed = f"{trial.samples_per_s:,.0f}" if trial.samples_per_s else "-"
         return (f"batch {trial.batch_size}: ok, {step_text(trial)} ms/step, "
-                f"{speed} samples/s, peak {format_size(trial.peak_bytes)}")
-    return f"batch {trial.batch_size}: {trial.status}" + (f" — {trial.error}" if trial.error else "")
+                f"{rate_text(trial.samples_per_s)} samples/s, peak {format_size(trial.peak_bytes)}")
+    error = clean_error(trial.error) if trial.error else None
+    return f"batch {trial.batch_size}: {trial.status}" + (f" — {error}" if error else "")
 
 
-def table(report: Report) -> Table:
-    env = report.environment
-    limit_bytes = env.memory_limit_bytes or env.memory_total_bytes
-    dist = report.distributed
-    world = dist.world_size if dist else 1
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    cells: list[str]  # rich markup, one per trial
+    justify: str = "right"
+
+    @property
+    def width(self) -> int:
+        return max([len(self.header)] + [Text.from_markup(c).cell_len for c in self.cells])
+
+
+def _title(report: Report) -> str:
+    env, dist = report.environment, report.distributed
+    limit = format_size(env.memory_limit_bytes or env.memory_total_bytes)
     if dist:
         nodes = f", {dist.nodes} nodes" if dist.nodes > 1 else ""
-        title = (f"batchfind · {world} × {env.device_name or env.device} ({dist.strategy}{nodes}) · "
-                 f"limit {format_size(limit_bytes)} per device · samples/s across all ranks")
-    else:
-        title = f"batchfind · {env.device_name or env.device} · limit {format_size(limit_bytes)}"
-    grid = Table(title=title, title_justify="left")
-    grid.add_column("batch/device" if dist else "batch", justify="right")
-    grid.add_column("status")
-    grid.add_column("phase")
-    grid.add_column("step ms", justify="right")
-    grid.add_column("samples/s", justify="right")
-    grid.add_column("", no_wrap=True)  # throughput bar
-    grid.add_column("epoch", justify="right")
-    grid.add_column("peak", justify="right")
-    grid.add_column("of limit", justify="right")
-    show_lr = any(t.lr is not None for t in report.trials)
-    show_global = dist is not None or any(t.accumulation_steps is not None for t in report.trials)
-    show_energy = any(t.joules_per_sample is not None for t in report.trials)
-    if show_lr:
-        grid.add_column("lr", justify="right")
-    if show_global:
-        grid.add_column("global batch", justify="right")
-    if show_energy:
-        grid.add_column("J/sample", justify="right")
-    grid.add_column("note")
-    rec = report.recommendation
-    best = max((t.samples_per_s for t in report.trials if t.samples_per_s), default=0)
-    for t in report.trials:
-        notes = []
-        if t.batch_size == report.limit.batch_size and t.fits:
-            notes.append("largest fits" + (", verified" if t.fresh_process else ""))
-        if t.batch_size == rec.fastest_batch_size and t.fits:
-            notes.append("fastest")
-        if t.batch_size == rec.batch_size and t.fits:
-            notes.append("[bold]recommended[/bold]")
+        return (f"batchfind · {dist.world_size} × {env.device_name or env.device} ({dist.strategy}{nodes}) · "
+                f"limit {limit} per device · samples/s across all ranks")
+    return f"batchfind · {env.device_name or env.device} · limit {limit}"
+
+
+def _status(t: Trial) -> str:
+    return f"[{_STATUS_STYLE.get(t.status, 'white')}]{t.status}[/]"
+
+
+def trial_notes(report: Report, with_status: bool = False) -> list[str]:
+    """What the table says about each trial, as rich markup; `with_status` when no column shows
+    the status (a failure then names its own). The labels of a size (largest fits, fastest,
+    recommended) go on the last trial at that size: the one that counts."""
+    trials, rec, limit = report.trials, report.recommendation, report.limit
+    last = {t.batch_size: i for i, t in enumerate(trials)}
+    counted = [t for i, t in enumerate(trials) if last[t.batch_size] == i and t.fits]
+    measured = [t for t in counted if t.loss_finite is not False and t.samples_per_s
+                and (limit.batch_size is None or t.batch_size <= limit.batch_size)]
+    fastest = max(measured, key=lambda t: t.samples_per_s).batch_size if measured else None
+    labels: dict[int, list[str]] = {}
+    if limit.batch_size is not None:
+        labels.setdefault(limit.batch_size, []).append("largest fits" + (", verified" if limit.verified else ""))
+    if fastest is not None:
+        labels.setdefault(fastest, []).append("fastest")
+    if rec.fastest_batch_size is not None and rec.fastest_batch_size != fastest:
+        labels.setdefault(rec.fastest_batch_size, []).append("fastest within headroom")
+    if rec.batch_size is not None:
+        labels.setdefault(rec.batch_size, []).append("[bold]recommended[/bold]")
+    notes = []
+    for i, t in enumerate(trials):
+        note = list(labels.get(t.batch_size, [])) if t.fits and last[t.batch_size] == i else []
         if t.fits and t.loss_finite is False:
-            notes.append("[yellow]non-finite loss[/yellow]")
+            note.append("[yellow]non-finite loss[/yellow]")
         if t.status == "oom":
-            notes.append("out of memory")
-        elif t.error:
-            notes.append(Text(t.error[:60]).markup)
-        share = f"{t.peak_bytes / limit_bytes:.0%}" if t.peak_bytes and limit_bytes else "-"
-        cells = [
-            str(t.batch_size),
-            f"[{_STATUS_STYLE.get(t.status, 'white')}]{t.status}[/]",
-            t.phase,
-            step_text(t),
-            f"{t.samples_per_s:,.0f}" if t.samples_per_s else "-",
-            bar(t.samples_per_s / best if t.samples_per_s and best else 0),
-            _duration(t.epoch_s),
-            format_size(t.peak_bytes),
-            share,
-        ]
-        if show_lr:
-            cells.append(f"{t.lr:.3g}" if t.lr is not None else "-")
-        if show_global:
-            cells.append(global_batch_text(t.batch_size, world, t.accumulation_steps, t.global_batch_size))
-        if show_energy:
-            cells.append(f"{t.joules_per_sample:.3g}" if t.joules_per_sample is not None else "-")
-        grid.add_row(*cells, ", ".join(notes))
+            note.append("[red]out of memory[/]" if with_status else "out of memory")
+        elif t.error or (with_status and not t.fits):
+            error = Text(textwrap.shorten(clean_error(t.error or ""), _NOTE_ERROR_CHARS, placeholder=" …")).markup
+            note.append(": ".join(filter(None, [_status(t) if with_status else "", error])))
+        notes.append(", ".join(note))
+    return notes
+
+
+def _columns(report: Report, compact: set[str]) -> list[_Column]:
+    """The table's columns, less what `compact` (names from COMPACT_STEPS) gives up or merges."""
+    trials = report.trials
+    env, dist = report.environment, report.distributed
+    limit_bytes = env.memory_limit_bytes or env.memory_total_bytes
+    world = dist.world_size if dist else 1
+    best = max((t.samples_per_s for t in trials if t.samples_per_s), default=0)
+
+    def share(t: Trial) -> str:
+        return f"{t.peak_bytes / limit_bytes:.0%}" if t.peak_bytes and limit_bytes else "-"
+
+    columns = [_Column("batch/device" if dist else "batch", [str(t.batch_size) for t in trials])]
+    if "status" not in compact:
+        columns.append(_Column("status", [_status(t) for t in trials], "left"))
+    if "phase" not in compact:
+        columns.append(_Column("phase", [t.phase for t in trials], "left"))
+    columns += [_Column("step ms", [step_text(t) for t in trials]),
+                _Column("samples/s", [rate_text(t.samples_per_s) for t in trials])]
+    if "bar" not in compact:
+        columns.append(_Column("", [bar(t.samples_per_s / best if t.samples_per_s and best else 0) for t in trials],
+                               "left"))
+    if "epoch" not in compact:
+        columns.append(_Column("epoch", [_duration(t.epoch_s) for t in trials]))
+    if "share" in compact:
+        columns.append(_Column("peak (of limit)", [
+            format_size(t.peak_bytes) + (f" ({share(t)})" if t.peak_bytes and limit_bytes else "") for t in trials]))
+    else:
+        columns += [_Column("peak", [format_size(t.peak_bytes) for t in trials]),
+                    _Column("of limit", [share(t) for t in trials])]
+    if "lr" not in compact and any(t.lr is not None for t in trials):
+        columns.append(_Column("lr", [f"{t.lr:.3g}" if t.lr is not None else "-" for t in trials]))
+    if "global" not in compact and (dist is not None or any(t.accumulation_steps is not None for t in trials)):
+        columns.append(_Column("global batch", [
+            str(t.global_batch_size) if "factors" in compact
+            else global_batch_text(t.batch_size, world, t.accumulation_steps, t.global_batch_size) for t in trials]))
+    if "energy" not in compact and any(t.joules_per_sample is not None for t in trials):
+        columns.append(_Column("J/sample", [f"{t.joules_per_sample:.3g}" if t.joules_per_sample is not None else "-"
+                                            for t in trials]))
+    columns.append(_Column("note", trial_notes(report, with_status="status" in compact), "left"))
+    return columns
+
+
+def _table_width(columns: list[_Column]) -> int:
+    """Characters the table needs with its note wrapped: each column's widest cell, a space either
+    side and one rule between columns and at both edges."""
+    *fixed, note = columns
+    phrases = [p for cell in note.cells for p in Text.from_markup(cell).plain.split(", ")]
+    note_width = min(max([len(note.header)] + [len(p) + 1 for p in phrases]), _NOTE_MAX_PHRASE)
+    return sum(c.width for c in fixed) + note_width + 3 * len(columns) + 1
+
+
+def table(report: Report, width: int | None = None) -> Table:
+    """The trials as a table; given a `width`, the fullest layout that fits it (see COMPACT_STEPS)."""
+    for steps in range(len(COMPACT_STEPS) + 1):
+        columns = _columns(report, set(COMPACT_STEPS[:steps]))
+        if width is None or _table_width(columns) <= width:
+            break
+    grid = Table(title=_title(report), title_justify="left")
+    *fixed, note = columns
+    for column in fixed:  # numbers never wrap and never shrink; only the note does
+        grid.add_column(column.header, justify=column.justify, no_wrap=True, min_width=column.width)
+    grid.add_column(note.header, overflow="fold")
+    for row in zip(*(c.cells for c in columns)):
+        grid.add_row(*row)
     return grid
 
 
@@ -120,7 +197,7 @@ def global_batch_text(batch: int, world: int, steps: int | None, total: int | No
 
 
 def print_report(report: Report, console: Console) -> None:
-    console.print(table(report))
+    console.print(table(report, console.width))
     rec, limit = report.recommendation, report.limit
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
@@ -167,17 +244,25 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
 
 
+def _compared(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric.startswith("peak"):
+        return format_size(int(value))
+    return rate_text(value) if metric.startswith("samples/s") else f"{value:,.0f}"
+
+
 def print_comparison(result, console: Console) -> None:
     grid = Table(title=f"batchfind compare · regression bound {result.max_regression:.0%}", title_justify="left")
-    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"), ("", "left")):
-        grid.add_column(name, justify=justify)
+    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"),
+                          ("verdict", "left")):
+        grid.add_column(name, justify=justify, no_wrap=name != "metric")
     for c in result.changes:
-        bytes_metric = c.metric.startswith("peak")
-        show = (lambda v: format_size(int(v)) if v is not None else "-") if bytes_metric else (
-            lambda v: f"{v:,.0f}" if v is not None else "-")
         change = f"{c.change:+.1%}" if c.change is not None else "-"
-        verdict = "[red]regressed[/red]" if c.regressed else ""
-        grid.add_row(c.metric, show(c.base), show(c.new), change, verdict)
+        verdict = "[red]regressed[/red]" if c.regressed else "ok" if c.change is not None else "-"
+        # The metric's name in the JSON counts bytes; the table shows them in MiB or GiB.
+        metric = c.metric.replace("peak bytes", "peak memory")
+        grid.add_row(metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict)
     console.print(grid)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")

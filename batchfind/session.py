@@ -212,4 +212,4 @@ def _starved(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+    return devices.clean_error(f"{type(exc).__name__}: {text[0] if text else ''}".strip(": "))

@@ -42,6 +42,21 @@ def test_builtin_models_train_on_their_synthetic_batches(write_config, text, out
     assert torch.isfinite(step((x, y)))
 
 
+@pytest.mark.parametrize("config", ["configs/gpt-small.yaml",
+                                    pytest.param("configs/bert-base.yaml", marks=pytest.mark.slow)])
+def test_a_fresh_transformer_predicts_tokens_nearly_uniformly(config):
+    """Its initial loss on random tokens is near ln(vocab), as for any untrained classifier over the vocabulary."""
+    import math
+
+    cfg = load_config(config, {"--device": "cpu"})
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    x, y = build_batches(cfg, CPU).batch(2)
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    assert loss == pytest.approx(math.log(cfg.model.vocab_size), rel=0.2)
+
+
 def test_resnet50_config_is_resnet50():
     model = build_model(load_config("configs/resnet50.yaml").model)
     assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's resnet50

@@ -39,7 +39,8 @@ def test_plateau_recommends_the_knee_not_the_largest():
     # The shape ResNet-50 showed on a large GPU: +2% from 32 to 64, flat after.
     rec, _ = choose(curve([500, 900, 1500, 1979, 2124, 2215, 2256, 2253]))
     assert rec.fastest_batch_size == 64 and rec.batch_size == 32  # 2215 is within 2% of 2256
-    assert "within 2% of the fastest" in rec.reason
+    assert "within 2% of the fastest (" in rec.reason
+    assert choose(curve([10, 20, 40]))[0].reason.startswith("fastest measured (40 samples/s)")
 
 
 def test_flat_curve_recommends_the_smallest():
@@ -56,6 +57,7 @@ def test_headroom_excludes_sizes_near_the_limit():
     trials = curve([10, 20, 40, 80, 160], peak_per_sample=100_000_000)  # bs 16 peaks at 1.7 GB
     rec, _ = choose(trials, limit_bytes=1_800_000_000, headroom=0.10)
     assert rec.batch_size == 8 and "leaving at least 10%" in rec.reason
+    assert rec.reason.startswith("fastest within the headroom (80 samples/s)")  # 16 ran faster
     rec, notes = choose(trials, limit_bytes=10**8, headroom=0.10)
     assert rec.batch_size == 16 and any("headroom ignored" in n for n in notes)
 

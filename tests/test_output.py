@@ -1,0 +1,269 @@
+"""What people read: the table at any width, piped output, help, compare, info and the plot."""
+
+import dataclasses
+import io
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.text import Text
+
+from batchfind.render import print_report, rate_text, step_text, table, trial_notes
+from batchfind.report import Environment, Limit, Recommendation, Report, StepTimes, Trial
+from batchfind.sizes import format_size
+
+MiB = 1024**2
+LIMIT = 2048 * MiB
+
+# A cnn-small probe under a 2 GiB cap on a 2-core CPU (README's example): (batch, status, phase,
+# median step ms, p10, p90, peak MiB, fresh process).
+RUN = [
+    (1, "ok", "double", 11.6, 10.8, 12.6, 323.6, True),
+    (2, "ok", "double", 10.4, 10.2, 10.6, 336.5, False),
+    (4, "ok", "double", 13.3, 13.0, 13.6, 342.7, False),
+    (8, "ok", "double", 19.3, 19.1, 19.5, 352.8, False),
+    (16, "ok", "double", 31.6, 31.0, 32.2, 371.5, False),
+    (32, "ok", "double", 62.4, 56.2, 68.6, 416.4, False),
+    (64, "ok", "double", 123.0, 119.3, 126.7, 496.7, False),
+    (128, "ok", "double", 238.9, 234.1, 243.7, 645.2, False),
+    (256, "ok", "double", 505.7, 434.9, 576.5, 877.5, False),
+    (512, "ok", "double", 1554.4, 1445.6, 1663.2, 1331.2, False),
+    (1024, "oom", "double", None, None, None, 1945.6, False),
+    (829, "ok", "refine", 2138.9, 2010.6, 2267.2, 1740.8, True),
+    (958, "ok", "refine", 2649.4, 2411.0, 2887.8, 1966.1, True),
+    (1010, "oom", "refine", None, None, None, 2048.0, True),
+    (1003, "oom", "refine", None, None, None, 1986.6, True),
+    (1002, "ok", "refine", 3223.8, 3127.1, 3320.5, 1966.1, True),
+]
+DATASET = 50_000
+
+
+def trial(batch, status, phase, median, p10, p90, peak_mib, fresh):
+    ok = status == "ok"
+    return Trial(
+        batch_size=batch, status=status, phase=phase, fresh_process=fresh, peak_bytes=int(peak_mib * MiB),
+        step_ms=StepTimes(median, p10, p90, [p10, median, p90]) if ok else None,
+        samples_per_s=batch / median * 1000 if ok else None,
+        epoch_s=-(-DATASET // batch) * median / 1000 if ok else None,
+        loss=2.3 if ok else None, loss_finite=True if ok else None,
+        error=None if ok else "in forward: RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. "
+                              "DefaultCPUAllocator: can't allocate memory: you tried to allocate 51380224 bytes.",
+    )
+
+
+def make_report(run=RUN, recommended=128, fastest=128, limit=1002, warnings=()):
+    return Report(
+        tool={"name": "batchfind", "version": "0"},
+        environment=Environment("2.13.0", "cpu", "AMD EPYC 7B13", 24 * 1024 * MiB, LIMIT, 2),
+        config={}, dataset_len=DATASET, parameters=700_000, input_lengths=None,
+        trials=[trial(*row) for row in run],
+        limit=Limit(limit, 1003, verified=True, refined=True),
+        recommendation=Recommendation(recommended, "fastest measured", fastest_batch_size=fastest,
+                                      largest_batch_size=limit),
+        warnings=list(warnings), stopped_because="oom at batch 1024",
+    )
+
+
+def rendered(report, width):
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    print_report(report, console)
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_every_header_and_number_is_readable_at_any_width(width):
+    report = make_report(warnings=[WARNING])
+    text = rendered(report, width)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text
+    header = next(line for line in lines if line.startswith("┃"))
+    assert header.strip("┃").split("┃")[0].strip() == "batch"
+    layout = table(report, width).columns
+    for column in layout:
+        assert f" {column.header} " in header, (column.header, header)
+    assert {"batch", "step ms", "samples/s", "note"} <= {c.header for c in layout}
+    assert any(c.header.startswith("peak") for c in layout)
+    # Every cell but the note (which may wrap between its phrases) appears whole on its trial's row.
+    rows = [line for line in lines if re.match(r"│\s+\d+\s+│", line)]  # a trial's first line
+    assert len(rows) == len(report.trials)
+    for column in layout[:-1]:
+        for row, cell in zip(rows, column.cells):
+            assert Text.from_markup(cell).plain in row, (column.header, cell, row)
+    for number in ("11.6 ±8%", "86.2", "3223.8 ±3%", "1.9 GiB", "96%"):  # spot checks, as printed
+        assert number in text
+
+
+def test_a_distributed_probe_with_a_training_plan_fits_80_columns_too():
+    from batchfind.report import Distributed
+
+    report = make_report()
+    report = dataclasses.replace(
+        report, distributed=Distributed("fsdp", 8, 1, "nccl", "batchfind"),
+        trials=[dataclasses.replace(t, lr=1e-4 * (t.batch_size * 8 / 256) ** 0.5, accumulation_steps=4,
+                                    global_batch_size=t.batch_size * 8 * 4, joules_per_sample=0.0123)
+                for t in report.trials])
+    wide = rendered(report, 250)
+    assert "lr" in wide and "global batch" in wide and "J/sample" in wide and "1002×8×4 = 32064" in wide
+    text = rendered(report, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert "batch/device" in text and "samples/s" in text
+
+
+def test_a_narrow_terminal_drops_the_bar_and_phase_first_a_wide_one_keeps_them():
+    wide, narrow = table(make_report(), 200), table(make_report(), 80)
+    wide_headers = [c.header for c in wide.columns]
+    narrow_headers = [c.header for c in narrow.columns]
+    assert "phase" in wide_headers and "" in wide_headers  # the throughput bar
+    assert "phase" not in narrow_headers and "" not in narrow_headers
+    assert "peak (of limit)" in narrow_headers
+
+
+def test_labels_go_on_the_last_trial_at_a_size_and_fastest_means_fastest_measured():
+    # 64 re-run for verification; the recommendation's fastest-within-headroom (64) is not the fastest (128).
+    run = RUN[:8] + [RUN[10], (64, "ok", "verify", 123.0, 119.3, 126.7, 496.7, True)]
+    report = make_report(run, recommended=64, fastest=64, limit=128)
+    notes = dict(enumerate(trial_notes(report)))
+    assert notes[6] == "" and notes[9] == "fastest within headroom, [bold]recommended[/bold]"
+    assert notes[7] == "largest fits, verified, fastest"
+    assert notes[8] == "out of memory"
+    # When they agree, one label says it.
+    assert "fastest, [bold]recommended[/bold]" in trial_notes(make_report())
+
+
+def test_without_a_status_column_failures_name_their_status():
+    run = RUN[:3] + [(8, "timeout", "double", None, None, None, 352.8, False)]
+    report = make_report(run, limit=4)
+    report.trials[3] = dataclasses.replace(report.trials[3], error="no result within 300 s; worker stopped")
+    assert trial_notes(report)[3] == "no result within 300 s; worker stopped"
+    assert trial_notes(report, with_status=True)[3] == "[yellow]timeout[/]: no result within 300 s; worker stopped"
+
+
+def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from batchfind.plot import figure
+
+    report = dataclasses.replace(make_report(), config={"model": {"name": "cnn"},
+                                                        "train": {"optimizer": "sgd", "precision": "fp32"}})
+    fig = figure(report, "cnn-small.yaml")
+    try:
+        top, bottom, search = fig.axes
+        assert fig.get_suptitle() == "cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC 7B13 · limit 2.0 GiB"
+        doubled = [str(t.batch_size) for t in report.trials if t.phase == "double"]
+        assert [label.get_text() for label in bottom.get_xticklabels()] == doubled
+        bars = [c for c in top.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 1 and len(bars[0].lines[0].get_xdata()) == sum(t.fits for t in report.trials)
+        searched = [t for t in report.trials if t.phase != "double"]
+        assert [label.get_text().split("\n")[0] for label in search.get_xticklabels()] == [
+            str(t.batch_size) for t in searched]
+        assert len(fig.legends) == 1 and all(axis.get_legend() is None for axis in fig.axes)
+    finally:
+        plt.close(fig)
+
+
+WARNING = ("step times varied by more than 25% (p10 to p90) at batch 256, 1000: throughput there is uncertain; "
+           "more --steps or a quieter machine will tell")
+
+
+def test_a_pipe_gets_the_full_table_and_unbroken_lines(monkeypatch):
+    from batchfind.cli import _console
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    console = _console()
+    print_report(make_report(warnings=[WARNING]), console)
+    text = sys.stdout.getvalue()
+    assert "phase" in text and "█" in text  # the full layout, bar included
+    assert f"warning: {WARNING}\n" in text
+
+
+def fake_probe(report):
+    """A probe that reports `report`'s trials to the progress callbacks and returns it."""
+
+    def run(config, on_trial_start=None, on_trial_end=None, **_):
+        for t in report.trials:
+            if on_trial_start:
+                on_trial_start(t.batch_size, t.phase)
+            if on_trial_end:
+                on_trial_end(t)
+        return report
+
+    return run
+
+
+def test_quiet_without_json_prints_nothing_and_progress_keeps_brackets(monkeypatch, write_config):
+    from typer.testing import CliRunner
+
+    from batchfind import probing
+    from batchfind.cli import app
+
+    monkeypatch.setattr(probing, "probe", fake_probe(make_report()))
+    path = write_config("model: {name: mlp}\n")
+    quiet = CliRunner().invoke(app, ["probe", str(path), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    loud = CliRunner().invoke(app, ["probe", str(path)])
+    assert "batchfind · AMD EPYC 7B13" in loud.stdout
+    oom = next(line for line in loud.stderr.splitlines() if "batch 1024: oom" in line)
+    assert oom.endswith("batch 1024: oom — in forward: RuntimeError: DefaultCPUAllocator: can't allocate memory: "
+                        "you tried to allocate 51380224 bytes.")
+
+
+def test_enforce_fail_noise_is_cleaned_from_errors():
+    from batchfind.devices import clean_error
+
+    raw = ("RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+           "you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
+    assert clean_error(raw) == ("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                "1073741824 bytes. Error code 12 (Cannot allocate memory)")
+    assert clean_error("ValueError: [1, 2] is not a shape") == "ValueError: [1, 2] is not a shape"
+
+
+def test_cpu_name_is_the_model_name_where_linux_gives_one():
+    from batchfind.devices import cpu_name, host_info
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    assert cpu_name() == (names[0] if names else cpu_name()) and cpu_name()
+    assert host_info()["cpu"]["name"] == cpu_name()
+
+
+@pytest.mark.parametrize("command", ["", "probe", "check", "info", "compare", "init", "validate", "plot", "schema"])
+def test_help_fits_80_columns_without_cutting_names(command):
+    from typer.testing import CliRunner
+
+    from batchfind.cli import app
+
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    text = result.stdout
+    assert "<bool>" not in text and "…" not in text and "..." not in text.split("Commands:")[-1]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    usage = text.splitlines()[0]
+    assert usage == usage.replace("{config}", "").replace("{base}", "")  # arguments in capitals, like REPORT
+    if command == "probe":
+        for option in ("--require-throughput", "--nproc-per-node", "--memory-limit", "--lr-rule", "--quiet"):
+            assert re.search(rf"^\s+(-\w, )?{option}\b", text, re.M), option
+    if command == "info":
+        assert "table" not in text
+
+
+def test_compare_shows_small_rates_memory_and_a_header_for_every_column(tmp_path):
+    from batchfind.compare import compare
+    from batchfind.render import print_comparison
+
+    slow = [(1, "ok", "double", 2500.0, 2400.0, 2600.0, 900.0, True), (2, "ok", "double", 4600.0, 4500.0, 4700.0,
+                                                                        1000.0, False)]
+    base = make_report(slow, recommended=2, fastest=2, limit=2)
+    new = make_report([slow[0], (2, "ok", "double", 6000.0, 5900.0, 6100.0, 1200.0, False)], recommended=1,
+                      fastest=1, limit=2)
+    console = Console(width=100, file=io.StringIO(), color_system=None)
+    print_comparison(compare(base, new, 0.10), console)
+    text = console.file.getvalue()
+    assert re.search(r"samples/s @ 2\s+│\s+0\.435\s+│\s+0\.333\s+│\s+-23\.3%\s+│ regressed", text), text
+    assert re.search(r"peak memory @ 2\s+│\s+1000\.0 MiB\s+│\s+1\.2 GiB", text) and "peak bytes" not in text
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert [h.strip() for h in header.strip("┃").split("┃")] == ["metric", "base", "new", "change", "verdict"]
