@@ -190,17 +190,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
         return "fit" if beyond else "throughput"
 
-    def double(size: int) -> Trial:
-        kind = purpose(size)
-        # Where processes are cheap, the first size beyond the headroom starts a brand-new one, so
-        # the model near the edge rests on a fresh process's peak (a CPU worker that ran smaller
-        # sizes holds memory they freed).
-        fresh = (kind == "fit" and all(t.purpose == "throughput" for t in prober.trials)
-                 and _processes_cheap(prober, _edge(model())))
-        return prober.trial(size, kind, fresh)
-
     outcome = PlanResult()
-    doubled = search.double(double, p.min_batch, high, keep_going)
+    doubled = search.double(lambda size: prober.trial(size, purpose(size)), p.min_batch, high, keep_going)
     outcome.model = model()
     last = doubled[-1] if doubled else None
     fits = limit_of(prober.trials).batch_size

@@ -131,6 +131,6 @@ def edge(
             break
         warm = reuse and outcome.status == "ok"
         misses = misses + 1 if calls_edge and size > lo and outcome.status == "ok" else 0
-        if guess is not None and not calls_edge and not warm:
+        if guess is not None and not calls_edge and outcome.status != "ok":
             margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried

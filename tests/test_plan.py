@@ -135,11 +135,10 @@ def test_where_steps_cost_more_than_processes_every_check_near_the_edge_is_fresh
     sim = SimDevice(1708, **CPU)
     limit = sim.run()
     assert limit.batch_size == 1708 and limit.verified and limit.first_oom == 1709
-    # The first size past the headroom starts a brand-new process (the model's anchor); then only
-    # the proof: 1708 fits and 1709 fails, each first in a brand-new process.
-    assert [(t.batch_size, t.status, t.fresh_process) for t in sim.trials if t.purpose == "fit"] == [
-        (2048, "oom", True), (1708, "ok", True), (1709, "oom", True)]
-    assert doubling_processes(sim) == 3
+    # Only the proof: 1708 fits and 1709 fails, each first in a brand-new process.
+    assert [(t.batch_size, t.status, t.fresh_process) for t in sim.trials if t.phase == "refine"] == [
+        (1708, "ok", True), (1709, "oom", True)]
+    assert doubling_processes(sim) == 2
 
 
 def test_fit_checks_run_past_the_first_step():
