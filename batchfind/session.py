@@ -114,7 +114,10 @@ class Session:
         if purpose == "fit":
             plan = StepPlan("fit", warmup=0, min_steps=probe.fit_steps)
         else:
-            plan = StepPlan("throughput", warmup=probe.warmup_steps, min_steps=probe.steps, min_time_s=probe.min_time_s)
+            # Ranks step together (every step holds collectives): each timing its own steps until
+            # a minimum time would leave one waiting for a step the others never take.
+            plan = StepPlan("throughput", warmup=probe.warmup_steps, min_steps=probe.steps,
+                            min_time_s=0.0 if self.rank else probe.min_time_s)
         progress = self.progress
 
         def on_step(done: int, planned: int) -> None:

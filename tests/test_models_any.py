@@ -13,7 +13,8 @@ from batchfind.cli import app
 from batchfind.config import load_config
 from batchfind.data import build_batches, collate, to_device
 from batchfind.errors import InputError
-from batchfind.measure import gradient_sq_norms, measure, measure_loader
+from batchfind.devices import CappedPeak
+from batchfind.measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from batchfind.models import build_model, instantiate
 from batchfind.session import check_fit
 from batchfind.step import CustomStep, LightningStep, Step, make_step
@@ -229,7 +230,8 @@ def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating
     norms = gradient_sq_norms(model, batches.sample, 8, 3, step.gradients)
     assert len(norms) == 3 and all(n > 0 for n in norms)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update while measuring gradients"
-    result = measure(step, batches.batch, 8, warmup=1, steps=2, dataset_len=len(batches), device=CPU)
+    result = measure(step, batches.batch, 8, StepPlan("throughput", warmup=1, min_steps=2), dataset_len=len(batches),
+                     device=CPU, meter=CappedPeak(CPU))
     assert result["status"] == "ok" and result["loss_finite"]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

@@ -1,0 +1,76 @@
+"""Benchmark: a CPU worker's peak and step time under glibc's default allocator and held steady.
+
+For each config and batch size, `--runs` brand-new processes under the memory limit run
+`--steps` training steps with glibc as it comes, then as batchfind's CPU workers run it
+(`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages). Prints
+each run's peak data segment (what the cap counts) after the last step, or the step it failed
+at, and the median step time after the first.
+
+    python benchmarks/allocator.py --memory-limit 2GiB configs/cnn-small.yaml:1000 configs/gpt-small.yaml:64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+CHILD = """
+import json, sys, time
+from batchfind import devices
+from batchfind.config import load_config
+from batchfind.session import Session
+config = load_config(sys.argv[1], {"--memory-limit": sys.argv[3], "--device": "cpu"})
+session = Session(config.model_dump(mode="json")); session.start()
+meter = devices.CappedPeak(session.device)
+batch, times, failed = session.batches.batch(int(sys.argv[2])), [], None
+for i in range(int(sys.argv[4])):
+    start = time.perf_counter()
+    try:
+        session.step(batch)
+    except Exception as exc:
+        if not devices.is_oom(exc):
+            raise
+        failed = i + 1
+        break
+    times.append((time.perf_counter() - start) * 1000)
+print(json.dumps({"peak": meter.read(), "times": times, "failed": failed}))
+"""
+
+
+def run(config: str, size: int, limit: str, steps: int, env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, config, str(size), limit, str(steps)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip()[-300:])
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    from batchfind.worker import steady_allocator
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="+", help="CONFIG:BATCH")
+    parser.add_argument("--memory-limit", default="2GiB")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    plain = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    print("| config | batch | allocator | peak data segment per run (MiB) | median step ms after the first |")
+    print("| --- | ---: | --- | --- | ---: |")
+    for case in args.cases:
+        config, size = case.rsplit(":", 1)
+        for name, env in (("glibc default", plain), ("steady", steady_allocator(plain))):
+            runs = [run(config, int(size), args.memory_limit, args.steps, env) for _ in range(args.runs)]
+            peaks = ", ".join(f"failed at step {r['failed']}" if r["failed"] else f"{r['peak'] / 2**20:.0f}"
+                              for r in runs)
+            later = [t for r in runs for t in r["times"][1:]]
+            median = f"{statistics.median(later):.0f}" if later else "-"
+            print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | {median} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
