@@ -68,12 +68,13 @@ def failed_allocation(message: str | None) -> int | None:
     return None
 
 
-def fit(trials: list[Measured], ceiling_bytes: int | None) -> MemoryModel | None:
+def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = False) -> MemoryModel | None:
     """Least-squares line through the largest fitting trials' peaks; None until it can predict anything.
 
     `ceiling_bytes`: where the capped peak runs out (the limit in force, or what the GPU can give).
+    `kinds_differ`: long-lived workers' peaks are offset from brand-new processes' (CPU).
     """
-    capped = _line(trials, "capped_peak_bytes")
+    capped = _line(trials, "capped_peak_bytes", kinds_differ)
     if capped and ceiling_bytes:
         learned = _learned(trials, "capped_peak_bytes")
         if learned is not None and learned < ceiling_bytes:
@@ -84,7 +85,7 @@ def fit(trials: list[Measured], ceiling_bytes: int | None) -> MemoryModel | None
         if reached > ceiling_bytes:
             return MemoryModel(*capped[:2], reached, capped[2], "fits")
         return MemoryModel(*capped[:2], ceiling_bytes, capped[2], "limit")
-    resident = _line(trials, "peak_bytes")
+    resident = _line(trials, "peak_bytes", kinds_differ)
     if resident is None:
         return None
     learned = _learned(trials, "peak_bytes")
@@ -95,12 +96,14 @@ def fit(trials: list[Measured], ceiling_bytes: int | None) -> MemoryModel | None
     return None
 
 
-def _line(trials: list[Measured], field: str) -> tuple[float, float, int] | None:
+def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float, float, int] | None:
     """(fixed, per sample, points) through the largest sizes with a peak; None when memory does not grow.
 
-    The slope is the least-squares one; the line goes through the largest of those sizes that ran
-    first in a brand-new process, where there is one: a worker that ran other sizes before holds
-    memory they left behind (a CPU allocator's free lists), or lacks what a first trial allocates."""
+    When the largest size ran first in a brand-new process, the line goes through it. Where a worker
+    that ran other sizes before holds memory they left behind (`kinds_differ`: a CPU allocator's free
+    lists, 240 MiB for a small CNN under a 2 GiB cap), peaks from the two kinds of process differ by
+    an offset, so the slope comes from sizes of one kind: trials that ran first in a brand-new
+    process once there are two, else the others."""
     peaks: dict[int, tuple[int, bool]] = {}
     for t in trials:
         value = getattr(t, field)
@@ -109,17 +112,20 @@ def _line(trials: list[Measured], field: str) -> tuple[float, float, int] | None
             peaks[t.batch_size] = (max(value, old), fresh or t.fresh_process)
     if len(peaks) < 2:
         return None
-    points = sorted(peaks.items())[-FIT_POINTS:]
+    ordered = sorted(peaks.items())
+    fresh = [(x, y) for x, (y, first) in ordered if first][-FIT_POINTS:]
+    worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
+    points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]
+    if kinds_differ:
+        points = fresh if len(fresh) >= 2 else worker if len(worker) >= 2 else points
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, (y, _) in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, (y, _) in points) / sxx
+    mean_y = sum(y for _, y in points) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
     if slope <= 0:
         return None  # memory did not grow with the batch: nothing to extrapolate
-    anchors = [(x, y) for x, (y, fresh) in points if fresh]
-    if anchors and anchors[-1][0] > points[0][0]:
-        x, y = anchors[-1]
+    if fresh and fresh[-1][0] == ordered[-1][0]:
+        x, y = fresh[-1]
         return y - slope * x, slope, n
     return mean_y - slope * mean_x, slope, n
 

@@ -181,9 +181,10 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
     high = min(p.max_batch or per_rank, per_rank)
     ceiling = facts.get("memory_ceiling_bytes")
+    kinds_differ = facts.get("device") == "cpu"
 
     def model() -> MemoryModel | None:
-        return fit(prober.trials, ceiling)
+        return fit(prober.trials, ceiling, kinds_differ)
 
     def purpose(size: int) -> str:
         m = model()
@@ -227,7 +228,8 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     variation = facts.get("memory_variation_bytes") or 0
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=_safe_size(
-        limit.batch_size, limit.first_oom, fit(trials, facts.get("memory_ceiling_bytes")), variation))
+        limit.batch_size, limit.first_oom, fit(trials, facts.get("memory_ceiling_bytes"), facts.get("device") == "cpu"),
+        variation))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)

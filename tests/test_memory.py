@@ -86,10 +86,14 @@ def test_capped_peaks_take_the_limit_as_the_ceiling_before_anything_fails():
 
 
 def test_the_line_goes_through_the_largest_fresh_point():
-    # A worker that ran smaller sizes holds 40 MiB they left behind; the fresh 300 does not.
+    # A CPU worker that ran smaller sizes holds 40 MiB they left behind; the fresh 300 does not.
     trials = capped(340 * MiB, 2 * MiB, [64, 128, 256]) + capped(300 * MiB, 2 * MiB, [300], fresh=(300,))
-    model = fit(trials, ceiling_bytes=1024 * MiB)
+    model = fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True)
+    # The slope from the worker's sizes alone, through the fresh point: the offset is gone.
     assert model.peak_at(300) == pytest.approx(900 * MiB)
+    assert model.per_sample_bytes == pytest.approx(2 * MiB) and model.predicted_edge == 362
+    # Mixing the two kinds would bend the slope.
+    assert fit(trials, ceiling_bytes=1024 * MiB).per_sample_bytes < 1.9 * MiB
 
 
 def test_a_size_that_ran_above_the_stated_ceiling_raises_it():
