@@ -139,9 +139,10 @@ class Worker:
 # glibc serves allocations at or above a threshold with their own mappings, returned to the system
 # when freed. By default the threshold rises with the largest block freed (up to 32 MiB), so which
 # tensors come from the heap, and how fragmented it gets, changes from run to run: a small CNN's
-# peak at one batch size varied by up to 30% between runs, and its edge under a CPU cap with it.
-# Fixed at 4 MiB, the peak repeated to the MiB; with those mappings on transparent huge pages the
-# steps cost no more than glibc's default (measured in docs/benchmarks.md).
+# peak at one batch size spread over 94 MiB in three runs, and under a CPU cap a size failed where
+# a larger one fitted in the next run.
+# Fixed at 4 MiB, the peak repeated within 3 MiB; with those mappings on transparent huge pages the
+# steps took between 23% less and 25% more than with glibc's default (docs/benchmarks.md).
 MMAP_THRESHOLD = 4 << 20
 
 
