@@ -53,7 +53,6 @@ class Prober:
         self.keep_standby = topo is None
         self.generation = 0
         self.trials: list[Trial] = []
-        self.processes = 0  # brand-new worker processes (groups) that ran a trial or a request
         self.start_s: float | None = None  # how long the first worker took to be ready
         self.phase = "double"
 
@@ -93,8 +92,6 @@ class Prober:
         try:
             if fresh or self.group is None:
                 self.group = self._fresh()
-            if self.group.trials_run == 0:
-                self.processes += 1
             result = self.group.run(size, purpose, self.config.probe.trial_timeout_s)
             trial = Trial.from_dict({**result, "phase": self.phase, "purpose": purpose})
         except SetupFailed as exc:
@@ -119,7 +116,6 @@ class Prober:
         """A request other than a trial, in a brand-new worker; a failure comes back as its status."""
         try:
             self.group = self._fresh()
-            self.processes += 1
             reply = self.group.call(request, self.config.probe.trial_timeout_s)
         except SetupFailed as exc:
             reply = {"status": exc.status, "error": exc.message}

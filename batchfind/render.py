@@ -138,7 +138,8 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
     if "status" not in compact:
         columns.append(_Column("status", [_status(t) for t in trials], "left"))
     if "phase" not in compact:
-        columns.append(_Column("phase", [t.phase for t in trials], "left"))
+        # A fit check's few steps are not ranked: say which rows are fit checks.
+        columns.append(_Column("phase", [t.phase + (" · fit" if t.purpose == "fit" else "") for t in trials], "left"))
     columns += [_Column("step ms", [step_text(t) for t in trials]),
                 _Column("samples/s", [rate_text(t.samples_per_s) for t in trials])]
     if "bar" not in compact:
