@@ -60,8 +60,9 @@ def edge(
 ) -> list[Outcome]:
     """Find the largest fitting multiple of `multiple_of` below the smallest size that failed among
     the `known` outcomes (at least one did), and prove it: it fit as the first trial of a brand-new
-    process, and the size above it failed in one. `fit(size, fresh)` runs a fit check, in a brand-new process when `fresh`, else in the worker
-    that ran the last check (which, having only fitted so far, is still a clean place to measure).
+    process, and the size above it failed in one. `fit(size, fresh)` runs a fit check, in a
+    brand-new process when `fresh`, else in the worker that ran the last check (which, having only
+    fitted so far, is still a clean place to measure).
 
     A brand-new process costs more than a step, so the search goes on inside the worker while sizes
     fit: from a fit it jumps to `predict()`, the memory model's edge refitted to everything tried so
