@@ -176,11 +176,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     if p.min_batch > per_rank:
         raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
     high = min(p.max_batch or per_rank, per_rank)
-    ceiling = facts.get("memory_ceiling_bytes")
-    kinds_differ = facts.get("device") == "cpu"
-
     def model() -> MemoryModel | None:
-        return fit(prober.trials, ceiling, kinds_differ)
+        return _model(prober.trials, facts)
 
     def purpose(size: int) -> str:
         m = model()
@@ -192,11 +189,11 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     outcome.model = model()
     last = doubled[-1] if doubled else None
     fits = limit_of(prober.trials).batch_size
-    prober.phase = "refine"
     if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
-        cheap = _processes_cheap(prober, _edge(model()))
+        prober.phase = "refine"
+        m, variation = outcome.model, facts.get("memory_variation_bytes") or 0
+        cheap = _processes_cheap(prober, _edge(m))
         # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
-        m, variation = model(), facts.get("memory_variation_bytes") or 0
         resolution = max(1, int(variation / m.per_sample_bytes)) if _explains(m, last.batch_size) and variation else 1
         search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
                     multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
@@ -224,12 +221,17 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     variation = facts.get("memory_variation_bytes") or 0
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=_safe_size(
-        limit.batch_size, limit.first_oom, fit(trials, facts.get("memory_ceiling_bytes"), facts.get("device") == "cpu"),
-        variation))
+        limit.batch_size, limit.first_oom, _model(trials, facts), variation))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)
     return trials, limit, recommendation, notes
+
+
+def _model(trials: list[Trial], facts: dict) -> MemoryModel | None:
+    """The memory model of these trials; on CPU a worker that ran before holds memory a brand-new
+    process does not, so the two kinds of process are told apart."""
+    return fit(trials, facts.get("memory_ceiling_bytes"), kinds_differ=facts.get("device") == "cpu")
 
 
 def _explains(model: MemoryModel | None, failed: int | None) -> bool:

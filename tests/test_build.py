@@ -190,3 +190,13 @@ def test_throughput_trials_repeat_short_steps_until_the_minimum_time(write_confi
 def test_a_fit_check_runs_just_its_steps():
     plan = StepPlan("fit", warmup=0, min_steps=2)
     assert [plan.more(done, 0.0) for done in range(3)] == [True, True, False]
+
+
+def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
+    from batchfind.worker import MMAP_THRESHOLD, steady_allocator
+
+    env = steady_allocator({"PATH": "/bin"})
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"
