@@ -435,8 +435,8 @@ def probe(
             first = report.trials[0]
             console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status})")
         for failed in (r for r in report.requirements if not r.passed):
-            actual = "not measured" if failed.actual is None else f"{failed.actual:g}"
-            console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {failed.required:g})")
+            actual = "not measured" if failed.actual is None else _number(failed.actual)
+            console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")
         raise typer.Exit(code)
 
 
@@ -537,6 +537,12 @@ def compare(
             sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         print_comparison(result, _console(stderr=as_json))
         raise typer.Exit(EXIT_REQUIREMENT if result.regressed else 0)
+
+
+def _number(value: float) -> str:
+    """A batch size as an integer (any size: `:g` would turn a huge one into a float and overflow),
+    a rate in short form."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _fraction(text: str, option: str) -> float:
