@@ -274,7 +274,8 @@ def _progress(console, quiet: bool):
         return f"[dim]{time.monotonic() - started:6.1f}s[/dim]"
 
     def on_start(size: int, phase: str) -> None:
-        verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:"}[phase]
+        verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:",
+                "remeasure": "measuring again:"}[phase]
         console.print(f"{stamp()} {verb} batch {size} …")
         if live:
             live.update(f"batch {size} · trial {done + 1} · starting")

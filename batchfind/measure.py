@@ -21,14 +21,46 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+# The confidence of a median step time's interval.
+CONFIDENCE = 0.9
+
+
+def median_interval(sorted_values: list[float]) -> tuple[float, float]:
+    """A distribution-free interval for the median: the k-th smallest and k-th largest values, with
+    k the largest whose binomial coverage reaches `CONFIDENCE` (min and max for fewer than 5 values,
+    whose coverage is lower: 75% for 3). Step times are skewed (a stall makes one step slow), so
+    no normal approximation."""
+    n = len(sorted_values)
+    k = 1
+    while k < n // 2 and 1 - 2 * _binomial_below(n, k + 1) >= CONFIDENCE:
+        k += 1
+    return sorted_values[k - 1], sorted_values[n - k]
+
+
+def _binomial_below(n: int, k: int) -> float:
+    """P(X < k) for X ~ Binomial(n, 1/2): the chance that fewer than k values fall below the median."""
+    return sum(math.comb(n, i) for i in range(k)) / 2**n
+
+
 def step_stats(samples_ms: list[float]) -> dict[str, Any]:
     ordered = sorted(samples_ms)
+    low, high = median_interval(ordered)
     return {
         "median": percentile(ordered, 50),
         "p10": percentile(ordered, 10),
         "p90": percentile(ordered, 90),
+        "ci_low": low,
+        "ci_high": high,
         "samples": [round(s, 4) for s in samples_ms],
     }
+
+
+def uncertainty(samples_ms: list[float]) -> float:
+    """Half the width of the median's interval, relative to the median."""
+    ordered = sorted(samples_ms)
+    low, high = median_interval(ordered)
+    middle = percentile(ordered, 50)
+    return (high - low) / 2 / middle if middle > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -36,9 +68,11 @@ class StepPlan:
     """How many steps a trial runs, by what it is for.
 
     A fit check needs the memory of a steady-state step and nothing more: optimizer state appears
-    at the first optimizer step, so the second step holds it. A throughput trial runs until both `min_steps` and `min_time_s` of measured steps
-    are reached (torch.utils.benchmark's blocked autorange), so a step of milliseconds is timed
-    many times and a step of seconds only `min_steps` times; `max_steps` bounds the first kind.
+    at the first optimizer step, so the second step holds it. A throughput trial runs until both
+    `min_steps` and `min_time_s` of measured steps are reached (torch.utils.benchmark's blocked
+    autorange), so a step of milliseconds is timed many times and a step of seconds only
+    `min_steps` times; then on while the median's interval is wider than `precision` (relative
+    half-width) and another step fits in `max_time_s`. `max_steps` bounds the number of steps.
     """
 
     purpose: str  # "throughput" or "fit"
@@ -46,9 +80,19 @@ class StepPlan:
     min_steps: int
     min_time_s: float = 0.0
     max_steps: int = 100
+    precision: float = 0.0
+    max_time_s: float = 0.0
 
-    def more(self, done: int, elapsed_s: float) -> bool:
-        return done < self.min_steps or (elapsed_s < self.min_time_s and done < self.max_steps)
+    def more(self, times_ms: list[float]) -> bool:
+        done, elapsed_s = len(times_ms), sum(times_ms) / 1000
+        if done < self.min_steps:
+            return True
+        if done >= self.max_steps:
+            return False
+        if elapsed_s < self.min_time_s:
+            return True
+        step_s = elapsed_s / done
+        return elapsed_s + step_s <= self.max_time_s and uncertainty(times_ms) > self.precision
 
 
 def measure(
@@ -78,7 +122,7 @@ def measure(
     devices.sync(device)
     joules_before = energy() if energy else None
     times_ms: list[float] = []
-    while plan.more(len(times_ms), sum(times_ms) / 1000):
+    while plan.more(times_ms):
         # Synchronize before each clock read so queued GPU work is counted in its own step.
         devices.sync(device)
         start = time.perf_counter()

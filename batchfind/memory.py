@@ -103,7 +103,7 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
     that ran other sizes before holds memory they left behind (`kinds_differ`: a CPU allocator's free
     lists, 240 MiB for a small CNN under a 2 GiB cap), peaks from the two kinds of process differ by
     an offset, so the slope comes from sizes of one kind: trials that ran first in a brand-new
-    process once there are two, else the others."""
+    process once there are two within a factor of two of the largest, else the others."""
     peaks: dict[int, tuple[int, bool]] = {}
     for t in trials:
         value = getattr(t, field)
@@ -114,6 +114,9 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
         return None
     ordered = sorted(peaks.items())
     fresh = [(x, y) for x, (y, first) in ordered if first][-FIT_POINTS:]
+    # Only fresh sizes near the largest give the slope there: the first trial (batch 1, say) sits
+    # where per-batch overheads bend the line.
+    fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else fresh
     worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
     points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]
     if kinds_differ:

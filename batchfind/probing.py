@@ -7,18 +7,20 @@ import platform
 import time
 from typing import Callable
 
-from . import __version__, noise, search
+from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, fit
-from .recommend import limit_of, recommend, with_training_plan
+from .recommend import limit_of, points, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
 from .worker import SetupFailed
 
-# A step whose p90 is this much above its p10 is too noisy to rank sizes by.
-NOISY_SPREAD = 0.25
+# Off-curve sizes measured again before the edge search, and the share of the throughput trials'
+# time they may take.
+REMEASURE_SIZES = 2
+REMEASURE_SHARE = 1 / 3
 # Batches at each of the two sizes for the gradient noise scale.
 NOISE_BATCHES = 12
 # Above this share of a step spent waiting for data, training is input-bound.
@@ -30,11 +32,12 @@ class Prober:
     drives), replaced after any trial that did not end cleanly (memory after a failure is not a
     clean place to measure) or when a trial asks for a brand-new process.
 
-    A single-process probe also keeps a standby: a worker started beside the first one, with the
-    model built but the device untouched, that takes over when a brand-new process is needed, so
-    the search near the edge does not wait for Python, torch and the model each time. A new standby
-    is started only while `keep_standby` is set (the search near the edge, whose fit checks are
-    not timed precisely): starting one beside a throughput trial would slow it.
+    A single-process probe also keeps a standby: a worker with the model built (on a CPU, set up in
+    full; on a GPU, the device untouched) that takes over when a brand-new process is needed, so the
+    search near the edge does not wait for Python, torch and the model each time. Starting one costs
+    a core for seconds, so none starts beside a throughput trial (it would slow it): the first when
+    the plan says fit checks are next (`prepare`), the next ones as each is taken, until
+    `end_standby`.
     """
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
@@ -56,9 +59,7 @@ class Prober:
         self.start_s: float | None = None  # how long the first worker took to be ready
         self.phase = "double"
 
-    def start(self, standby: bool = False) -> dict:
-        if standby and self.keep_standby:
-            self.standby = self._new(standby=True)
+    def start(self) -> dict:
         started = time.monotonic()
         self.group = self._new()
         self.start_s = time.monotonic() - started
@@ -68,6 +69,11 @@ class Prober:
         self.generation += 1
         return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
                      on_progress=self.on_progress)
+
+    def prepare(self) -> None:
+        """Start a standby now, if none is waiting: brand-new processes will be needed soon."""
+        if self.keep_standby and self.standby is None:
+            self.standby = self._new(standby=True)
 
     def _fresh(self) -> Group:
         """A brand-new group: the standby when there is one (a new one starts in its place)."""
@@ -159,7 +165,7 @@ def probe(
     report with `interrupted` set.
     """
     return _run(config, lambda prober, facts, keep_going: plan(prober, facts, keep_going, memory_model),
-                on_trial_start, on_trial_end, _topology(config), on_progress, standby=True)
+                on_trial_start, on_trial_end, _topology(config), on_progress)
 
 
 def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool = True) -> PlanResult:
@@ -179,18 +185,29 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     def model() -> MemoryModel | None:
         return _model(prober.trials, facts)
 
+    remeasured = False
+
     def purpose(size: int) -> str:
+        nonlocal remeasured
         m = model()
         beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
+        if beyond and not remeasured:
+            # The last throughput size has run and the worker is still clean: check the curve.
+            remeasured = True
+            _remeasure(prober, config.recommend.tolerance, keep_going)
+            prober.prepare()  # the edge is near: brand-new processes come next
         return "fit" if beyond else "throughput"
 
     outcome = PlanResult()
     doubled = search.double(lambda size: prober.trial(size, purpose(size)), p.min_batch, high, keep_going)
+    if doubled and doubled[-1].fits and not remeasured:
+        _remeasure(prober, config.recommend.tolerance, keep_going)
     outcome.model = model()
     last = doubled[-1] if doubled else None
     fits = limit_of(prober.trials).batch_size
     if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
         prober.phase = "refine"
+        prober.prepare()
         m, variation = outcome.model, facts.get("memory_variation_bytes") or 0
         cheap = _processes_cheap(prober, _edge(m))
         # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
@@ -204,6 +221,37 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     prober.end_standby()
     outcome.advise = True
     return outcome
+
+
+def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None:
+    """Measure again, in the live worker and each right after its neighbour (so drift between them
+    cancels), the sizes whose throughput sits off the curve beyond their interval where that could
+    change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
+    plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
+    throughput trials took."""
+    timed = [t for t in prober.trials if t.fits and t.purpose == "throughput" and t.samples_per_s]
+    last = {t.batch_size: t for t in timed}
+    rising = curve.rise(points(list(last.values())))
+    fitted = curve.fit(rising, tolerance)
+    if fitted is None:
+        return
+    sizes = sorted(last)
+    top = curve.plateau(fitted, [p.batch_size for p in rising])
+    near = [p for p in curve.outliers(fitted, rising, tolerance)
+            if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
+    budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in timed)
+    phase = prober.phase
+    for p in near[:REMEASURE_SIZES]:
+        i = sizes.index(p.batch_size)
+        neighbour = sizes[i - 1] if i else sizes[i + 1]
+        cost = (last[p.batch_size].wall_s or 0) + (last[neighbour].wall_s or 0)
+        if cost > budget or not keep_going():
+            continue
+        budget -= cost
+        prober.phase = "remeasure"
+        if not all(prober.trial(size).fits for size in (neighbour, p.batch_size)):
+            break
+    prober.phase = phase
 
 
 def _ranks(world: int) -> str:
@@ -346,7 +394,6 @@ def _run(
     on_trial_end: Callable[[Trial], None] | None,
     topo: Topology | None,
     on_progress: Callable[[dict], None] | None = None,
-    standby: bool = False,
 ) -> Report:
     started = time.monotonic()
     budget = config.probe.time_budget_s
@@ -370,7 +417,7 @@ def _run(
     decision = None
     try:
         try:
-            facts = prober.start(standby)
+            facts = prober.start()
         except SetupFailed as exc:
             raise _setup_error(exc) from None
         outcome = plan(prober, facts, keep_going)
@@ -491,16 +538,6 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
         for t in trials
         if t.fits and not t.loss_finite
     ]
-    noisy = sorted({
-        t.batch_size
-        for t in trials
-        if t.fits and t.step_ms and t.step_ms.p10 > 0 and t.step_ms.p90 / t.step_ms.p10 - 1 > NOISY_SPREAD
-    })
-    if noisy:
-        warnings.append(
-            f"step times varied by more than {NOISY_SPREAD:.0%} (p10 to p90) at batch {', '.join(map(str, noisy))}: "
-            "throughput there is uncertain; more --steps or a quieter machine will tell"
-        )
     contradicted = sorted({t.batch_size for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom})
     if contradicted:
         warnings.append(

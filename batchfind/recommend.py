@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from . import curve
 from .config import RecommendConfig, TrainConfig
 from .report import MEMORY_FAILURES, Limit, Recommendation, Trial
 
@@ -59,12 +60,26 @@ def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendCo
     return planned
 
 
+def noisy(trial: Trial, tolerance: float) -> bool:
+    """Its throughput is uncertain by more than the tolerance: sizes that close cannot be told apart
+    by it alone."""
+    return trial.uncertainty > tolerance
+
+
+def points(trials: list[Trial]) -> list[curve.Point]:
+    """The throughput measurements among the trials, as the curve takes them."""
+    return [curve.Point(t.batch_size, t.samples_per_s, t.uncertainty) for t in trials
+            if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
+
+
 def recommend(
     trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False,
     world_size: int = 1,
 ) -> tuple[Recommendation, list[str]]:
     """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom,
-    and warnings about the choice."""
+    the sizes that cannot be told apart from it, the curve through them, and warnings about the
+    choice. Sizes whose first measurement sat off the curve were measured again during the probe:
+    the latest measurement of each size counts."""
     # Fit checks near the edge time too few steps to rank sizes by; a size must fit on every run.
     largest = limit.safe_batch_size or limit.batch_size
     usable = [
@@ -74,7 +89,7 @@ def recommend(
     ]
     if not usable:
         return Recommendation(None, "no batch size ran with a finite loss"), []
-    # The last trial at each size is the one that counts (a verify re-run supersedes the first).
+    # The last trial at each size is the one that counts (a re-measure supersedes the first).
     by_size = {t.batch_size: t for t in usable}
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.
@@ -86,8 +101,6 @@ def recommend(
     fastest = max(roomy, key=lambda t: t.samples_per_s)
     floor = (1 - rec.tolerance) * fastest.samples_per_s
     chosen = min((t for t in roomy if t.samples_per_s >= floor), key=lambda t: t.batch_size)
-    spread = fastest.spread
-    noisy = spread > rec.tolerance
     # A faster size that leaves too little memory free is not the fastest the reason may name.
     beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
     if chosen.batch_size == fastest.batch_size:
@@ -99,10 +112,14 @@ def recommend(
                   f"{fastest.samples_per_s:,.0f} samples/s at {fastest.batch_size}) with less memory")
     if rec.headroom and limit_bytes:
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
-    if noisy:
+    # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.
+    alike = [t.batch_size for t in roomy if t.samples_per_s * (1 + t.uncertainty) >= floor]
+    uncertain = sorted(t.batch_size for t in by_size.values() if noisy(t, rec.tolerance))
+    if uncertain:
         notes.append(
-            f"step times vary by ±{spread:.1%} at the fastest size, more than the {rec.tolerance:.0%} tolerance: "
-            "sizes this close cannot be told apart; more --steps would"
+            f"throughput is uncertain by more than the {rec.tolerance:.0%} tolerance at batch "
+            f"{', '.join(map(str, uncertain))}: sizes that close cannot be told apart; more --steps, a longer "
+            "probe.max_time_s or a quieter machine would"
         )
     steps = chosen.accumulation_steps
     # With accumulation or several ranks, BatchNorm normalizes over the per-device micro-batch only
@@ -121,7 +138,26 @@ def recommend(
         lr=chosen.lr,
         accumulation_steps=steps,
         global_batch_size=chosen.global_batch_size,
-        noisy=noisy,
+        noisy=noisy(chosen, rec.tolerance),
+        interval=[min(alike), max(alike)],
+        curve=_described(points(usable), [t.batch_size for t in roomy], rec.tolerance),
     )
     return recommendation, notes
 
+
+def _described(measured: list[curve.Point], sizes: list[int], tolerance: float) -> dict | None:
+    """The curve through the latest measurement of each size the recommendation could pick, up to
+    the fastest: its parameters, its plateau, and how far each measurement (earlier ones of a size
+    measured again, and larger sizes, too) sits from it; None with fewer than three sizes."""
+    latest = {p.batch_size: p for p in measured}
+    rising = curve.rise([latest[b] for b in sizes if b in latest])
+    fitted = curve.fit(rising, tolerance)
+    if fitted is None:
+        return None
+    return {
+        **dataclasses.asdict(fitted),
+        "plateau_samples_per_s": curve.plateau(fitted, [p.batch_size for p in rising]),
+        "points": [{"batch_size": p.batch_size, "samples_per_s": p.samples_per_s,
+                    "fitted_samples_per_s": fitted.samples_per_s(p.batch_size),
+                    "deviation": curve.deviation(fitted, p), "uncertainty": p.uncertainty} for p in measured],
+    }

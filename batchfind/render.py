@@ -37,10 +37,10 @@ def _duration(seconds: float | None) -> str:
 
 
 def step_text(trial: Trial) -> str:
-    """Median step time and half the p10–p90 range, relative: `12.3 ±4%`."""
+    """Median step time and how far it may be off (half its interval, relative): `12.3 ±4%`."""
     if trial.step_ms is None:
         return "-"
-    return f"{trial.step_ms.median:.1f} ±{trial.spread:.0%}"
+    return f"{trial.step_ms.median:.1f} ±{trial.uncertainty:.0%}"
 
 
 def bar(fraction: float, width: int = 10) -> str:
@@ -202,6 +202,8 @@ def print_report(report: Report, console: Console) -> None:
     rec, limit = report.recommendation, report.limit
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
+        if rec.interval and rec.interval[0] != rec.interval[1]:
+            console.print(f"cannot be told apart from the fastest: batch {rec.interval[0]}–{rec.interval[1]}")
         plan = []
         if rec.accumulation_steps or report.distributed:
             world = report.distributed.world_size if report.distributed else 1

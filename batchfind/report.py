@@ -20,7 +20,8 @@ SCHEMA_VERSION = 2
 # kernel's OOM killer sends SIGKILL). timeout: past the per-trial limit. error: anything else.
 Status = Literal["ok", "oom", "killed", "timeout", "error"]
 STATUSES = get_args(Status)
-Phase = Literal["double", "refine", "verify"]
+# remeasure: a throughput trial run again beside its neighbour, its first measurement off the curve.
+Phase = Literal["double", "refine", "verify", "remeasure"]
 # throughput: warm-up, then measured steps until enough steps and time; fit: the steps that reach
 # the steady-state peak, to say whether a size fits (its step times are not precise enough to rank).
 Purpose = Literal["throughput", "fit"]
@@ -34,6 +35,9 @@ class StepTimes:
     p10: float
     p90: float
     samples: list[float]
+    # The median's 90% interval (order statistics; min to max below 5 steps, with less coverage).
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,17 @@ class Trial:
         s = self.step_ms
         return (s.p90 - s.p10) / 2 / s.median if s and s.median > 0 else 0.0
 
+    @property
+    def uncertainty(self) -> float:
+        """Half the width of the median step time's interval, relative to the median: how far
+        the measured throughput may be off (the p10-p90 spread where no interval was kept)."""
+        s = self.step_ms
+        if not s or s.median <= 0:
+            return 0.0
+        if s.ci_low is None or s.ci_high is None:
+            return self.spread
+        return (s.ci_high - s.ci_low) / 2 / s.median
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trial":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -125,9 +140,13 @@ class Recommendation:
     lr: float | None = None  # scaled to the global batch
     accumulation_steps: int | None = None
     global_batch_size: int | None = None  # batch_size × world size × accumulation steps
-    noisy: bool = False  # step times too noisy to tell sizes within the tolerance apart
+    noisy: bool = False  # the recommended size's throughput is uncertain by more than the tolerance
     noise_scale: dict[str, Any] | None = None  # the gradient noise scale, when asked for
     loader: dict[str, Any] | None = None  # steps through the DataLoader at batch_size, for file data
+    # The sizes whose throughput, within its interval, reaches within the tolerance of the fastest:
+    # [smallest, largest]. The curve through every size's latest throughput (null below 3 sizes).
+    interval: list[int] | None = None
+    curve: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

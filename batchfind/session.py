@@ -34,12 +34,16 @@ class Session:
         self.limit: int | None = None
         if rank is None:
             probe = self.config.probe
-            if not devices.wants_cuda(probe.device):
+            if not self.wants_gpu:
                 # A CPU cap touches no other process: set it first, so a model that does not fit
                 # at all is an out-of-memory too.
                 self.limit = devices.apply_memory_limit(torch.device("cpu"), probe.memory_limit)
             torch.manual_seed(0)
             self.model = build_model(self.config.model).train()
+
+    @property
+    def wants_gpu(self) -> bool:
+        return devices.wants_cuda(self.config.probe.device)
 
     def start(self) -> dict[str, Any]:
         """Set up on the device; returns the facts the probe needs."""
@@ -117,7 +121,9 @@ class Session:
             # Ranks step together (every step holds collectives): each timing its own steps until
             # a minimum time would leave one waiting for a step the others never take.
             plan = StepPlan("throughput", warmup=probe.warmup_steps, min_steps=probe.steps,
-                            min_time_s=0.0 if self.rank else probe.min_time_s)
+                            min_time_s=0.0 if self.rank else probe.min_time_s,
+                            max_time_s=0.0 if self.rank else probe.max_time_s,
+                            precision=self.config.recommend.tolerance / 2)
         progress = self.progress
 
         def on_step(done: int, planned: int) -> None:

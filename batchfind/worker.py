@@ -182,9 +182,13 @@ def _serve() -> None:
 
     try:
         session = Session(request["config"], request.get("rank"))
-        if request.get("standby") and not sys.stdin.readline():
+        standby = request.get("standby")
+        # A standby waits before touching the device (a CUDA context would take memory from the
+        # worker at work); a CPU has nothing to protect, so there it sets up in full and waits ready.
+        facts = session.start() if standby and not session.wants_gpu else None
+        if standby and not sys.stdin.readline():
             return  # the probe ended without needing this standby
-        facts = session.start()
+        facts = facts or session.start()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
         send({"event": "failed", **setup_failure(exc)})
         return

@@ -2,9 +2,10 @@
 
 For each config and batch size, `--runs` brand-new processes under the memory limit run
 `--steps` training steps with glibc as it comes, then as batchfind's CPU workers run it
-(`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages). Prints
-each run's peak data segment (what the cap counts) after the last step, or the step it failed
-at, and the median step time after the first.
+(`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages), then
+with the threshold alone (no huge pages). Prints each run's peak data segment (what the cap counts)
+after the last step, or the step it failed at, the median step time after the first, and how far
+the 10th and 90th percentiles of those steps sit from it.
 
     python benchmarks/allocator.py --memory-limit 2GiB configs/cnn-small.yaml:1000 configs/gpt-small.yaml:64
 """
@@ -59,17 +60,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     plain = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
-    print("| config | batch | allocator | peak data segment per run (MiB) | median step ms after the first |")
-    print("| --- | ---: | --- | --- | ---: |")
+    steady = steady_allocator(plain)
+    without_huge_pages = {**plain, "MALLOC_MMAP_THRESHOLD_": steady["MALLOC_MMAP_THRESHOLD_"]}
+    print("| config | batch | allocator | peak data segment per run (MiB) | median step ms after the first "
+          "| p10, p90 |")
+    print("| --- | ---: | --- | --- | ---: | --- |")
     for case in args.cases:
         config, size = case.rsplit(":", 1)
-        for name, env in (("glibc default", plain), ("steady", steady_allocator(plain))):
+        for name, env in (("glibc default", plain), ("steady", steady), ("4 MiB, no huge pages", without_huge_pages)):
             runs = [run(config, int(size), args.memory_limit, args.steps, env) for _ in range(args.runs)]
             peaks = ", ".join(f"failed at step {r['failed']}" if r["failed"] else f"{r['peak'] / 2**20:.0f}"
                               for r in runs)
             later = [t for r in runs for t in r["times"][1:]]
-            median = f"{statistics.median(later):.0f}" if later else "-"
-            print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | {median} |", flush=True)
+            median = statistics.median(later) if later else None
+            spread = "-"
+            if median and len(later) >= 2:
+                deciles = statistics.quantiles(later, n=10)
+                spread = f"{deciles[0] / median - 1:+.0%}, {deciles[-1] / median - 1:+.0%}"
+            print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | "
+                  f"{'-' if median is None else format(median, '.0f')} | {spread} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,16 @@ def test_throughput_trials_repeat_short_steps_until_the_minimum_time(write_confi
 
 def test_a_fit_check_runs_just_its_steps():
     plan = StepPlan("fit", warmup=0, min_steps=2)
-    assert [plan.more(done, 0.0) for done in range(3)] == [True, True, False]
+    assert [plan.more([1.0] * done) for done in range(3)] == [True, True, False]
+
+
+def test_a_throughput_trial_runs_on_while_its_interval_is_wide_up_to_its_time_cap():
+    plan = StepPlan("throughput", warmup=0, min_steps=3, min_time_s=0.0, precision=0.01, max_time_s=1.0)
+    steady, jumpy = [100.0] * 5, [100.0, 150.0, 100.0, 150.0, 100.0]
+    assert not plan.more(steady)  # the median is known within 1%: done
+    assert plan.more(jumpy)  # ±25%: another step of ~120 ms fits in the second left
+    assert not plan.more(jumpy * 2)  # 1.2 s measured: the cap
+    assert not StepPlan("throughput", warmup=0, min_steps=3, precision=0.01).more(jumpy)  # no cap: no more
 
 
 def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():

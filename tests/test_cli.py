@@ -39,7 +39,8 @@ def test_probe_json_is_the_only_thing_on_stdout(write_config, tmp_path):
     assert report["limit"]["verified"] is True
     assert report["recommendation"]["batch_size"] in (1, 2, 4, 8, 16)
     trial = report["trials"][0]
-    assert set(trial["step_ms"]) == {"median", "p10", "p90", "samples"}
+    assert set(trial["step_ms"]) == {"median", "p10", "p90", "samples", "ci_low", "ci_high"}
+    assert trial["step_ms"]["ci_low"] <= trial["step_ms"]["median"] <= trial["step_ms"]["ci_high"]
     assert trial["samples_per_s"] > 0 and trial["epoch_s"] > 0 and trial["peak_bytes"] > 0
     assert report["environment"]["device"] == "cpu" and report["config"]["probe"]["max_batch"] == 16
     assert "probing batch 1" in result.stderr  # progress goes to stderr

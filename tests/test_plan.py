@@ -48,6 +48,7 @@ class SimDevice:
         self.processes = 0  # brand-new processes, the first (doubling) worker included
         self.steps = 0
         self.worker_trials: int | None = None  # trials the live worker has run; None: no live worker
+        self.prepared = False  # a standby was asked for
 
     def peak(self, size: int, curvature: float | None = None) -> int:
         q = self.curvature if curvature is None else curvature
@@ -99,6 +100,9 @@ class SimDevice:
                           steps=failed_step)
         self.trials.append(trial)
         return trial
+
+    def prepare(self) -> None:
+        self.prepared = True
 
     def end_standby(self) -> None:
         pass

@@ -40,7 +40,12 @@ def test_plateau_recommends_the_knee_not_the_largest():
     rec, _ = choose(curve([500, 900, 1500, 1979, 2124, 2215, 2256, 2253]))
     assert rec.fastest_batch_size == 64 and rec.batch_size == 32  # 2215 is within 2% of 2256
     assert "within 2% of the fastest (" in rec.reason
+    # 64 and 128 cannot be told apart from 32; the curve through all 8 sizes puts its plateau within
+    # 5% of what 32 measured.
+    assert rec.interval == [32, 128] and 2215 >= 0.95 * rec.curve["plateau_samples_per_s"]
+    assert [p["batch_size"] for p in rec.curve["points"]] == [2**i for i in range(8)]
     assert choose(curve([10, 20, 40]))[0].reason.startswith("fastest measured (40 samples/s)")
+    assert choose(curve([10, 20]))[0].curve is None  # two sizes make no curve
 
 
 def test_flat_curve_recommends_the_smallest():
@@ -64,7 +69,8 @@ def test_headroom_excludes_sizes_near_the_limit():
 
 def test_noisy_timings_are_said_not_hidden():
     rec, notes = choose(curve([10, 20, 40, 41, 40.5], spread=0.15))
-    assert rec.noisy and any("cannot be told apart" in n for n in notes)
+    assert rec.noisy and any("uncertain by more than the 2% tolerance at batch 1, 2, 4, 8, 16" in n for n in notes)
+    assert rec.batch_size == 8 and rec.interval == [4, 16]  # ±15%: 4, 8 and 16 cannot be told apart
     rec, notes = choose(curve([10, 20, 40, 41, 40.5], spread=0.005))
     assert not rec.noisy and not notes
 

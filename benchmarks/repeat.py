@@ -1,0 +1,89 @@
+"""Benchmark: does the recommendation repeat? Default probes of each config, back to back.
+
+Each run is a whole `batchfind probe` process under the memory limit. Prints every run (wall time,
+limit, recommended batch, the interval it cannot be told apart from, the fitted plateau, the
+recommended size's measured samples/s and how far under the plateau it is), then per config how
+often the most frequent recommendation came up and whether every run stayed within one power of two
+of it.
+
+    python benchmarks/repeat.py --runs 10 --memory-limit 2GiB configs/cnn-small.yaml configs/gpt-small.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def probe(config: str, limit: str, keep: Path | None, run: int) -> tuple[float, dict]:
+    started = time.monotonic()
+    done = subprocess.run(["batchfind", "probe", config, "--memory-limit", limit, "--json", "--quiet"],
+                          capture_output=True, text=True, check=True)
+    wall = time.monotonic() - started
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{Path(config).stem}-{run}.json").write_text(done.stdout)
+    return wall, json.loads(done.stdout)
+
+
+def row(config: str, run: int, wall: float, report: dict) -> dict:
+    rec = report["recommendation"]
+    measured = next((t["samples_per_s"] for t in reversed(report["trials"])
+                     if t["batch_size"] == rec["batch_size"] and t["purpose"] == "throughput"), None)
+    plateau = (rec.get("curve") or {}).get("plateau_samples_per_s")
+    return {
+        "config": config, "run": run, "wall_s": wall, "limit": report["limit"]["batch_size"],
+        "recommended": rec["batch_size"], "interval": rec.get("interval"), "plateau": plateau,
+        "measured": measured, "below": 1 - measured / plateau if measured and plateau else None,
+    }
+
+
+def summary(rows: list[dict]) -> str:
+    picks = Counter(r["recommended"] for r in rows)
+    mode, count = picks.most_common(1)[0]
+    near = all(abs(math.log2(r["recommended"] / mode)) <= 1 for r in rows)
+    worst = max((r["below"] for r in rows if r["below"] is not None), default=None)
+    walls = sorted(r["wall_s"] for r in rows)
+    return (f"{rows[0]['config']}: recommended {mode} in {count} of {len(rows)} runs "
+            f"({', '.join(f'{b}×{n}' for b, n in sorted(picks.items()))}); "
+            f"all within one power of two of it: {'yes' if near else 'no'}; "
+            f"recommended size's measured samples/s at most {worst:.1%} under the fitted plateau; "
+            f"wall time median {walls[len(walls) // 2]:.1f} s (range {walls[0]:.1f}–{walls[-1]:.1f})"
+            if worst is not None else f"{rows[0]['config']}: recommended {mode} in {count} of {len(rows)} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--memory-limit", default="2GiB")
+    parser.add_argument("--keep", type=Path, help="also write each run's JSON report to this folder")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+          f"memory limit {args.memory_limit}\n")
+    print("| config | run | wall s | limit | recommended | cannot be told apart | fitted plateau "
+          "samples/s | measured there | under the plateau |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    results = {}
+    for config in args.configs:
+        for run in range(1, args.runs + 1):
+            r = row(config, run, *probe(config, args.memory_limit, args.keep, run))
+            results.setdefault(config, []).append(r)
+            interval = "–".join(map(str, r["interval"])) if r["interval"] else "-"
+            print(f"| {config} | {run} | {r['wall_s']:.1f} | {r['limit']} | {r['recommended']} | {interval} | "
+                  f"{r['plateau'] or 0:,.0f} | {r['measured'] or 0:,.0f} | "
+                  f"{'-' if r['below'] is None else format(r['below'], '.1%')} |", flush=True)
+    print()
+    for rows in results.values():
+        print(summary(rows))
+
+
+if __name__ == "__main__":
+    main()
