@@ -107,24 +107,26 @@ class Sizes:
         return trial
 
 
-def test_an_off_curve_size_near_the_plateau_is_measured_again_after_its_neighbour():
+def swept(off_size: int, factor: float) -> Sizes:
+    """Sizes 1…512 of a saturating curve run once each, one of them measured `factor` off it, its
+    interval tight (it does not say so)."""
     speed = saturating(fixed_ms=20, sample_ms=1)
     sizes = Sizes({b: speed(b) for b in SIZES[:10]})
     for b in SIZES[:10]:
         sizes.trial(b)
-    # A lucky stretch made 256 look 30% faster than the curve through the others.
-    sizes.trials[8] = Trial(256, "ok", StepTimes(1, 1, 1, [1.0] * 5, 0.99, 1.01), samples_per_s=speed(256) * 1.3,
-                            loss_finite=True, wall_s=1.0)
+    i = SIZES.index(off_size)
+    sizes.trials[i] = Trial(off_size, "ok", StepTimes(1, 1, 1, [1.0] * 5, 0.99, 1.01),
+                            samples_per_s=speed(off_size) * factor, loss_finite=True, wall_s=1.0)
+    return sizes
+
+
+def test_an_off_curve_size_near_the_plateau_is_measured_again_after_its_neighbour():
+    sizes = swept(256, 1.3)  # a lucky stretch: 30% faster than the curve through the others
     _remeasure(sizes, 0.02, lambda: True)
     assert sizes.ran[10:] == [(128, "remeasure"), (256, "remeasure")] and sizes.phase == "double"
 
 
 def test_nothing_is_measured_again_when_every_size_sits_on_the_curve_or_far_below_the_plateau():
-    speed = saturating(fixed_ms=20, sample_ms=1)
-    sizes = Sizes({b: speed(b) for b in SIZES[:10]})
-    for b in SIZES[:10]:
-        sizes.trial(b)
-    sizes.trials[1] = Trial(2, "ok", StepTimes(1, 1, 1, [1.0] * 5, 0.99, 1.01), samples_per_s=speed(2) * 0.7,
-                            loss_finite=True, wall_s=1.0)  # off the curve, but nowhere near the plateau
+    sizes = swept(2, 0.7)  # off the curve, but nowhere near the plateau
     _remeasure(sizes, 0.02, lambda: True)
     assert len(sizes.ran) == 10
