@@ -27,9 +27,9 @@ CONFIDENCE = 0.9
 
 def median_interval(sorted_values: list[float]) -> tuple[float, float]:
     """A distribution-free interval for the median: the k-th smallest and k-th largest values, with
-    k the largest whose binomial coverage reaches `CONFIDENCE` (min and max for fewer than 5 values,
-    whose coverage is lower: 75% for 3). Step times are skewed (a stall makes one step slow), so
-    no normal approximation."""
+    k the largest whose binomial coverage reaches `CONFIDENCE` (min and max up to 7 values; below 5
+    even they cover less: 75% for 3). Step times are skewed (a stall makes one step slow), so no
+    normal approximation."""
     n = len(sorted_values)
     k = 1
     while k < n // 2 and 1 - 2 * _binomial_below(n, k + 1) >= CONFIDENCE:

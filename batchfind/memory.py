@@ -116,7 +116,7 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
     fresh = [(x, y) for x, (y, first) in ordered if first][-FIT_POINTS:]
     # Only fresh sizes near the largest give the slope there: the first trial (batch 1, say) sits
     # where per-batch overheads bend the line.
-    fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else fresh
+    fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else []
     worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
     points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]
     if kinds_differ:

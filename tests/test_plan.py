@@ -48,7 +48,7 @@ class SimDevice:
         self.processes = 0  # brand-new processes, the first (doubling) worker included
         self.steps = 0
         self.worker_trials: int | None = None  # trials the live worker has run; None: no live worker
-        self.prepared = False  # a standby was asked for
+        self.prepared_at: int | None = None  # trials run when a standby was first asked for
 
     def peak(self, size: int, curvature: float | None = None) -> int:
         q = self.curvature if curvature is None else curvature
@@ -102,7 +102,8 @@ class SimDevice:
         return trial
 
     def prepare(self) -> None:
-        self.prepared = True
+        if self.prepared_at is None:
+            self.prepared_at = len(self.trials)
 
     def end_standby(self) -> None:
         pass
@@ -160,6 +161,9 @@ def test_sizes_beyond_the_headroom_are_only_fit_checked():
     assert [t.purpose for t in doubled if t.batch_size <= 1024] == ["throughput"] * 11
     # 2048 is predicted past the memory limit: a fit check is all it gets.
     assert doubled[-1].batch_size == 2048 and doubled[-1].purpose == "fit"
+    # The standby is asked for just before it, after the last throughput trial, never beside one.
+    assert sim.prepared_at == len(doubled) - 1
+    assert all(t.purpose == "fit" for t in sim.trials[sim.prepared_at:])
 
 
 def old_plan_processes(edge: int, model_error: float) -> int:
