@@ -14,9 +14,9 @@ from .errors import InputError
 CPU_DEFAULT_FRACTION = 0.8
 
 # How much a CPU worker's peak data segment may vary between runs at one batch size, as a share of
-# the cap, with the allocator held steady (worker.MMAP_THRESHOLD): fresh runs of a small CNN and a
-# small GPT near a 2 GiB cap repeated within 3 MiB (0.15%); this allows three times that. GPU
-# allocators repeat to the block.
+# where memory runs out (the cap), with the allocator held steady (worker.MMAP_THRESHOLD): fresh
+# runs of a small CNN and a small GPT near a 2 GiB cap repeated within 3 MiB (0.15%); this allows
+# three times that. GPU allocators repeat to the block.
 CPU_VARIATION = 0.005
 
 # Message fragments of allocation failures that do not arrive as torch.OutOfMemoryError.

@@ -57,6 +57,26 @@ class MemoryModel:
         return max(0, int((self.ceiling_bytes - self.fixed_bytes) / self.per_sample_bytes + 1e-9))
 
 
+def explains(model: MemoryModel | None, failed: int | None) -> bool:
+    """Whether the memory model puts the edge below a size that failed: running out of the limit,
+    not something else (a model's own limit, a fake), is what stopped it."""
+    return model is not None and failed is not None and model.predicted_edge < failed
+
+
+def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int) -> int | None:
+    """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
+    run-to-run `variation` free. `limit` ran in a brand-new process: a model that puts the edge
+    below it by more than the variation accounts for is contradicted by that run (a line through
+    noise, on a model whose peaks barely grow) and leaves the limit as it is."""
+    if limit is None or not variation or not explains(model, first_oom):
+        return limit
+    allowance = variation / model.per_sample_bytes
+    if model.predicted_edge < limit - allowance:
+        return limit
+    below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
+    return max(1, min(limit, below))
+
+
 def failed_allocation(message: str | None) -> int | None:
     """The size of the allocation that failed, from CUDA's or the CPU allocator's message."""
     if not message:
@@ -135,7 +155,10 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
 
 def _learned(trials: list[Measured], field: str) -> int | None:
     """Where memory ran out in a failed trial (its peak plus the allocation that failed); a failure
-    in a brand-new process says more than one in a long-lived worker."""
+    in a brand-new process says more than one in a long-lived worker. A peak that ran shows the
+    ceiling to be at least that high, whatever a failure that stopped early suggests."""
     failures = [t for t in trials if t.status == "oom" and getattr(t, field) and t.failed_alloc_bytes]
     failures = [t for t in failures if t.fresh_process] or failures
-    return min((getattr(t, field) + t.failed_alloc_bytes for t in failures), default=None)
+    learned = min((getattr(t, field) + t.failed_alloc_bytes for t in failures), default=None)
+    reached = max((getattr(t, field) for t in trials if t.status == "ok" and getattr(t, field)), default=0)
+    return None if learned is None else max(learned, reached)

@@ -10,7 +10,7 @@ from typing import Callable
 from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
-from .memory import MemoryModel, fit
+from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import limit_of, points, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
@@ -208,10 +208,11 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
         prober.phase = "refine"
         prober.prepare()
-        m, variation = outcome.model, facts.get("memory_variation_bytes") or 0
+        m = outcome.model
+        variation = _variation(facts, m)
         cheap = _processes_cheap(prober, _edge(m))
         # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
-        resolution = max(1, int(variation / m.per_sample_bytes)) if _explains(m, last.batch_size) and variation else 1
+        resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size) and variation else 1
         search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
                     multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
                     margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
@@ -267,9 +268,10 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     """Trials with their training plan, the limit, the recommendation and its notes."""
     trials = with_training_plan(trials, config.train, config.recommend, world_size)
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
-    variation = facts.get("memory_variation_bytes") or 0
-    limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=_safe_size(
-        limit.batch_size, limit.first_oom, _model(trials, facts), variation))
+    model = _model(trials, facts)
+    variation = _variation(facts, model)
+    limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=safe_size(
+        model, limit.batch_size, limit.first_oom, variation))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)
@@ -282,19 +284,11 @@ def _model(trials: list[Trial], facts: dict) -> MemoryModel | None:
     return fit(trials, facts.get("memory_ceiling_bytes"), kinds_differ=facts.get("device") == "cpu")
 
 
-def _explains(model: MemoryModel | None, failed: int | None) -> bool:
-    """Whether the memory model puts the edge below a size that failed: running out of the limit,
-    not something else (a model's own limit, a fake), is what stopped it."""
-    return model is not None and failed is not None and model.predicted_edge < failed
-
-
-def _safe_size(limit: int | None, first_oom: int | None, model: MemoryModel | None, variation: int) -> int | None:
-    """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
-    run-to-run variation free."""
-    if limit is None or not variation or not _explains(model, first_oom):
-        return limit
-    below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
-    return max(1, min(limit, below))
+def _variation(facts: dict, model: MemoryModel | None) -> int:
+    """How much a worker's peak may vary between runs near the edge: a share of where memory ran
+    out (the cap, or lower where a failure showed less to be usable)."""
+    ceiling = model.ceiling_bytes if model else facts.get("memory_ceiling_bytes") or 0
+    return int((facts.get("memory_variation") or 0) * ceiling)
 
 
 def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit_size: int | None) -> dict:

@@ -88,7 +88,9 @@ def recommend(
         and t.batch_size <= largest
     ]
     if not usable:
-        return Recommendation(None, "no batch size ran with a finite loss"), []
+        timed = any(t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s for t in trials)
+        return Recommendation(None, f"no size up to {largest} (the largest that fits on every run) was timed"
+                              if timed and largest else "no batch size ran with a finite loss"), []
     # The last trial at each size is the one that counts (a re-measure supersedes the first).
     by_size = {t.batch_size: t for t in usable}
     notes = []

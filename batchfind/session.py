@@ -76,7 +76,7 @@ class Session:
             "torch_version": torch.__version__,
             "memory_limit_bytes": limit,
             "memory_ceiling_bytes": devices.memory_ceiling(self.device, limit),
-            "memory_variation_bytes": int(limit * devices.CPU_VARIATION) if self.device.type == "cpu" and limit else 0,
+            "memory_variation": devices.CPU_VARIATION if self.device.type == "cpu" and limit else 0.0,
             "threads": torch.get_num_threads(),
             "dataset_len": len(self.batches),
             "data": self.batches.describe,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchfind.memory import failed_allocation, fit
+from batchfind.memory import MemoryModel, failed_allocation, fit, safe_size
 
 MiB = 1024**2
 
@@ -50,6 +50,14 @@ def test_a_failure_in_a_fresh_process_sets_the_ceiling():
         T(400, "oom", 950 * MiB, 64 * MiB, fresh_process=True),
     ]
     assert fit(trials, ceiling_bytes=None).ceiling_bytes == 1014 * MiB
+
+
+def test_a_failure_that_stopped_early_does_not_put_the_ceiling_below_what_ran():
+    # Batch 16 failed in its first forward pass, before the peak a full step reaches at 12.
+    trials = [T(4, "ok", 330 * MiB, fresh_process=True), T(12, "ok", 340 * MiB, fresh_process=True),
+              T(16, "oom", 331 * MiB, 4 * MiB, fresh_process=True)]
+    model = fit(trials, ceiling_bytes=None)
+    assert model.ceiling_bytes == 340 * MiB and model.predicted_edge == 12
 
 
 def test_no_model_without_two_sizes_or_growth():
@@ -99,3 +107,25 @@ def test_the_line_goes_through_the_largest_fresh_point():
 def test_a_size_that_ran_above_the_stated_ceiling_raises_it():
     model = fit(capped(300 * MiB, 2 * MiB, [128, 256, 400]), ceiling_bytes=1000 * MiB)
     assert model.ceiling_from == "fits" and model.ceiling_bytes == 1100 * MiB and model.predicted_edge == 400
+
+
+def test_the_safe_size_leaves_the_variation_free_below_a_model_that_explains_the_failure():
+    model = MemoryModel(300 * MiB, 2 * MiB, 1024 * MiB, 3, "limit")  # edge 362
+    assert safe_size(model, 362, 363, 10 * MiB) == 357  # (1024 - 10 - 300) / 2
+    assert safe_size(model, 360, 363, 10 * MiB) == 357
+    assert safe_size(model, 362, 363, 0) == 362  # nothing varies (a GPU)
+    assert safe_size(model, 362, 400, 10 * MiB) == 357
+    assert safe_size(None, 362, 363, 10 * MiB) == 362
+    # The size that failed is below the model's edge: something else stopped it.
+    assert safe_size(model, 300, 301, 10 * MiB) == 300
+
+
+def test_a_model_contradicted_by_a_fresh_run_leaves_the_limit():
+    """A line through noise (a model whose peaks barely grow) can put the edge far below a size a
+    brand-new process ran; that run, not the line, says what fits."""
+    noise = MemoryModel(330 * MiB, 1 * MiB, 340 * MiB, 2, "failure")  # edge 10
+    assert safe_size(noise, 12, 16, int(0.005 * 340 * MiB)) == 12
+    # Below the limit by no more than the variation allows: the model holds.
+    model = MemoryModel(300 * MiB, 2 * MiB, 1024 * MiB, 3, "limit")
+    assert safe_size(model, 366, 367, 10 * MiB) == 357
+    assert safe_size(model, 368, 369, 10 * MiB) == 368

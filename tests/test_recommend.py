@@ -1,5 +1,6 @@
 """The throughput knee, learning-rate rules, accumulation and the noise-scale estimator."""
 
+import dataclasses
 import math
 
 import pytest
@@ -65,6 +66,17 @@ def test_headroom_excludes_sizes_near_the_limit():
     assert rec.reason.startswith("fastest within the headroom (80 samples/s)")  # 16 ran faster
     rec, notes = choose(trials, limit_bytes=10**8, headroom=0.10)
     assert rec.batch_size == 16 and any("headroom ignored" in n for n in notes)
+
+
+def test_the_recommendation_fits_on_every_run():
+    trials = curve([10, 20, 40, 80, 160])
+    limit = dataclasses.replace(limit_of(trials), safe_batch_size=8)
+    rec, _ = recommend(trials, limit, RecommendConfig(), None)
+    assert rec.batch_size == 8 and rec.largest_batch_size == 16
+    rec, _ = recommend(trials, dataclasses.replace(limit, safe_batch_size=0), RecommendConfig(), None)
+    assert rec.batch_size == 16  # no safe size known: the limit
+    rec, _ = recommend(trials[1:], dataclasses.replace(limit, safe_batch_size=1), RecommendConfig(), None)
+    assert rec.batch_size is None and rec.reason == "no size up to 1 (the largest that fits on every run) was timed"
 
 
 def test_noisy_timings_are_said_not_hidden():
