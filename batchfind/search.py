@@ -125,6 +125,10 @@ def edge(
                 # there when that is closer), so they fit and the search climbs in one worker.
                 guess = min(guess, hi - 1)
                 target = guess - min(int(guess * margin), (guess - lo) // 2)
+                if guess >= hi - resolution:
+                    # The model puts the edge within the resolution below a failure: a fit there
+                    # ends the search, so aim no lower.
+                    target = max(target, hi - resolution)
                 size, fresh = max(above, min(target // step * step, top)), not warm
         outcome = fit(size, fresh)
         tried.append(outcome)

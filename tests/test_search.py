@@ -139,6 +139,18 @@ def test_the_search_ends_within_its_resolution():
     assert [(o.batch_size, o.status) for o in outcomes] == [(299, "ok"), (303, "oom")]
 
 
+def test_after_an_overshoot_a_fit_within_the_resolution_below_the_failure_ends_the_search():
+    """Where memory varies between runs by `resolution` samples' worth (a CPU), a model that
+    overshot by less than that needs one more check, not a climb towards its edge."""
+    device = Device(338_800)
+    outcomes = edge(device.fit, doubling(262_144, 524_288), predict=lambda: 339_700, reuse=False, resolution=1950)
+    assert [(o.batch_size, o.status, o.fresh_process) for o in outcomes] == [
+        (339_700, "oom", True), (337_750, "ok", True)]
+    # Without the resolution the search climbs towards the model's edge from below.
+    device = Device(338_800)
+    assert len(edge(device.fit, doubling(262_144, 524_288), predict=lambda: 339_700, reuse=False)) > 3
+
+
 def test_edge_stops_on_an_error_and_on_the_budget():
     device = Device(10, status="error")
     assert len(edge(device.fit, doubling(4, 64))) == 1
@@ -177,3 +189,33 @@ def test_edge_proves_exactly_the_largest_fitting_candidate(data, fits, span, ste
         assert proven(outcomes, above, "oom")
     assert all(o.batch_size in candidates or o.batch_size in (fits, fails) for o in outcomes)
     assert len(outcomes) <= 2 * (len(candidates) + 2)
+
+
+@given(
+    data=st.data(),
+    fits=st.integers(1, 5000),
+    span=st.integers(2, 5000),
+    resolution=st.integers(2, 400),
+    model=st.sampled_from(["exact", "low", "high", "wild"]),
+)
+def test_edge_within_the_resolution_is_proven_and_never_above_the_truth(data, fits, span, resolution, model):
+    """Brand-new processes only (a CPU): the limit fits fresh, a size no more than the resolution
+    above it failed fresh (or the doubling's failure is that close), and nothing fitting is passed."""
+    fails = fits + span
+    fresh_edge = data.draw(st.integers(fits, fails - 1))
+    predictions = {
+        "exact": lambda: fresh_edge,
+        "low": lambda: int(fresh_edge * 0.9),
+        "high": lambda: int(fresh_edge * 1.1) + 1,
+        "wild": lambda: data.draw(st.integers(0, 3 * fails)),
+    }
+    device = Device(fresh_edge)
+    known = [Check(fits, "ok", True), Check(fails, "oom", True)]
+    outcomes = edge(device.fit, known, predict=predictions[model], reuse=False, resolution=resolution)
+    seen = known + outcomes
+    hi = min(o.batch_size for o in seen if o.status != "ok")
+    lo = max(o.batch_size for o in seen if o.status == "ok" and o.batch_size < hi)
+    assert lo <= fresh_edge < hi
+    assert proven(seen, lo, "ok") and proven(seen, hi, "oom")
+    assert hi - lo <= resolution or hi - lo == 1
+    assert all(o.fresh_process for o in outcomes)
