@@ -11,7 +11,7 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import limit_of, noisy, points, recommend, with_training_plan
+from .recommend import limit_of, points, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
@@ -226,9 +226,9 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
 
 def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None:
     """Measure again, in the live worker and each right after its neighbour (so drift between them
-    cancels), the sizes whose throughput sits off the curve beyond their interval, or is uncertain
-    by more than the tolerance, where that could change the choice: those the curve or their
-    measurement puts within `curve.NEAR_PLATEAU` of the plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
+    cancels), the sizes whose throughput sits off the curve beyond their interval where that could
+    change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
+    plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
     throughput trials took."""
     timed = [t for t in prober.trials if t.fits and t.purpose == "throughput" and t.samples_per_s]
     last = {t.batch_size: t for t in timed}
@@ -238,11 +238,7 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
         return
     sizes = sorted(last)
     top = curve.plateau(fitted, [p.batch_size for p in rising])
-    off = curve.outliers(fitted, rising, tolerance)
-    # A measurement too uncertain to rank by is as suspect as one off the curve, most uncertain first.
-    unsure = sorted((p for p in rising if p not in off and noisy(last[p.batch_size], tolerance)),
-                    key=lambda p: -p.uncertainty)
-    near = [p for p in off + unsure
+    near = [p for p in curve.outliers(fitted, rising, tolerance)
             if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
     budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in timed)
     phase = prober.phase
