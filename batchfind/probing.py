@@ -11,7 +11,7 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import limit_of, points, recommend, with_training_plan
+from .recommend import limit_of, points, recommend, timed, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
@@ -230,8 +230,8 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
     plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
     throughput trials took."""
-    timed = [t for t in prober.trials if t.fits and t.purpose == "throughput" and t.samples_per_s]
-    last = {t.batch_size: t for t in timed}
+    measured = timed(prober.trials)
+    last = {t.batch_size: t for t in measured}
     rising = curve.rise(points(list(last.values())))
     fitted = curve.fit(rising, tolerance)
     if fitted is None:
@@ -240,7 +240,7 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     top = curve.plateau(fitted, [p.batch_size for p in rising])
     near = [p for p in curve.outliers(fitted, rising, tolerance)
             if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
-    budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in timed)
+    budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in measured)
     phase = prober.phase
     for p in near[:REMEASURE_SIZES]:
         i = sizes.index(p.batch_size)
@@ -325,10 +325,10 @@ def _processes_cheap(prober, predicted: int | None) -> bool:
     """Whether starting a worker costs less than a fit check near the predicted edge: on a CPU steps
     near the edge take seconds and a standby worker is already waiting; on a GPU a new process
     costs seconds of CUDA start-up against fractions of a second per step."""
-    timed = [t for t in prober.trials if t.fits and t.step_ms and t.step_ms.median > 0]
-    if predicted is None or not timed or prober.start_s is None:
+    stepped = [t for t in prober.trials if t.fits and t.step_ms and t.step_ms.median > 0]
+    if predicted is None or not stepped or prober.start_s is None:
         return False
-    largest = max(timed, key=lambda t: t.batch_size)
+    largest = max(stepped, key=lambda t: t.batch_size)
     fit_s = prober.config.probe.fit_steps * largest.step_ms.median / 1000 * predicted / largest.batch_size
     return prober.start_s < fit_s
 

@@ -66,10 +66,15 @@ def noisy(trial: Trial, tolerance: float) -> bool:
     return trial.uncertainty > tolerance
 
 
+def timed(trials: list[Trial]) -> list[Trial]:
+    """The throughput measurements among the trials: what sizes are ranked by (fit checks near the
+    edge time too few steps to rank sizes by)."""
+    return [t for t in trials if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
+
+
 def points(trials: list[Trial]) -> list[curve.Point]:
     """The throughput measurements among the trials, as the curve takes them."""
-    return [curve.Point(t.batch_size, t.samples_per_s, t.uncertainty) for t in trials
-            if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
+    return [curve.Point(t.batch_size, t.samples_per_s, t.uncertainty) for t in timed(trials)]
 
 
 def recommend(
@@ -80,17 +85,13 @@ def recommend(
     the sizes that cannot be told apart from it, the curve through them, and warnings about the
     choice. Sizes whose first measurement sat off the curve were measured again during the probe:
     the latest measurement of each size counts."""
-    # Fit checks near the edge time too few steps to rank sizes by; a size must fit on every run.
+    # A size must fit on every run.
     largest = limit.safe_batch_size or limit.batch_size
-    usable = [
-        t for t in trials
-        if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s and largest
-        and t.batch_size <= largest
-    ]
+    measured = timed(trials)
+    usable = [t for t in measured if largest and t.batch_size <= largest]
     if not usable:
-        timed = any(t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s for t in trials)
         return Recommendation(None, f"no size up to {largest} (the largest that fits on every run) was timed"
-                              if timed and largest else "no batch size ran with a finite loss"), []
+                              if measured and largest else "no batch size ran with a finite loss"), []
     # The last trial at each size is the one that counts (a re-measure supersedes the first).
     by_size = {t.batch_size: t for t in usable}
     notes = []

@@ -73,7 +73,7 @@ def test_the_recommendation_fits_on_every_run():
     limit = dataclasses.replace(limit_of(trials), safe_batch_size=8)
     rec, _ = recommend(trials, limit, RecommendConfig(), None)
     assert rec.batch_size == 8 and rec.largest_batch_size == 16
-    rec, _ = recommend(trials, dataclasses.replace(limit, safe_batch_size=0), RecommendConfig(), None)
+    rec, _ = recommend(trials, dataclasses.replace(limit, safe_batch_size=None), RecommendConfig(), None)
     assert rec.batch_size == 16  # no safe size known: the limit
     rec, _ = recommend(trials[1:], dataclasses.replace(limit, safe_batch_size=1), RecommendConfig(), None)
     assert rec.batch_size is None and rec.reason == "no size up to 1 (the largest that fits on every run) was timed"
