@@ -196,6 +196,27 @@ class CappedPeak:
         return status["VmPeak"] - (status["VmSize"] - status["VmData"])
 
 
+def data_segment(device) -> int | None:
+    """CPU: the data segment now, what RLIMIT_DATA counts (None on GPU or without /proc)."""
+    return None if device.type == "cuda" else _vm_status().get("VmData")
+
+
+def free_heap(device) -> int | None:
+    """CPU with glibc: the bytes free inside the allocator's heaps (mallinfo2's `fordblks`), which
+    the process holds and a later allocation may reuse; None elsewhere."""
+    if device.type == "cuda":
+        return None
+    try:
+        import ctypes
+
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    mallinfo2.restype = type("mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields.split()]})
+    return mallinfo2().fordblks
+
+
 def memory_ceiling(device, limit: int | None) -> int | None:
     """Where the capped peak runs out: the limit in force, else (GPU) what the device can still give
     this process (free memory plus what its allocator already holds)."""

@@ -35,6 +35,8 @@ class Measured(Protocol):
     capped_peak_bytes: int | None
     failed_alloc_bytes: int | None
     fresh_process: bool
+    retained_bytes: int | None
+    retained_free_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,18 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
 def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float, float, int] | None:
     """(fixed, per sample, points) through the largest sizes with a peak; None when memory does not grow.
 
-    When the largest size ran first in a brand-new process, the line goes through it. Where a worker
-    that ran other sizes before holds memory they left behind (`kinds_differ`: a CPU allocator's free
-    lists, 240 MiB for a small CNN under a 2 GiB cap), peaks from the two kinds of process differ by
-    an offset, so the slope comes from sizes of one kind: trials that ran first in a brand-new
-    process once there are two within a factor of two of the largest, else the others."""
+    When the largest size ran first in a brand-new process, the line goes through it. A CPU worker
+    that ran other sizes before holds memory they left behind (free heap and kernels compiled for
+    their shapes: 250 MiB for a small CNN under a 2 GiB cap) and says how much: what a brand-new
+    process would have reached is its peak less that (`fresh_equivalent`). What differs beyond that
+    between the two kinds of process (`kinds_differ`) is kept out of the slope, which comes from
+    sizes of one kind: trials that ran first in a brand-new process once there are two within a
+    factor of two of the largest, else the others."""
     peaks: dict[int, tuple[int, bool]] = {}
     for t in trials:
         value = getattr(t, field)
+        if value and field == "capped_peak_bytes":
+            value = fresh_equivalent(t)
         if t.status == "ok" and value:
             old, fresh = peaks.get(t.batch_size, (0, False))
             peaks[t.batch_size] = (max(value, old), fresh or t.fresh_process)
@@ -151,6 +157,15 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
         x, y = fresh[-1]
         return y - slope * x, slope, n
     return mean_y - slope * mean_x, slope, n
+
+
+def fresh_equivalent(trial: Measured) -> int:
+    """The capped peak a brand-new process would have reached: this trial's, less what its worker
+    retained from earlier trials. Of the retained free heap the trial may have reused anything from
+    none (then all of it comes off) to all (then none does); measured on a small GPT and a small CNN
+    near a 2 GiB cap, brand-new processes sat inside that range, so half of it comes off."""
+    free = min(max(trial.retained_free_bytes or 0, 0), max(trial.retained_bytes or 0, 0))
+    return trial.capped_peak_bytes - (trial.retained_bytes or 0) + free // 2
 
 
 def _learned(trials: list[Measured], field: str) -> int | None:

@@ -81,7 +81,8 @@ def recommend(
     trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False,
     world_size: int = 1,
 ) -> tuple[Recommendation, list[str]]:
-    """The smallest size as fast as the fastest (within the tolerance) that leaves the headroom,
+    """The smallest size as fast as the fastest (within the tolerance, over the whole interval of
+    its measurement) that leaves the headroom,
     the sizes that cannot be told apart from it, the curve through them, and warnings about the
     choice. Sizes whose first measurement sat off the curve were measured again during the probe:
     the latest measurement of each size counts."""
@@ -103,7 +104,10 @@ def recommend(
         notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")
     fastest = max(roomy, key=lambda t: t.samples_per_s)
     floor = (1 - rec.tolerance) * fastest.samples_per_s
-    chosen = min((t for t in roomy if t.samples_per_s >= floor), key=lambda t: t.batch_size)
+    # A smaller size counts as fast as the fastest only when the low end of its interval says so:
+    # a measurement that clears the tolerance by less than its own noise does so on some runs only.
+    chosen = min((t for t in roomy if t is fastest or t.samples_per_s * (1 - t.uncertainty) >= floor),
+                 key=lambda t: t.batch_size)
     # A faster size that leaves too little memory free is not the fastest the reason may name.
     beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
     if chosen.batch_size == fastest.batch_size:
@@ -111,8 +115,8 @@ def recommend(
                   f"({fastest.samples_per_s:,.0f} samples/s)")
     else:
         reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''} "
-                  f"({chosen.samples_per_s:,.0f} vs "
-                  f"{fastest.samples_per_s:,.0f} samples/s at {fastest.batch_size}) with less memory")
+                  f"({chosen.samples_per_s:,.0f} vs {fastest.samples_per_s:,.0f} samples/s at "
+                  f"{fastest.batch_size}, at the low end of its interval too) with less memory")
     if rec.headroom and limit_bytes:
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
     # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.

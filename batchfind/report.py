@@ -70,6 +70,12 @@ class Trial:
     error: str | None = None
     failed_alloc_bytes: int | None = None  # oom: the allocation that failed, when the message says
     fresh_process: bool = False  # the first trial of a brand-new worker process
+    # CPU, a later trial of a worker: how much more of the data segment the worker held when the
+    # trial began than after its first trial (memory earlier trials left behind, which a brand-new
+    # process does not hold), and how much more of that was free heap, which the trial may have
+    # reused (glibc only).
+    retained_bytes: int | None = None
+    retained_free_bytes: int | None = None
     joules_per_sample: float | None = None  # GPU with NVML energy counters only
     # Derived, not measured: the learning rate scaled to the global batch, accumulation steps to
     # the target batch, and the global batch: batch_size × world size × accumulation steps.

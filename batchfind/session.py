@@ -32,6 +32,8 @@ class Session:
         self.rank = rank
         self.model: torch.nn.Module | None = None
         self.limit: int | None = None
+        # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
+        self.settled: tuple[int | None, int | None] | None = None
         if rank is None:
             probe = self.config.probe
             if not self.wants_gpu:
@@ -100,6 +102,7 @@ class Session:
         self.step.stage = None
         self.progress = progress
         self.meter = devices.CappedPeak(self.device)
+        held = devices.data_segment(self.device), devices.free_heap(self.device)
         try:
             result = getattr(self, f"_{op}")(**args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
@@ -111,6 +114,16 @@ class Session:
                               capped_peak_bytes=self.meter.read(), failed_alloc_bytes=failed_allocation(str(exc)))
         devices.release(self.device)
         result["wall_s"] = time.perf_counter() - start
+        if op == "trial":
+            # What earlier trials left in this worker (free heap, kernels compiled for other shapes)
+            # and a brand-new process would not hold, so the memory model can tell from a long-lived
+            # worker's sizes where a brand-new process runs out.
+            if self.settled is None:
+                self.settled = devices.data_segment(self.device), devices.free_heap(self.device)
+            elif held[0] is not None and self.settled[0] is not None:
+                result["retained_bytes"] = held[0] - self.settled[0]
+                if held[1] is not None and self.settled[1] is not None:
+                    result["retained_free_bytes"] = held[1] - self.settled[1]
         return result
 
     def _trial(self, batch_size: int, purpose: str = "throughput") -> dict[str, Any]:

@@ -40,6 +40,9 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
     # A fit check runs just the steps that reach the steady peak; a throughput trial at least its steps.
     assert (first["purpose"], second["purpose"]) == ("throughput", "fit")
     assert second["steps"] == cfg.probe.fit_steps and first["steps"] >= cfg.probe.warmup_steps + cfg.probe.steps
+    # A later trial says what the worker held beyond its first trial's memory; a first trial has
+    # nothing to compare with.
+    assert "retained_bytes" not in first and isinstance(second["retained_bytes"], int)
 
 
 @pytest.mark.parametrize(
