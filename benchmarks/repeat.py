@@ -7,6 +7,11 @@ often the most frequent recommendation came up and whether every run stayed with
 of it.
 
     python benchmarks/repeat.py --runs 10 --memory-limit 2GiB configs/cnn-small.yaml configs/gpt-small.yaml
+
+`--keep DIR` also writes every report; `--replay DIR` makes the choice again on reports kept so,
+with the recommendation rule of the batchfind it imports (the same trials, limit and settings), and
+prints per config how often each size came up: a change to the rule can be judged on runs already
+made, and an earlier release's rule on a checkout of it (`PYTHONPATH=<checkout>`).
 """
 
 from __future__ import annotations
@@ -59,13 +64,34 @@ def summary(rows: list[dict]) -> str:
             if worst is not None else f"{rows[0]['config']}: recommended {mode} in {count} of {len(rows)} runs")
 
 
+def replay(folder: Path) -> None:
+    from batchfind.config import RecommendConfig
+    from batchfind.recommend import recommend
+    from batchfind.report import load_report
+
+    picks: dict[str, Counter] = {}
+    for path in sorted(folder.glob("*.json")):
+        report = load_report(path)
+        env = report.environment
+        rec, _ = recommend(report.trials, report.limit, RecommendConfig(**report.config["recommend"]),
+                           env.memory_limit_bytes or env.memory_total_bytes)
+        picks.setdefault(path.stem.rsplit("-", 1)[0], Counter())[rec.batch_size] += 1
+    for config, counts in picks.items():
+        print(f"{config}: " + ", ".join(f"{b}×{n}" for b, n in sorted(counts.items(), key=lambda kv: kv[0] or 0)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+")
+    parser.add_argument("configs", nargs="*")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--memory-limit", default="2GiB")
     parser.add_argument("--keep", type=Path, help="also write each run's JSON report to this folder")
+    parser.add_argument("--replay", type=Path, help="only make the choice again on the reports in this folder")
     args = parser.parse_args()
+    if args.replay:
+        return replay(args.replay)
+    if not args.configs:
+        parser.error("give the configs to probe, or --replay DIR")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
           f"memory limit {args.memory_limit}\n")
     print("| config | run | wall s | limit | recommended | cannot be told apart | fitted plateau "
