@@ -42,12 +42,16 @@ print(json.dumps({"peak": meter.read(), "times": times, "failed": failed}))
 """
 
 
-def run(config: str, size: int, limit: str, steps: int, env: dict[str, str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, config, str(size), limit, str(steps)],
-                          capture_output=True, text=True, env=env)
+def child(code: str, args: list[str], env: dict[str, str]):
+    """What a brand-new Python process running `code` prints, as JSON."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(done.stderr.strip()[-300:])
     return json.loads(done.stdout)
+
+
+def run(config: str, size: int, limit: str, steps: int, env: dict[str, str]) -> dict:
+    return child(CHILD, [config, str(size), limit, str(steps)], env)
 
 
 def main() -> None:

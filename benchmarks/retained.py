@@ -13,14 +13,12 @@ range it must lie in (all of the free heap reused, or none of it) and the brand-
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
+
+from allocator import child  # noqa: E402 - a sibling script: benchmarks/ is on the path when run
 
 CHILD = """
 import json, sys
-from batchfind import devices
 from batchfind.config import load_config
 from batchfind.session import Session
 config = load_config(sys.argv[1], {"--memory-limit": sys.argv[2], "--device": "cpu"})
@@ -39,11 +37,7 @@ MiB = 2**20
 def run(config: str, limit: str, sizes: list[int]) -> list[dict]:
     from batchfind.worker import steady_allocator
 
-    done = subprocess.run([sys.executable, "-c", CHILD, config, limit, ",".join(map(str, sizes))],
-                          capture_output=True, text=True, env=steady_allocator(dict(os.environ)))
-    if done.returncode:
-        raise RuntimeError(done.stderr.strip()[-300:])
-    return json.loads(done.stdout)
+    return child(CHILD, [config, limit, ",".join(map(str, sizes))], steady_allocator(dict(os.environ)))
 
 
 def main() -> None:
@@ -64,6 +58,9 @@ def main() -> None:
         sizes = [2**k for k in range(batch.bit_length()) if 2**k < batch] + [batch]
         last = Trial.from_dict(run(config, args.memory_limit, sizes)[-1])
         fresh = [run(config, args.memory_limit, [batch])[0]["capped_peak_bytes"] for _ in range(args.runs)]
+        if last.capped_peak_bytes is None:
+            print(f"| {os.path.basename(config)} | {batch} | below the setup's peak: pick a larger batch |")
+            continue
         retained, free = last.retained_bytes or 0, last.retained_free_bytes or 0
         low = last.capped_peak_bytes - retained
         print(f"| {os.path.basename(config)} | {batch} | {last.capped_peak_bytes / MiB:.0f} | {retained / MiB:.0f} | "
