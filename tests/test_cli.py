@@ -114,7 +114,7 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     out = tmp_path / "partial.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchfind", "probe", str(path), "-o", str(out), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     deadline = time.monotonic() + 300  # a safety net: the CLI's start under load is far below it
     err = b""
@@ -122,7 +122,12 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
         err += proc.stderr.read1(4096)
     time.sleep(0.5)
     proc.send_signal(sig)
-    stdout, _ = proc.communicate(timeout=30)
+    try:
+        stdout, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # the fault handler prints where every thread is stuck
+        _, late = proc.communicate()
+        pytest.fail(f"still running 30 s after the signal:\n{(err + late).decode(errors='replace')[-8000:]}")
     assert proc.returncode == 130
     report = json.loads(out.read_text())
     assert report == json.loads(stdout)
