@@ -532,11 +532,15 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
         for t in trials
         if t.fits and not t.loss_finite
     ]
-    contradicted = sorted({t.batch_size for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom})
+    contradicted = [t for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom]
     if contradicted:
+        # Near the edge a CPU's memory differs between processes, either way round.
+        kinds = {t.fresh_process for t in contradicted}
+        where = "a brand-new process" if kinds == {True} else "a long-lived worker" if kinds == {False} else "some processes"
+        sizes = ", ".join(map(str, sorted({t.batch_size for t in contradicted})))
         warnings.append(
-            f"batch {', '.join(map(str, contradicted))} ran in a long-lived worker but a fresh process or a later "
-            f"trial ran out of memory at {limit.first_oom} or below; the limit is {limit.batch_size}"
+            f"batch {sizes} fitted in {where} but ran out of memory in another (at {limit.first_oom} or below); "
+            f"the limit is {limit.batch_size}"
         )
     if limit.batch_size is not None and not limit.verified:
         warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process (time budget or interrupt)")

@@ -231,7 +231,7 @@ def print_report(report: Report, console: Console) -> None:
     if limit.batch_size is not None:
         edge = f"; first failure at {limit.first_oom}" if limit.first_oom else ""
         proof = " (verified in a fresh process)" if limit.verified else " (not verified in a fresh process)"
-        console.print(f"largest that fits: {limit.batch_size}{edge}{proof}")
+        console.print(f"largest that fits: {limit.batch_size}{proof}{edge}")
         if limit.safe_batch_size is not None and limit.safe_batch_size < limit.batch_size:
             console.print(f"fits on every run: {limit.safe_batch_size} (memory here varies by up to "
                           f"{format_size(limit.variation_bytes)} between runs; larger sizes may fail on a later run)")

@@ -168,6 +168,18 @@ def test_what_a_cpu_worker_retained_does_not_cost_a_process():
     assert doubling_processes(blind) > 2
 
 
+def test_a_size_that_failed_in_the_worker_and_fitted_fresh_is_said_as_it_happened():
+    from batchfind.probing import _warnings
+
+    # A CPU worker that held memory from earlier trials ran out at 128, a brand-new process fitted it.
+    ran = dict(status="ok", loss_finite=True, fresh_process=True)
+    trials = [Trial(64, **ran), Trial(128, "oom"), Trial(127, **ran), Trial(128, **ran)]
+    limit = limit_of(trials)
+    assert (limit.batch_size, limit.first_oom) == (127, 128)
+    assert _warnings(trials, limit) == [
+        "batch 128 fitted in a brand-new process but ran out of memory in another (at 128 or below); the limit is 127"]
+
+
 def test_fit_checks_run_past_the_first_step():
     # The first step peaks lower: a one-step check would pass sizes above the edge.
     sim = SimDevice(1708, first_step_saving=40 * 83 * MiB)

@@ -170,7 +170,7 @@ def test_multiple_of_and_a_failed_verification_steps_down(write_config):
     assert report.limit.batch_size == 12 and report.limit.verified and report.limit.first_oom == 16
     assert any(t.fresh_process and t.batch_size == 16 and t.status == "oom" for t in report.trials)
     assert all(t.batch_size % 4 == 0 for t in report.trials)
-    assert any("ran in a long-lived worker" in w for w in report.warnings)
+    assert any("batch 16 fitted in a long-lived worker but ran out of memory in another" in w for w in report.warnings)
     assert report.recommendation.batch_size <= 12
 
 
