@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import platform
 import re
 import resource
@@ -204,17 +206,22 @@ def data_segment(device) -> int | None:
 def free_heap(device) -> int | None:
     """CPU with glibc: the bytes free inside the allocator's heaps (mallinfo2's `fordblks`), which
     the process holds and a later allocation may reuse; None elsewhere."""
-    if device.type == "cuda":
-        return None
-    try:
-        import ctypes
+    mallinfo2 = None if device.type == "cuda" else _mallinfo2()
+    return None if mallinfo2 is None else mallinfo2().fordblks
 
+
+@functools.cache
+def _mallinfo2():
+    """glibc's `mallinfo2` (2.33+), typed; None where there is none."""
+    import ctypes
+
+    try:
         mallinfo2 = ctypes.CDLL(None).mallinfo2
     except (OSError, AttributeError):
         return None
-    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-    mallinfo2.restype = type("mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields.split()]})
-    return mallinfo2().fordblks
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    mallinfo2.restype = type("mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
+    return mallinfo2
 
 
 def memory_ceiling(device, limit: int | None) -> int | None:

@@ -162,8 +162,9 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
 def fresh_equivalent(trial: Measured) -> int:
     """The capped peak a brand-new process would have reached: this trial's, less what its worker
     retained from earlier trials. Of the retained free heap the trial may have reused anything from
-    none (then all of it comes off) to all (then none does); measured on a small GPT and a small CNN
-    near a 2 GiB cap, brand-new processes sat inside that range, so half of it comes off."""
+    none (then all of it comes off) to all (then none does). Measured on a small GPT and a small CNN
+    near a 2 GiB cap, brand-new processes sat inside that range or within a MiB of it, near one end
+    on one run and the other on the next, so half of it comes off."""
     free = min(max(trial.retained_free_bytes or 0, 0), max(trial.retained_bytes or 0, 0))
     return trial.capped_peak_bytes - (trial.retained_bytes or 0) + free // 2
 
