@@ -102,7 +102,7 @@ class Session:
         self.step.stage = None
         self.progress = progress
         self.meter = devices.CappedPeak(self.device)
-        held = devices.data_segment(self.device), devices.free_heap(self.device)
+        held = self._held() if op == "trial" else None
         try:
             result = getattr(self, f"_{op}")(**args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
@@ -119,12 +119,16 @@ class Session:
             # and a brand-new process would not hold, so the memory model can tell from a long-lived
             # worker's sizes where a brand-new process runs out.
             if self.settled is None:
-                self.settled = devices.data_segment(self.device), devices.free_heap(self.device)
+                self.settled = self._held()
             elif held[0] is not None and self.settled[0] is not None:
                 result["retained_bytes"] = held[0] - self.settled[0]
                 if held[1] is not None and self.settled[1] is not None:
                     result["retained_free_bytes"] = held[1] - self.settled[1]
         return result
+
+    def _held(self) -> tuple[int | None, int | None]:
+        """CPU: the data segment now, and the allocator's free bytes within it."""
+        return devices.data_segment(self.device), devices.free_heap(self.device)
 
     def _trial(self, batch_size: int, purpose: str = "throughput") -> dict[str, Any]:
         probe = self.config.probe

@@ -46,8 +46,8 @@ class SimDevice:
         self.capacity = (self.peak(edge) + self.peak(edge + 1)) // 2  # a fresh process fits `edge`, not one more
         self.saving = per_sample * 2 if first_step_saving is None else first_step_saving
         self.retained, self.reports_retained = retained, reports_retained
-        self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity, 
-                      **({"device": "cpu", "memory_variation": 0.005} if retained else {})}
+        cpu = {"device": "cpu", "memory_variation": 0.005} if retained else {}
+        self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity, **cpu}
         self.world_size, self.phase = 1, "double"
         self.start_s, self.step_s = start_s, step_s
         self.trials: list[Trial] = []
