@@ -16,6 +16,7 @@ alone (on CPU resident memory holds library pages that the cap does not count).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,18 +66,23 @@ def explains(model: MemoryModel | None, failed: int | None) -> bool:
     return model is not None and failed is not None and model.predicted_edge < failed
 
 
-def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int) -> int | None:
+def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int,
+              trials: Iterable[Measured] = ()) -> int | None:
     """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
     run-to-run `variation` free. `limit` ran in a brand-new process: a model that puts the edge
     below it by more than the variation accounts for is contradicted by that run (a line through
-    noise, on a model whose peaks barely grow) and leaves the limit as it is."""
+    noise, on a model whose peaks barely grow) and leaves the limit as it is. So does a brand-new
+    process among `trials` whose measured peak left the variation free: what a size measured
+    outranks where a line puts it."""
     if limit is None or not variation or not explains(model, first_oom):
         return limit
     allowance = variation / model.per_sample_bytes
     if model.predicted_edge < limit - allowance:
         return limit
     below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
-    return max(1, min(limit, below))
+    shown = max((t.batch_size for t in trials if t.status == "ok" and t.fresh_process and t.batch_size <= limit
+                 and t.capped_peak_bytes and t.capped_peak_bytes <= model.ceiling_bytes - variation), default=0)
+    return max(1, min(limit, max(below, shown)))
 
 
 def failed_allocation(message: str | None) -> int | None:

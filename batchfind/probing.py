@@ -271,7 +271,7 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     model = _model(trials, facts)
     variation = _variation(facts, model)
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=safe_size(
-        model, limit.batch_size, limit.first_oom, variation))
+        model, limit.batch_size, limit.first_oom, variation, trials))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)

@@ -156,3 +156,21 @@ def test_a_model_contradicted_by_a_fresh_run_leaves_the_limit():
     model = MemoryModel(300 * MiB, 2 * MiB, 1024 * MiB, 3, "limit")
     assert safe_size(model, 366, 367, 10 * MiB) == 357
     assert safe_size(model, 368, 369, 10 * MiB) == 368
+
+
+def test_a_brand_new_process_that_left_the_variation_free_outranks_the_line():
+    """A noise line (peaks that barely grow, a fake failure) can agree with the limit and still put
+    the safe size below every size the probe may run: batch 12's own peak in a brand-new process
+    says it leaves the variation free."""
+    variation = int(0.005 * 400 * MiB)
+    noise = MemoryModel(393 * MiB, MiB // 2, 400 * MiB, 2, "failure")  # edge 14, allowance 4
+    assert safe_size(noise, 12, 16, variation) == 10  # the line alone
+    fresh = T(12, "ok", fresh_process=True, capped_peak_bytes=394 * MiB)
+    assert safe_size(noise, 12, 16, variation, [fresh]) == 12
+    # Measured, but without the variation free, or in a long-lived worker: the line decides.
+    assert safe_size(noise, 12, 16, variation, [replace(fresh, capped_peak_bytes=399 * MiB)]) == 10
+    assert safe_size(noise, 12, 16, variation, [replace(fresh, fresh_process=False)]) == 10
+    # A smaller size measured roomy raises the line's answer to it, never above the limit.
+    noisier = MemoryModel(396 * MiB, MiB // 2, 400 * MiB, 2, "failure")  # edge 8: the line says 4
+    assert safe_size(noisier, 12, 16, variation) == 4
+    assert safe_size(noisier, 12, 16, variation, [replace(fresh, batch_size=8)]) == 8

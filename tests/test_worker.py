@@ -171,7 +171,9 @@ def test_multiple_of_and_a_failed_verification_steps_down(write_config):
     assert any(t.fresh_process and t.batch_size == 16 and t.status == "oom" for t in report.trials)
     assert all(t.batch_size % 4 == 0 for t in report.trials)
     assert any("batch 16 fitted in a long-lived worker but ran out of memory in another" in w for w in report.warnings)
-    assert report.recommendation.batch_size <= 12
+    # Batches 4 and 8 were timed and 4 ran first in a brand-new process: something fits.
+    rec = report.recommendation
+    assert rec.batch_size is not None and rec.batch_size <= 12, (rec.reason, report.limit)
 
 
 @pytest.mark.slow
