@@ -47,7 +47,8 @@ class MemoryModel:
     ceiling_bytes: int
     points: int  # fitting trials the line was fitted to
     # "limit": the limit in force or the memory the device can give; "failure": learned from where a
-    # failed trial ran out; "fits": raised to the largest peak that ran (the stated ceiling was low)
+    # failed trial ran out; "fits": raised to the largest peak that ran (the stated ceiling, or what
+    # a failure read, was lower)
     ceiling_from: str
 
     def peak_at(self, batch_size: float) -> float:
@@ -60,10 +61,13 @@ class MemoryModel:
         return max(0, int((self.ceiling_bytes - self.fixed_bytes) / self.per_sample_bytes + 1e-9))
 
 
-def explains(model: MemoryModel | None, failed: int | None) -> bool:
+def explains(model: MemoryModel | None, failed: int | None, variation: int = 0) -> bool:
     """Whether the memory model puts the edge below a size that failed: running out of the limit,
-    not something else (a model's own limit, a fake), is what stopped it."""
-    return model is not None and failed is not None and model.predicted_edge < failed
+    not something else (a model's own limit, a fake), is what stopped it. A ceiling that is only the
+    largest peak that ran ("fits") says where memory has not run out yet, not where it does; a line
+    that rises by no more than the run-to-run `variation` up to that size cannot be told from noise."""
+    return (model is not None and model.ceiling_from != "fits" and failed is not None
+            and model.predicted_edge < failed and model.per_sample_bytes * failed > variation)
 
 
 def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int,
@@ -74,7 +78,7 @@ def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | Non
     noise, on a model whose peaks barely grow) and leaves the limit as it is. So does a brand-new
     process among `trials` whose measured peak left the variation free: what a size measured
     outranks where a line puts it."""
-    if limit is None or not variation or not explains(model, first_oom):
+    if limit is None or not variation or not explains(model, first_oom, variation):
         return limit
     allowance = variation / model.per_sample_bytes
     if model.predicted_edge < limit - allowance:
@@ -105,11 +109,11 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     capped = _line(trials, "capped_peak_bytes", kinds_differ)
     if capped and ceiling_bytes:
         learned = _learned(trials, "capped_peak_bytes")
-        if learned is not None and learned < ceiling_bytes:
-            return MemoryModel(*capped[:2], learned, capped[2], "failure")
+        if learned is not None and learned[0] < ceiling_bytes:
+            return MemoryModel(*capped[:2], learned[0], capped[2], learned[1])
         # A size that ran above the stated ceiling (a GPU's free memory read before another
         # process let go) shows the ceiling is at least that high.
-        reached = max((t.capped_peak_bytes for t in trials if t.status == "ok" and t.capped_peak_bytes), default=0)
+        reached = _reached(trials, "capped_peak_bytes")
         if reached > ceiling_bytes:
             return MemoryModel(*capped[:2], reached, capped[2], "fits")
         return MemoryModel(*capped[:2], ceiling_bytes, capped[2], "limit")
@@ -118,7 +122,7 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
         return None
     learned = _learned(trials, "peak_bytes")
     if learned is not None:
-        return MemoryModel(*resident[:2], learned, resident[2], "failure")
+        return MemoryModel(*resident[:2], learned[0], resident[2], learned[1])
     if ceiling_bytes:
         return MemoryModel(*resident[:2], ceiling_bytes, resident[2], "limit")
     return None
@@ -175,12 +179,20 @@ def fresh_equivalent(trial: Measured) -> int:
     return trial.capped_peak_bytes - (trial.retained_bytes or 0) + free // 2
 
 
-def _learned(trials: list[Measured], field: str) -> int | None:
-    """Where memory ran out in a failed trial (its peak plus the allocation that failed); a failure
-    in a brand-new process says more than one in a long-lived worker. A peak that ran shows the
-    ceiling to be at least that high, whatever a failure that stopped early suggests."""
+def _learned(trials: list[Measured], field: str) -> tuple[int, str] | None:
+    """Where memory ran out in a failed trial (its peak plus the allocation that failed), and
+    "failure"; a failure in a brand-new process says more than one in a long-lived worker. A peak
+    that ran shows the ceiling to be at least that high: a failure that read less (a fake, or a
+    peak read while other mappings moved) leaves the ceiling at that peak, and "fits"."""
     failures = [t for t in trials if t.status == "oom" and getattr(t, field) and t.failed_alloc_bytes]
     failures = [t for t in failures if t.fresh_process] or failures
     learned = min((getattr(t, field) + t.failed_alloc_bytes for t in failures), default=None)
-    reached = max((getattr(t, field) for t in trials if t.status == "ok" and getattr(t, field)), default=0)
-    return None if learned is None else max(learned, reached)
+    if learned is None:
+        return None
+    reached = _reached(trials, field)
+    return (learned, "failure") if learned >= reached else (reached, "fits")
+
+
+def _reached(trials: list[Measured], field: str) -> int:
+    """The largest peak that ran."""
+    return max((getattr(t, field) for t in trials if t.status == "ok" and getattr(t, field)), default=0)

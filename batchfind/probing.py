@@ -212,7 +212,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         variation = _variation(facts, m)
         cheap = _processes_cheap(prober, _edge(m))
         # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
-        resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size) and variation else 1
+        resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size, variation) else 1
         search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
                     multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
                     margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,

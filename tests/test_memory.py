@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchfind.memory import MemoryModel, failed_allocation, fit, fresh_equivalent, safe_size
+from batchfind.memory import MemoryModel, explains, failed_allocation, fit, fresh_equivalent, safe_size
 
 MiB = 1024**2
 
@@ -60,6 +60,37 @@ def test_a_failure_that_stopped_early_does_not_put_the_ceiling_below_what_ran():
               T(16, "oom", 331 * MiB, 4 * MiB, fresh_process=True)]
     model = fit(trials, ceiling_bytes=None)
     assert model.ceiling_bytes == 340 * MiB and model.predicted_edge == 12
+    # That ceiling is where memory has not run out yet: it does not explain the failure.
+    assert model.ceiling_from == "fits" and not explains(model, 16)
+
+
+def test_a_fake_failure_that_read_less_than_what_ran_leaves_the_limit_safe():
+    """Measured: a fixture that raises out-of-memory above 12 in a brand-new process. The failure
+    at 16 read a data peak 75 MiB below what 12 reached (other mappings moved during it); the line
+    through 4 and 12 is noise. The safe size was 1 when that failure set the ceiling."""
+    trials = [
+        T(4, "ok", None, capped_peak_bytes=382541824, fresh_process=True),
+        T(8, "ok", None, retained_bytes=0, retained_free_bytes=-1056),
+        T(16, "ok", None, retained_bytes=0, retained_free_bytes=-5920),
+        T(32, "oom", None, 8 * MiB, retained_bytes=0),
+        T(24, "oom", None, 8 * MiB, fresh_process=True),
+        T(20, "oom", None, 8 * MiB, fresh_process=True),
+        T(16, "oom", None, 8 * MiB, fresh_process=True, capped_peak_bytes=308297728),
+        T(12, "ok", None, capped_peak_bytes=383094784, fresh_process=True),
+    ]
+    model = fit(trials, ceiling_bytes=19 * 1024 * MiB, kinds_differ=True)
+    assert model.ceiling_from == "fits" and not explains(model, 16)
+    assert safe_size(model, 12, 16, int(0.005 * model.ceiling_bytes), trials) == 12
+
+
+def test_a_line_that_rises_less_than_the_variation_explains_nothing():
+    # The same fixture on another run: 69 KiB a sample between two brand-new processes, 1.1 MiB
+    # up to the failure, against 2 MiB that peaks vary by from run to run.
+    quiet = MemoryModel(383 * MiB, 69 * 1024, 384 * MiB, 2, "failure")  # edge 14
+    assert explains(quiet, 16) and not explains(quiet, 16, 2 * MiB)
+    assert safe_size(quiet, 12, 16, 2 * MiB) == 12
+    steep = MemoryModel(300 * MiB, 2 * MiB, 1024 * MiB, 3, "limit")
+    assert explains(steep, 363, 10 * MiB)
 
 
 def test_no_model_without_two_sizes_or_growth():
