@@ -8,8 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# No point weighs more than one measured this precisely: a tight interval from few steps is luck.
+# No interval is narrower than this when a point is judged off the curve: a tight interval from
+# few steps is luck.
 FLOOR = 0.01
+# No point weighs more in the fit than one measured this precisely: the curve's three terms follow a
+# CPU's throughput only to a few percent (caches), so batches 1-4 timed to ±1% pulled it to
+# themselves and lifted its plateau above every larger size measured (gpt-small, 4 of 52 saved
+# runs, up to 6.4% above the recommended size's measurement; none with this floor).
+SHAPE = 0.05
 # Off-curve sizes whose throughput (measured or fitted) is within this of the plateau could change
 # the recommendation: they are worth measuring again.
 NEAR_PLATEAU = 0.05
@@ -52,8 +58,9 @@ def rise(points: list[Point]) -> list[Point]:
 
 
 def fit(points: list[Point], tolerance: float = 0.0) -> Curve | None:
-    """The curve through the points, each weighted by its precision; None with fewer than three
-    sizes, or where the fit says a measured size takes no time (it cannot describe them).
+    """The curve through the points, each weighted by its precision (up to `SHAPE`); None with
+    fewer than three sizes, or where the fit says a measured size takes no time (it cannot describe
+    them).
 
     A trial that stalled throughout (a page-fault storm, another process) sits far off the curve
     with an interval that does not say so, and would bend it towards itself: the point furthest off
@@ -83,7 +90,7 @@ def _fit(points: list[Point]) -> Curve | None:
         per_sample = 1000 / p.samples_per_s
         rows.append((1 / p.batch_size, 1.0, math.log2(p.batch_size)))
         values.append(per_sample)
-        weights.append(1 / (per_sample * max(p.uncertainty, FLOOR)) ** 2)
+        weights.append(1 / (per_sample * max(p.uncertainty, SHAPE)) ** 2)
     solved = _least_squares(rows, values, weights)
     if solved is not None and solved[2] < 0:
         # A cost per sample that falls as the batch doubles is what lets the curve bend up to a
