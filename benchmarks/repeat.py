@@ -10,13 +10,15 @@ of it.
 
 `--keep DIR` also writes every report; `--replay DIR` makes the choice again on reports kept so,
 with the recommendation rule of the batchfind it imports (the same trials, limit and settings), and
-prints per config how often each size came up: a change to the rule can be judged on runs already
-made, and an earlier release's rule on a checkout of it (`PYTHONPATH=<checkout>`).
+prints per config how often each size came up and how far under the plateau of the curve it is
+described by: a change to the rule or the curve can be judged on runs already made, and an earlier
+release's on a checkout of it (`PYTHONPATH=<checkout>`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -59,9 +61,14 @@ def summary(rows: list[dict]) -> str:
     return (f"{rows[0]['config']}: recommended {mode} in {count} of {len(rows)} runs "
             f"({', '.join(f'{b}×{n}' for b, n in sorted(picks.items()))}); "
             f"all within one power of two of it: {'yes' if near else 'no'}; "
-            f"recommended size's measured samples/s at most {worst:.1%} under the fitted plateau; "
+            f"recommended size's measured samples/s {under_plateau(worst)}; "
             f"wall time median {walls[len(walls) // 2]:.1f} s (range {walls[0]:.1f}–{walls[-1]:.1f})"
             if worst is not None else f"{rows[0]['config']}: recommended {mode} in {count} of {len(rows)} runs")
+
+
+def under_plateau(worst: float) -> str:
+    return (f"at most {worst:.1%} under the fitted plateau" if worst > 0
+            else "at or above the fitted plateau in every run")
 
 
 def replay(folder: Path) -> None:
@@ -69,15 +76,21 @@ def replay(folder: Path) -> None:
     from batchfind.recommend import recommend
     from batchfind.report import load_report
 
-    picks: dict[str, Counter] = {}
+    rows: dict[str, list[dict]] = {}
     for path in sorted(folder.glob("*.json")):
         report = load_report(path)
         env = report.environment
         rec, _ = recommend(report.trials, report.limit, RecommendConfig(**report.config["recommend"]),
                            env.memory_limit_bytes or env.memory_total_bytes)
-        picks.setdefault(path.stem.rsplit("-", 1)[0], Counter())[rec.batch_size] += 1
-    for config, counts in picks.items():
-        print(f"{config}: " + ", ".join(f"{b}×{n}" for b, n in sorted(counts.items(), key=lambda kv: kv[0] or 0)))
+        raw = {**json.loads(path.read_text()), "recommendation": dataclasses.asdict(rec)}
+        config, run = path.stem.rsplit("-", 1)
+        rows.setdefault(config, []).append(row(config, int(run), 0.0, raw))
+    for config, runs in rows.items():
+        counts = Counter(r["recommended"] for r in runs)
+        below = [r["below"] for r in runs if r["below"] is not None]
+        print(f"{config}: " + ", ".join(f"{b}×{n}" for b, n in sorted(counts.items(), key=lambda kv: kv[0] or 0))
+              + (f"; {under_plateau(max(below))}, more than 5% under it in {sum(b > 0.05 for b in below)} of "
+                 f"{len(below)}" if below else ""))
 
 
 def main() -> None:
