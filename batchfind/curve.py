@@ -13,8 +13,8 @@ from dataclasses import dataclass
 FLOOR = 0.01
 # No point weighs more in the fit than one measured this precisely: the curve's three terms follow a
 # CPU's throughput only to a few percent (caches), so batches 1-4 timed to ±1% pulled it to
-# themselves and lifted its plateau above every larger size measured (gpt-small, 4 of 52 saved
-# runs, up to 6.4% above the recommended size's measurement; none with this floor).
+# themselves and lifted its plateau above every larger size measured (gpt-small, 5 of 62 saved
+# runs more than 5% above the recommended size's measurement, up to 7.9%; none with this floor).
 SHAPE = 0.05
 # Off-curve sizes whose throughput (measured or fitted) is within this of the plateau could change
 # the recommendation: they are worth measuring again.
