@@ -11,10 +11,11 @@ from dataclasses import dataclass
 # No interval is narrower than this when a point is judged off the curve: a tight interval from
 # few steps is luck.
 FLOOR = 0.01
-# No point weighs more in the fit than one measured this precisely: the curve's three terms follow a
-# CPU's throughput only to a few percent (caches), so batches 1-4 timed to ±1% pulled it to
-# themselves and lifted its plateau above every larger size measured (gpt-small, 5 of 62 saved
-# runs more than 5% above the recommended size's measurement, up to 7.9%; none with this floor).
+# No point weighs more in the fit than one measured this precisely, on any device: the curve's three
+# terms follow a CPU's throughput only to a few percent (caches), so batches 1-4 timed to ±1-3%
+# pulled it to themselves and lifted its plateau above every larger size measured (gpt-small: the
+# recommended size's measurement more than 5% under the plateau in 5 of 62 saved runs, up to 7.9%;
+# in none with this floor).
 SHAPE = 0.05
 # Off-curve sizes whose throughput (measured or fitted) is within this of the plateau could change
 # the recommendation: they are worth measuring again.

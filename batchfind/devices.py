@@ -179,8 +179,8 @@ class CappedPeak:
 
     Linux keeps no resettable data-segment peak, only the lifetime peak of all mappings (VmPeak):
     with the other mappings (code, files) unchanged during a trial, the data peak is VmPeak less
-    them. A trial that stays below an earlier trial's peak leaves VmPeak where it was, and its data
-    peak is unknown (None).
+    them, and never less than the data segment at the end. A trial that stays below an earlier
+    trial's peak leaves VmPeak where it was, and its data peak is unknown (None).
     """
 
     def __init__(self, device):

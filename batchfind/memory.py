@@ -65,9 +65,10 @@ def explains(model: MemoryModel | None, failed: int | None, variation: int = 0) 
     """Whether the memory model puts the edge below a size that failed: running out of the limit,
     not something else (a model's own limit, a fake), is what stopped it. A ceiling that is only the
     largest peak that ran ("fits") says where memory has not run out yet, not where it does; a line
-    that rises by no more than the run-to-run `variation` up to that size cannot be told from noise."""
+    that rises by no more than the run-to-run `variation` over the upper half of the sizes up to the
+    failure cannot be told from noise."""
     return (model is not None and model.ceiling_from != "fits" and failed is not None
-            and model.predicted_edge < failed and model.per_sample_bytes * failed > variation)
+            and model.predicted_edge < failed and model.per_sample_bytes * failed > 2 * variation)
 
 
 def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int,
@@ -75,13 +76,14 @@ def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | Non
     """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
     run-to-run `variation` free. `limit` ran in a brand-new process: a model that puts the edge
     below it by more than the variation accounts for is contradicted by that run (a line through
-    noise, on a model whose peaks barely grow) and leaves the limit as it is. So does a brand-new
-    process among `trials` whose measured peak left the variation free: what a size measured
-    outranks where a line puts it."""
+    noise, on a model whose peaks barely grow) and leaves the limit as it is, as does a line by which
+    the variation is worth half the limit or more. A size among `trials` that ran first in a
+    brand-new process with its peak leaving the variation free is safe: the answer is never below
+    it (what a size measured outranks where a line puts it)."""
     if limit is None or not variation or not explains(model, first_oom, variation):
         return limit
     allowance = variation / model.per_sample_bytes
-    if model.predicted_edge < limit - allowance:
+    if model.predicted_edge < limit - allowance or 2 * allowance >= limit:
         return limit
     below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
     shown = max((t.batch_size for t in trials if t.status == "ok" and t.fresh_process and t.batch_size <= limit
@@ -108,9 +110,10 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     """
     capped = _line(trials, "capped_peak_bytes", kinds_differ)
     if capped and ceiling_bytes:
+        # A failure that read less than what ran says nothing the limit in force does not.
         learned = _learned(trials, "capped_peak_bytes")
-        if learned is not None and learned[0] < ceiling_bytes:
-            return MemoryModel(*capped[:2], learned[0], capped[2], learned[1])
+        if learned is not None and learned[1] == "failure" and learned[0] < ceiling_bytes:
+            return MemoryModel(*capped[:2], learned[0], capped[2], "failure")
         # A size that ran above the stated ceiling (a GPU's free memory read before another
         # process let go) shows the ceiling is at least that high.
         reached = _reached(trials, "capped_peak_bytes")

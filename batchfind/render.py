@@ -25,6 +25,9 @@ _NOTE_MAX_PHRASE = 24
 # Error messages in the note are cut here; the JSON report has them whole.
 _NOTE_ERROR_CHARS = 60
 
+# Where the memory model's ceiling came from, where its name alone does not say it.
+_CEILING_FROM = {"fits": "the largest peak that ran"}
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -239,7 +242,8 @@ def print_report(report: Report, console: Console) -> None:
         m = report.memory_model
         console.print(
             f"memory model: {format_size(int(m['fixed_bytes']))} + {format_size(int(m['per_sample_bytes']))} × batch, "
-            f"ceiling {format_size(m['ceiling_bytes'])} (from the {m['ceiling_from']}) → predicted edge {m['predicted_edge']}"
+            f"ceiling {format_size(m['ceiling_bytes'])} (from the {_CEILING_FROM.get(m['ceiling_from'], m['ceiling_from'])}) "
+            f"→ predicted edge {m['predicted_edge']}"
         )
     if report.stopped_because:
         console.print(f"stopped: {report.stopped_because}")

@@ -43,7 +43,7 @@ def probe(config: str, limit: str, keep: Path | None, run: int) -> tuple[float, 
 def row(config: str, run: int, wall: float, report: dict) -> dict:
     rec = report["recommendation"]
     measured = next((t["samples_per_s"] for t in reversed(report["trials"])
-                     if t["batch_size"] == rec["batch_size"] and t["purpose"] == "throughput"), None)
+                     if t["batch_size"] == rec["batch_size"] and t.get("purpose", "throughput") == "throughput"), None)
     plateau = (rec.get("curve") or {}).get("plateau_samples_per_s")
     return {
         "config": config, "run": run, "wall_s": wall, "limit": report["limit"]["batch_size"],
@@ -77,20 +77,23 @@ def replay(folder: Path) -> None:
     from batchfind.report import load_report
 
     rows: dict[str, list[dict]] = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*-*.json")):
+        config, run = path.stem.rsplit("-", 1)
+        if not run.isdigit():
+            continue  # not a report `--keep` wrote
         report = load_report(path)
         env = report.environment
         rec, _ = recommend(report.trials, report.limit, RecommendConfig(**report.config["recommend"]),
                            env.memory_limit_bytes or env.memory_total_bytes)
         raw = {**json.loads(path.read_text()), "recommendation": dataclasses.asdict(rec)}
-        config, run = path.stem.rsplit("-", 1)
         rows.setdefault(config, []).append(row(config, int(run), 0.0, raw))
     for config, runs in rows.items():
         counts = Counter(r["recommended"] for r in runs)
         below = [r["below"] for r in runs if r["below"] is not None]
         print(f"{config}: " + ", ".join(f"{b}×{n}" for b, n in sorted(counts.items(), key=lambda kv: kv[0] or 0))
-              + (f"; {under_plateau(max(below))}, more than 5% under it in {sum(b > 0.05 for b in below)} of "
-                 f"{len(below)}" if below else ""))
+              + (f"; {under_plateau(max(below))}" if below else "")
+              + (f", more than 5% under it in {sum(b > 0.05 for b in below)} of {len(below)}"
+                 if below and max(below) > 0 else ""))
 
 
 def main() -> None:

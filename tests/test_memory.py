@@ -79,8 +79,9 @@ def test_a_fake_failure_that_read_less_than_what_ran_leaves_the_limit_safe():
         T(12, "ok", None, capped_peak_bytes=383094784, fresh_process=True),
     ]
     model = fit(trials, ceiling_bytes=19 * 1024 * MiB, kinds_differ=True)
-    assert model.ceiling_from == "fits" and not explains(model, 16)
-    assert safe_size(model, 12, 16, int(0.005 * model.ceiling_bytes), trials) == 12
+    # The failure's reading is left out: the cap in force is the ceiling, far above 16.
+    assert model.ceiling_from == "limit" and not explains(model, 16, int(0.005 * model.ceiling_bytes))
+    assert safe_size(model, 12, 16, int(0.005 * model.ceiling_bytes)) == 12
 
 
 def test_a_line_that_rises_less_than_the_variation_explains_nothing():
@@ -89,6 +90,9 @@ def test_a_line_that_rises_less_than_the_variation_explains_nothing():
     quiet = MemoryModel(383 * MiB, 69 * 1024, 384 * MiB, 2, "failure")  # edge 14
     assert explains(quiet, 16) and not explains(quiet, 16, 2 * MiB)
     assert safe_size(quiet, 12, 16, 2 * MiB) == 12
+    # Twice as steep it rises 2.3 MiB up to 16, yet the variation is still worth 14 samples of 12.
+    flat = MemoryModel(383.9 * MiB, 150 * 1024, 386 * MiB, 2, "failure")  # edge 14
+    assert safe_size(flat, 12, 16, 2 * MiB) == 12
     steep = MemoryModel(300 * MiB, 2 * MiB, 1024 * MiB, 3, "limit")
     assert explains(steep, 363, 10 * MiB)
 
