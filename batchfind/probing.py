@@ -11,7 +11,7 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import limit_of, points, recommend, timed, with_training_plan
+from .recommend import competes, limit_of, points, recommend, timed, turned_down, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
@@ -172,8 +172,9 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     """The probe's plan, on anything that runs trials like a `Prober` (a simulated device in tests).
 
     Powers of two run as throughput trials in one long-lived worker, except sizes the memory model
-    puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed).
-    Near the edge every trial is a fit check (`search.edge`).
+    puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed)
+    and sizes after throughput has turned down (a fit check, timed only if its quickest step is as
+    fast as the fastest). Near the edge every trial is a fit check (`search.edge`).
     """
     config = prober.config
     p = config.probe
@@ -186,20 +187,28 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         return _model(prober.trials, facts)
 
     remeasured = False
+    tolerance = config.recommend.tolerance
 
-    def purpose(size: int) -> str:
+    def doubling_trial(size: int) -> Trial:
         nonlocal remeasured
         m = model()
         beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
-        if beyond and not remeasured:
+        if (beyond or turned_down(prober.trials, tolerance)) and not remeasured:
             # The last throughput size has run and the worker is still clean: check the curve.
             remeasured = True
-            _remeasure(prober, config.recommend.tolerance, keep_going)
+            _remeasure(prober, tolerance, keep_going)
+        if beyond:
             prober.prepare()  # the edge is near: brand-new processes come next
-        return "fit" if beyond else "throughput"
+            return prober.trial(size, "fit")
+        if not turned_down(prober.trials, tolerance):
+            return prober.trial(size)
+        # Past the peak a size only needs to fit for the doubling to go on: its steps are the
+        # longest of the probe (cnn-small's 512 and 1024: 12 s of 47 on a CPU).
+        check = prober.trial(size, "fit")
+        return prober.trial(size) if competes(check, prober.trials, tolerance) else check
 
     outcome = PlanResult()
-    doubled = search.double(lambda size: prober.trial(size, purpose(size)), p.min_batch, high, keep_going)
+    doubled = search.double(doubling_trial, p.min_batch, high, keep_going)
     if doubled and doubled[-1].fits and not remeasured:
         _remeasure(prober, config.recommend.tolerance, keep_going)
     outcome.model = model()

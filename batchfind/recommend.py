@@ -72,6 +72,29 @@ def timed(trials: list[Trial]) -> list[Trial]:
     return [t for t in trials if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
 
 
+def turned_down(trials: list[Trial], tolerance: float) -> bool:
+    """Whether the two largest sizes timed so far both ran past the fastest and slower than it
+    beyond the tolerance and their own interval: throughput has turned down (on a CPU the batch has
+    outgrown a cache), so a larger size can be the batch to train with only if it turns faster."""
+    latest = {t.batch_size: t for t in timed(trials)}
+    if len(latest) < 3:
+        return False
+    fastest = max(latest.values(), key=lambda t: t.samples_per_s)
+    floor = (1 - tolerance) * fastest.samples_per_s
+    return all(b > fastest.batch_size and latest[b].samples_per_s * (1 + latest[b].uncertainty) < floor
+               for b in sorted(latest)[-2:])
+
+
+def competes(check: Trial, trials: list[Trial], tolerance: float) -> bool:
+    """Whether a fit check's quickest step puts its size within the tolerance of the fastest timed
+    size (its slower first step touches fresh memory): then it is worth timing after all."""
+    best = max((t.samples_per_s for t in timed(trials)), default=None)
+    if not (check.fits and best and check.samples_per_s and check.step_ms and check.step_ms.samples):
+        return False
+    quickest = check.samples_per_s * check.step_ms.median / min(check.step_ms.samples)
+    return quickest >= (1 - tolerance) * best
+
+
 def points(trials: list[Trial]) -> list[curve.Point]:
     """The throughput measurements among the trials, as the curve takes them."""
     return [curve.Point(t.batch_size, t.samples_per_s, t.uncertainty) for t in timed(trials)]

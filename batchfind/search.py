@@ -113,10 +113,12 @@ def edge(
         else:
             middle = (above // step + (top - above) // step // 2) * step
             if calls_edge:
-                # Past a proven fit the next check proves the size above, in a brand-new process;
-                # once the model has been wrong about that, steps double in the worker (never past
-                # the middle of what is left).
-                size = reach if not misses else max(above, min(lo + step * 2**misses, middle) // step * step)
+                # Past a proven fit the next check proves the size above, in a brand-new process.
+                # The model may be wrong about that by a sample's drift (a CPU's fuzzy edge), so the
+                # next check takes the same step; once it is wrong again, steps double in the
+                # worker (never past the middle of what is left).
+                jump = max(reach - lo, step) * 2 ** max(misses - 1, 0)
+                size = reach if not misses else max(above, min(lo + jump, middle) // step * step)
                 fresh = not warm or not misses
             elif guess is None:
                 size, fresh = middle, not warm

@@ -39,7 +39,8 @@ class SimDevice:
 
     def __init__(self, edge: int, *, per_sample: int = 83 * MiB, fixed: int = 300 * MiB, bonus: int = 1,
                  first_step_saving: int | None = None, model_error: float = 0.0, start_s: float = 12.0,
-                 step_s: float = 0.0004, retained: int = 0, reports_retained: bool = True, **probe):
+                 step_s: float = 0.0004, retained: int = 0, reports_retained: bool = True,
+                 speed: dict[int, float] | None = None, **probe):
         self.config = Config.model_validate({"model": {"name": "mlp"}, "probe": {"warmup_steps": 1, "steps": 3, **probe}})
         self.edge, self.per_sample, self.fixed, self.bonus = edge, per_sample, fixed, bonus
         self.curvature = self._solve_curvature(model_error)
@@ -50,6 +51,7 @@ class SimDevice:
         self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity, **cpu}
         self.world_size, self.phase = 1, "double"
         self.start_s, self.step_s = start_s, step_s
+        self.speed = speed or {}  # samples/s by batch size, where throughput is not flat
         self.trials: list[Trial] = []
         self.processes = 0  # brand-new processes, the first (doubling) worker included
         self.steps = 0
@@ -91,11 +93,13 @@ class SimDevice:
         steady = self.peak(size) + held
         peak = steady if steps >= 2 else steady - self.saving
         reported = held if self.reports_retained and not first else None
-        step_ms = StepTimes(*[self.step_s * size * 1000] * 3, samples=[])
+        speed = self.speed.get(size, 1 / self.step_s)
+        ms = size / speed * 1000
+        step_ms = StepTimes(ms, ms, ms, samples=[ms] * (steps - (purpose == "throughput")))
         if peak <= capacity:
             self.steps += steps
             self.worker_trials += 1
-            trial = Trial(size, "ok", step_ms=step_ms, samples_per_s=1 / self.step_s, peak_bytes=peak,
+            trial = Trial(size, "ok", step_ms=step_ms, samples_per_s=speed, peak_bytes=peak,
                           capped_peak_bytes=peak, loss_finite=True, fresh_process=first, phase=self.phase,
                           purpose=purpose, steps=steps, retained_bytes=reported)
         else:
@@ -198,6 +202,22 @@ def test_sizes_beyond_the_headroom_are_only_fit_checked():
     # The standby is asked for just before it, after the last throughput trial, never beside one.
     assert sim.prepared_at == len(doubled) - 1
     assert all(t.purpose == "fit" for t in sim.trials[sim.prepared_at:])
+
+
+def test_past_the_peak_the_doubling_only_checks_that_sizes_fit():
+    # cnn-small on a 2-core CPU: fastest at 32, then slower by a third and more.
+    speed = {1: 285, 2: 406, 4: 603, 8: 844, 16: 915, 32: 1116, 64: 570, 128: 585, 256: 500, 512: 450}
+    sim = SimDevice(1550, speed=speed, per_sample=int(1.1 * MiB), **CPU)
+    sim.run()
+    doubled = {t.batch_size: t.purpose for t in sim.trials if t.phase == "double"}
+    assert [b for b, purpose in doubled.items() if purpose == "throughput"] == [2**k for k in range(8)]
+    assert doubled[256] == doubled[512] == doubled[1024] == "fit"
+    # Where a size past the dip is as fast as the fastest after all, its fit check is followed by
+    # a throughput trial (a CPU's throughput can rise again once a batch outgrows a cache).
+    sim = SimDevice(1550, speed={**speed, 512: 1120}, per_sample=int(1.1 * MiB), **CPU)
+    sim.run()
+    at_512 = [t.purpose for t in sim.trials if t.batch_size == 512]
+    assert at_512 == ["fit", "throughput"]
 
 
 def old_plan_processes(edge: int, model_error: float) -> int:

@@ -8,7 +8,7 @@ import torch
 
 from batchfind.config import RecommendConfig, TrainConfig
 from batchfind.noise import components, estimate
-from batchfind.recommend import accumulation, limit_of, recommend, scaled_lr, with_training_plan
+from batchfind.recommend import accumulation, competes, limit_of, recommend, scaled_lr, turned_down, with_training_plan
 from batchfind.report import StepTimes, Trial
 
 GiB = 1024**3
@@ -63,6 +63,32 @@ def test_a_smaller_size_is_as_fast_only_if_its_whole_interval_says_so():
     assert rec.interval == [8, 16]  # 8 cannot be told apart from 16, but is not surely as fast
     rec, _ = choose(curve(throughputs, spread=0.001))
     assert rec.batch_size == 8 and "at the low end of its interval too" in rec.reason
+
+
+def test_throughput_has_turned_down_after_two_sizes_clearly_slower_than_the_fastest():
+    # cnn-small on a 2-core CPU: fastest at 32, then 64 and 128 far slower.
+    measured = curve([285, 406, 603, 844, 915, 1116, 570, 585], spread=0.05)
+    assert turned_down(measured, 0.02)
+    assert not turned_down(measured[:-1], 0.02)  # one slower size may be a stall
+    # Slower, but within the tolerance and their interval of the fastest: a GPU's plateau.
+    assert not turned_down(curve([500, 900, 1500, 1979, 2124, 2215, 2256, 2180, 2150], spread=0.02), 0.02)
+    # A size past the fastest that is slower only by less than its interval says cannot count.
+    assert not turned_down(curve([285, 406, 603, 844, 1116, 570, 1000], spread=0.10), 0.02)
+
+
+def test_a_fit_check_competes_by_its_quickest_step():
+    measured = curve([285, 406, 603, 844, 915, 1116, 570, 585])
+    # Two steps at 256: the first touched fresh memory, the second ran at 1100 samples/s.
+    ms = [256 / 300 * 1000, 256 / 1100 * 1000]
+    median = sum(ms) / 2
+
+    def check(steps, status="ok"):
+        return Trial(256, status, StepTimes(median, min(steps), max(steps), steps),
+                     samples_per_s=256 / median * 1000, loss_finite=True, purpose="fit")
+
+    assert competes(check(ms), measured, 0.02)  # 1100 is within 2% of 1116
+    assert not competes(check([ms[0], 256 / 900 * 1000]), measured, 0.02)
+    assert not competes(check(ms, "oom"), measured, 0.02)
 
 
 def test_tolerance_zero_recommends_exactly_the_fastest():

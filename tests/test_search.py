@@ -139,6 +139,19 @@ def test_the_search_ends_within_its_resolution():
     assert [(o.batch_size, o.status) for o in outcomes] == [(299, "ok"), (303, "oom")]
 
 
+def test_an_edge_one_sample_above_the_model_costs_one_more_process_not_a_gallop():
+    """gpt-small on a CPU: the model said 81, and in some runs a brand-new process fits 82 too."""
+    device = Device(82)
+    outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 81, reuse=False, resolution=1)
+    assert [(o.batch_size, o.status, o.fresh_process) for o in outcomes] == [
+        (81, "ok", True), (82, "ok", True), (83, "oom", True)]
+    # Wrong again, and the steps double.
+    device = Device(90)
+    outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 81, reuse=False, resolution=1)
+    assert [o.batch_size for o in outcomes][:5] == [81, 82, 83, 85, 89]
+    assert proven(outcomes, 90, "ok") and proven(outcomes, 91, "oom")
+
+
 def test_after_an_overshoot_a_fit_within_the_resolution_below_the_failure_ends_the_search():
     """Where memory varies between runs by `resolution` samples' worth (a CPU), a model that
     overshot by less than that needs one more check, not a climb towards its edge."""
