@@ -173,8 +173,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
 
     Powers of two run as throughput trials in one long-lived worker, except sizes the memory model
     puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed)
-    and sizes after throughput has turned down (a fit check, timed only if its quickest step is as
-    fast as the fastest). Near the edge every trial is a fit check (`search.edge`).
+    and sizes after throughput has turned down (a fit check, timed only if its quickest step could
+    make it the batch to train with). Near the edge every trial is a fit check (`search.edge`).
     """
     config = prober.config
     p = config.probe

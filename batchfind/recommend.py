@@ -86,13 +86,16 @@ def turned_down(trials: list[Trial], tolerance: float) -> bool:
 
 
 def competes(check: Trial, trials: list[Trial], tolerance: float) -> bool:
-    """Whether a fit check's quickest step puts its size within the tolerance of the fastest timed
-    size (its slower first step touches fresh memory): then it is worth timing after all."""
-    best = max((t.samples_per_s for t in timed(trials)), default=None)
-    if not (check.fits and best and check.samples_per_s and check.step_ms and check.step_ms.samples):
+    """Whether a fit check's quickest step (its first touches fresh memory and runs slower) is fast
+    enough for its size to change the recommendation: faster than the fastest timed size by more
+    than the tolerance leaves the low end of that size's interval. Only then is it worth timing: a
+    larger size merely as fast as the fastest is never the one to train with."""
+    measured = timed(trials)
+    if not (measured and check.fits and check.samples_per_s and check.step_ms and check.step_ms.samples):
         return False
+    fastest = max(measured, key=lambda t: t.samples_per_s)
     quickest = check.samples_per_s * check.step_ms.median / min(check.step_ms.samples)
-    return quickest >= (1 - tolerance) * best
+    return quickest * (1 - tolerance) > fastest.samples_per_s * (1 - fastest.uncertainty)
 
 
 def points(trials: list[Trial]) -> list[curve.Point]:

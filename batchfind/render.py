@@ -100,7 +100,8 @@ def trial_notes(report: Report, with_status: bool = False) -> list[str]:
     trials, rec, limit = report.trials, report.recommendation, report.limit
     last = {t.batch_size: i for i, t in enumerate(trials)}
     counted = [t for i, t in enumerate(trials) if last[t.batch_size] == i and t.fits]
-    measured = [t for t in counted if t.loss_finite is not False and t.samples_per_s
+    # A fit check's two steps (the first touching fresh memory) do not rank sizes.
+    measured = [t for t in counted if t.purpose == "throughput" and t.loss_finite is not False and t.samples_per_s
                 and (limit.batch_size is None or t.batch_size <= limit.batch_size)]
     fastest = max(measured, key=lambda t: t.samples_per_s).batch_size if measured else None
     labels: dict[int, list[str]] = {}

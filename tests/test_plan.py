@@ -212,12 +212,15 @@ def test_past_the_peak_the_doubling_only_checks_that_sizes_fit():
     doubled = {t.batch_size: t.purpose for t in sim.trials if t.phase == "double"}
     assert [b for b, purpose in doubled.items() if purpose == "throughput"] == [2**k for k in range(8)]
     assert doubled[256] == doubled[512] == doubled[1024] == "fit"
-    # Where a size past the dip is as fast as the fastest after all, its fit check is followed by
+    # Where a size past the dip is faster than the fastest after all, its fit check is followed by
     # a throughput trial (a CPU's throughput can rise again once a batch outgrows a cache).
+    sim = SimDevice(1550, speed={**speed, 512: 1300}, per_sample=int(1.1 * MiB), **CPU)
+    sim.run()
+    assert [t.purpose for t in sim.trials if t.batch_size == 512] == ["fit", "throughput"]
+    # Merely as fast, it could not be the one to train with: the fit check is all it gets.
     sim = SimDevice(1550, speed={**speed, 512: 1120}, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
-    at_512 = [t.purpose for t in sim.trials if t.batch_size == 512]
-    assert at_512 == ["fit", "throughput"]
+    assert [t.purpose for t in sim.trials if t.batch_size == 512] == ["fit"]
 
 
 def old_plan_processes(edge: int, model_error: float) -> int:
