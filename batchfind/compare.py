@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .report import Report, Trial
+from .report import Report, Trial, latest_timed
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,20 @@ def _change(metric: str, base: float | None, new: float | None, higher_is_better
 
 
 def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparison:
-    """Limit, recommended batch, and throughput and peak memory at every size both ran."""
+    """Limit, recommended batch, throughput at every size both timed, and peak memory at every
+    size both ran."""
     changes = [
         _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression),
         _change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size, True,
                 max_regression),
     ]
     old, now = _last_ok_by_size(base), _last_ok_by_size(new)
+    # Throughput only where both timed the size: a fit check's two steps are no measure of it.
+    old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
     for size in sorted(old.keys() & now.keys()):
-        changes.append(_change(f"samples/s @ {size}", old[size].samples_per_s, now[size].samples_per_s, True,
-                               max_regression))
+        if size in old_timed and size in now_timed:
+            changes.append(_change(f"samples/s @ {size}", old_timed[size].samples_per_s,
+                                   now_timed[size].samples_per_s, True, max_regression))
         changes.append(_change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False,
                                max_regression))
     warnings = []

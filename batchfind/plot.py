@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report, Trial, write_atomic
+from .report import MEMORY_FAILURES, Report, Trial, latest_timed, write_atomic
 from .sizes import format_size
 
 GiB = 1024**3
@@ -56,7 +56,8 @@ def figure(report: Report, source: str | None = None):
     bottom = fig.add_subplot(grid[1, 0], sharex=top)
     fig.suptitle(title(report, source))
 
-    timed = [fitting[s] for s in sizes if fitting[s].samples_per_s and fitting[s].step_ms]
+    # Throughput from throughput trials only: a fit check's two steps are no measure of it.
+    timed = [t for _, t in sorted(latest_timed(report.trials).items()) if t.step_ms]
     top.errorbar([t.batch_size for t in timed], [t.samples_per_s for t in timed], yerr=_spread(timed),
                  fmt="o-", color="tab:blue", capsize=3, label="samples/s (bars: p10–p90 step time)")
     top.set_ylabel("samples/s")

@@ -11,8 +11,8 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import competes, limit_of, points, recommend, timed, turned_down, with_training_plan
-from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial
+from .recommend import competes, limit_of, points, recommend, turned_down, with_training_plan
+from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, timed
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
 from .worker import SetupFailed
@@ -205,7 +205,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         # Past the peak a size only needs to fit for the doubling to go on: its steps are the
         # longest of the probe (cnn-small's 512 and 1024: 12 s of 47 on a CPU).
         check = prober.trial(size, "fit")
-        return prober.trial(size) if competes(check, prober.trials, tolerance) else check
+        return prober.trial(size) if competes(check, prober.trials, tolerance) and keep_going() else check
 
     outcome = PlanResult()
     doubled = search.double(doubling_trial, p.min_batch, high, keep_going)

@@ -8,7 +8,7 @@ import math
 
 from . import curve
 from .config import RecommendConfig, TrainConfig
-from .report import MEMORY_FAILURES, Limit, Recommendation, Trial
+from .report import MEMORY_FAILURES, Limit, Recommendation, Trial, latest_timed, timed
 
 # Square-root scaling keeps Adam's per-step noise in proportion (Malladi et al., 2022); linear
 # scaling is the usual rule for SGD (Goyal et al., 2017).
@@ -66,17 +66,11 @@ def noisy(trial: Trial, tolerance: float) -> bool:
     return trial.uncertainty > tolerance
 
 
-def timed(trials: list[Trial]) -> list[Trial]:
-    """The throughput measurements among the trials: what sizes are ranked by (fit checks near the
-    edge time too few steps to rank sizes by)."""
-    return [t for t in trials if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
-
-
 def turned_down(trials: list[Trial], tolerance: float) -> bool:
     """Whether the two largest sizes timed so far both ran past the fastest and slower than it
     beyond the tolerance and their own interval: throughput has turned down (on a CPU the batch has
     outgrown a cache), so a larger size can be the batch to train with only if it turns faster."""
-    latest = {t.batch_size: t for t in timed(trials)}
+    latest = latest_timed(trials)
     if len(latest) < 3:
         return False
     fastest = max(latest.values(), key=lambda t: t.samples_per_s)
@@ -87,15 +81,26 @@ def turned_down(trials: list[Trial], tolerance: float) -> bool:
 
 def competes(check: Trial, trials: list[Trial], tolerance: float) -> bool:
     """Whether a fit check's quickest step (its first touches fresh memory and runs slower) is fast
-    enough for its size to change the recommendation: faster than the fastest timed size by more
-    than the tolerance leaves the low end of that size's interval. Only then is it worth timing: a
-    larger size merely as fast as the fastest is never the one to train with."""
-    measured = timed(trials)
-    if not (measured and check.fits and check.samples_per_s and check.step_ms and check.step_ms.samples):
+    enough for its size to change the recommendation: faster than the size chosen so far by more
+    than the tolerance leaves the low end of that size's interval. Only then is it worth timing:
+    a larger size merely as fast is never the one to train with."""
+    latest = list(latest_timed(trials).values())
+    if not (latest and check.fits and check.samples_per_s and check.step_ms and check.step_ms.samples):
         return False
-    fastest = max(measured, key=lambda t: t.samples_per_s)
+    chosen, _ = choice(latest, tolerance)
     quickest = check.samples_per_s * check.step_ms.median / min(check.step_ms.samples)
-    return quickest * (1 - tolerance) > fastest.samples_per_s * (1 - fastest.uncertainty)
+    return quickest * (1 - tolerance) > chosen.samples_per_s * (1 - chosen.uncertainty)
+
+
+def choice(trials: list[Trial], tolerance: float) -> tuple[Trial, Trial]:
+    """The smallest size as fast as the fastest, and the fastest. A smaller size counts as fast as
+    the fastest only when the low end of its interval says so: a measurement that clears the
+    tolerance by less than its own noise does so on some runs only."""
+    fastest = max(trials, key=lambda t: t.samples_per_s)
+    floor = (1 - tolerance) * fastest.samples_per_s
+    chosen = min((t for t in trials if t is fastest or t.samples_per_s * (1 - t.uncertainty) >= floor),
+                 key=lambda t: t.batch_size)
+    return chosen, fastest
 
 
 def points(trials: list[Trial]) -> list[curve.Point]:
@@ -119,8 +124,7 @@ def recommend(
     if not usable:
         return Recommendation(None, f"no size up to {largest} (the largest that fits on every run) was timed"
                               if measured and largest else "no batch size ran with a finite loss"), []
-    # The last trial at each size is the one that counts (a re-measure supersedes the first).
-    by_size = {t.batch_size: t for t in usable}
+    by_size = latest_timed(usable)
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.
     roomy = [t for t in by_size.values()
@@ -128,12 +132,8 @@ def recommend(
     if not roomy:
         roomy = list(by_size.values())
         notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")
-    fastest = max(roomy, key=lambda t: t.samples_per_s)
+    chosen, fastest = choice(roomy, rec.tolerance)
     floor = (1 - rec.tolerance) * fastest.samples_per_s
-    # A smaller size counts as fast as the fastest only when the low end of its interval says so:
-    # a measurement that clears the tolerance by less than its own noise does so on some runs only.
-    chosen = min((t for t in roomy if t is fastest or t.samples_per_s * (1 - t.uncertainty) >= floor),
-                 key=lambda t: t.batch_size)
     # A faster size that leaves too little memory free is not the fastest the reason may name.
     beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
     if chosen.batch_size == fastest.batch_size:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .devices import clean_error
-from .report import Report, Trial
+from .report import Report, Trial, latest_timed
 from .sizes import format_size
 
 _STATUS_STYLE = {"ok": "green", "oom": "red", "killed": "red", "timeout": "yellow", "error": "magenta"}
@@ -95,27 +95,28 @@ def _status(t: Trial) -> str:
 
 def trial_notes(report: Report, with_status: bool = False) -> list[str]:
     """What the table says about each trial, as rich markup; `with_status` when no column shows
-    the status (a failure then names its own). The labels of a size (largest fits, fastest,
-    recommended) go on the last trial at that size: the one that counts."""
+    the status (a failure then names its own). "Largest fits" goes on the last trial at that size;
+    "fastest" and "recommended" on the latest throughput trial at theirs (a re-measure supersedes
+    the first; a fit check's two steps do not rank sizes)."""
     trials, rec, limit = report.trials, report.recommendation, report.limit
-    last = {t.batch_size: i for i, t in enumerate(trials)}
-    counted = [t for i, t in enumerate(trials) if last[t.batch_size] == i and t.fits]
-    # A fit check's two steps (the first touching fresh memory) do not rank sizes.
-    measured = [t for t in counted if t.purpose == "throughput" and t.loss_finite is not False and t.samples_per_s
-                and (limit.batch_size is None or t.batch_size <= limit.batch_size)]
+    last = {t.batch_size: i for i, t in enumerate(trials) if t.fits}
+    latest = {id(t) for t in latest_timed(trials).values()}
+    timed = {t.batch_size: i for i, t in enumerate(trials) if id(t) in latest}
+    measured = [trials[i] for i in timed.values()
+                if limit.batch_size is None or trials[i].batch_size <= limit.batch_size]
     fastest = max(measured, key=lambda t: t.samples_per_s).batch_size if measured else None
     labels: dict[int, list[str]] = {}
-    if limit.batch_size is not None:
-        labels.setdefault(limit.batch_size, []).append("largest fits" + (", verified" if limit.verified else ""))
+    if limit.batch_size in last:
+        labels.setdefault(last[limit.batch_size], []).append("largest fits" + (", verified" if limit.verified else ""))
     if fastest is not None:
-        labels.setdefault(fastest, []).append("fastest")
-    if rec.fastest_batch_size is not None and rec.fastest_batch_size != fastest:
-        labels.setdefault(rec.fastest_batch_size, []).append("fastest within headroom")
-    if rec.batch_size is not None:
-        labels.setdefault(rec.batch_size, []).append("[bold]recommended[/bold]")
+        labels.setdefault(timed[fastest], []).append("fastest")
+    if rec.fastest_batch_size is not None and rec.fastest_batch_size != fastest and rec.fastest_batch_size in timed:
+        labels.setdefault(timed[rec.fastest_batch_size], []).append("fastest within headroom")
+    if rec.batch_size in timed:
+        labels.setdefault(timed[rec.batch_size], []).append("[bold]recommended[/bold]")
     notes = []
     for i, t in enumerate(trials):
-        note = list(labels.get(t.batch_size, [])) if t.fits and last[t.batch_size] == i else []
+        note = list(labels.get(i, []))
         if t.fits and t.loss_finite is False:
             note.append("[yellow]non-finite loss[/yellow]")
         if t.status == "oom":

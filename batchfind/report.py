@@ -232,6 +232,18 @@ def finite(value: Any) -> Any:
     return value
 
 
+def timed(trials: list[Trial]) -> list[Trial]:
+    """The throughput measurements among the trials: what sizes are ranked by (a fit check's two
+    steps, the first touching fresh memory, do not rank sizes)."""
+    return [t for t in trials if t.fits and t.purpose == "throughput" and t.loss_finite and t.samples_per_s]
+
+
+def latest_timed(trials: list[Trial]) -> dict[int, Trial]:
+    """The latest throughput measurement at each size: a re-measure supersedes the first, and a
+    later fit check (a verification) does not."""
+    return {t.batch_size: t for t in timed(trials)}
+
+
 def check_requirements(
     report: Report, *, batch: int | None = None, on: str = "recommended", throughput: float | None = None
 ) -> list[Requirement]:
@@ -242,8 +254,8 @@ def check_requirements(
         name = "limit" if on == "limit" else "recommended batch"
         checks.append(Requirement(name, batch, actual, actual is not None and actual >= batch))
     if throughput is not None:
-        chosen = [t for t in report.trials if t.fits and t.batch_size == report.recommendation.batch_size]
-        actual = chosen[-1].samples_per_s if chosen else None
+        chosen = latest_timed(report.trials).get(report.recommendation.batch_size)
+        actual = chosen.samples_per_s if chosen else None
         checks.append(Requirement("samples/s at the recommended batch", throughput, actual,
                                   actual is not None and actual >= throughput))
     return checks

@@ -69,8 +69,11 @@ def edge(
     far. Sizes that fit there only count as evidence (a worker that has run before may fit a sample
     more than a brand-new one); a failure ends the worker. When the model says the best fit so far is
     the edge, the search proves it: that size in a brand-new process unless it ran first in one, then
-    the size above. When the model keeps saying so and is wrong, the steps above double (a gallop),
-    and without a model each new size halves what is left, so the search always ends.
+    the size above. When the model keeps saying so and is wrong, the next check takes the same step
+    once more (a CPU's edge drifts by a sample between runs), then the steps double (a gallop); a
+    model that called the edge two or more samples low and does not move costs one check more
+    than an immediate gallop would. Without a model each new size halves what is left, so the
+    search always ends.
 
     Where a brand-new process costs more than a few fit checks (a GPU), `margin` makes each jump
     land safely below the model's edge: a model that overshot would otherwise cost a process for its
@@ -84,7 +87,7 @@ def edge(
     step = multiple_of
     tried: list[Outcome] = []
     warm = False  # the worker of the last check is alive and has only fitted
-    misses = 0  # the model called the edge and the size above still fitted: gallop instead
+    misses = 0  # the model called the edge and the size above still fitted: step again, then gallop
     while keep_going():
         seen = [*known, *tried]
         hi = min(o.batch_size for o in seen if o.status != "ok")

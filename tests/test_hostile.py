@@ -247,7 +247,7 @@ def test_compare_json_is_json_even_when_a_change_overflows(tmp_path):
     base, new = fake_probe(load_config_text(MLP)), fake_probe(load_config_text(MLP))
     paths = []
     for name, report, speed in (("a", base, 5e-324), ("b", new, 1e308)):
-        trial = Trial(batch_size=1, status="ok", samples_per_s=speed, peak_bytes=1)
+        trial = Trial(batch_size=1, status="ok", samples_per_s=speed, peak_bytes=1, loss_finite=True)
         path = tmp_path / f"{name}.json"
         path.write_text(dataclasses.replace(report, trials=[trial]).to_json())
         paths.append(str(path))

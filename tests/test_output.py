@@ -133,6 +133,28 @@ def test_labels_go_on_the_last_trial_at_a_size_and_fastest_means_fastest_measure
     assert "fastest, [bold]recommended[/bold]" in trial_notes(make_report())
 
 
+def test_a_verification_fit_check_does_not_take_the_fastest_label():
+    # The doubling stopped at max_batch with its largest size the fastest, and that size was re-run
+    # as a fit check in a brand-new process: two steps, the first touching fresh memory.
+    report = make_report(RUN[:8] + [(128, "ok", "verify", 900.0, 800.0, 1000.0, 700.0, True)], recommended=128,
+                         fastest=128, limit=128)
+    report.trials[-1] = dataclasses.replace(report.trials[-1], purpose="fit")
+    notes = trial_notes(report)
+    assert notes[7] == "fastest, [bold]recommended[/bold]" and notes[8] == "largest fits, verified"
+
+
+def test_compare_ranks_throughput_only_where_both_reports_timed_the_size():
+    from batchfind.compare import compare
+
+    base = make_report(RUN[:8], recommended=128, fastest=128, limit=128)
+    new = make_report(RUN[:8], recommended=64, fastest=64, limit=128)
+    # In the new report 128 is past the throughput peak: a fit check, its two steps far slower.
+    new.trials[7] = dataclasses.replace(trial(128, "ok", "double", 900.0, 800.0, 1000.0, 645.2, False),
+                                        purpose="fit")
+    metrics = [c.metric for c in compare(base, new, 0.10).changes]
+    assert "samples/s @ 64" in metrics and "samples/s @ 128" not in metrics and "peak bytes @ 128" in metrics
+
+
 def test_without_a_status_column_failures_name_their_status():
     run = RUN[:3] + [(8, "timeout", "double", None, None, None, 352.8, False)]
     report = make_report(run, limit=4)

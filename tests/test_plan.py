@@ -212,6 +212,14 @@ def test_past_the_peak_the_doubling_only_checks_that_sizes_fit():
     doubled = {t.batch_size: t.purpose for t in sim.trials if t.phase == "double"}
     assert [b for b, purpose in doubled.items() if purpose == "throughput"] == [2**k for k in range(8)]
     assert doubled[256] == doubled[512] == doubled[1024] == "fit"
+    # The standby still starts only past the headroom (2048): fit checks in the worker come first.
+    assert sim.trials[sim.prepared_at].batch_size == 2048
+    # Off-curve sizes are measured again once, before the first fit check.
+    sim = SimDevice(1550, speed={**speed, 16: 700}, per_sample=int(1.1 * MiB), **CPU)
+    sim.run()
+    phases = [(t.batch_size, t.phase) for t in sim.trials]
+    again = [i for i, (_, phase) in enumerate(phases) if phase == "remeasure"]
+    assert again and again == list(range(again[0], again[-1] + 1)) and phases[again[-1] + 1] == (256, "double")
     # Where a size past the dip is faster than the fastest after all, its fit check is followed by
     # a throughput trial (a CPU's throughput can rise again once a batch outgrows a cache).
     sim = SimDevice(1550, speed={**speed, 512: 1300}, per_sample=int(1.1 * MiB), **CPU)

@@ -70,7 +70,8 @@ def test_throughput_has_turned_down_after_two_sizes_clearly_slower_than_the_fast
     measured = curve([285, 406, 603, 844, 915, 1116, 570, 585], spread=0.05)
     assert turned_down(measured, 0.02)
     assert not turned_down(measured[:-1], 0.02)  # one slower size may be a stall
-    # Slower, but within the tolerance and their interval of the fastest: a GPU's plateau.
+    # Past the fastest, but 128 is within its interval of the tolerance (2% under 2256 is 2211, and
+    # 2180 × 1.02 reaches it): a GPU's plateau has not turned down.
     assert not turned_down(curve([500, 900, 1500, 1979, 2124, 2215, 2256, 2180, 2150], spread=0.02), 0.02)
     # A size past the fastest that is slower only by less than its interval says cannot count.
     assert not turned_down(curve([285, 406, 603, 844, 1116, 570, 1000], spread=0.10), 0.02)
@@ -91,6 +92,13 @@ def test_a_fit_check_competes_by_its_quickest_step_only_where_it_could_change_th
     # As fast as 1116, or within the 2% tolerance above it: 32 would still be recommended.
     assert not competes(check(1116), measured, 0.02) and not competes(check(1130), measured, 0.02)
     assert not competes(check(1200, "oom"), measured, 0.02)
+    # The chosen size's own interval counts: measured to ±5%, 32 is chosen only down to 1060.
+    assert competes(check(1100), curve([285, 406, 603, 844, 915, 1116, 570, 585], spread=0.05), 0.02)
+    # Where a smaller size is chosen (16 within 2% of 32 at the low end of its interval), a size
+    # that beats 16 by more than the tolerance moves the choice, though within it of 32.
+    close = curve([285, 406, 603, 844, 1100, 1116, 570, 585])
+    assert choose(close)[0].batch_size == 16
+    assert competes(check(1130), close, 0.02)
 
 
 def test_tolerance_zero_recommends_exactly_the_fastest():

@@ -145,6 +145,11 @@ def test_an_edge_one_sample_above_the_model_costs_one_more_process_not_a_gallop(
     outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 81, reuse=False, resolution=1)
     assert [(o.batch_size, o.status, o.fresh_process) for o in outcomes] == [
         (81, "ok", True), (82, "ok", True), (83, "oom", True)]
+    # The price: a model that stays two samples low costs a check more than an immediate gallop
+    # (81, 82, 83, 85, 84 against 81, 82, 84, 83).
+    device = Device(83)
+    outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 81, reuse=False, resolution=1)
+    assert [o.batch_size for o in outcomes] == [81, 82, 83, 85, 84]
     # Wrong again, and the steps double.
     device = Device(90)
     outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 81, reuse=False, resolution=1)
