@@ -12,7 +12,7 @@ from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import competes, limit_of, points, recommend, turned_down, with_training_plan
-from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, timed
+from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
 from .worker import SetupFailed
@@ -240,7 +240,7 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
     throughput trials took."""
     measured = timed(prober.trials)
-    last = {t.batch_size: t for t in measured}
+    last = latest_timed(measured)
     rising = curve.rise(points(list(last.values())))
     fitted = curve.fit(rising, tolerance)
     if fitted is None:
