@@ -68,12 +68,16 @@ class Group:
                       "memory_limit_bytes": _least(replies, "memory_limit_bytes"),
                       "memory_ceiling_bytes": _least(replies, "memory_ceiling_bytes")}
 
-    def run(self, batch_size: int, purpose: str, timeout_s: float) -> dict[str, Any]:
-        """One trial on every rank at `batch_size` per device: a throughput trial or a fit check."""
+    def run(self, batch_size: int, purpose: str, timeout_s: float, bar: float | None = None) -> dict[str, Any]:
+        """One trial on every rank at `batch_size` per device: a throughput trial (stopped as a fit
+        check if it cannot beat `bar` samples/s; single-process only) or a fit check."""
         fresh = self.trials_run == 0
         self.trials_run += 1
         start = time.perf_counter()
-        replies = self._call_all({"op": "trial", "batch_size": batch_size, "purpose": purpose}, timeout_s)
+        request = {"op": "trial", "batch_size": batch_size, "purpose": purpose}
+        if bar is not None:
+            request["bar"] = bar
+        replies = self._call_all(request, timeout_s)
         merged = merge_trial(replies, batch_size, self.ready["dataset_len"])
         merged["wall_s"] = time.perf_counter() - start
         merged["fresh_process"] = fresh

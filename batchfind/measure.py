@@ -73,6 +73,10 @@ class StepPlan:
     autorange), so a step of milliseconds is timed many times and a step of seconds only
     `min_steps` times; then on while the median's interval is wider than `precision` (relative
     half-width) and another step fits in `max_time_s`. `max_steps` bounds the number of steps.
+
+    With a `bar_ms`, a throughput trial stops as soon as it has run a fit check's `fit_steps` if its
+    quickest measured step took that long or longer (`outclassed`): its size could not change the
+    recommendation, and the trial counts as a fit check.
     """
 
     purpose: str  # "throughput" or "fit"
@@ -82,9 +86,19 @@ class StepPlan:
     max_steps: int = 100
     precision: float = 0.0
     max_time_s: float = 0.0
+    bar_ms: float | None = None
+    fit_steps: int = 2
+
+    def outclassed(self, times_ms: list[float]) -> bool:
+        # The quickest step only gets quicker with more steps: once a trial is not outclassed at
+        # its first look, it never is.
+        return (self.bar_ms is not None and bool(times_ms) and self.warmup + len(times_ms) >= self.fit_steps
+                and min(times_ms) >= self.bar_ms)
 
     def more(self, times_ms: list[float]) -> bool:
         done, elapsed_s = len(times_ms), sum(times_ms) / 1000
+        if self.outclassed(times_ms):
+            return False
         if done < self.min_steps:
             return True
         if done >= self.max_steps:
@@ -141,7 +155,7 @@ def measure(
     return {
         "batch_size": batch_size,
         "status": "ok",
-        "purpose": plan.purpose,
+        "purpose": "fit" if plan.outclassed(times_ms) else plan.purpose,
         "steps": plan.warmup + len(times_ms),
         "step_ms": stats,
         "samples_per_s": batch_size / median_s if median_s > 0 else None,

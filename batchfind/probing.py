@@ -11,7 +11,7 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import competes, limit_of, points, recommend, turned_down, with_training_plan
+from .recommend import bar, limit_of, points, recommend, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
@@ -90,16 +90,18 @@ class Prober:
             raise
         return group
 
-    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False) -> Trial:
+    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False, bar: float | None = None) -> Trial:
         """One trial at `size`: in the current worker, or in a brand-new one when `fresh` (or when
-        the last trial did not end cleanly)."""
+        the last trial did not end cleanly). A throughput trial with a `bar` (samples/s) ends as a
+        fit check if its quickest step cannot beat it."""
         if self.on_start:
             self.on_start(size, self.phase)
         try:
             if fresh or self.group is None:
                 self.group = self._fresh()
-            result = self.group.run(size, purpose, self.config.probe.trial_timeout_s)
-            trial = Trial.from_dict({**result, "phase": self.phase, "purpose": purpose})
+            result = self.group.run(size, purpose, self.config.probe.trial_timeout_s, bar)
+            # A throughput trial stopped at its bar says so; a failure says nothing.
+            trial = Trial.from_dict({**result, "phase": self.phase, "purpose": result.get("purpose") or purpose})
         except SetupFailed as exc:
             status = exc.status if exc.status in STATUSES else "error"
             trial = Trial(batch_size=size, status=status, error=exc.message, fresh_process=True, phase=self.phase,
@@ -172,9 +174,10 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     """The probe's plan, on anything that runs trials like a `Prober` (a simulated device in tests).
 
     Powers of two run as throughput trials in one long-lived worker, except sizes the memory model
-    puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed)
-    and sizes after throughput has turned down (a fit check, timed only if its quickest step could
-    make it the batch to train with). Near the edge every trial is a fit check (`search.edge`).
+    puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed).
+    Once throughput has stopped rising, a size's throughput trial stops after a fit check's steps
+    unless its quickest step could make it the batch to train with (`recommend.bar`). Near the edge
+    every trial is a fit check (`search.edge`).
     """
     config = prober.config
     p = config.probe
@@ -186,30 +189,30 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     def model() -> MemoryModel | None:
         return _model(prober.trials, facts)
 
-    remeasured = False
+    checked = False  # the curve was checked since throughput stopped rising or the edge came near
     tolerance = config.recommend.tolerance
 
     def doubling_trial(size: int) -> Trial:
-        nonlocal remeasured
+        nonlocal checked
         m = model()
         beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
-        if (beyond or turned_down(prober.trials, tolerance)) and not remeasured:
-            # The last throughput size has run and the worker is still clean: check the curve.
-            remeasured = True
+        if not beyond and bar(prober.trials, tolerance) is None:
+            checked = False  # still rising, or rising again past a size that stalled
+        elif not checked:
+            # Throughput has stopped rising, or the edge is near, and the worker is still clean:
+            # check the curve.
+            checked = True
             _remeasure(prober, tolerance, keep_going)
         if beyond:
             prober.prepare()  # the edge is near: brand-new processes come next
             return prober.trial(size, "fit")
-        if not turned_down(prober.trials, tolerance):
-            return prober.trial(size)
-        # Past the peak a size only needs to fit for the doubling to go on: its steps are the
-        # longest of the probe (cnn-small's 512 and 1024: 12 s of 47 on a CPU).
-        check = prober.trial(size, "fit")
-        return prober.trial(size) if competes(check, prober.trials, tolerance) and keep_going() else check
+        # Past the peak a size's steps are the longest of the probe (cnn-small's 512 and 1024: 12 s
+        # of 47 on a CPU): a fit check's worth of them shows whether the rest are worth running.
+        return prober.trial(size, bar=bar(prober.trials, tolerance))
 
     outcome = PlanResult()
     doubled = search.double(doubling_trial, p.min_batch, high, keep_going)
-    if doubled and doubled[-1].fits and not remeasured:
+    if doubled and doubled[-1].fits and not checked:
         _remeasure(prober, config.recommend.tolerance, keep_going)
     outcome.model = model()
     last = doubled[-1] if doubled else None

@@ -66,30 +66,22 @@ def noisy(trial: Trial, tolerance: float) -> bool:
     return trial.uncertainty > tolerance
 
 
-def turned_down(trials: list[Trial], tolerance: float) -> bool:
-    """Whether the two largest sizes timed so far both ran past the fastest and slower than it
-    beyond the tolerance and their own interval: throughput has turned down (on a CPU the batch has
-    outgrown a cache), so a larger size can be the batch to train with only if it turns faster."""
+def bar(trials: list[Trial], tolerance: float) -> float | None:
+    """The samples/s a size larger than every size timed must beat for its throughput to be worth
+    measuring in full, once throughput has stopped rising: the largest size timed did not beat every
+    smaller one by more than the tolerance (a GPU's plateau; on a CPU, a batch that outgrew a
+    cache). A larger size can then be the batch to train with only if it is faster than the size
+    chosen so far by more than the tolerance leaves of the low end of that size's interval. None
+    while throughput rises: every size is measured in full.
+
+    The bar is for a trial's quickest step after its warm-up, the most its size can be credited
+    with; a size judged on one step that stalled is judged slow, as a fit check's would be."""
     latest = latest_timed(trials)
-    if len(latest) < 3:
-        return False
-    fastest = max(latest.values(), key=lambda t: t.samples_per_s)
-    floor = (1 - tolerance) * fastest.samples_per_s
-    return all(b > fastest.batch_size and latest[b].samples_per_s * (1 + latest[b].uncertainty) < floor
-               for b in sorted(latest)[-2:])
-
-
-def competes(check: Trial, trials: list[Trial], tolerance: float) -> bool:
-    """Whether a fit check's quickest step (its first touches fresh memory and runs slower) is fast
-    enough for its size to change the recommendation: faster than the size chosen so far by more
-    than the tolerance leaves the low end of that size's interval. Only then is it worth timing:
-    a larger size merely as fast is never the one to train with."""
-    latest = list(latest_timed(trials).values())
-    if not (latest and check.fits and check.samples_per_s and check.step_ms and check.step_ms.samples):
-        return False
-    chosen, _ = choice(latest, tolerance)
-    quickest = check.samples_per_s * check.step_ms.median / min(check.step_ms.samples)
-    return quickest * (1 - tolerance) > chosen.samples_per_s * (1 - chosen.uncertainty)
+    largest = latest.pop(max(latest)) if latest else None
+    if not latest or largest.samples_per_s * (1 - tolerance) > max(t.samples_per_s for t in latest.values()):
+        return None
+    chosen, _ = choice([*latest.values(), largest], tolerance)
+    return chosen.samples_per_s * (1 - chosen.uncertainty) / (1 - tolerance)
 
 
 def choice(trials: list[Trial], tolerance: float) -> tuple[Trial, Trial]:

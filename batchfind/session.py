@@ -130,17 +130,21 @@ class Session:
         """CPU: the data segment now, and the allocator's free bytes within it."""
         return devices.data_segment(self.device), devices.free_heap(self.device)
 
-    def _trial(self, batch_size: int, purpose: str = "throughput") -> dict[str, Any]:
+    def _trial(self, batch_size: int, purpose: str = "throughput", bar: float | None = None) -> dict[str, Any]:
+        """`bar`: the samples/s a throughput trial's quickest step must beat to be measured in full."""
         probe = self.config.probe
         if purpose == "fit":
             plan = StepPlan("fit", warmup=0, min_steps=probe.fit_steps)
         else:
             # Ranks step together (every step holds collectives): each timing its own steps until
-            # a minimum time would leave one waiting for a step the others never take.
+            # a minimum time, or stopping at a bar, would leave one waiting for a step the others
+            # never take.
             plan = StepPlan("throughput", warmup=probe.warmup_steps, min_steps=probe.steps,
                             min_time_s=0.0 if self.rank else probe.min_time_s,
                             max_time_s=0.0 if self.rank else probe.max_time_s,
-                            precision=self.config.recommend.tolerance / 2)
+                            precision=self.config.recommend.tolerance / 2,
+                            bar_ms=batch_size / bar * 1000 if bar and not self.rank else None,
+                            fit_steps=probe.fit_steps)
         progress = self.progress
 
         def on_step(done: int, planned: int) -> None:

@@ -187,6 +187,32 @@ def test_throughput_trials_repeat_short_steps_until_the_minimum_time(write_confi
     assert seen[0] == (1, 3) and seen[-1][0] == result["steps"]
 
 
+def test_a_throughput_trial_that_cannot_beat_its_bar_stops_as_a_fit_check(write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
+    step = Step(model, cfg.train, CPU)
+
+    def run(bar_ms):
+        plan = StepPlan("throughput", warmup=1, min_steps=3, bar_ms=bar_ms)
+        return measure(step, batches.batch, 4, plan, dataset_len=100, device=CPU, meter=CappedPeak(CPU))
+
+    # No step is quicker than a nanosecond: outclassed after the warm-up and one measured step, a
+    # fit check's two.
+    stopped = run(1e-6)
+    assert stopped["purpose"] == "fit" and stopped["steps"] == 2 and len(stopped["step_ms"]["samples"]) == 1
+    # Every step is quicker than an hour: measured in full.
+    full = run(3_600_000.0)
+    assert full["purpose"] == "throughput" and len(full["step_ms"]["samples"]) >= 3
+
+
+def test_a_bar_is_judged_only_once_a_fit_checks_steps_have_run():
+    # Without a warm-up the first measured step touches fresh memory: two steps are judged, by the quicker.
+    plan = StepPlan("throughput", warmup=0, min_steps=3, bar_ms=100.0)
+    assert not plan.outclassed([150.0]) and plan.more([150.0])
+    assert plan.outclassed([150.0, 120.0]) and not plan.more([150.0, 120.0])
+    assert not plan.outclassed([150.0, 90.0]) and plan.more([150.0, 90.0])
+    assert not StepPlan("throughput", warmup=1, min_steps=3).outclassed([1e9])  # no bar
+
+
 def test_a_fit_check_runs_just_its_steps():
     plan = StepPlan("fit", warmup=0, min_steps=2)
     assert [plan.more([1.0] * done) for done in range(3)] == [True, True, False]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from batchfind.config import Config
 from batchfind.probing import plan
 from batchfind.recommend import limit_of
-from batchfind.report import StepTimes, Trial
+from batchfind.report import StepTimes, Trial, latest_timed
 
 MiB = 1024**2
 
@@ -40,7 +40,7 @@ class SimDevice:
     def __init__(self, edge: int, *, per_sample: int = 83 * MiB, fixed: int = 300 * MiB, bonus: int = 1,
                  first_step_saving: int | None = None, model_error: float = 0.0, start_s: float = 12.0,
                  step_s: float = 0.0004, retained: int = 0, reports_retained: bool = True,
-                 speed: dict[int, float] | None = None, **probe):
+                 speed: dict[int, float | list[float]] | None = None, **probe):
         self.config = Config.model_validate({"model": {"name": "mlp"}, "probe": {"warmup_steps": 1, "steps": 3, **probe}})
         self.edge, self.per_sample, self.fixed, self.bonus = edge, per_sample, fixed, bonus
         self.curvature = self._solve_curvature(model_error)
@@ -51,7 +51,7 @@ class SimDevice:
         self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity, **cpu}
         self.world_size, self.phase = 1, "double"
         self.start_s, self.step_s = start_s, step_s
-        self.speed = speed or {}  # samples/s by batch size, where throughput is not flat
+        self.speed = speed or {}  # samples/s by batch size (or a list, one per trial), where not flat
         self.trials: list[Trial] = []
         self.processes = 0  # brand-new processes, the first (doubling) worker included
         self.steps = 0
@@ -80,7 +80,7 @@ class SimDevice:
             low, high = (low, mid) if predicted_error(mid) > error else (mid, high)
         return (low + high) / 2
 
-    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False) -> Trial:
+    def trial(self, size: int, purpose: str = "throughput", fresh: bool = False, bar: float | None = None) -> Trial:
         if fresh or self.worker_trials is None:
             self.processes += 1
             self.worker_trials = 0
@@ -88,14 +88,20 @@ class SimDevice:
         marginal = self.peak(size + 1) - self.peak(size)
         capacity = self.capacity + (0 if first else self.bonus * marginal)
         p = self.config.probe
-        steps = p.fit_steps if purpose == "fit" else p.warmup_steps + p.steps
+        speed = self.speed.get(size, 1 / self.step_s)
+        if isinstance(speed, list):  # successive measurements of the size
+            speed = speed.pop(0) if len(speed) > 1 else speed[0]
+        if purpose == "throughput" and bar is not None and speed <= bar:
+            purpose = "fit"  # outclassed: stopped after the warm-up and one measured step
+            steps = p.warmup_steps + 1
+        else:
+            steps = p.fit_steps if purpose == "fit" else p.warmup_steps + p.steps
         held = self.retained * self.worker_trials
         steady = self.peak(size) + held
         peak = steady if steps >= 2 else steady - self.saving
         reported = held if self.reports_retained and not first else None
-        speed = self.speed.get(size, 1 / self.step_s)
         ms = size / speed * 1000
-        step_ms = StepTimes(ms, ms, ms, samples=[ms] * (steps - (purpose == "throughput")))
+        step_ms = StepTimes(ms, ms, ms, samples=[ms] * (steps - (p.warmup_steps if purpose == "throughput" else 0)))
         if peak <= capacity:
             self.steps += steps
             self.worker_trials += 1
@@ -193,42 +199,59 @@ def test_fit_checks_run_past_the_first_step():
 
 
 def test_sizes_beyond_the_headroom_are_only_fit_checked():
-    sim = SimDevice(1708)
+    sim = SimDevice(1708, speed={2**k: 100.0 * 1.1**k for k in range(11)})  # rising all the way
     sim.run()
     doubled = [t for t in sim.trials if t.phase == "double"]
     assert [t.purpose for t in doubled if t.batch_size <= 1024] == ["throughput"] * 11
     # 2048 is predicted past the memory limit: a fit check is all it gets.
     assert doubled[-1].batch_size == 2048 and doubled[-1].purpose == "fit"
     # The standby is asked for just before it, after the last throughput trial, never beside one.
-    assert sim.prepared_at == len(doubled) - 1
+    assert sim.trials[sim.prepared_at] is doubled[-1]
     assert all(t.purpose == "fit" for t in sim.trials[sim.prepared_at:])
 
 
-def test_past_the_peak_the_doubling_only_checks_that_sizes_fit():
+def test_past_the_peak_a_size_is_timed_in_full_only_if_it_could_be_the_batch_to_train_with():
     # cnn-small on a 2-core CPU: fastest at 32, then slower by a third and more.
     speed = {1: 285, 2: 406, 4: 603, 8: 844, 16: 915, 32: 1116, 64: 570, 128: 585, 256: 500, 512: 450}
     sim = SimDevice(1550, speed=speed, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
-    doubled = {t.batch_size: t.purpose for t in sim.trials if t.phase == "double"}
-    assert [b for b, purpose in doubled.items() if purpose == "throughput"] == [2**k for k in range(8)]
-    assert doubled[256] == doubled[512] == doubled[1024] == "fit"
+    doubled = {t.batch_size: t for t in sim.trials if t.phase == "double"}
+    assert [b for b, t in doubled.items() if t.purpose == "throughput"] == [2**k for k in range(7)]
+    # After 64 fell, each size stopped after the warm-up and one measured step: a fit check's worth.
+    assert all(doubled[b].purpose == "fit" and doubled[b].steps == 2 for b in (128, 256, 512, 1024))
     # The standby still starts only past the headroom (2048): fit checks in the worker come first.
     assert sim.trials[sim.prepared_at].batch_size == 2048
-    # Off-curve sizes are measured again once, before the first fit check.
-    sim = SimDevice(1550, speed={**speed, 16: 700}, per_sample=int(1.1 * MiB), **CPU)
+    # A stall at 16 looks like the peak: the curve is checked there (16 is past its fastest, 8), 32
+    # is still timed in full (it beats 8), and at the real peak the curve is checked again; now 16
+    # sits inside it and is measured again, before any size is stopped early.
+    sim = SimDevice(1550, speed={**speed, 16: [700, 915]}, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
-    phases = [(t.batch_size, t.phase) for t in sim.trials]
-    again = [i for i, (_, phase) in enumerate(phases) if phase == "remeasure"]
-    assert again and again == list(range(again[0], again[-1] + 1)) and phases[again[-1] + 1] == (256, "double")
-    # Where a size past the dip is faster than the fastest after all, its fit check is followed by
-    # a throughput trial (a CPU's throughput can rise again once a batch outgrows a cache).
+    trials = [(t.batch_size, t.phase, t.purpose) for t in sim.trials]
+    remeasured = [i for i, (_, phase, _) in enumerate(trials) if phase == "remeasure"]
+    assert trials[remeasured[0] - 1] == (16, "double", "throughput") and (32, "double", "throughput") in trials
+    at_64 = trials.index((64, "double", "throughput"))
+    assert (16, "remeasure", "throughput") in trials[at_64:] and trials[remeasured[-1] + 1] == (128, "double", "fit")
+    assert latest_timed(sim.trials)[16].samples_per_s == 915
+    # A size past the peak faster than the fastest after all (a CPU's throughput can rise again once
+    # a batch outgrows a cache) is timed in full, in the same trial, and so is the size after it,
+    # now that throughput rises again.
     sim = SimDevice(1550, speed={**speed, 512: 1300}, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
-    assert [t.purpose for t in sim.trials if t.batch_size == 512] == ["fit", "throughput"]
-    # Merely as fast, it could not be the one to train with: the fit check is all it gets.
+    assert [t.purpose for t in sim.trials if t.batch_size in (512, 1024) and t.phase == "double"] == ["throughput"] * 2
+    # Merely as fast, it could not be the one to train with: it stops where a fit check would.
     sim = SimDevice(1550, speed={**speed, 512: 1120}, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
     assert [t.purpose for t in sim.trials if t.batch_size == 512] == ["fit"]
+
+
+def test_on_a_plateau_sizes_past_the_knee_are_timed_in_full_only_if_faster():
+    # A GPU's curve: 64 is within 2% of 32, the size chosen; 512 beats it by more than 2%.
+    speed = {1: 500, 2: 900, 4: 1500, 8: 1979, 16: 2124, 32: 2215, 64: 2256, 128: 2240, 256: 2250, 512: 2300}
+    sim = SimDevice(1000, speed=speed, **GPU)
+    sim.run()
+    purposes = {t.batch_size: t.purpose for t in sim.trials if t.phase == "double"}
+    assert [b for b in speed if purposes[b] == "throughput"] == [1, 2, 4, 8, 16, 32, 64, 512]
+    assert purposes[128] == purposes[256] == "fit"
 
 
 def old_plan_processes(edge: int, model_error: float) -> int:

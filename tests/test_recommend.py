@@ -8,7 +8,7 @@ import torch
 
 from batchfind.config import RecommendConfig, TrainConfig
 from batchfind.noise import components, estimate
-from batchfind.recommend import accumulation, competes, limit_of, recommend, scaled_lr, turned_down, with_training_plan
+from batchfind.recommend import accumulation, bar, limit_of, recommend, scaled_lr, with_training_plan
 from batchfind.report import StepTimes, Trial
 
 GiB = 1024**3
@@ -65,40 +65,27 @@ def test_a_smaller_size_is_as_fast_only_if_its_whole_interval_says_so():
     assert rec.batch_size == 8 and "at the low end of its interval too" in rec.reason
 
 
-def test_throughput_has_turned_down_after_two_sizes_clearly_slower_than_the_fastest():
-    # cnn-small on a 2-core CPU: fastest at 32, then 64 and 128 far slower.
-    measured = curve([285, 406, 603, 844, 915, 1116, 570, 585], spread=0.05)
-    assert turned_down(measured, 0.02)
-    assert not turned_down(measured[:-1], 0.02)  # one slower size may be a stall
-    # Past the fastest, but 128 is within its interval of the tolerance (2% under 2256 is 2211, and
-    # 2180 × 1.02 reaches it): a GPU's plateau has not turned down.
-    assert not turned_down(curve([500, 900, 1500, 1979, 2124, 2215, 2256, 2180, 2150], spread=0.02), 0.02)
-    # A size past the fastest that is slower only by less than its interval says cannot count.
-    assert not turned_down(curve([285, 406, 603, 844, 1116, 570, 1000], spread=0.10), 0.02)
-
-
-def test_a_fit_check_competes_by_its_quickest_step_only_where_it_could_change_the_choice():
-    measured = curve([285, 406, 603, 844, 915, 1116, 570, 585])
-    # Two steps at 256: the first touched fresh memory and ran at 300 samples/s.
-    first = 256 / 300 * 1000
-
-    def check(second_sps, status="ok"):
-        steps = [first, 256 / second_sps * 1000]
-        median = sum(steps) / 2
-        return Trial(256, status, StepTimes(median, min(steps), max(steps), steps),
-                     samples_per_s=256 / median * 1000, loss_finite=True, purpose="fit")
-
-    assert competes(check(1200), measured, 0.02)  # 2% under 1200 is still faster than 1116
-    # As fast as 1116, or within the 2% tolerance above it: 32 would still be recommended.
-    assert not competes(check(1116), measured, 0.02) and not competes(check(1130), measured, 0.02)
-    assert not competes(check(1200, "oom"), measured, 0.02)
+def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to_be_timed_in_full():
+    # cnn-small on a 2-core CPU: rising to 32, then 64 far slower.
+    rising = curve([285, 406, 603, 844, 915, 1116])
+    assert bar(rising, 0.02) is None  # 32 beat 16 by more than 2%: every size is timed
+    fell = curve([285, 406, 603, 844, 915, 1116, 570])
+    # 32 is chosen: a larger size is worth timing only if 2% under it is still faster than 1116.
+    assert bar(fell, 0.02) == pytest.approx(1116 / 0.98)
     # The chosen size's own interval counts: measured to ±5%, 32 is chosen only down to 1060.
-    assert competes(check(1100), curve([285, 406, 603, 844, 915, 1116, 570, 585], spread=0.05), 0.02)
+    spread = curve([285, 406, 603, 844, 915, 1116, 570], spread=0.05)
+    assert bar(spread, 0.02) == pytest.approx(1116 * (1 - spread[5].uncertainty) / 0.98)
     # Where a smaller size is chosen (16 within 2% of 32 at the low end of its interval), a size
     # that beats 16 by more than the tolerance moves the choice, though within it of 32.
-    close = curve([285, 406, 603, 844, 1100, 1116, 570, 585])
-    assert choose(close)[0].batch_size == 16
-    assert competes(check(1130), close, 0.02)
+    close = curve([285, 406, 603, 844, 1100, 1116])
+    assert choose(close)[0].batch_size == 16 and bar(close, 0.02) == pytest.approx(1100 / 0.98)
+    # A GPU's plateau: 64 beat 32 by less than 2%, so 128 must beat 32, the size chosen.
+    plateau = curve([500, 900, 1500, 1979, 2124, 2215, 2256])
+    assert bar(plateau[:-1], 0.02) is None and bar(plateau, 0.02) == pytest.approx(2215 / 0.98)
+    # Only throughput trials count: a fit check past the peak leaves the bar where it was.
+    check = Trial(128, "ok", StepTimes(220.0, 220.0, 220.0, [220.0]), samples_per_s=582, loss_finite=True, purpose="fit")
+    assert bar([*fell, check], 0.02) == bar(fell, 0.02)
+    assert bar([], 0.02) is None and bar(curve([285]), 0.02) is None
 
 
 def test_tolerance_zero_recommends_exactly_the_fastest():
