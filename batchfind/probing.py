@@ -189,20 +189,19 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     def model() -> MemoryModel | None:
         return _model(prober.trials, facts)
 
-    checked = False  # the curve was checked since throughput stopped rising or the edge came near
+    checked: int | None = None  # the fastest size when the curve was last checked
     tolerance = config.recommend.tolerance
 
     def doubling_trial(size: int) -> Trial:
         nonlocal checked
         m = model()
         beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
-        if not beyond and bar(prober.trials, tolerance) is None:
-            checked = False  # still rising, or rising again past a size that stalled
-        elif not checked:
+        if (beyond or bar(prober.trials, tolerance) is not None) and _fastest(prober.trials) != checked:
             # Throughput has stopped rising, or the edge is near, and the worker is still clean:
-            # check the curve.
-            checked = True
+            # check the curve, again once another size has become the fastest (past a size that
+            # stalled, the curve up to the new fastest takes it in).
             _remeasure(prober, tolerance, keep_going)
+            checked = _fastest(prober.trials)
         if beyond:
             prober.prepare()  # the edge is near: brand-new processes come next
             return prober.trial(size, "fit")
@@ -212,7 +211,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
 
     outcome = PlanResult()
     doubled = search.double(doubling_trial, p.min_batch, high, keep_going)
-    if doubled and doubled[-1].fits and not checked:
+    if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
         _remeasure(prober, config.recommend.tolerance, keep_going)
     outcome.model = model()
     last = doubled[-1] if doubled else None
@@ -234,6 +233,11 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     prober.end_standby()
     outcome.advise = True
     return outcome
+
+
+def _fastest(trials: list[Trial]) -> int | None:
+    latest = latest_timed(trials)
+    return max(latest.values(), key=lambda t: t.samples_per_s).batch_size if latest else None
 
 
 def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from batchfind.config import Config
 from batchfind.probing import plan
-from batchfind.recommend import limit_of
+from batchfind.recommend import limit_of, recommend
 from batchfind.report import StepTimes, Trial, latest_timed
 
 MiB = 1024**2
@@ -131,6 +131,12 @@ class SimDevice:
         return limit_of(self.trials)
 
 
+def choose(sim: SimDevice) -> int:
+    """The batch the probe would recommend from the simulated trials."""
+    trials = sim.trials
+    return recommend(trials, limit_of(trials), sim.config.recommend, None)[0].batch_size
+
+
 def doubling_processes(sim: SimDevice) -> int:
     return sim.processes - 1
 
@@ -232,6 +238,16 @@ def test_past_the_peak_a_size_is_timed_in_full_only_if_it_could_be_the_batch_to_
     at_64 = trials.index((64, "double", "throughput"))
     assert (16, "remeasure", "throughput") in trials[at_64:] and trials[remeasured[-1] + 1] == (128, "double", "fit")
     assert latest_timed(sim.trials)[16].samples_per_s == 915
+    # gpt-small on a 2-core CPU, a run where 16 stalled: 32 stopped at its bar, 64 beat 8 and became
+    # the fastest. The curve up to it is checked before the edge search, and 16, measured again,
+    # is the batch to train with, not 64.
+    gpt = {1: 21.8, 2: 27.3, 4: 33.9, 8: 35.9, 16: [28.6, 37.5], 32: 31.5, 64: 37.0}
+    sim = SimDevice(81, speed=gpt, per_sample=22 * MiB, **CPU)
+    sim.run()
+    trials = [(t.batch_size, t.phase, t.purpose) for t in sim.trials]
+    assert (32, "double", "fit") in trials and (64, "double", "throughput") in trials
+    assert trials.index((64, "double", "throughput")) < trials.index((16, "remeasure", "throughput"))
+    assert choose(sim) == 16
     # A size past the peak faster than the fastest after all (a CPU's throughput can rise again once
     # a batch outgrows a cache) is timed in full, in the same trial, and so is the size after it,
     # now that throughput rises again.
