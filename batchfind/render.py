@@ -40,9 +40,12 @@ def _duration(seconds: float | None) -> str:
 
 
 def step_text(trial: Trial) -> str:
-    """Median step time and how far it may be off (half its interval, relative): `12.3 ±4%`."""
+    """Median step time and how far it may be off (half its interval, relative): `12.3 ±4%`; a
+    single measured step (a trial stopped at its bar) has no interval to give."""
     if trial.step_ms is None:
         return "-"
+    if len(trial.step_ms.samples) == 1:
+        return f"{trial.step_ms.median:.1f}"
     return f"{trial.step_ms.median:.1f} ±{trial.uncertainty:.0%}"
 
 

@@ -289,3 +289,10 @@ def test_compare_shows_small_rates_memory_and_a_header_for_every_column(tmp_path
     assert re.search(r"peak memory @ 2\s+│\s+1000\.0 MiB\s+│\s+1\.2 GiB", text) and "peak bytes" not in text
     header = next(line for line in text.splitlines() if "metric" in line)
     assert [h.strip() for h in header.strip("┃").split("┃")] == ["metric", "base", "new", "change", "verdict"]
+
+
+def test_a_single_measured_step_shows_no_interval():
+    # A throughput trial stopped at its bar measured one step: "±0%" would claim a precision it lacks.
+    one = Trial(128, "ok", StepTimes(250.4, 250.4, 250.4, [250.4], 250.4, 250.4), samples_per_s=511, purpose="fit")
+    two = Trial(128, "ok", StepTimes(300.0, 250.0, 350.0, [250.0, 350.0], 250.0, 350.0), samples_per_s=427, purpose="fit")
+    assert step_text(one) == "250.4" and step_text(two) == "300.0 ±17%"
