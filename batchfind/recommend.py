@@ -81,7 +81,9 @@ def bar(trials: list[Trial], tolerance: float) -> float | None:
     if not latest or largest.samples_per_s * (1 - tolerance) > max(t.samples_per_s for t in latest.values()):
         return None
     chosen, _ = choice([*latest.values(), largest], tolerance)
-    return chosen.samples_per_s * (1 - chosen.uncertainty) / (1 - tolerance)
+    low = chosen.samples_per_s * (1 - chosen.uncertainty)
+    # An interval wider than the measurement itself (a stall among few steps) rules no size out.
+    return low / (1 - tolerance) if low > 0 else None
 
 
 def choice(trials: list[Trial], tolerance: float) -> tuple[Trial, Trial]:

@@ -86,6 +86,10 @@ def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to
     check = Trial(128, "ok", StepTimes(220.0, 220.0, 220.0, [220.0]), samples_per_s=582, loss_finite=True, purpose="fit")
     assert bar([*fell, check], 0.02) == bar(fell, 0.02)
     assert bar([], 0.02) is None and bar(curve([285]), 0.02) is None
+    # A chosen size measured to ±150% (one step stalled among three) rules nothing out: a bar of
+    # zero or less would stop every larger size after its first step.
+    wild = [*fell[:5], dataclasses.replace(fell[5], step_ms=StepTimes(26.7, 26.7, 90.0, [26.7, 26.7, 90.0], 10.0, 90.0)), fell[6]]
+    assert wild[5].uncertainty > 1 and bar(wild, 0.02) is None
 
 
 def test_tolerance_zero_recommends_exactly_the_fastest():
