@@ -11,7 +11,7 @@ from . import __version__, curve, noise, search
 from .config import Config
 from .errors import BatchfindError, InputError, NothingFits
 from .memory import MemoryModel, explains, fit, safe_size
-from .recommend import bar, limit_of, points, recommend, with_training_plan
+from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
@@ -245,7 +245,8 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     cancels), the sizes whose throughput sits off the curve beyond their interval where that could
     change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
     plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
-    throughput trials took."""
+    throughput trials took. Before them, and whatever it costs, the size past the fastest that its
+    measurement may have held back from being the batch to train with (`_held_back`)."""
     measured = timed(prober.trials)
     last = latest_timed(measured)
     rising = curve.rise(points(list(last.values())))
@@ -254,21 +255,40 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
         return
     sizes = sorted(last)
     top = curve.plateau(fitted, [p.batch_size for p in rising])
-    near = [p for p in curve.outliers(fitted, rising, tolerance)
+    near = [p.batch_size for p in curve.outliers(fitted, rising, tolerance)
             if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
+    held = _held_back(fitted, last, tolerance)
     budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in measured)
     phase = prober.phase
-    for p in near[:REMEASURE_SIZES]:
-        i = sizes.index(p.batch_size)
+    for size in ([held] if held else []) + near[:REMEASURE_SIZES]:
+        i = sizes.index(size)
         neighbour = sizes[i - 1] if i else sizes[i + 1]
-        cost = (last[p.batch_size].wall_s or 0) + (last[neighbour].wall_s or 0)
-        if cost > budget or not keep_going():
+        cost = (last[size].wall_s or 0) + (last[neighbour].wall_s or 0)
+        if (cost > budget and size != held) or not keep_going():
             continue
         budget -= cost
         prober.phase = "remeasure"
-        if not all(prober.trial(size).fits for size in (neighbour, p.batch_size)):
+        if not all(prober.trial(b).fits for b in (neighbour, size)):
             break
     prober.phase = phase
+
+
+def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) -> int | None:
+    """The smallest timed size above the fastest, when its measurement may be all that keeps it
+    from being the batch to train with: the curve through the sizes up to the fastest puts it faster
+    than the size chosen by more than the tolerance, and its own interval reaches the samples/s
+    that would change the choice (gpt-small on a 2-core CPU: 16 timed to ±5-20% below 8 in runs
+    that chose 8, where it is 4-7% faster). A CPU's larger size that falls off a cliff (cnn-small's
+    64, a third slower and more) sits far below that on every step."""
+    chosen, fastest = choice(list(latest.values()), tolerance)
+    larger = [b for b in latest if b > fastest.batch_size]
+    need = to_change(chosen, tolerance)
+    if not larger or need is None:
+        return None
+    size = min(larger)
+    t = latest[size]
+    faster = fitted.samples_per_s(size) * (1 - tolerance) >= fitted.samples_per_s(chosen.batch_size)
+    return size if faster and t.samples_per_s * (1 + t.uncertainty) >= need else None
 
 
 def _ranks(world: int) -> str:

@@ -81,6 +81,12 @@ def bar(trials: list[Trial], tolerance: float) -> float | None:
     if not latest or largest.samples_per_s * (1 - tolerance) > max(t.samples_per_s for t in latest.values()):
         return None
     chosen, _ = choice([*latest.values(), largest], tolerance)
+    return to_change(chosen, tolerance)
+
+
+def to_change(chosen: Trial, tolerance: float) -> float | None:
+    """The samples/s a larger size must reach to be the batch to train with instead of `chosen`:
+    faster by more than the tolerance leaves of the low end of `chosen`'s interval."""
     low = chosen.samples_per_s * (1 - chosen.uncertainty)
     # An interval wider than the measurement itself (a stall among few steps) rules no size out.
     return low / (1 - tolerance) if low > 0 else None
