@@ -277,9 +277,9 @@ def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) 
     """The smallest timed size above the fastest, when its measurement may be all that keeps it
     from being the batch to train with: the curve through the sizes up to the fastest puts it faster
     than the size chosen by more than the tolerance, and its own interval reaches the samples/s
-    that would change the choice (gpt-small on a 2-core CPU: 16 timed to ±5-20% below 8 in runs
-    that chose 8, where it is 4-7% faster). A CPU's larger size that falls off a cliff (cnn-small's
-    64, a third slower and more) sits far below that on every step."""
+    that would change the choice (gpt-small on a 2-core CPU: 16 timed to ±4-24% below 8 in runs
+    that chose 8, where it is 4-7% faster). A larger size that is slower on every step (cnn-small's
+    64 there, a third slower and more) sits far below that."""
     chosen, fastest = choice(list(latest.values()), tolerance)
     larger = [b for b in latest if b > fastest.batch_size]
     need = to_change(chosen, tolerance)
