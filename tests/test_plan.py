@@ -51,7 +51,9 @@ class SimDevice:
         self.facts = {"dataset_len": 1 << 20, "memory_ceiling_bytes": self.capacity, **cpu}
         self.world_size, self.phase = 1, "double"
         self.start_s, self.step_s = start_s, step_s
-        self.speed = speed or {}  # samples/s by batch size (or a list, one per trial), where not flat
+        # Samples/s by batch size (or a list, one per trial), where not flat; a (samples/s, spread)
+        # pair gives the trial an interval of ± spread.
+        self.speed = speed or {}
         self.trials: list[Trial] = []
         self.processes = 0  # brand-new processes, the first (doubling) worker included
         self.steps = 0
@@ -264,8 +266,8 @@ def test_past_the_peak_a_size_is_timed_in_full_only_if_it_could_be_the_batch_to_
 
 def test_a_size_past_the_fastest_that_the_curve_says_is_faster_is_measured_again_if_its_interval_allows():
     # gpt-small on a 2-core CPU (one run's numbers): 16 is 4-7% faster than 8, but in some runs its
-    # few steps were timed ±5-20% and below 8. The curve through 1-8 puts 16 more than 2% above 8, and 16's
-    # interval reaches that: 16 is measured again, right after 8, before 32 runs, and chosen.
+    # few steps were timed ±4-24% and below 8. The curve through 1-8 puts 16 more than 2% above 8,
+    # and 16's interval reaches that: 16 is measured again, right after 8, before 32 runs, and chosen.
     gpt = {1: 22.6, 2: 29.2, 4: 34.7, 8: 38.1, 32: 36.3, 64: 33.4}
     sim = SimDevice(81, speed={**gpt, 16: [(37.0, 0.128), 40.1]}, per_sample=22 * MiB, **CPU)
     sim.run()
@@ -283,7 +285,7 @@ def test_a_size_past_the_fastest_that_the_curve_says_is_faster_is_measured_again
     sim = SimDevice(81, speed=gpt, per_sample=22 * MiB, **CPU)
     sim.run()
     assert not [t for t in sim.trials if t.phase == "remeasure"] and choose(sim) == 16
-    # cnn-small's 64 falls off a cliff, a third slower: however wide its interval, not again.
+    # cnn-small's 64, a third slower on every step: however wide its interval, not again.
     speed = {1: 285, 2: 406, 4: 603, 8: 844, 16: 915, 32: 1116, 64: (570, 0.175), 128: 585, 256: 500, 512: 450}
     sim = SimDevice(1550, speed=speed, per_sample=int(1.1 * MiB), **CPU)
     sim.run()
