@@ -73,8 +73,7 @@ def main() -> None:
         config, size = case.rsplit(":", 1)
         for name, env in (("glibc default", plain), ("steady", steady), ("4 MiB, no huge pages", without_huge_pages)):
             runs = [run(config, int(size), args.memory_limit, args.steps, env) for _ in range(args.runs)]
-            peaks = ", ".join(f"failed at step {r['failed']}" if r["failed"] else f"{r['peak'] / 2**20:.0f}"
-                              for r in runs)
+            peaks = ", ".join(_peak(r) for r in runs)
             later = [t for r in runs for t in r["times"][1:]]
             median = statistics.median(later) if later else None
             spread = "-"
@@ -83,6 +82,13 @@ def main() -> None:
                 spread = f"{deciles[0] / median - 1:+.0%}, {deciles[-1] / median - 1:+.0%}"
             print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | "
                   f"{'-' if median is None else format(median, '.0f')} | {spread} |", flush=True)
+
+
+def _peak(run: dict) -> str:
+    if run["failed"]:
+        return f"failed at step {run['failed']}"
+    # Steps that stay below the set-up's own peak leave no peak of theirs to read.
+    return "below set-up" if run["peak"] is None else f"{run['peak'] / 2**20:.0f}"
 
 
 if __name__ == "__main__":
