@@ -53,7 +53,8 @@ class Curve:
 def rise(points: list[Point]) -> list[Point]:
     """The points up to the fastest: where the curve describes how throughput rises to its best.
     Past it a CPU's throughput can fall off a cliff (a batch that no longer fits a cache, or whose
-    tensors the allocator maps afresh each step) that no smooth curve follows, and the recommendation is never larger than the fastest size anyway."""
+    tensors the allocator maps afresh each step) that no smooth curve follows, and the
+    recommendation is never larger than the fastest size anyway."""
     fastest = max(points, key=lambda p: p.samples_per_s).batch_size if points else 0
     return [p for p in points if p.batch_size <= fastest]
 

@@ -70,9 +70,10 @@ def bar(trials: list[Trial], tolerance: float) -> float | None:
     """The samples/s a size larger than every size timed must beat for its throughput to be worth
     measuring in full, once throughput has stopped rising: the largest size timed did not beat every
     smaller one by more than the tolerance (a GPU's plateau; on a CPU, a batch that outgrew a
-    cache, or whose tensors the allocator maps afresh each step). A larger size can then be the batch to train with only if it is faster than the size
-    chosen so far by more than the tolerance leaves of the low end of that size's interval. None
-    while throughput rises: every size is measured in full.
+    cache, or whose tensors the allocator maps afresh each step). A larger size can then be the
+    batch to train with only if it is faster than the size chosen so far by more than the
+    tolerance leaves of the low end of that size's interval. None while throughput rises: every
+    size is measured in full.
 
     The bar is for a trial's quickest step after its warm-up, the most its size can be credited
     with; a size judged on one step that stalled is judged slow, as a fit check's would be."""
