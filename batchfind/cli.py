@@ -17,7 +17,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import BatchfindError, InputError
+from .errors import BatchfindError, InputError, debugging
 from .report import MEMORY_FAILURES
 
 app = typer.Typer(
@@ -121,7 +121,7 @@ def _follower() -> int | None:
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
-    debug = debug or os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
+    debug = debug or debugging()
     saved = os.environ.get("BATCHFIND_DEBUG")
     if debug:
         os.environ["BATCHFIND_DEBUG"] = "1"  # workers then send their own tracebacks too
@@ -302,6 +302,15 @@ def _progress(console, quiet: bool):
         yield on_start, on_end, on_step
 
 
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is this process's standard output (`/dev/stdout`, `/dev/fd/1`, the file it
+    is redirected to)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(1))
+    except OSError:
+        return False
+
+
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
     """The file first, then stdout, then the table: a reader that stops reading, or a stream that
     cannot take the output, never costs the file; a file that cannot be written costs nothing else."""
@@ -381,7 +390,7 @@ def probe(
     ] = None,
     require_batch: Annotated[
         Optional[int], typer.Option(help="Exit 4 if the recommended batch (or --require-on limit) is below N.",
-                                    show_default=False)
+                                    min=1, show_default=False)
     ] = None,
     require_on: Annotated[RequireOn, typer.Option(help="What --require-batch checks.")] = RequireOn.recommended,
     require_throughput: Annotated[
@@ -403,6 +412,8 @@ def probe(
         from .report import check_requirements
 
         _check_output(output, keep=(config,))
+        if as_json and output is not None and _is_stdout(output):
+            raise InputError(f"--output: {output} is standard output, where --json already writes the report")
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--fit-steps": fit_steps, "--memory-limit": memory_limit, "--time-budget": time_budget,
@@ -571,7 +582,10 @@ def init(
         _check_output(path, "PATH")
         if path.exists() and replace_target(path) is not None and not force:  # /dev/stdout clobbers nothing
             raise InputError(f"{path}: exists; pass --force to overwrite it")
-        write_atomic(path, render(template.value, "toml" if path.suffix.lower() == ".toml" else "yaml"))
+        try:
+            write_atomic(path, render(template.value, "toml" if path.suffix.lower() == ".toml" else "yaml"))
+        except OSError as exc:  # a full disk, a device that refuses
+            raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
         typer.echo(f"wrote {path} ({template.value}); check it with: batchfind validate {path}", err=True)
 
 

@@ -16,14 +16,16 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
+    PlainValidator,
     PositiveInt,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .errors import InputError
+from .errors import InputError, clipped
 from .files import MAX_CONFIG_BYTES, check_shape, path_problem, read_text
 from .sizes import parse_size
 
@@ -57,14 +59,31 @@ def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:
 
 
 FiniteKwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
+# A model dimension or a sample's shape: what torch can index (a larger one overflows inside torch,
+# far from the field that set it).
+Dim = Annotated[int, Field(gt=0, le=2**31 - 1)]
+# Samples in an epoch: epoch estimates stay exact in a float.
+MAX_SAMPLES = 2**53
+
+
+def _depth(value: Any) -> Any:
+    """One positive number of blocks for every stage, or a non-empty list of them (one per stage);
+    said once, not once per form it could take."""
+    def dim(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+
+    if dim(value) or isinstance(value, list) and value and all(dim(v) for v in value):
+        return value
+    raise ValueError(f"expected a positive number of blocks per stage, or a non-empty list of them "
+                     f"(got {value!r})")
 
 
 class MLPModel(_Section):
     name: Literal["mlp"]
-    in_features: PositiveInt = 64
-    hidden: PositiveInt = 256
-    layers: PositiveInt = 3
-    classes: PositiveInt = 10
+    in_features: Dim = 64
+    hidden: Dim = 256
+    layers: Dim = 3
+    classes: Dim = 10
 
 
 class CNNModel(_Section):
@@ -74,16 +93,16 @@ class CNNModel(_Section):
     """
 
     name: Literal["cnn"]
-    in_channels: PositiveInt = 3
-    image_size: PositiveInt = 32
-    width: PositiveInt = 32
+    in_channels: Dim = 3
+    image_size: Dim = 32
+    width: Dim = 32
     # Blocks per stage: one number for every stage, or a list (its length is the number of stages).
-    depth: PositiveInt | list[PositiveInt] = 2
-    stages: PositiveInt = 3
+    depth: Annotated[int | list[int], PlainValidator(_depth)] = 2
+    stages: Dim = 3
     block: Literal["basic", "bottleneck"] = "basic"
     # cifar: one 3x3 convolution; imagenet: 7x7 stride 2 and a max-pool (4x smaller maps).
     stem: Literal["cifar", "imagenet"] = "cifar"
-    classes: PositiveInt = 10
+    classes: Dim = 10
 
     @property
     def blocks_per_stage(self) -> list[int]:
@@ -94,11 +113,11 @@ class TransformerModel(_Section):
     """GPT-like decoder trained to predict a token at every position."""
 
     name: Literal["transformer"]
-    vocab_size: PositiveInt = 8192
-    d_model: PositiveInt = 256
-    layers: PositiveInt = 4
-    heads: PositiveInt = 4
-    seq_len: PositiveInt = 128
+    vocab_size: Dim = 8192
+    d_model: Dim = 256
+    layers: Dim = 4
+    heads: Dim = 4
+    seq_len: Dim = 128
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # false: bidirectional attention, as in BERT-style encoders.
     causal: bool = True
@@ -145,7 +164,7 @@ ModelConfig = Annotated[
 class InputSpec(_Section):
     """One named synthetic input: its shape per sample, dtype and, for integers, the range [low, high)."""
 
-    shape: list[PositiveInt] = []
+    shape: list[Dim] = []
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
     low: int = 0
     high: int | None = None
@@ -162,17 +181,17 @@ class InputSpec(_Section):
 class DataConfig(_Section):
     kind: str = "synthetic"
     # Samples in one epoch for synthetic data; the dataset's length otherwise.
-    size: PositiveInt | None = None
+    size: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     # tensors: a .pt file (a dict with `inputs` and `targets`, or a tuple) or .npz; imagefolder: a folder.
     path: Path | None = None
     # imagefolder: images are resized to image_size x image_size.
-    image_size: PositiveInt | None = None
+    image_size: Dim | None = None
     # Synthetic data for a factory model: what one sample looks like.
-    input_shape: list[PositiveInt] | None = None
+    input_shape: list[Dim] | None = None
     input_dtype: Literal["float32", "int64"] = "float32"
-    vocab_size: PositiveInt | None = None
-    target_shape: list[PositiveInt] = []
-    num_classes: PositiveInt | None = None
+    vocab_size: Dim | None = None
+    target_shape: list[Dim] = []
+    num_classes: Dim | None = None
     # Synthetic named inputs: batches are dicts of these (with the model's labels among them).
     inputs: dict[str, InputSpec] | None = None
     # Keyword arguments for a `module:factory` dataset.
@@ -324,7 +343,10 @@ class ProbeConfig(_Section):
     @field_validator("time_budget_s", mode="before")
     @classmethod
     def _unbounded(cls, value: Any) -> Any:
-        # `--time-budget inf` is the natural way to ask for none; the report says null.
+        # `--time-budget inf` (or `inf` in a config) is the natural way to ask for none; the report
+        # says null.
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+            return None
         return None if isinstance(value, float) and value == math.inf else value
 
     @field_validator("memory_limit", mode="before")
@@ -358,6 +380,15 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     recommend: RecommendConfig = RecommendConfig()
+    # The file it was read from, which errors found later (building the model) name too.
+    _source: Path | None = PrivateAttr(None)
+
+    def named(self, error: InputError) -> InputError:
+        """`error` naming this config's file first, unless it names a file or an option already."""
+        text = str(error)
+        if self._source is None or text.startswith((str(self._source), "-")):
+            return error
+        return InputError(f"{self._source}: {text}")  # a traceback under --debug follows as it is
 
 
 # Command-line option -> config field, so errors name what the user typed.
@@ -401,10 +432,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         config = Config.model_validate(raw)
     except ValidationError as exc:
         given = {v: k for k, v in OPTIONS.items() if (overrides or {}).get(k) is not None}
-        raise InputError("\n".join(_describe(path, e, given) for e in exc.errors())) from None
+        raise InputError("\n".join(clipped(_describe(path, e, given)) for e in exc.errors())) from None
     if config.data.path is not None and not config.data.path.is_absolute():
         # Data paths are relative to the config file, not to wherever batchfind was run.
         config.data.path = (path.parent / config.data.path).resolve()
+    config._source = path
     return config
 
 

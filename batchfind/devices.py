@@ -10,6 +10,7 @@ import resource
 from typing import Any, Callable
 
 from .errors import InputError
+from .sizes import format_size
 
 # Fraction of available RAM a CPU probe may use when no limit is given: the rest keeps the
 # machine responsive and the kernel's OOM killer away.
@@ -130,10 +131,15 @@ def apply_memory_limit(device, limit: int | None, share: int = 1) -> int | None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
         return min(limit, total)
-    if limit is None:
-        import psutil
+    import psutil
 
+    if limit is None:
         limit = int(psutil.virtual_memory().available * CPU_DEFAULT_FRACTION / share)
+    elif limit * share > (ram := psutil.virtual_memory().total):
+        # A cap the machine cannot reach stops nothing: the probe would swap instead.
+        each = f" for each of {share} ranks" if share > 1 else ""
+        raise InputError(f"probe.memory_limit: {format_size(limit)}{each} is more than this machine's RAM "
+                         f"({format_size(ram)}); a cap above it would not keep the probe from swapping")
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     return limit
 

@@ -1,5 +1,7 @@
 """The one family of errors the core raises; the CLI maps each to a message and an exit code."""
 
+import os
+
 
 class BatchfindError(Exception):
     """A failure the user can act on; `exit_code` is what the CLI returns."""
@@ -17,3 +19,17 @@ class NothingFits(BatchfindError):
     """Even the smallest batch runs out of memory."""
 
     exit_code = 3
+
+
+def debugging() -> bool:
+    """Tracebacks instead of one-line errors: `--debug`, or BATCHFIND_DEBUG set to anything but
+    empty, 0, false, no or off."""
+    return os.environ.get("BATCHFIND_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def clipped(text: str, most: int = 300) -> str:
+    """The first line of a message, cut to `most` characters: an error echoes what it was given,
+    which may be a whole file."""
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= most else line[:most - 1] + "…"

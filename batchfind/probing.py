@@ -9,7 +9,7 @@ from typing import Callable
 
 from . import __version__, curve, noise, search
 from .config import Config
-from .errors import BatchfindError, InputError, NothingFits
+from .errors import BatchfindError, InputError, NothingFits, clipped
 from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
@@ -465,11 +465,16 @@ def _run(
     except BaseException as exc:
         if prober.agreement:  # the other drivers would wait for this one until their timeout
             prober.agreement.abandon(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, InputError):
+            raise config.named(exc) from exc
         raise
     finally:
         prober.shutdown()
         if prober.agreement:
             prober.agreement.finish()
+    if interrupted and outcome.model is None and facts:
+        # The plan never handed its model back: the one its powers of two so far give.
+        outcome.model = _model([t for t in prober.trials if t.phase in ("double", "remeasure")], facts)
     trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts, prober.world_size)
     recommendation = dataclasses.replace(recommendation, **extras)
     model = outcome.model
@@ -493,8 +498,9 @@ def _run(
         limit=limit,
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
-        warnings=_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
-        + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo),
+        # A size measured twice (a re-measure, the verification) says the same once.
+        warnings=list(dict.fromkeys(_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
+                                    + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
                                                  prober.world_size),
@@ -578,6 +584,14 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
             f"batch {sizes} fitted in {where} but ran out of memory in another (at {limit.first_oom} or below); "
             f"the limit is {limit.batch_size}"
         )
+    doubled = [t for t in trials if t.phase == "double"]
+    for t in trials:
+        if t.status == "error":
+            # Not the memory edge: a bug, or a crash, at this size.
+            ended = t is doubled[-1] if doubled else False
+            error = clipped(t.error or "no message", 200)
+            warnings.append(f"batch {t.batch_size} failed with an error, not for lack of memory: {error}"
+                            + ("; the probe stopped there, so larger sizes may fit" if ended else ""))
     if limit.batch_size is not None and not limit.verified:
         warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process (time budget or interrupt)")
     return warnings

@@ -130,6 +130,7 @@ def recommend(
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.
     roomy = [t for t in by_size.values()
              if not limit_bytes or (t.capped_peak_bytes or t.peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
+    headroom_kept = bool(roomy)
     if not roomy:
         roomy = list(by_size.values())
         notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")
@@ -144,7 +145,7 @@ def recommend(
         reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''} "
                   f"({chosen.samples_per_s:,.0f} vs {fastest.samples_per_s:,.0f} samples/s at "
                   f"{fastest.batch_size}, at the low end of its interval too) with less memory")
-    if rec.headroom and limit_bytes:
+    if rec.headroom and limit_bytes and headroom_kept:
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
     # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.
     alike = [t.batch_size for t in roomy if t.samples_per_s * (1 + t.uncertainty) >= floor]

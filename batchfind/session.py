@@ -12,7 +12,7 @@ import torch
 from . import devices, parallel
 from .config import Config
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
-from .errors import InputError
+from .errors import InputError, debugging
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
@@ -220,10 +220,6 @@ def setup_failure(exc: BaseException) -> dict[str, Any]:
         return {"status": "oom", "error": f"{one_line(exc)} (the memory limit leaves too little for Python and "
                                           "torch themselves)" + trace}
     return {"status": "error", "error": one_line(exc) + trace}
-
-
-def debugging() -> bool:
-    return os.environ.get("BATCHFIND_DEBUG", "") not in ("", "0")
 
 
 def _starved(exc: BaseException) -> bool:

@@ -219,6 +219,11 @@ def test_time_budget_inf_means_none_and_any_budget_serialises(write_config, monk
     assert written == (None if budget == "inf" else float(budget))
 
 
+@pytest.mark.parametrize("written", ["inf", ".inf", "Infinity"])
+def test_time_budget_inf_in_a_config_means_none(write_config, written):
+    assert load_config(write_config(MLP + f"probe: {{time_budget_s: {written}}}\n")).probe.time_budget_s is None
+
+
 @pytest.mark.parametrize("budget", ["nan", "-inf", "0", "-1"])
 def test_time_budget_that_is_no_duration_is_one_line(write_config, budget):
     _one_line(runner.invoke(app, ["probe", str(write_config(MLP)), "--time-budget", budget]), "--time-budget")
@@ -409,3 +414,9 @@ def test_init_writes_the_format_its_suffix_names_and_both_say_the_same(tmp_path,
         # Set for one process it would only make every probe warn that it was not used.
         assert "strategy" not in configs[fmt].probe.model_fields_set
     assert configs["yaml"].model_dump() == configs["toml"].model_dump()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_init_onto_a_full_device_is_one_line():
+    result = runner.invoke(app, ["init", "/dev/full"])
+    assert result.exit_code == 2 and result.stderr.strip() == "error: /dev/full: cannot write: No space left on device"

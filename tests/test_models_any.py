@@ -312,7 +312,7 @@ def test_debug_shows_the_workers_own_traceback(write_config):
     result = CliRunner().invoke(app, ["probe", str(config), "--debug"])
     assert isinstance(result.exception, InputError)
     message = str(result.exception)
-    assert message.startswith("data and model do not fit together") and "Traceback (most recent call last)" in message
+    assert message.startswith(f"{config}: data and model do not fit together") and "Traceback (most recent call last)" in message
     assert "batchfind/session.py" in message and "in check_fit" in message
 
 

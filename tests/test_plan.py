@@ -357,3 +357,33 @@ def test_the_reported_limit_is_exact_and_never_above_what_a_fresh_process_ran(ed
     assert limit.batch_size == expected
     assert any(t.batch_size == limit.batch_size and t.fits and t.fresh_process for t in sim.trials)
     assert limit.first_oom is not None and limit.first_oom > limit.batch_size
+
+
+def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeypatch):
+    from batchfind import probing
+
+    class Interrupted(SimDevice):
+        """Ctrl-C during the first fit check near the edge."""
+
+        agreement = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(1708, **GPU)
+            self.raw = self.config.model_dump(mode="json")
+
+        def start(self) -> dict:
+            return {**self.facts, "data": "synthetic"}
+
+        def trial(self, size, purpose="throughput", fresh=False, bar=None):
+            if self.phase == "refine":
+                raise KeyboardInterrupt
+            return super().trial(size, purpose, fresh, bar)
+
+        def shutdown(self) -> None:
+            pass
+
+    monkeypatch.setattr(probing, "Prober", Interrupted)
+    report = probing.probe(Interrupted().config)
+    assert report.interrupted and report.trials[-1].status == "oom"
+    assert report.memory_model is not None
+    assert report.limit.predicted_batch_size == report.memory_model["predicted_edge"] > report.limit.batch_size

@@ -104,6 +104,7 @@ def test_headroom_excludes_sizes_near_the_limit():
     assert rec.reason.startswith("fastest within the headroom (80 samples/s)")  # 16 ran faster
     rec, notes = choose(trials, limit_bytes=10**8, headroom=0.10)
     assert rec.batch_size == 16 and any("headroom ignored" in n for n in notes)
+    assert "leaving" not in rec.reason  # it does not claim the headroom it ignored
 
 
 def test_the_recommendation_fits_on_every_run():

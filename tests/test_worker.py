@@ -66,6 +66,12 @@ def test_failures_at_a_size_end_the_doubling_and_are_reported(write_config, how,
     assert failed.status == status and error in failed.error
     assert report.limit.batch_size == 8 and report.limit.verified
     assert report.limit.first_oom == (16 if status in ("oom", "killed") else None)
+    # A crash or a bug is not the memory edge, and the report says so.
+    said = [w for w in report.warnings if "not for lack of memory" in w]
+    assert len(said) == (status == "error")
+    if said:
+        assert said[0].startswith("batch 16 failed with an error, not for lack of memory: ") and error in said[0]
+        assert said[0].endswith("; the probe stopped there, so larger sizes may fit")
 
 
 def test_a_hung_step_is_stopped_at_the_trial_timeout(write_config):
@@ -104,6 +110,7 @@ def test_non_finite_loss_is_reported_not_recommended(write_config):
     assert nan_sizes == [8, 16]
     assert report.recommendation.batch_size in (1, 2, 4)
     assert any("not finite" in w for w in report.warnings)
+    assert len(report.warnings) == len(set(report.warnings))  # 16 ran twice (verified), said once
 
 
 @pytest.mark.slow
