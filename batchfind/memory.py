@@ -72,20 +72,22 @@ def explains(model: MemoryModel | None, failed: int | None, variation: int = 0) 
 
 
 def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | None, variation: int,
-              trials: Iterable[Measured] = ()) -> int | None:
+              trials: Iterable[Measured] = (), multiple_of: int = 1) -> int | None:
     """The largest size up to `limit` whose peak, by the memory model near the edge, leaves the
     run-to-run `variation` free. `limit` ran in a brand-new process: a model that puts the edge
     below it by more than the variation accounts for is contradicted by that run (a line through
     noise, on a model whose peaks barely grow) and leaves the limit as it is, as does a line by which
     the variation is worth half the limit or more. A size among `trials` that ran first in a
     brand-new process with its peak leaving the variation free is safe: the answer is never below
-    it (what a size measured outranks where a line puts it)."""
+    it (what a size measured outranks where a line puts it). Where the line decides, the size is a
+    multiple of `multiple_of`, as refined sizes are."""
     if limit is None or not variation or not explains(model, first_oom, variation):
         return limit
     allowance = variation / model.per_sample_bytes
     if model.predicted_edge < limit - allowance or 2 * allowance >= limit:
         return limit
     below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
+    below -= below % multiple_of
     shown = max((t.batch_size for t in trials if t.status == "ok" and t.fresh_process and t.batch_size <= limit
                  and t.capped_peak_bytes and t.capped_peak_bytes <= model.ceiling_bytes - variation), default=0)
     return max(1, min(limit, max(below, shown)))

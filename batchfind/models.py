@@ -60,7 +60,11 @@ def resolve(spec: str, field: str) -> Any:
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InputError(f"{field}: cannot import {module_name!r} ({exc})") from None
+        # A module of the user's own that is missing, not one it imports: say where it was looked for.
+        where = ("; install it, or run from its folder or add that to PYTHONPATH (the config's folder is not "
+                 "searched)"
+                 if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else "")
+        raise InputError(f"{field}: cannot import {module_name!r} ({exc}){where}") from None
     for part in filter(None, attr.split(".")):
         if not hasattr(target, part):
             raise InputError(f"{field}: module {module_name!r} has no attribute {attr!r}")

@@ -21,7 +21,7 @@ def require_matplotlib():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("plot: needs matplotlib (pip install 'batchfind[plot]')") from None
+        raise InputError("plot: needs matplotlib (pip install matplotlib)") from None
     return plt
 
 

@@ -244,8 +244,8 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     """Measure again, in the live worker and each right after its neighbour (so drift between them
     cancels), the sizes whose throughput sits off the curve beyond their interval where that could
     change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
-    plateau. At most `REMEASURE_SIZES` of them, for at most `REMEASURE_SHARE` of the time the
-    throughput trials took. Before them, and whatever it costs, the size past the fastest that its
+    plateau. At most `REMEASURE_SIZES` of them, while all re-measures so far have taken at most
+    `REMEASURE_SHARE` of the time the throughput trials took. Before them, and whatever it costs, the size past the fastest that its
     measurement may have held back from being the batch to train with (`_held_back`)."""
     measured = timed(prober.trials)
     last = latest_timed(measured)
@@ -258,7 +258,10 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     near = [p.batch_size for p in curve.outliers(fitted, rising, tolerance)
             if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
     held = _held_back(fitted, last, tolerance)
-    budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in measured)
+    # One share for the whole probe, however often the curve is checked.
+    first = [t for t in measured if t.phase != "remeasure"]
+    again = [t for t in prober.trials if t.phase == "remeasure"]
+    budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in first) - sum(t.wall_s or 0 for t in again)
     phase = prober.phase
     for size in ([held] if held else []) + near[:REMEASURE_SIZES]:
         i = sizes.index(size)
@@ -307,7 +310,7 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     model = _model(trials, facts)
     variation = _variation(facts, model)
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=safe_size(
-        model, limit.batch_size, limit.first_oom, variation, trials))
+        model, limit.batch_size, limit.first_oom, variation, trials, config.probe.multiple_of))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
     recommendation, notes = recommend(trials, limit, config.recommend, limit_bytes, facts.get("batchnorm", False),
                                       world_size)
@@ -564,7 +567,9 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
     if exc.status == "input":
         return InputError(exc.message)
     if exc.status in ("oom", "killed"):
-        return NothingFits(f"the model does not fit in memory before any batch ran: {exc.message}")
+        # Python, torch and the model come first; under a small cap any of them may be what ran out.
+        return NothingFits(f"setting up (Python, torch, the model) ran out of memory before any batch ran: "
+                           f"{exc.message}; raise the memory limit (--memory-limit, probe.memory_limit)")
     return BatchfindError(f"could not set up the probe ({exc.status}): {exc.message}")
 
 

@@ -154,7 +154,7 @@ def recommend(
         notes.append(
             f"throughput is uncertain by more than the {rec.tolerance:.0%} tolerance at batch "
             f"{', '.join(map(str, uncertain))}: sizes that close cannot be told apart; more --steps, a longer "
-            "probe.max_time_s or a quieter machine would"
+            "probe.max_time_s or a quieter machine would tell them apart"
         )
     steps = chosen.accumulation_steps
     # With accumulation or several ranks, BatchNorm normalizes over the per-device micro-batch only

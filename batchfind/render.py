@@ -140,7 +140,10 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
     best = max((t.samples_per_s for t in trials if t.samples_per_s), default=0)
 
     def share(t: Trial) -> str:
-        return f"{t.peak_bytes / limit_bytes:.0%}" if t.peak_bytes and limit_bytes else "-"
+        # Of what the limit counts where that is known (a CPU's data segment, not its resident set,
+        # which holds code and files too): the same measure the headroom is judged by.
+        counted = t.capped_peak_bytes or t.peak_bytes
+        return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else "-"
 
     columns = [_Column("batch/device" if dist else "batch", [str(t.batch_size) for t in trials])]
     if "status" not in compact:
@@ -157,7 +160,7 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
         columns.append(_Column("epoch", [_duration(t.epoch_s) for t in trials]))
     if "share" in compact:
         columns.append(_Column("peak (of limit)", [
-            format_size(t.peak_bytes) + (f" ({share(t)})" if t.peak_bytes and limit_bytes else "") for t in trials]))
+            format_size(t.peak_bytes) + (f" ({share(t)})" if share(t) != "-" else "") for t in trials]))
     else:
         columns += [_Column("peak", [format_size(t.peak_bytes) for t in trials]),
                     _Column("of limit", [share(t) for t in trials])]
@@ -183,12 +186,15 @@ def _table_width(columns: list[_Column]) -> int:
     return sum(c.width for c in fixed) + note_width + 3 * len(columns) + 1
 
 
-def table(report: Report, width: int | None = None) -> Table:
-    """The trials as a table; given a `width`, the fullest layout that fits it (see COMPACT_STEPS)."""
+def table(report: Report, width: int | None = None) -> Table | None:
+    """The trials as a table; given a `width`, the fullest layout that fits it (see COMPACT_STEPS),
+    None where not even the most compact one does."""
     for steps in range(len(COMPACT_STEPS) + 1):
         columns = _columns(report, set(COMPACT_STEPS[:steps]))
         if width is None or _table_width(columns) <= width:
             break
+    else:
+        return None
     grid = Table(title=_title(report), title_justify="left")
     *fixed, note = columns
     for column in fixed:  # numbers never wrap and never shrink; only the note does
@@ -206,7 +212,13 @@ def global_batch_text(batch: int, world: int, steps: int | None, total: int | No
 
 
 def print_report(report: Report, console: Console) -> None:
-    console.print(table(report, console.width))
+    grid = table(report, console.width)
+    if grid is not None:
+        console.print(grid)
+    else:  # a terminal too narrow for any table: a line per trial, wrapped as it needs
+        console.print(_title(report))
+        for t, note in zip(report.trials, trial_notes(report)):
+            console.print(f"{t.phase}: {Text(trial_line(t)).markup}" + (f" — {note}" if note and t.fits else ""))
     rec, limit = report.recommendation, report.limit
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")

@@ -67,6 +67,8 @@ class Session:
             self.model = parallel.wrap(model, probe.strategy, self.device)
         else:
             model = self.model = self.model.to(self.device)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise InputError(f"model.name: {config.model.name} has no trainable parameters: nothing to train")
         self.batches = build_batches(config, self.device)
         check_fit(self.model, self.batches, config, self.device)
         if rank:

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import devices
 from .config import OPTIMIZERS, TrainConfig
-from .errors import InputError
+from .errors import InputError, clipped
 from .models import call_factory, is_lightning, resolve
 
 
@@ -168,7 +169,15 @@ class Step:
             if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
                     and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
                 labels_below(scored.shape[-1])
-            self.score(output, target)
+            try:
+                self.score(output, target)
+            except InputError:
+                raise
+            except Exception as exc:
+                if self.loss_fn is None or devices.is_oom(exc):
+                    raise
+                # The data reached the model; what failed is a loss of the user's own.
+                raise InputError(f"train.loss: {self.train.loss} raised {type(exc).__name__}: {clipped(str(exc))}") from None
 
     def loss(self, batch: Any) -> torch.Tensor:
         return self.score(*self.forward(batch))

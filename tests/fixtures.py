@@ -67,6 +67,14 @@ def not_a_model(**kwargs):
     return 42
 
 
+def no_parameters(**kwargs):
+    return nn.ReLU()
+
+
+def broken_loss(output, target):
+    raise KeyError("logits")
+
+
 class Pairs(torch.utils.data.Dataset):
     def __init__(self, n: int = 100, features: int = 8, classes: int = 4):
         self.x = torch.randn(n, features)

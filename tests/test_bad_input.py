@@ -61,6 +61,10 @@ CASES = {
                        "model.name: fixtures:raises(**kwargs) raised ValueError: factory is broken"),
     "factory returns no model": ("model: {name: 'fixtures:not_a_model'}\n" + CPU, [],
                                  "model.name: fixtures:not_a_model returned int, expected a torch.nn.Module"),
+    "model without parameters": ("model: {name: 'fixtures:no_parameters'}\ndata: {input_shape: [8], num_classes: 8}\n"
+                                 + CPU, [], "model.name: fixtures:no_parameters has no trainable parameters"),
+    "loss function raises": (MLP + "data: {kind: 'fixtures:Pairs'}\ntrain: {loss: 'fixtures:broken_loss'}\n" + CPU, [],
+                             "train.loss: fixtures:broken_loss raised KeyError: 'logits'"),
     "dataset factory returns no dataset": (MLP + "data: {kind: 'fixtures:not_a_model'}\n" + CPU, [],
                                            "data.kind: fixtures:not_a_model returned int, expected a map-style"),
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],

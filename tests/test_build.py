@@ -119,7 +119,8 @@ def test_factory_dataset_and_model(write_config):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("model: {name: 'nowhere_at_all:make'}", "model.name: cannot import 'nowhere_at_all'"),
+        ("model: {name: 'nowhere_at_all:make'}", "model.name: cannot import 'nowhere_at_all' (No module named "
+         "'nowhere_at_all'); install it, or run from its folder or add that to PYTHONPATH"),
         ("model: {name: 'fixtures:absent'}", "model.name: module 'fixtures' has no attribute 'absent'"),
         ("model: {name: 'fixtures:raises'}", "model.name: fixtures:raises(**kwargs) raised ValueError: factory is broken"),
         ("model: {name: 'fixtures:not_a_model'}", "returned int, expected a torch.nn.Module"),

@@ -139,3 +139,16 @@ def test_nothing_is_measured_again_when_every_size_sits_on_the_curve_or_far_belo
     sizes = swept(2, 0.7)  # off the curve, but nowhere near the plateau
     _remeasure(sizes, 0.02, lambda: True)
     assert len(sizes.ran) == 10
+
+
+def test_re_measures_share_one_budget_however_often_the_curve_is_checked():
+    sizes = swept(256, 1.3)
+    _remeasure(sizes, 0.02, lambda: True)  # 2 s of re-measures against 10 s of first measurements
+    assert len(sizes.ran) == 12
+    # 128 measured once more and off the curve: a third of 11 s leaves 1.7 s, short of 128 and its
+    # neighbour (2 s).
+    speed = saturating(fixed_ms=20, sample_ms=1)
+    sizes.trials.append(Trial(128, "ok", StepTimes(1, 1, 1, [1.0] * 5, 0.99, 1.01), samples_per_s=speed(128) * 1.1,
+                              loss_finite=True, phase="double", wall_s=1.0))
+    _remeasure(sizes, 0.02, lambda: True)
+    assert len(sizes.ran) == 12

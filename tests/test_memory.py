@@ -178,6 +178,7 @@ def test_the_safe_size_leaves_the_variation_free_below_a_model_that_explains_the
     assert safe_size(model, 362, 363, 0) == 362  # nothing varies (a GPU)
     assert safe_size(model, 362, 400, 10 * MiB) == 357
     assert safe_size(None, 362, 363, 10 * MiB) == 362
+    assert safe_size(model, 360, 368, 10 * MiB, multiple_of=8) == 352  # refined sizes are multiples of 8
     # The size that failed is below the model's edge: something else stopped it.
     assert safe_size(model, 300, 301, 10 * MiB) == 300
 

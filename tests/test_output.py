@@ -296,3 +296,22 @@ def test_a_single_measured_step_shows_no_interval():
     one = Trial(128, "ok", StepTimes(250.4, 250.4, 250.4, [250.4], 250.4, 250.4), samples_per_s=511, purpose="fit")
     two = Trial(128, "ok", StepTimes(300.0, 250.0, 350.0, [250.0, 350.0], 250.0, 350.0), samples_per_s=427, purpose="fit")
     assert step_text(one) == "250.4" and step_text(two) == "300.0 ±17%"
+
+
+def test_the_share_of_the_limit_is_of_what_the_limit_counts():
+    # A CPU worker's resident peak holds code and files beside the data segment the cap counts.
+    report = make_report()
+    edge = dataclasses.replace(report.trials[-1], peak_bytes=LIMIT + 40 * MiB, capped_peak_bytes=LIMIT - 20 * MiB)
+    report = dataclasses.replace(report, trials=[*report.trials[:-1], edge])
+    row = next(line for line in rendered(report, 250).splitlines() if line.startswith("│  1002 "))
+    assert "2.0 GiB" in row and "99%" in row and "102%" not in row
+
+
+def test_a_terminal_too_narrow_for_any_table_gets_a_line_per_trial():
+    report = make_report()
+    assert table(report, 40) is None
+    text = rendered(report, 40)
+    assert max(len(line) for line in text.splitlines()) <= 40
+    flat = " ".join(text.split())  # the lines wrap; what they say is whole
+    assert "verify" not in flat and flat.count("refine: batch") == 5 and flat.count("double: batch") == 11
+    assert "batch 1002: ok, 3223.8 ±3% ms/step, 311 samples/s, peak 1.9 GiB — largest fits, verified" in flat
