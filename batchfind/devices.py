@@ -7,6 +7,7 @@ import functools
 import platform
 import re
 import resource
+import time
 from typing import Any, Callable
 
 from .errors import InputError
@@ -175,6 +176,40 @@ def read_peak(device) -> tuple[int, int | None]:
     if "VmHWM" in status:
         return status["VmHWM"], None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
+
+
+class HostLoad:
+    """What else the machine's CPUs did while this process measured, as shares of all CPUs' time
+    since it was made: other processes running (`other_cpu_share`), and on a virtual machine the
+    time the hypervisor gave the CPUs to other machines (`steal_share`, Linux). Either makes steps
+    slower and noisier than on a quiet machine. The kernel counts in ticks (10 ms on Linux)."""
+
+    def __init__(self):
+        self.host, self.own, self.start = _cpu_seconds(), time.process_time(), time.perf_counter()
+
+    def read(self) -> dict[str, float | None]:
+        import psutil
+
+        capacity = (time.perf_counter() - self.start) * (psutil.cpu_count() or 1)
+        busy, steal = _cpu_seconds()
+        if capacity <= 0 or busy is None:
+            return {"other_cpu_share": None, "steal_share": None}
+        other = busy - self.host[0] - (time.process_time() - self.own)
+        return {"other_cpu_share": round(min(1.0, max(0.0, other / capacity)), 3),
+                "steal_share": round(min(1.0, max(0.0, (steal - self.host[1]) / capacity)), 3)}
+
+
+def _cpu_seconds() -> tuple[float | None, float]:
+    """(busy, steal) seconds of all CPUs since boot: busy is time spent running anything, this
+    process included."""
+    import psutil
+
+    try:
+        t = psutil.cpu_times()
+    except (OSError, RuntimeError, AttributeError):
+        return None, 0.0
+    busy = t.user + t.system + sum(getattr(t, f, 0.0) for f in ("nice", "irq", "softirq"))
+    return busy, getattr(t, "steal", 0.0)
 
 
 class CappedPeak:

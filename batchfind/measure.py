@@ -135,6 +135,7 @@ def measure(
             on_step(i + 1, planned)
     devices.sync(device)
     joules_before = energy() if energy else None
+    load = devices.HostLoad()
     times_ms: list[float] = []
     while plan.more(times_ms):
         # Synchronize before each clock read so queued GPU work is counted in its own step.
@@ -146,6 +147,7 @@ def measure(
         if on_step:
             on_step(plan.warmup + len(times_ms), planned)
     joules = energy() - joules_before if energy else None
+    host = load.read()
     peak, peak_allocated = devices.read_peak(device)
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
@@ -166,6 +168,7 @@ def measure(
         "loss": last_loss if math.isfinite(last_loss) else None,
         "loss_finite": finite,
         "joules_per_sample": joules / (len(times_ms) * batch_size) if joules is not None else None,
+        **host,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import statistics
 import time
 from typing import Callable
 
@@ -25,6 +26,9 @@ REMEASURE_SHARE = 1 / 3
 NOISE_BATCHES = 12
 # Above this share of a step spent waiting for data, training is input-bound.
 INPUT_BOUND_SHARE = 0.2
+# Above this share of all CPUs' time taken by other processes (or a hypervisor's other machines)
+# while throughput was timed, the machine was busy.
+BUSY_SHARE = 0.1
 
 
 class Prober:
@@ -502,7 +506,8 @@ def _run(
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
-        warnings=list(dict.fromkeys(_warnings(trials, limit) + notes + _length_warnings(facts.get("input_lengths"))
+        warnings=list(dict.fromkeys(_warnings(trials, limit) + _load_warnings(trials) + notes
+                                    + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
@@ -552,6 +557,21 @@ def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
         return [f"probe.strategy {config.probe.strategy} applies to several ranks; this probe ran one process "
                 "without it (use --nproc-per-node N or torchrun)"]
     return []
+
+
+def _load_warnings(trials: list[Trial]) -> list[str]:
+    """Whether the machine was busy while throughput was timed: the median over those trials."""
+    loads = [t for t in timed(trials) if t.other_cpu_share is not None and t.steal_share is not None]
+    if not loads:
+        return []
+    other = statistics.median(t.other_cpu_share for t in loads)
+    steal = statistics.median(t.steal_share for t in loads)
+    busy = ([f"other processes used {other:.0%} of the CPUs"] if other > BUSY_SHARE else []) + (
+        [f"the hypervisor gave {steal:.0%} of their time to other machines (steal)"] if steal > BUSY_SHARE else [])
+    if not busy:
+        return []
+    return [f"{' and '.join(busy)} while throughput was timed (median of {len(loads)} trials): steps ran slower "
+            "and noisier than on a quiet machine, and the recommendation may change from run to run"]
 
 
 def _length_warnings(lengths: dict[str, int] | None) -> list[str]:

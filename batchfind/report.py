@@ -77,6 +77,11 @@ class Trial:
     retained_bytes: int | None = None
     retained_free_bytes: int | None = None
     joules_per_sample: float | None = None  # GPU with NVML energy counters only
+    # While the steps were measured, the share of all CPUs' time that other processes ran, and that
+    # a hypervisor gave to other machines (steal): a busy machine's steps are slower and noisier.
+    # Null for distributed trials (the ranks are each other's load).
+    other_cpu_share: float | None = None
+    steal_share: float | None = None
     # Derived, not measured: the learning rate scaled to the global batch, accumulation steps to
     # the target batch, and the global batch: batch_size × world size × accumulation steps.
     lr: float | None = None

@@ -236,3 +236,32 @@ def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
     mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})
     assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072"
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"
+
+
+def test_the_host_load_counts_other_processes_and_not_this_one():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from batchfind.devices import HostLoad
+
+    cpus = os.cpu_count() or 1
+    n = min(cpus, 4)
+    burners = [subprocess.Popen([sys.executable, "-c", "print('go', flush=True)\nwhile True: pass"],
+                                stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    try:
+        for b in burners:  # each is running its loop
+            assert b.stdout.readline().strip() == "go"
+        load = HostLoad()
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:  # this process is busy too, and is not counted
+            pass
+        shares = load.read()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    # n burners beside this loop get at least n/(n+1) of n CPUs; more where the machine has other load.
+    assert shares["other_cpu_share"] >= 0.4 * n / cpus
+    assert 0 <= shares["steal_share"] <= 1

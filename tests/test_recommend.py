@@ -237,3 +237,22 @@ def test_batchnorm_on_several_ranks_is_warned_without_accumulation():
     assert any("BatchNorm sees micro-batches of 8" in n for n in notes)
     _, alone = recommend(trials, limit_of(trials), plan, None, has_batchnorm=True)
     assert not any("BatchNorm" in n for n in alone)
+
+
+def test_a_busy_machine_is_said_once_from_the_median_of_the_timed_trials():
+    import dataclasses
+
+    from batchfind.probing import _load_warnings
+
+    trials = curve([10, 20, 40, 80, 160])
+    busy = [dataclasses.replace(t, other_cpu_share=0.5, steal_share=0.0) for t in trials]
+    assert _load_warnings(busy) == [
+        "other processes used 50% of the CPUs while throughput was timed (median of 5 trials): steps ran slower and "
+        "noisier than on a quiet machine, and the recommendation may change from run to run"]
+    stolen = [dataclasses.replace(t, other_cpu_share=0.01, steal_share=0.2 if i < 3 else 0.0)
+              for i, t in enumerate(trials)]
+    assert _load_warnings(stolen)[0].startswith(
+        "the hypervisor gave 20% of their time to other machines (steal) while throughput was timed")
+    one_stall = [dataclasses.replace(t, other_cpu_share=0.9 if i == 0 else 0.02, steal_share=0.0)
+                 for i, t in enumerate(trials)]
+    assert _load_warnings(one_stall) == [] and _load_warnings(trials) == []  # quiet, or not measured
