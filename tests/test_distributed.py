@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -159,7 +160,7 @@ def test_a_rank_that_cannot_build_its_model_fails_the_probe_naming_it(write_conf
     path = write_config("model: {name: 'fixtures:broken_on_rank'}\n"
                         "data: {input_shape: [8], num_classes: 4, size: 64}\n"
                         f"probe: {{device: cpu, nproc_per_node: 2, trial_timeout_s: {TRIAL_TIMEOUT_S}}}\n")
-    with pytest.raises(InputError, match=r"^rank 1: model.name: fixtures:broken_on_rank.*broken on this rank"):
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: rank 1: model.name: fixtures:broken_on_rank.*broken on this rank"):
         probe(load_config(path))
 
 
