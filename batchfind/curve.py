@@ -36,8 +36,8 @@ class Curve:
     A fixed cost per step that a batch shares (launches, Python, the optimizer step: what makes
     small batches slow), a cost per sample, and how that cost changes per doubling of the batch:
     about zero where throughput saturates (a GPU), positive where large batches spill out of the
-    caches and run slower per sample (a CPU), never negative. Linear in its parameters, so it is
-    fitted by weighted least squares with no search."""
+    caches and run slower per sample (a CPU). None is negative. Linear in its parameters, so it is
+    fitted by weighted least squares, with no search beyond leaving out a term."""
 
     fixed_ms: float
     sample_ms: float
@@ -93,18 +93,37 @@ def _fit(points: list[Point]) -> Curve | None:
         rows.append((1 / p.batch_size, 1.0, math.log2(p.batch_size)))
         values.append(per_sample)
         weights.append(1 / (per_sample * max(p.uncertainty, SHAPE)) ** 2)
-    solved = _least_squares(rows, values, weights)
-    if solved is not None and solved[2] < 0:
-        # A cost per sample that falls as the batch doubles is what lets the curve bend up to a
-        # lucky last point; sharing the step's fixed cost is already how larger batches get cheaper.
-        two = _least_squares([r[:2] for r in rows], values, weights)
-        solved = two + [0.0] if two is not None else None
+    solved = _non_negative(rows, values, weights)
     if solved is None:
         return None
     curve = Curve(*solved)
     if any(curve.ms_per_sample(p.batch_size) <= 0 for p in points):
         return None
     return curve
+
+
+def _non_negative(rows: list[tuple[float, ...]], values: list[float], weights: list[float]) -> list[float] | None:
+    """The least-squares parameters with none negative: each is a cost. Among the fits that leave
+    out the cost per sample, the cost per doubling or both (set to zero), the closest whose
+    parameters are all non-negative; with three parameters trying each is the whole search.
+
+    Unconstrained, two slow sizes among the small ones (a stall) fitted a negative cost per sample
+    and a cost per doubling that bent the curve up between them to a plateau 12% above every size
+    measured (gpt-small on a 2-core CPU); a cost per sample that falls as the batch doubles is what
+    lets it bend up to a lucky last point. Sharing the step's fixed cost is already how larger
+    batches get cheaper."""
+    best, best_residual = None, math.inf
+    for kept in ((0, 1, 2), (0, 1), (0, 2), (0,)):
+        solved = _least_squares([tuple(r[i] for i in kept) for r in rows], values, weights)
+        if solved is None or min(solved) < 0:
+            continue
+        full = [0.0, 0.0, 0.0]
+        for i, value in zip(kept, solved):
+            full[i] = value
+        residual = sum(w * (sum(f * x for f, x in zip(full, r)) - v) ** 2 for r, v, w in zip(rows, values, weights))
+        if residual < best_residual:
+            best, best_residual = full, residual
+    return best
 
 
 def _least_squares(rows: list[tuple[float, ...]], values: list[float], weights: list[float]) -> list[float] | None:

@@ -152,3 +152,13 @@ def test_re_measures_share_one_budget_however_often_the_curve_is_checked():
                               loss_finite=True, phase="double", wall_s=1.0))
     _remeasure(sizes, 0.02, lambda: True)
     assert len(sizes.ran) == 12
+
+
+def test_no_cost_in_the_curve_is_negative_even_when_stalls_bend_the_small_sizes():
+    # gpt-small on a 2-core CPU, one run: 4 and 8 stalled on most steps, even when measured again.
+    run = [Point(1, 12.83, 0.011), Point(2, 25.60, 0.058), Point(4, 26.77, 0.203), Point(8, 24.59, 0.042),
+           Point(16, 36.73, 0.101)]
+    fitted = curve.fit(run, 0.02)
+    assert min(fitted.fixed_ms, fitted.sample_ms, fitted.doubling_ms) >= 0
+    # Unconstrained, a negative cost per sample put the plateau 12% above every size measured (now 6%).
+    assert curve.plateau(fitted, [p.batch_size for p in run]) < 1.07 * 36.73
