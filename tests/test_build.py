@@ -265,3 +265,17 @@ def test_the_host_load_counts_other_processes_and_not_this_one():
     # n burners beside this loop get at least n/(n+1) of n CPUs; more where the machine has other load.
     assert shares["other_cpu_share"] >= 0.4 * n / cpus
     assert 0 <= shares["steal_share"] <= 1
+
+
+@pytest.mark.parametrize("cap, read", [(2500, 2500), (None, 2900)])
+def test_a_capped_peak_never_reads_above_the_cap_in_force(monkeypatch, cap, read):
+    import resource
+
+    from batchfind import devices
+
+    # Mappings other than data that shrank after the peak make VmPeak less them read high.
+    statuses = iter([{"VmPeak": 100}, {"VmPeak": 3000, "VmSize": 1000, "VmData": 900}])
+    monkeypatch.setattr(devices, "_vm_status", lambda: next(statuses))
+    limit = resource.RLIM_INFINITY if cap is None else cap
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, limit))
+    assert CappedPeak(CPU).read() == read
