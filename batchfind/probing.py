@@ -249,8 +249,10 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     cancels), the sizes whose throughput sits off the curve beyond their interval where that could
     change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
     plateau. At most `REMEASURE_SIZES` of them, while all re-measures so far have taken at most
-    `REMEASURE_SHARE` of the time the throughput trials took. Before them, and whatever it costs, the size past the fastest that its
-    measurement may have held back from being the batch to train with (`_held_back`)."""
+    `REMEASURE_SHARE` of the time the throughput trials took. Before them, and whatever it costs:
+    in full, sizes below the fastest that only ever ran a fit check's steps (`_cut_off`); then the
+    size past the fastest that its measurement may have held back from being the batch to train
+    with (`_held_back`)."""
     measured = timed(prober.trials)
     last = latest_timed(measured)
     rising = curve.rise(points(list(last.values())))
@@ -262,11 +264,17 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
     near = [p.batch_size for p in curve.outliers(fitted, rising, tolerance)
             if max(p.samples_per_s, fitted.samples_per_s(p.batch_size)) >= (1 - curve.NEAR_PLATEAU) * top]
     held = _held_back(fitted, last, tolerance)
+    cut_off = _cut_off(prober.trials, last)
     # One share for the whole probe, however often the curve is checked.
     first = [t for t in measured if t.phase != "remeasure"]
     again = [t for t in prober.trials if t.phase == "remeasure"]
     budget = REMEASURE_SHARE * sum(t.wall_s or 0 for t in first) - sum(t.wall_s or 0 for t in again)
     phase = prober.phase
+    prober.phase = "remeasure"
+    for size in cut_off:
+        if not keep_going() or not prober.trial(size).fits:
+            prober.phase = phase
+            return
     for size in ([held] if held else []) + near[:REMEASURE_SIZES]:
         i = sizes.index(size)
         neighbour = sizes[i - 1] if i else sizes[i + 1]
@@ -278,6 +286,16 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
         if not all(prober.trial(b).fits for b in (neighbour, size)):
             break
     prober.phase = phase
+
+
+def _cut_off(trials: list[Trial], latest: dict[int, Trial]) -> list[int]:
+    """Sizes below the fastest that stopped at their bar in the doubling and were never timed: a
+    larger size beat that bar since, so throughput had not stopped rising, and their one step was
+    likely a stall (a BERT on a 2-core CPU: 16 stalled, 32's and 64's single steps took 1.9 and 1.6
+    times their usual, and 128 became the fastest). At most `REMEASURE_SIZES`, the largest."""
+    fastest = max(latest.values(), key=lambda t: t.samples_per_s).batch_size
+    stopped = {t.batch_size for t in trials if t.phase == "double" and t.fits and t.purpose == "fit"}
+    return sorted(b for b in stopped if b < fastest and b not in latest)[-REMEASURE_SIZES:]
 
 
 def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) -> int | None:

@@ -264,6 +264,26 @@ def test_past_the_peak_a_size_is_timed_in_full_only_if_it_could_be_the_batch_to_
     assert [t.purpose for t in sim.trials if t.batch_size == 512] == ["fit"]
 
 
+def test_sizes_cut_off_by_a_stall_are_timed_in_full_once_a_larger_size_beats_the_bar():
+    # A small BERT on a 2-core CPU (one run's numbers): 16 stalled, so throughput looked as if it had
+    # stopped rising; 32's and 64's single steps stalled too (1.9 and 1.6 times their usual) and
+    # stopped at the bar; then 128 beat it. In the run before, 64 was the fastest (555 samples/s).
+    bert = {1: 81, 2: 146, 4: 235, 8: 359, 16: [332, 499], 32: [264, 491], 64: [355, 555], 128: 418, 256: 294}
+    sim = SimDevice(315, speed=bert, per_sample=int(2.2 * MiB), **CPU)
+    sim.run()
+    trials = [(t.batch_size, t.phase, t.purpose) for t in sim.trials]
+    assert (32, "double", "fit") in trials and (64, "double", "fit") in trials
+    assert (32, "remeasure", "throughput") in trials and (64, "remeasure", "throughput") in trials
+    assert trials.index((128, "double", "throughput")) < trials.index((32, "remeasure", "throughput"))
+    assert choose(sim) == 64
+    # Where no larger size beats the bar (cnn-small's sizes past its peak), nothing below it was
+    # cut off: nothing is timed again in full.
+    speed = {1: 285, 2: 406, 4: 603, 8: 844, 16: 915, 32: 1116, 64: 570, 128: 585, 256: 500, 512: 450}
+    sim = SimDevice(1550, speed=speed, per_sample=int(1.1 * MiB), **CPU)
+    sim.run()
+    assert not [t for t in sim.trials if t.phase == "remeasure" and t.batch_size > 32]
+
+
 def test_a_size_past_the_fastest_that_the_curve_says_is_faster_is_measured_again_if_its_interval_allows():
     # gpt-small on a 2-core CPU (one run's numbers): 16 is 4-7% faster than 8, but in some runs its
     # few steps were timed ±4-24% and below 8. The curve through 1-8 puts 16 more than 2% above 8,
