@@ -290,9 +290,10 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
 
 def _cut_off(trials: list[Trial], latest: dict[int, Trial]) -> list[int]:
     """Sizes below the fastest that stopped at their bar in the doubling and were never timed: a
-    larger size beat that bar since, so throughput had not stopped rising, and their one step was
-    likely a stall (a BERT on a 2-core CPU: 16 stalled, 32's and 64's single steps took 1.9 and 1.6
-    times their usual, and 128 became the fastest). At most `REMEASURE_SIZES`, the largest."""
+    larger size beat that bar since, so throughput had not stopped rising, and their one step may
+    have stalled (a BERT on a 2-core CPU: 16 stalled, 32's and 64's single steps took 1.9 and 1.6
+    times their usual, and 128 became the fastest) or sat in a dip the curve climbs out of
+    (mlp-tabular's 8192). At most `REMEASURE_SIZES`, the largest."""
     fastest = max(latest.values(), key=lambda t: t.samples_per_s).batch_size
     stopped = {t.batch_size for t in trials if t.phase == "double" and t.fits and t.purpose == "fit"}
     return sorted(b for b in stopped if b < fastest and b not in latest)[-REMEASURE_SIZES:]
