@@ -15,8 +15,8 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PlainValidator,
+    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     Tag,
@@ -61,7 +61,8 @@ def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:
 FiniteKwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
 # A model dimension or a sample's shape: what torch can index (a larger one overflows inside torch,
 # far from the field that set it).
-Dim = Annotated[int, Field(gt=0, le=2**31 - 1)]
+MAX_DIM = 2**31 - 1
+Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
 # Samples in an epoch: epoch estimates stay exact in a float.
 MAX_SAMPLES = 2**53
 
@@ -70,7 +71,7 @@ def _depth(value: Any) -> Any:
     """One positive number of blocks for every stage, or a non-empty list of them (one per stage);
     said once, not once per form it could take."""
     def dim(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_DIM
 
     if dim(value) or isinstance(value, list) and value and all(dim(v) for v in value):
         return value

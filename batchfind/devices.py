@@ -192,7 +192,7 @@ class HostLoad:
 
         capacity = (time.perf_counter() - self.start) * (psutil.cpu_count() or 1)
         busy, steal = _cpu_seconds()
-        if capacity <= 0 or busy is None:
+        if capacity <= 0 or busy is None or self.host[0] is None:
             return {"other_cpu_share": None, "steal_share": None}
         other = busy - self.host[0] - (time.process_time() - self.own)
         return {"other_cpu_share": round(min(1.0, max(0.0, other / capacity)), 3),
