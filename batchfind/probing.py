@@ -511,7 +511,8 @@ def _run(
             device=facts.get("device"),
             device_name=facts.get("device_name"),
             memory_total_bytes=facts.get("memory_total_bytes"),
-            memory_limit_bytes=facts.get("memory_limit_bytes"),
+            # Interrupted before a worker was ready, the limit asked for.
+            memory_limit_bytes=facts.get("memory_limit_bytes", config.probe.memory_limit),
             threads=facts.get("threads"),
             python=platform.python_version(),
             platform=platform.platform(),

@@ -89,7 +89,7 @@ def _title(report: Report) -> str:
         nodes = f", {dist.nodes} nodes" if dist.nodes > 1 else ""
         return (f"batchfind · {dist.world_size} × {env.device_name or env.device} ({dist.strategy}{nodes}) · "
                 f"limit {limit} per device · samples/s across all ranks")
-    return f"batchfind · {env.device_name or env.device} · limit {limit}"
+    return f"batchfind · {env.device_name or env.device or 'no worker started'} · limit {limit}"
 
 
 def _status(t: Trial) -> str:

@@ -420,3 +420,10 @@ def test_init_writes_the_format_its_suffix_names_and_both_say_the_same(tmp_path,
 def test_init_onto_a_full_device_is_one_line():
     result = runner.invoke(app, ["init", "/dev/full"])
     assert result.exit_code == 2 and result.stderr.strip() == "error: /dev/full: cannot write: No space left on device"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+def test_an_output_folder_that_takes_no_files_is_refused_before_the_probe(write_config, monkeypatch):
+    monkeypatch.setattr(probing, "probe", lambda *args, **kwargs: pytest.fail("the probe ran"))
+    result = runner.invoke(app, ["probe", str(write_config(MLP)), "-o", "/proc/r.json"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --output:") and "/proc" in result.stderr

@@ -315,3 +315,9 @@ def test_a_terminal_too_narrow_for_any_table_gets_a_line_per_trial():
     flat = " ".join(text.split())  # the lines wrap; what they say is whole
     assert "verify" not in flat and flat.count("refine: batch") == 5 and flat.count("double: batch") == 11
     assert "batch 1002: ok, 3223.8 ±3% ms/step, 311 samples/s, peak 1.9 GiB — largest fits, verified" in flat
+
+
+def test_a_report_interrupted_before_any_worker_was_ready_says_so_in_its_title():
+    report = make_report()
+    env = dataclasses.replace(report.environment, device=None, device_name=None)
+    assert "batchfind · no worker started · limit 2.0 GiB" in rendered(dataclasses.replace(report, environment=env), 200)

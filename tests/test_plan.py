@@ -407,3 +407,24 @@ def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeyp
     assert report.interrupted and report.trials[-1].status == "oom"
     assert report.memory_model is not None
     assert report.limit.predicted_batch_size == report.memory_model["predicted_edge"] > report.limit.batch_size
+
+
+def test_a_probe_interrupted_before_its_worker_was_ready_reports_the_limit_asked_for(monkeypatch):
+    from batchfind import probing
+
+    class NotStarted(SimDevice):
+        agreement = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(1708, memory_limit="1GiB", **GPU)
+            self.raw = self.config.model_dump(mode="json")
+
+        def start(self) -> dict:
+            raise KeyboardInterrupt
+
+        def shutdown(self) -> None:
+            pass
+
+    monkeypatch.setattr(probing, "Prober", NotStarted)
+    report = probing.probe(NotStarted().config)
+    assert report.interrupted and report.trials == [] and report.environment.memory_limit_bytes == 1 << 30
