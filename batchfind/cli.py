@@ -18,7 +18,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import BatchfindError, InputError, debugging
+from .errors import BatchfindError, InputError, clipped, debugging
 from .report import MEMORY_FAILURES
 
 app = typer.Typer(
@@ -450,8 +450,11 @@ def probe(
 
             draw(report, plot_file, source=config.name)
         if code == 3:
+            from rich.markup import escape
+
             first = report.trials[0]
-            console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status})")
+            console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status}): "
+                          f"{escape(clipped(first.error or 'no message', 300))}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")

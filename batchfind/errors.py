@@ -15,12 +15,6 @@ class InputError(BatchfindError):
     exit_code = 2
 
 
-class NothingFits(BatchfindError):
-    """Even the smallest batch runs out of memory."""
-
-    exit_code = 3
-
-
 def debugging() -> bool:
     """Tracebacks instead of one-line errors: `--debug`, or BATCHFIND_DEBUG set to anything but
     empty, 0, false, no or off."""

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import __version__, curve, noise, search
 from .config import Config
-from .errors import BatchfindError, InputError, NothingFits, clipped
+from .errors import BatchfindError, InputError, clipped
 from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
@@ -475,13 +475,19 @@ def _run(
         try:
             facts = prober.start()
         except SetupFailed as exc:
-            raise _setup_error(exc) from None
-        outcome = plan(prober, facts, keep_going)
-        # Advice requests add no trials, so the decision made before them stands.
-        decision = _decide(prober.trials, outcome, config, facts, prober.world_size)
-        if outcome.advise:
-            _, limit, recommendation, _ = decision
-            extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
+            if exc.status not in ("oom", "killed"):
+                raise _setup_error(exc) from None
+            # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
+            # batch that ran out of memory, so `-o` and `--json` still get one.
+            prober.trials.append(Trial(batch_size=config.probe.min_batch, status=exc.status, fresh_process=True,
+                                       purpose="fit", error=_nothing_fits(exc.message)))
+        if facts:
+            outcome = plan(prober, facts, keep_going)
+            # Advice requests add no trials, so the decision made before them stands.
+            decision = _decide(prober.trials, outcome, config, facts, prober.world_size)
+            if outcome.advise:
+                _, limit, recommendation, _ = decision
+                extras = _advise(prober, config, facts, recommendation.batch_size, limit.batch_size)
     except KeyboardInterrupt:
         interrupted, stopped = True, "interrupted"
         if prober.agreement:
@@ -606,11 +612,13 @@ def _length_warnings(lengths: dict[str, int] | None) -> list[str]:
 def _setup_error(exc: SetupFailed) -> BatchfindError:
     if exc.status == "input":
         return InputError(exc.message)
-    if exc.status in ("oom", "killed"):
-        # Python, torch and the model come first; under a small cap any of them may be what ran out.
-        return NothingFits(f"setting up (Python, torch, the model) ran out of memory before any batch ran: "
-                           f"{exc.message}; raise the memory limit (--memory-limit, probe.memory_limit)")
     return BatchfindError(f"could not set up the probe ({exc.status}): {exc.message}")
+
+
+def _nothing_fits(message: str) -> str:
+    # Python, torch and the model come first; under a small cap any of them may be what ran out.
+    return (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {message}; "
+            "raise the memory limit (--memory-limit, probe.memory_limit)")
 
 
 def _warnings(trials: list[Trial], limit) -> list[str]:

@@ -1,11 +1,15 @@
 """Trials in worker processes: out-of-memory, a killed worker, a hang and bad setup never crash the probe."""
 
+import json
 import math
+import re
 
 import pytest
+from typer.testing import CliRunner
 
+from batchfind.cli import app
 from batchfind.config import load_config
-from batchfind.errors import InputError, NothingFits
+from batchfind.errors import InputError
 from batchfind.probing import check, probe
 from batchfind.group import Group
 from batchfind.worker import SetupFailed
@@ -125,15 +129,20 @@ def test_setup_failures_map_to_errors(write_config):
         Group(load_config(write_config("model: {name: 'fixtures:not_a_model'}")).model_dump(mode="json"), None, None, 1)
 
 
-def test_a_model_too_big_for_the_limit_is_nothing_fits(write_config, worker_data_bytes):
+def test_a_model_too_big_for_the_limit_is_nothing_fits_and_still_a_report(write_config, worker_data_bytes, tmp_path):
     # 4 layers of 8192 x 8192 float32 weights: 1 GiB, in a cap with room for a quarter of it.
     cap = worker_data_bytes + 256 * MiB
-    cfg = load_config(write_config(
+    path = write_config(
         "model: {name: mlp, in_features: 8192, hidden: 8192, layers: 4}\n"
         f"probe: {{device: cpu, memory_limit: {cap}}}"
-    ))
-    with pytest.raises(NothingFits, match=r"ran out of memory before any batch ran: .*; raise the memory limit"):
-        probe(cfg)
+    )
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["probe", str(path), "-o", str(out), "--json"])
+    assert result.exit_code == 3 and json.loads(out.read_text()) == json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    assert report["limit"]["batch_size"] is None and [t["status"] for t in report["trials"]] == ["oom"]
+    assert re.search(r"ran out of memory before any batch ran: .*; raise the memory limit", report["trials"][0]["error"])
+    assert "nothing fits: even batch 1 failed (oom): setting up" in result.stderr
 
 
 @pytest.mark.slow
