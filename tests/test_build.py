@@ -262,8 +262,9 @@ def test_the_host_load_counts_other_processes_and_not_this_one():
         for b in burners:
             b.kill()
             b.wait()
-    # n burners beside this loop get at least n/(n+1) of n CPUs; more where the machine has other load.
-    assert shares["other_cpu_share"] >= 0.4 * n / cpus
+    # n burners beside this loop get n/(n+1) of n CPUs, or of fewer where a container's quota caps
+    # them (half of them, say), and more where the machine has other load.
+    assert shares["other_cpu_share"] >= 0.25 * n / cpus
     assert 0 <= shares["steal_share"] <= 1
 
 
