@@ -11,6 +11,8 @@ from .report import MEMORY_FAILURES, Report, Trial, latest_timed, write_atomic
 from .sizes import format_size
 
 GiB = 1024**3
+# The most batch sizes written under the size axis.
+TICK_LABELS = 12
 
 
 def require_matplotlib():
@@ -77,7 +79,11 @@ def figure(report: Report, source: str | None = None):
     # Tick at the doubling sizes, written as numbers: refined sizes crowd near the edge, and get
     # their own panel.
     ticks = sorted({t.batch_size for t in report.trials if t.phase == "double"} or set(sizes))
-    bottom.set_xticks(ticks, labels=[str(s) for s in ticks])
+    # Past TICK_LABELS doublings (a tabular model's 64 to 524288) the numbers would run into each
+    # other: every second (third, ...) one is written, counted back from the largest.
+    step = -(-len(ticks) // TICK_LABELS)
+    bottom.set_xticks(ticks, labels=[str(s) if (len(ticks) - 1 - i) % step == 0 else ""
+                                     for i, s in enumerate(ticks)])
     bottom.xaxis.set_minor_locator(plt.NullLocator())
     top.tick_params(labelbottom=False)
     marks = [(report.limit.batch_size, "largest fits", "tab:red"),

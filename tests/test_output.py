@@ -186,6 +186,16 @@ def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
         assert len(fig.legends) == 1 and all(axis.get_legend() is None for axis in fig.axes)
     finally:
         plt.close(fig)
+    # Fourteen doublings (a tabular model's 64 to 524288): every second size is written, the
+    # largest among them, so the numbers do not run into each other.
+    sizes = [64 * 2**k for k in range(14)]
+    run = [(b, "ok", "double", 10.0, 9.0, 11.0, 400.0, b == 64) for b in sizes]
+    fig = figure(make_report(run, recommended=64, fastest=64, limit=sizes[-1]), "mlp.yaml")
+    try:
+        labels = [label.get_text() for label in fig.axes[1].get_xticklabels()]
+        assert labels == [str(b) if i % 2 else "" for i, b in enumerate(sizes)]
+    finally:
+        plt.close(fig)
 
 
 WARNING = ("step times varied by more than 25% (p10 to p90) at batch 256, 1000: throughput there is uncertain; "
