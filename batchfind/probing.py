@@ -171,7 +171,7 @@ def probe(
     report with `interrupted` set.
     """
     return _run(config, lambda prober, facts, keep_going: plan(prober, facts, keep_going, memory_model),
-                on_trial_start, on_trial_end, _topology(config), on_progress)
+                on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress)
 
 
 def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool = True) -> PlanResult:
@@ -427,7 +427,7 @@ def check(
         prober.trial(batch_size, "fit")
         return PlanResult()
 
-    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config))
+    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config), batch_size)
 
 
 def validate(config: Config) -> Report:
@@ -440,7 +440,7 @@ def validate(config: Config) -> Report:
         prober.trial(min(2, facts["dataset_len"]))
         return PlanResult()
 
-    return _run(cpu, one_step, None, None, None)
+    return _run(cpu, one_step, None, None, None, 2)
 
 
 def _run(
@@ -449,8 +449,11 @@ def _run(
     on_trial_start: Callable[[int, str], None] | None,
     on_trial_end: Callable[[Trial], None] | None,
     topo: Topology | None,
+    first: int,
     on_progress: Callable[[dict], None] | None = None,
 ) -> Report:
+    """Start the workers and run `plan` on them. Where not even the set-up fits in memory, the report
+    says so as a failure at `first`, the size the plan would have run first."""
     started = time.monotonic()
     budget = config.probe.time_budget_s
     prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress)
@@ -479,7 +482,7 @@ def _run(
                 raise _setup_error(exc) from None
             # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
             # batch that ran out of memory, so `-o` and `--json` still get one.
-            prober.trials.append(Trial(batch_size=config.probe.min_batch, status=exc.status, fresh_process=True,
+            prober.trials.append(Trial(batch_size=first, status=exc.status, fresh_process=True,
                                        purpose="fit", error=_nothing_fits(exc.message)))
         if facts:
             outcome = plan(prober, facts, keep_going)

@@ -379,28 +379,32 @@ def test_the_reported_limit_is_exact_and_never_above_what_a_fresh_process_ran(ed
     assert limit.first_oom is not None and limit.first_oom > limit.batch_size
 
 
+class AsProber(SimDevice):
+    """The simulated device as the `Prober` of a whole probe (`probing.probe`), report and all."""
+
+    agreement = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(1708, memory_limit="1GiB", **GPU)
+        self.raw = self.config.model_dump(mode="json")
+
+    def start(self) -> dict:
+        return {**self.facts, "data": "synthetic"}
+
+    def shutdown(self) -> None:
+        pass
+
+
 def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeypatch):
     from batchfind import probing
 
-    class Interrupted(SimDevice):
+    class Interrupted(AsProber):
         """Ctrl-C during the first fit check near the edge."""
-
-        agreement = None
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(1708, **GPU)
-            self.raw = self.config.model_dump(mode="json")
-
-        def start(self) -> dict:
-            return {**self.facts, "data": "synthetic"}
 
         def trial(self, size, purpose="throughput", fresh=False, bar=None):
             if self.phase == "refine":
                 raise KeyboardInterrupt
             return super().trial(size, purpose, fresh, bar)
-
-        def shutdown(self) -> None:
-            pass
 
     monkeypatch.setattr(probing, "Prober", Interrupted)
     report = probing.probe(Interrupted().config)
@@ -412,18 +416,9 @@ def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeyp
 def test_a_probe_interrupted_before_its_worker_was_ready_reports_the_limit_asked_for(monkeypatch):
     from batchfind import probing
 
-    class NotStarted(SimDevice):
-        agreement = None
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(1708, memory_limit="1GiB", **GPU)
-            self.raw = self.config.model_dump(mode="json")
-
+    class NotStarted(AsProber):
         def start(self) -> dict:
             raise KeyboardInterrupt
-
-        def shutdown(self) -> None:
-            pass
 
     monkeypatch.setattr(probing, "Prober", NotStarted)
     report = probing.probe(NotStarted().config)
