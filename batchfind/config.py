@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,6 +43,23 @@ class _Section(BaseModel):
     # Unknown keys are typos until proven otherwise; NaN and infinity are never meant (and a
     # report holding them would not be JSON).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads true, false, yes and no as booleans, which pydantic would take for 1 and 0.
+        kinds = _types(cls.model_fields[info.field_name].annotation)
+        if kinds & {int, float} and not kinds & {bool, Any} and (
+                isinstance(value, bool) or isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            what = "a name or a number" if str in kinds else "a number"
+            raise ValueError(f"expected {what}, not a boolean (got {value!r})")
+        return value
+
+
+def _types(annotation: Any) -> set:
+    """The plain types an annotation is made of (`list[int] | None` gives list, int and NoneType)."""
+    args = get_args(annotation)
+    return set().union(*map(_types, args)) if args else {annotation}
 
 
 def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:
@@ -497,6 +515,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
 
 
 _TAGS = {*BUILTIN_MODELS, "factory"}
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "probe": ProbeConfig, "recommend": RecommendConfig}
 
 
 def _key(part: object) -> str:
@@ -518,6 +537,15 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     if kind == "missing":
         return f"{where}: required"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if len(loc) == 1 and loc[0] in SECTIONS:
+        # A section's own check names its fields: those set on the command line go by their option,
+        # and the file is blamed only if one of them came from it.
+        named = [k for k in SECTIONS[loc[0]].model_fields if re.search(rf"\b{k}\b", message)]
+        for key in named:
+            if (loc[0], key) in given:
+                message = re.sub(rf"\b{key}\b", given[(loc[0], key)], message)
+        if named and all((loc[0], key) in given for key in named):
+            return message
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number") or kind.endswith(
         ("_type", "_parsing")
     ) or kind == "literal_error":

@@ -55,6 +55,29 @@ def test_overrides_win_and_errors_name_the_option(write_config):
         load_config(path, {"--memory-limit": "lots"})
 
 
+def test_a_check_across_fields_blames_where_each_came_from(write_config):
+    both = write_config("model: {name: mlp}\n")
+    with pytest.raises(InputError, match=r"^--min-batch \(16\) must be <= --max-batch \(8\)$"):
+        load_config(both, {"--min-batch": 16, "--max-batch": 8})
+    one = write_config("model: {name: mlp}\nprobe: {max_batch: 4}\n", "one.yaml")
+    with pytest.raises(InputError, match=rf"^{one}: probe: --min-batch \(16\) must be <= max_batch \(4\)$"):
+        load_config(one, {"--min-batch": 16})
+
+
+@pytest.mark.parametrize("text, field", [
+    ("model: {name: mlp, hidden: true}", "model.hidden"),
+    ("model: {name: mlp}\nprobe: {min_batch: yes}", "probe.min_batch"),
+    ("model: {name: mlp}\nprobe: {time_budget_s: true}", "probe.time_budget_s"),
+    ("model: {name: mlp}\ndata: {input_shape: [4, false]}", "data.input_shape"),
+    ("model: {name: mlp}\ntrain: {output: true}", "train.output"),
+])
+def test_a_boolean_is_not_taken_for_a_number(write_config, text, field):
+    # pydantic alone reads `true` as 1: `min_batch: yes` would probe from 1 without a word.
+    with pytest.raises(InputError, match=rf": {field}: expected (a name or )?a number, not a boolean"):
+        load_config(write_config(text + "\n"))
+    assert load_config(write_config("model: {name: transformer, causal: false}\nprobe: {refine: no}\n")).probe.refine is False
+
+
 def test_every_problem_is_listed(write_config):
     path = write_config("model: {name: cnn, width: 0, bogus: 1}\ntrain: {optimizer: lamb}\n")
     with pytest.raises(InputError) as info:
