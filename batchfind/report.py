@@ -12,7 +12,9 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, get_args
+from typing import Any, Iterator, Literal, Union, get_args
+
+from typing_extensions import TypedDict
 
 SCHEMA_VERSION = 2
 
@@ -142,6 +144,66 @@ class Limit:
     variation_bytes: int | None = None
 
 
+# The nested objects below stay plain dicts at run time; these types give the JSON Schema their
+# fields (typing_extensions' TypedDict: pydantic needs it before Python 3.12).
+class CurvePoint(TypedDict):
+    batch_size: int
+    samples_per_s: float
+    fitted_samples_per_s: float | None
+    deviation: float | None  # from the curve, relative to the curve's value
+    uncertainty: float
+
+
+class ThroughputCurve(TypedDict):
+    fixed_ms: float
+    sample_ms: float
+    doubling_ms: float
+    plateau_samples_per_s: float | None
+    points: list[CurvePoint]
+
+
+class LoaderTiming(TypedDict):
+    status: Literal["ok"]
+    batch_size: int
+    workers: int
+    pin_memory: bool
+    step_ms: StepTimes
+    data_wait_ms: StepTimes
+    data_share: float | None
+    samples_per_s: float | None
+    epoch_s: float | None
+
+
+class NoiseScaleEstimate(TypedDict):
+    status: Literal["ok"]
+    b_simple: float | None
+    ci_low: float | None
+    ci_high: float | None
+    grad_sq: float
+    trace_cov: float
+    small_batch: int
+    big_batch: int
+    batches: int
+    samples: int
+    measured_at: str
+
+
+class NotMeasured(TypedDict):
+    """A measurement that failed (`status` as a trial's) or was skipped, and why."""
+
+    status: str
+    error: str | None
+
+
+class MemoryLine(TypedDict):
+    fixed_bytes: float
+    per_sample_bytes: float
+    ceiling_bytes: int
+    points: int
+    ceiling_from: Literal["limit", "failure", "fits"]
+    predicted_edge: int
+
+
 @dataclass(frozen=True)
 class Recommendation:
     batch_size: int | None
@@ -152,12 +214,12 @@ class Recommendation:
     accumulation_steps: int | None = None
     global_batch_size: int | None = None  # batch_size × world size × accumulation steps
     noisy: bool = False  # the recommended size's throughput is uncertain by more than the tolerance
-    noise_scale: dict[str, Any] | None = None  # the gradient noise scale, when asked for
-    loader: dict[str, Any] | None = None  # steps through the DataLoader at batch_size, for file data
+    noise_scale: Union[NoiseScaleEstimate, NotMeasured, None] = None  # the gradient noise scale, when asked for
+    loader: Union[LoaderTiming, NotMeasured, None] = None  # steps through the DataLoader at batch_size, for file data
     # The sizes whose throughput, within its interval, reaches within the tolerance of the fastest:
     # [smallest, largest]. The curve through every size's latest throughput (null below 3 sizes).
     interval: list[int] | None = None
-    curve: dict[str, Any] | None = None
+    curve: ThroughputCurve | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +271,7 @@ class Report:
     interrupted: bool = False
     stopped_because: str | None = None
     wall_s: float | None = None
-    memory_model: dict[str, Any] | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
+    memory_model: MemoryLine | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
     requirements: list[Requirement] = field(default_factory=list)
     distributed: Distributed | None = None  # null for a single-process probe
     schema_version: int = SCHEMA_VERSION

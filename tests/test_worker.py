@@ -4,6 +4,7 @@ import json
 import math
 import re
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from batchfind.cli import app
 from batchfind.config import load_config
 from batchfind.errors import InputError
 from batchfind.probing import check, probe
+from batchfind.report import json_schema
 from batchfind.group import Group
 from batchfind.worker import SetupFailed
 
@@ -229,6 +231,7 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     assert scale["samples"] == 12 * (scale["big_batch"] + scale["small_batch"])
     assert scale["b_simple"] is None or scale["b_simple"] > 0
     assert math.isfinite(scale["grad_sq"]) and math.isfinite(scale["trace_cov"])
+    jsonschema.validate(json.loads(report.to_json()), json_schema())  # the two shapes, field by field
 
 
 def test_a_real_out_of_memory_in_the_optimizer_step(write_config, worker_data_bytes):
@@ -250,3 +253,4 @@ def test_noise_scale_needs_room_for_two_sizes(write_config):
     report = probe(trap_config(write_config, "oom", 3, more="recommend: {noise_scale: true}\n"))
     assert report.limit.batch_size == 2
     assert report.recommendation.noise_scale["status"] == "skipped"
+    jsonschema.validate(json.loads(report.to_json()), json_schema())
