@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
 from .errors import InputError
@@ -79,17 +79,25 @@ class Batches:
     """Real batches of any size from one dataset, plus its length for steps per epoch.
 
     When items vary in length (token sequences), batches are made of the longest items, padded:
-    the worst case a training run can meet, so a size that fits here fits every batch.
+    the worst case a training run can meet, so a size that fits here fits every batch. `scan` is
+    what another process's scan of the same dataset found (`self.scan`): reading up to SCAN_LIMIT
+    items again would cost every worker's start as much (a tokenizing dataset: seconds).
     """
 
     def __init__(self, dataset: Dataset | None, spec: SampleSpec | dict[str, InputSpec] | None, length: int,
-                 device: torch.device):
+                 device: torch.device, scan: dict[str, Any] | None = None):
         self.dataset, self.spec, self.length, self.device = dataset, spec, length, device
         self.describe = "synthetic" if dataset is None else type(dataset).__name__
         self.order: list[int] | None = None
         self.lengths: dict[str, int] | None = None
-        if dataset is not None and not isinstance(dataset, (TensorDataset, ImageFolder)):
+        if scan is not None:
+            self.order, self.lengths = scan["order"], scan["lengths"]
+        elif dataset is not None and not isinstance(dataset, (TensorDataset, ImageFolder)):
             self._scan_lengths()
+
+    @property
+    def scan(self) -> dict[str, Any] | None:
+        return None if self.dataset is None else {"order": self.order, "lengths": self.lengths}
 
     def __len__(self) -> int:
         return self.length
@@ -118,11 +126,11 @@ class Batches:
         return DataLoader(
             self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
-            collate_fn=collate if self.lengths is None else pad_collate,
+            collate_fn=collate,
         )
 
     def _collate(self, items: list) -> Any:
-        return to_device(collate(items) if self.lengths is None else pad_collate(items), self.device)
+        return to_device(collate(items), self.device)
 
     def _item(self, index: int) -> Any:
         try:
@@ -132,9 +140,14 @@ class Batches:
 
     def _scan_lengths(self) -> None:
         scanned = min(self.length, SCAN_LIMIT)
-        sizes = [_item_length(self._item(i)) for i in range(scanned)]
-        if None in sizes or len(set(sizes)) <= 1:
+        fields = [_lengths(self._item(i)) for i in range(scanned)]
+        if len({len(f) for f in fields}) > 1:
+            return  # items of different structure: not a question of length
+        varying = [i for i, column in enumerate(zip(*fields)) if len(set(column)) > 1 and None not in column]
+        if not varying:
             return
+        # An item is as long as its longest varying field (a fixed-size field says nothing of it).
+        sizes = [max(f[i] for i in varying) for f in fields]
         self.order = sorted(range(scanned), key=lambda i: -sizes[i])
         self.lengths = {"longest": max(sizes), "shortest": min(sizes), "scanned": scanned, "total": self.length}
 
@@ -161,53 +174,64 @@ def _random(size: int, spec: InputSpec, device: torch.device) -> torch.Tensor:
     return torch.randint(spec.low, high, shape, device=device).to(dtype)
 
 
-def _length(value: Any) -> int | None:
+def _numeric(value: Any) -> bool:
+    """A Python number or a (nested) list of them: one field's data, not a structure of fields."""
+    if isinstance(value, (list, tuple)):
+        return all(_numeric(v) for v in value)
+    return isinstance(value, (int, float))
+
+
+def _parts(item: Any) -> bool:
+    """Whether an item is (inputs..., target): a tuple or list, unless it is a flat list of numbers
+    (the only way to say "one field" at the top)."""
+    return isinstance(item, (tuple, list)) and not all(isinstance(v, (int, float)) for v in item)
+
+
+def _lengths(value: Any, top: bool = True) -> list[int | None]:
+    """The length of every field of an item, in order (None for a field without one): a tensor's
+    first dimension, a list of numbers' length, the fields of a dict, tuple or list in turn."""
     if isinstance(value, torch.Tensor):
-        return value.shape[0] if value.dim() else None
-    return len(value) if isinstance(value, (list, tuple)) else None
-
-
-def _item_length(item: Any) -> int | None:
-    """An item's length: its input's for an (input, target) pair, its longest field's for a dict."""
-    if isinstance(item, Mapping):
-        return max((n for n in map(_length, item.values()) if n is not None), default=None)
-    return _length(item[0]) if isinstance(item, (tuple, list)) else None
+        return [value.shape[0] if value.dim() else None]
+    if isinstance(value, Mapping):
+        return [n for v in value.values() for n in _lengths(v, False)]
+    if _parts(value) if top else isinstance(value, (list, tuple)) and not _numeric(value):
+        return [n for v in value for n in _lengths(v, False)]
+    return [len(value) if _numeric(value) and isinstance(value, (list, tuple)) else None]
 
 
 def collate(items: list) -> Any:
-    """default_collate, except that dict items (a tokenizer's output) make a dict of tensors, their
-    lists of numbers included; fields of varying length are padded as in `pad_collate`."""
-    if not isinstance(items[0], Mapping):
-        return default_collate(items)
-    out = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        if isinstance(values[0], Mapping):
-            out[key] = collate(values)
-        elif isinstance(values[0], (str, bytes)):
-            out[key] = values
-        else:
-            tensors = [torch.as_tensor(v) for v in values]
-            if all(t.shape == tensors[0].shape for t in tensors):
-                out[key] = torch.stack(tensors)
-            else:  # Hugging Face's convention: `labels` padding is ignored by the loss
-                out[key] = pad_sequence(tensors, batch_first=True, padding_value=IGNORE_INDEX if key == "labels" else 0)
-    return out
+    """Items as a batch: a tensor per field, at any depth of tuples, lists and dicts (a tokenizer's
+    lists of numbers included). A field whose length varies is padded to the longest: the target
+    (an item's last element, a dict's `labels`) with IGNORE_INDEX, which cross-entropy ignores, the
+    rest with 0."""
+    if _parts(items[0]):
+        last = len(items[0]) - 1
+        return tuple(_padded([item[i] for item in items], IGNORE_INDEX if i == last else 0, f"{i}.")
+                     for i in range(last + 1))
+    return _padded(items, 0)
 
 
-def pad_collate(items: list) -> Any:
-    """Pad inputs with 0 to the longest; per-position targets with IGNORE_INDEX."""
-    if isinstance(items[0], Mapping):
-        return collate(items)
-    inputs = [torch.as_tensor(x) for x, _ in items]
-    targets = [torch.as_tensor(y) for _, y in items]
-    x = pad_sequence(inputs, batch_first=True, padding_value=0)
-    if all(t.dim() and t.shape[0] == i.shape[0] for t, i in zip(targets, inputs)):
-        return x, pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)
-    return x, default_collate(targets)
+def _padded(values: list, pad: int, where: str = "") -> Any:
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {key: _padded([v[key] for v in values], IGNORE_INDEX if key == "labels" else pad, f"{where}{key}.")
+                for key in first}
+    if isinstance(first, (str, bytes)):
+        return list(values)
+    if isinstance(first, (tuple, list)) and not _numeric(first):
+        parts = [_padded([v[i] for v in values], pad, f"{where}{i}.") for i in range(len(first))]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # a namedtuple, or not
+    tensors = [torch.as_tensor(v) for v in values]
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(tensors)
+    if any(t.dim() == 0 or t.shape[1:] != tensors[0].shape[1:] for t in tensors):
+        shapes = sorted({tuple(t.shape) for t in tensors})[:3]
+        raise InputError(f"data: field {where.rstrip('.') or 'of the items'} varies in shape ({', '.join(map(str, shapes))}, ...): "
+                         "only the first dimension (a length) can vary between items")
+    return pad_sequence(tensors, batch_first=True, padding_value=pad)
 
 
-def build_batches(cfg: Config, device: torch.device) -> Batches:
+def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None = None) -> Batches:
     data = cfg.data
     if data.kind == "synthetic":
         return Batches(None, synthetic_spec(cfg), data.size or SYNTHETIC_DEFAULT_SIZE, device)
@@ -227,7 +251,7 @@ def build_batches(cfg: Config, device: torch.device) -> Batches:
     length = len(dataset)
     if length == 0:
         raise InputError(f"data: the {data.kind} dataset is empty")
-    return Batches(dataset, None, length, device)
+    return Batches(dataset, None, length, device, scan)
 
 
 def synthetic_spec(cfg: Config) -> SampleSpec | dict[str, InputSpec]:

@@ -61,18 +61,21 @@ class Prober:
         self.generation = 0
         self.trials: list[Trial] = []
         self.start_s: float | None = None  # how long the first worker took to be ready
+        self.scan: dict | None = None
         self.phase = "double"
 
     def start(self) -> dict:
         started = time.monotonic()
         self.group = self._new()
         self.start_s = time.monotonic() - started
+        # The dataset's lengths, as the first worker read them: later workers start without reading them.
+        self.scan = self.group.ready.get("scan")
         return self.group.ready
 
     def _new(self, standby: bool = False) -> Group:
         self.generation += 1
         return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
-                     on_progress=self.on_progress)
+                     on_progress=self.on_progress, scan=self.scan)
 
     def prepare(self) -> None:
         """Start a standby now, if none is waiting: brand-new processes will be needed soon."""

@@ -27,9 +27,10 @@ class Session:
     weights, data, the first forward). A standby waits between the two, costing its peers nothing.
     """
 
-    def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None):
+    def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None,
+                 scan: dict[str, Any] | None = None):
         self.config = Config.model_validate(raw_config)
-        self.rank = rank
+        self.rank, self.scan = rank, scan
         self.model: torch.nn.Module | None = None
         self.limit: int | None = None
         # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
@@ -69,8 +70,9 @@ class Session:
             model = self.model = self.model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):
             raise InputError(f"model.name: {config.model.name} has no trainable parameters: nothing to train")
-        self.batches = build_batches(config, self.device)
-        check_fit(self.model, self.batches, config, self.device)
+        self.batches = build_batches(config, self.device, self.scan)
+        # A worker told the dataset's lengths is not the first: the labels were checked already.
+        check_fit(self.model, self.batches, config, self.device, labels=self.scan is None)
         if rank:
             torch.manual_seed(rank["rank"])  # and draws its own random samples
         self.step = make_step(self.model, config.train, self.device)
@@ -85,6 +87,7 @@ class Session:
             "dataset_len": len(self.batches),
             "data": self.batches.describe,
             "input_lengths": self.batches.lengths,
+            "scan": self.batches.scan,  # for the workers after this one
             # A sharded parameter (FSDP's DTensor) still counts its full size.
             "parameters": sum(p.numel() for p in model.parameters()),
             "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
@@ -178,15 +181,16 @@ class Session:
         return result
 
 
-def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> None:
+def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device,
+              labels: bool = True) -> None:
     """One sample through the step without training, so data that does not fit the model is an
-    input error, not a trial error."""
+    input error, not a trial error; with `labels`, the range of up to 256 items' labels too."""
     batch = batches.batch(1)
     train = config.train
     step = make_step(model, train, device)
     model.eval()
     try:
-        step.check(batch, lambda classes: check_labels(batches, classes, config))
+        step.check(batch, lambda classes: check_labels(batches, classes, config) if labels else None)
     except InputError:
         raise
     except Exception as exc:

@@ -105,17 +105,22 @@ class Flaky(Trap):
 
 
 class Sentences(torch.utils.data.Dataset):
-    """Token sequences of lengths 5..longest, with next-token targets."""
+    """Token sequences of lengths 5..longest, with next-token targets; with `log`, each read
+    appends "pid index" to that file."""
 
-    def __init__(self, n: int = 30, longest: int = 40, vocab: int = 64):
+    def __init__(self, n: int = 30, longest: int = 40, vocab: int = 64, log: str | None = None):
         g = torch.Generator().manual_seed(0)
         lengths = torch.linspace(5, longest, n).round().long().tolist()
         self.items = [torch.randint(0, vocab, (int(length),), generator=g) for length in lengths]
+        self.log = log
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()} {i}\n")
         return self.items[i], self.items[i]
 
 

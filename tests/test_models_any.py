@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from batchfind.cli import app
 from batchfind.config import load_config
-from batchfind.data import build_batches, collate, to_device
+from batchfind.data import Batches, build_batches, collate, to_device
 from batchfind.errors import InputError
 from batchfind.devices import CappedPeak
 from batchfind.measure import StepPlan, gradient_sq_norms, measure, measure_loader
@@ -103,6 +103,31 @@ def test_dict_items_collate_to_tensors_padding_labels_with_the_ignore_index():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
     assert batch["meta"]["id"].tolist() == [0, 1]
+
+
+def test_items_of_any_structure_pad_every_field_whose_length_varies():
+    # (ids, mask, label): three parts; ({ids, mask}, label): lengths inside a dict inside a tuple.
+    three = collate([(torch.tensor([1, 2, 3]), [1, 1, 1], 0), (torch.tensor([4]), [1], 1)])
+    assert three[0].tolist() == [[1, 2, 3], [4, 0, 0]] and three[1].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert three[2].tolist() == [0, 1]
+    nested = collate([({"ids": [1, 2], "mask": [1, 1]}, [7, 8]), ({"ids": [3], "mask": [1]}, [9])])
+    assert nested[0]["ids"].tolist() == [[1, 2], [3, 0]] and nested[1].tolist() == [[7, 8], [9, -100]]
+    with pytest.raises(InputError, match=r"field 0 varies in shape .* only the first dimension"):
+        collate([(torch.zeros(2, 3), 0), (torch.zeros(2, 4), 1)])
+
+
+def test_an_item_is_as_long_as_its_longest_varying_field():
+    class Tagged(torch.utils.data.Dataset):
+        # A fixed 64-wide feature beside tokens of 3 to 12: only the tokens make items long.
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return {"features": torch.zeros(64), "ids": list(range(3 + i))}, i % 2
+
+    batches = Batches(Tagged(), None, 10, CPU)
+    assert batches.lengths == {"longest": 12, "shortest": 3, "scanned": 10, "total": 10}
+    assert batches.batch(2)[0]["ids"].shape == (2, 12)
 
 
 # ---- Hugging Face transformers, built from YAML ---------------------------------------------

@@ -199,14 +199,23 @@ def test_multiple_of_and_a_failed_verification_steps_down(write_config):
 
 
 @pytest.mark.slow
-def test_variable_length_data_is_probed_with_the_longest_items(write_config):
+def test_variable_length_data_is_probed_with_the_longest_items(write_config, tmp_path):
+    log = tmp_path / "reads"
     report = probe(load_config(write_config(
         "model: {name: transformer, vocab_size: 64, d_model: 16, heads: 2, layers: 1, seq_len: 40}\n"
-        "data: {kind: 'fixtures:Sentences', kwargs: {n: 30, longest: 40}}\n"
+        f"data: {{kind: 'fixtures:Sentences', kwargs: {{n: 30, longest: 40, log: '{log}'}}}}\n"
         "probe: {warmup_steps: 0, steps: 1, device: cpu, max_batch: 4, refine: false}\n"
     )))
     assert report.input_lengths == {"longest": 40, "shortest": 5, "scanned": 30, "total": 30}
-    assert report.limit.batch_size == 4
+    assert report.limit.batch_size == 4 and report.limit.verified
+    # The first worker read every item for their lengths; the brand-new one that verified 4 was
+    # told them, and read only what its batches hold.
+    reads: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        pid = line.split()[0]
+        reads[pid] = reads.get(pid, 0) + 1
+    first, *later = reads.values()
+    assert first >= 30 and later and all(n < 30 for n in later), reads
 
 
 @pytest.mark.slow
