@@ -65,10 +65,12 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
 @pytest.mark.slow
 def test_failures_at_a_size_end_the_doubling_and_are_reported(write_config, how, status, error):
     report = probe(trap_config(write_config, how, 16))
-    # After doubling, the limit (which ran in a reused worker) is re-run in a fresh process.
-    assert [(t.batch_size, t.phase) for t in report.trials] == [
+    # After doubling, the limit (which ran in a reused worker) is re-run in a fresh process. (A size
+    # measured again beside its neighbour depends on how noisy the machine's timings were.)
+    kept = [t for t in report.trials if t.phase != "remeasure"]
+    assert [(t.batch_size, t.phase) for t in kept] == [
         (1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (8, "verify")]
-    failed = report.trials[4]
+    failed = kept[4]
     assert failed.status == status and error in failed.error
     assert report.limit.batch_size == 8 and report.limit.verified
     assert report.limit.first_oom == (16 if status in ("oom", "killed") else None)
