@@ -193,6 +193,10 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     if p.min_batch > per_rank:
         raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
     high = min(p.max_batch or per_rank, per_rank)
+    first = max(p.min_batch, facts.get("smallest_batch", 1))
+    if first > high:
+        raise InputError(f"probe.max_batch: {high}, but {_smallest_why(facts)}")
+
     def model() -> MemoryModel | None:
         return _model(prober.trials, facts)
 
@@ -217,7 +221,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         return prober.trial(size, bar=bar(prober.trials, tolerance))
 
     outcome = PlanResult()
-    doubled = search.double(doubling_trial, p.min_batch, high, keep_going)
+    doubled = search.double(doubling_trial, first, high, keep_going)
     if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
         _remeasure(prober, config.recommend.tolerance, keep_going)
     outcome.model = model()
@@ -318,6 +322,18 @@ def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) 
     t = latest[size]
     faster = fitted.samples_per_s(size) * (1 - tolerance) >= fitted.samples_per_s(chosen.batch_size)
     return size if faster and t.samples_per_s * (1 + t.uncertainty) >= need else None
+
+
+def _smallest_why(facts: dict) -> str:
+    return (f"the model cannot train on a batch below {facts['smallest_batch']}: a BatchNorm layer would see "
+            "one value per channel, which torch refuses")
+
+
+def _smallest_warnings(facts: dict, config: Config) -> list[str]:
+    smallest = facts.get("smallest_batch", 1)
+    if smallest <= config.probe.min_batch:
+        return []
+    return [f"{_smallest_why(facts)}; the probe started at {smallest}"]
 
 
 def _ranks(world: int) -> str:
@@ -426,6 +442,8 @@ def check(
         world = prober.world_size
         if batch_size * world > facts["dataset_len"]:
             raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({facts['dataset_len']} samples)")
+        if batch_size < facts.get("smallest_batch", 1):
+            raise InputError(f"--batch: {batch_size}, but {_smallest_why(facts)}")
         prober.phase = "verify"
         prober.trial(batch_size, "fit")
         return PlanResult()
@@ -539,7 +557,7 @@ def _run(
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _load_warnings(trials) + notes
-                                    + _length_warnings(facts.get("input_lengths"))
+                                    + _length_warnings(facts.get("input_lengths")) + _smallest_warnings(facts, config)
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,

@@ -16,7 +16,7 @@ from .errors import InputError, debugging
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
-from .step import make_step, split
+from .step import CustomStep, Step, make_step, split
 
 
 class Session:
@@ -77,6 +77,7 @@ class Session:
             torch.manual_seed(rank["rank"])  # and draws its own random samples
         self.step = make_step(self.model, config.train, self.device)
         self.energy = devices.energy_meter(self.device)
+        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.facts = {
             **devices.device_facts(self.device),
             "torch_version": torch.__version__,
@@ -90,7 +91,8 @@ class Session:
             "scan": self.batches.scan,  # for the workers after this one
             # A sharded parameter (FSDP's DTensor) still counts its full size.
             "parameters": sum(p.numel() for p in model.parameters()),
-            "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+            "batchnorm": batchnorm,
+            "smallest_batch": smallest_batch(self.step, self.batches) if batchnorm else 1,
             "backend": backend,
         }
         # What setup left in the allocator's cache (FSDP's unsharded copies, say) is not a trial's.
@@ -202,6 +204,16 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         ) from None
     finally:
         model.train()
+
+
+def smallest_batch(step: Step | CustomStep, batches: Batches) -> int:
+    """2 where a batch of 1 gives a BatchNorm one value per channel, which torch refuses to train
+    on (BatchNorm1d on features; a map of 1x1); else 1. The step is checked in training mode."""
+    try:
+        step.check(batches.batch(1), lambda classes: None)
+    except Exception as exc:  # noqa: BLE001 - any other failure is the trials' to report
+        return 2 if isinstance(exc, ValueError) and "Expected more than 1 value per channel" in str(exc) else 1
+    return 1
 
 
 def check_labels(batches: Batches, classes: int, config: Config) -> None:

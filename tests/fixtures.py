@@ -104,6 +104,11 @@ class Flaky(Trap):
         return self.linear(x)
 
 
+def normed_mlp(features: int = 8, classes: int = 4) -> nn.Module:
+    """BatchNorm1d on features: one value per channel at a batch of 1, which torch will not train on."""
+    return nn.Sequential(nn.Linear(features, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, classes))
+
+
 class Sentences(torch.utils.data.Dataset):
     """Token sequences of lengths 5..longest, with next-token targets; with `log`, each read
     appends "pid index" to that file."""

@@ -245,6 +245,20 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     jsonschema.validate(json.loads(report.to_json()), json_schema())  # the two shapes, field by field
 
 
+def test_a_model_that_cannot_train_on_one_sample_is_probed_from_two(write_config):
+    cfg = load_config(write_config(
+        "model: {name: 'fixtures:normed_mlp'}\n"
+        "data: {kind: synthetic, size: 256, input_shape: [8], num_classes: 4}\n"
+        "probe: {warmup_steps: 0, steps: 1, device: cpu, max_batch: 4, refine: false}\n"
+    ))
+    report = probe(cfg)
+    assert [t.batch_size for t in report.trials if t.phase == "double"] == [2, 4]
+    assert all(t.fits for t in report.trials)
+    assert any("cannot train on a batch below 2" in w and "started at 2" in w for w in report.warnings)
+    with pytest.raises(InputError, match=r"^--batch: 1, but the model cannot train on a batch below 2"):
+        check(cfg, 1)
+
+
 def test_a_real_out_of_memory_in_the_optimizer_step(write_config, worker_data_bytes):
     """Weights and gradients fit under the cap, Adam's two state tensors per weight do not."""
     weights = 4 * (4096 * 4096 + 4096) * 4  # four 4096 x 4096 float32 layers with biases
