@@ -42,10 +42,22 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
 def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "mse":
         return F.mse_loss(output.float(), target.float())
-    if output.dim() > 2:
+    if output.dim() > 2 and class_dim(output, target) == -1:
         # Sequence outputs (batch, time, classes): every position is a prediction.
         return F.cross_entropy(output.flatten(0, -2).float(), target.flatten())
     return F.cross_entropy(output.float(), target)
+
+
+def class_dim(output: torch.Tensor, target: Any) -> int:
+    """Where an output's classes are, as the target's shape says: last, as a sequence model gives
+    them (batch, time, classes), or second, torch's own layout (batch, classes, height, width), as
+    a segmentation model gives them. Where both fit (as many classes as pixels a side), outputs of
+    more than three dimensions are taken as maps."""
+    if output.dim() <= 2 or not isinstance(target, torch.Tensor):
+        return -1
+    last = target.shape == output.shape[:-1]
+    second = target.shape == output.shape[:1] + output.shape[2:]
+    return 1 if second and (not last or output.dim() > 3) else -1
 
 
 def autocast(device: torch.device, precision: str):
@@ -168,7 +180,7 @@ class Step:
             scored = self._scored(output)
             if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
                     and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
-                labels_below(scored.shape[-1])
+                labels_below(scored.shape[class_dim(scored, target)])
             try:
                 self.score(output, target)
             except InputError:
@@ -207,9 +219,12 @@ class Step:
                 "to score (such as logits), or give the model its labels so it computes its own loss"
             )
         if target is None:
+            if scored.dim() == 0:
+                return scored  # a model given its labels that returns the loss itself
             raise InputError(
-                "the model's output has no loss and batches have no target: name the target's key in "
-                "train.target (dict batches), give the model its labels, or use (input, target) items"
+                f"the model's output (a tensor of shape {tuple(scored.shape)}) is not a loss and batches have "
+                "no target: name the target's key in train.target (dict batches), give the model its labels, "
+                "or use (input, target) items"
             )
         return compute_loss(scored, target, self.train.loss)
 

@@ -109,6 +109,11 @@ def normed_mlp(features: int = 8, classes: int = 4) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, classes))
 
 
+def segmenter(channels: int = 2, classes: int = 3) -> nn.Module:
+    """Per-pixel classes in torch's own layout: (batch, classes, height, width)."""
+    return nn.Conv2d(channels, classes, 3, padding=1)
+
+
 class Sentences(torch.utils.data.Dataset):
     """Token sequences of lengths 5..longest, with next-token targets; with `log`, each read
     appends "pid index" to that file."""

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from batchfind.config import load_config
 from batchfind.data import build_batches
@@ -11,7 +12,7 @@ from batchfind.errors import InputError
 from batchfind.measure import StepPlan, measure, step_stats
 from batchfind.models import build_model
 from batchfind.session import check_fit
-from batchfind.step import Step
+from batchfind.step import Step, class_dim, compute_loss
 
 CPU = torch.device("cpu")
 
@@ -143,6 +144,31 @@ def test_labels_out_of_range(write_config):
     cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, classes: 2}\ndata: {kind: 'fixtures:Pairs', kwargs: {classes: 50}}")
     torch.manual_seed(0)
     with pytest.raises(InputError, match="the model outputs 2 classes"):
+        check_fit(model, batches, cfg, CPU)
+
+
+@pytest.mark.parametrize("output, target, classes_at", [
+    ((2, 5, 7), (2, 5), -1),  # a sequence model: (batch, time, classes)
+    ((2, 4, 8, 8), (2, 8, 8), 1),  # a segmentation map: (batch, classes, height, width)
+    ((2, 8, 8, 8), (2, 8, 8), 1),  # as many classes as pixels a side: a map
+    ((2, 6, 6), (2, 6), -1),  # as many classes as steps: a sequence
+])
+def test_cross_entropy_finds_the_classes_where_the_target_says(output, target, classes_at):
+    torch.manual_seed(0)
+    logits = torch.randn(output)
+    labels = torch.randint(0, output[classes_at], target)
+    expected = (F.cross_entropy(logits.movedim(1, -1).flatten(0, -2), labels.flatten()) if classes_at == 1
+                else F.cross_entropy(logits.flatten(0, -2), labels.flatten()))
+    assert class_dim(logits, labels) == classes_at
+    assert compute_loss(logits, labels, "cross_entropy").item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_segmentation_labels_are_checked_against_the_classes_channel(write_config):
+    # 3 classes over 8 x 8 maps: a label of 5 is out of range though the map is 8 wide.
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:segmenter', kwargs: {classes: 3}}\n"
+                                "data: {input_shape: [2, 8, 8], target_shape: [8, 8], num_classes: 6}")
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="the model outputs 3 classes"):
         check_fit(model, batches, cfg, CPU)
 
 

@@ -130,6 +130,20 @@ def test_an_item_is_as_long_as_its_longest_varying_field():
     assert batches.batch(2)[0]["ids"].shape == (2, 12)
 
 
+def test_a_model_given_its_labels_may_return_the_loss_as_a_bare_scalar(built):
+    inputs = "data: {inputs: {x: {shape: [8]}, y: {shape: [], dtype: int64, high: 4}}}\n"
+    cfg, model, batches = built("model: {name: 'zoo:ScoresItself'}\n" + inputs)
+    batch = batches.batch(4)
+    step = make_step(model, cfg.train, CPU)
+    with torch.no_grad():
+        expected = float(model(**batch))
+    assert trains(step, batch, model) == pytest.approx(expected, rel=1e-5)
+    # Logits without a target are no loss, and the error shows what came back.
+    cfg, model, batches = built("model: {name: 'zoo:ScoresItself'}\ndata: {inputs: {x: {shape: [8]}}}\n")
+    with pytest.raises(InputError, match=r"output \(a tensor of shape \(1, 4\)\) is not a loss"):
+        check_fit(model, batches, cfg, CPU)
+
+
 # ---- Hugging Face transformers, built from YAML ---------------------------------------------
 
 

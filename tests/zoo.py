@@ -46,6 +46,18 @@ class Tokens(torch.utils.data.Dataset):
         return item
 
 
+class ScoresItself(nn.Module):
+    """forward(x, y) -> the loss, a bare scalar; with `logits`, the logits when no `y` is given."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x, y=None):
+        logits = self.linear(x)
+        return logits if y is None else nn.functional.cross_entropy(logits, y)
+
+
 def grouped_adamw(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01):
     """Parameter groups: no weight decay on biases and norms (so it takes the model, not its parameters)."""
     decay = [p for p in model.parameters() if p.dim() > 1]
