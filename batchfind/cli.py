@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -142,8 +143,8 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         out.check()
     except BatchfindError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the exit code a script checks for
+            traceback.print_exc()
         for line in str(exc).splitlines():
             typer.echo(f"{who}error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -199,9 +199,10 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         if devices.is_oom(exc):
             raise
         via = f" through train.step {train.step}" if train.step else ""
+        # Chained: under --debug the model's own frames show where it failed.
         raise InputError(
             f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: {one_line(exc)}"
-        ) from None
+        ) from exc
     finally:
         model.train()
 
