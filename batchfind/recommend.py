@@ -109,6 +109,18 @@ def points(trials: list[Trial]) -> list[curve.Point]:
     return [curve.Point(t.batch_size, t.samples_per_s, t.uncertainty) for t in timed(trials)]
 
 
+def _none_timed(trials: list[Trial], measured: list[Trial], largest: int | None) -> str:
+    """Why no size could be recommended."""
+    ran = [t for t in trials if t.fits]
+    if not ran:
+        return "no batch size fitted"
+    if measured and largest:
+        return f"no size up to {largest} (the largest that fits on every run) was timed"
+    if not any(t.purpose == "throughput" for t in ran):
+        return "no throughput was measured: only fit checks ran"
+    return "no batch size ran with a finite loss"
+
+
 def recommend(
     trials: list[Trial], limit: Limit, rec: RecommendConfig, limit_bytes: int | None, has_batchnorm: bool = False,
     world_size: int = 1,
@@ -123,8 +135,7 @@ def recommend(
     measured = timed(trials)
     usable = [t for t in measured if largest and t.batch_size <= largest]
     if not usable:
-        return Recommendation(None, f"no size up to {largest} (the largest that fits on every run) was timed"
-                              if measured and largest else "no batch size ran with a finite loss"), []
+        return Recommendation(None, _none_timed(trials, measured, largest)), []
     by_size = latest_timed(usable)
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.

@@ -97,6 +97,16 @@ def test_tolerance_zero_recommends_exactly_the_fastest():
     assert rec.batch_size == 64
 
 
+def test_when_nothing_can_be_recommended_the_reason_says_why():
+    trials = curve([10, 20])
+    fit_only = [dataclasses.replace(t, purpose="fit") for t in trials]  # what `check` runs
+    assert choose(fit_only)[0].reason == "no throughput was measured: only fit checks ran"
+    failed = [Trial(1, "oom", error="out of memory")]
+    assert choose(failed)[0].reason == "no batch size fitted"
+    diverged = [dataclasses.replace(t, loss_finite=False) for t in trials]
+    assert choose(diverged)[0].reason == "no batch size ran with a finite loss"
+
+
 def test_headroom_excludes_sizes_near_the_limit():
     trials = curve([10, 20, 40, 80, 160], peak_per_sample=100_000_000)  # bs 16 peaks at 1.7 GB
     rec, _ = choose(trials, limit_bytes=1_800_000_000, headroom=0.10)
