@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
 from .errors import InputError
@@ -244,9 +244,10 @@ def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None
         dataset = ImageFolder(data.path, size)
     else:
         dataset = call_factory(data.kind, data.kwargs, "data.kind")
-        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        # An IterableDataset may define both and still refuse items by index.
+        if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise InputError(
-                f"data.kind: {data.kind} returned {type(dataset).__name__}, expected a map-style torch Dataset"
+                f"data.kind: {data.kind} returned {type(dataset).__name__}, expected a map-style torch Dataset (items by index, and a length)"
             )
     length = len(dataset)
     if length == 0:

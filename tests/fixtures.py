@@ -67,6 +67,16 @@ def not_a_model(**kwargs):
     return 42
 
 
+class Stream(torch.utils.data.IterableDataset):
+    """A stream with a length: it has `__getitem__` (Dataset's, which raises) but no items by index."""
+
+    def __len__(self):
+        return 100
+
+    def __iter__(self):
+        return iter([(torch.zeros(8), 0)] * 100)
+
+
 def no_parameters(**kwargs):
     return nn.ReLU()
 

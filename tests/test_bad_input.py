@@ -67,6 +67,8 @@ CASES = {
                              "train.loss: fixtures:broken_loss raised KeyError: 'logits'"),
     "dataset factory returns no dataset": (MLP + "data: {kind: 'fixtures:not_a_model'}\n" + CPU, [],
                                            "data.kind: fixtures:not_a_model returned int, expected a map-style"),
+    "iterable dataset": (MLP + "data: {kind: 'fixtures:Stream'}\n" + CPU, [],
+                         "data.kind: fixtures:Stream returned Stream, expected a map-style torch Dataset (items by index"),
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
                       "data: the fixtures:Pairs dataset is empty"),
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,
