@@ -64,13 +64,22 @@ def _launcher_env() -> dict[str, str]:
     """torchrun's variables, checked: a malformed one is one line, not a C++ trace minutes later."""
     env = {var: os.environ[var] for var in LAUNCHER_VARS}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        if not env[var].isdigit():
+        if not _digits(env[var]):
             raise InputError(f"{var}={env[var]!r}: torchrun's variables are set, but this is not a number; "
                              f"unset {', '.join(LAUNCHER_VARS)} unless torchrun started batchfind")
+    if not 0 < int(env["MASTER_PORT"]) < 65536:
+        # Port 0 would have the store listen on a port of its own choosing that no rank can find.
+        raise InputError(f"MASTER_PORT={env['MASTER_PORT']}: not a port the ranks can meet on (1 to 65535); "
+                         f"unset {', '.join(LAUNCHER_VARS)} unless torchrun started batchfind")
     if int(env["RANK"]) >= int(env["WORLD_SIZE"]):
         raise InputError(f"RANK={env['RANK']} is not below WORLD_SIZE={env['WORLD_SIZE']}; unset "
                          f"{', '.join(LAUNCHER_VARS)} unless torchrun started batchfind")
     return env
+
+
+def _digits(value: str) -> bool:
+    # str.isdigit() also takes "²", which int() refuses.
+    return value.isascii() and value.isdigit()
 
 
 def topology(nproc_per_node: int | None, timeout_s: float) -> Topology | None:
@@ -147,7 +156,7 @@ def _join(timeout_s: float) -> Topology:
             "inherited from another job, unset them"
         ) from None
     given = os.environ.get("LOCAL_WORLD_SIZE", "")
-    local_world = int(given) if given.isdigit() and int(given) > 0 else world
+    local_world = int(given) if _digits(given) and int(given) > 0 else world
     return Topology(
         world_size=world, ranks=[rank], local_ranks=[int(env["LOCAL_RANK"])],
         local_world_size=local_world, nodes=max(1, world // local_world),

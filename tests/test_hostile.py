@@ -374,7 +374,8 @@ def test_inherited_torchrun_variables_fail_in_one_line(monkeypatch, write_config
     assert "did not meet within 1 s" in lines[0] and "unset them" in lines[0]
 
 
-@pytest.mark.parametrize("var,value", [("RANK", "x"), ("MASTER_PORT", "-1"), ("RANK", "5")])
+@pytest.mark.parametrize("var,value", [("RANK", "x"), ("MASTER_PORT", "-1"), ("RANK", "5"), ("RANK", "²"),
+                                       ("MASTER_PORT", "0"), ("MASTER_PORT", "99999")])
 def test_malformed_torchrun_variables_fail_in_one_line(monkeypatch, write_config, var, value):
     env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     for name, given in {**env, var: value}.items():
