@@ -603,6 +603,8 @@ def init(
 def validate(config: ConfigArg, debug: Debug = False) -> None:
     """Check a config, and that its model and data build and run one training step on CPU; no probing."""
     with _errors(debug):
+        from rich.markup import escape
+
         from .config import load_config
         from .probing import validate as run_validate
 
@@ -613,8 +615,10 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         if not trial.fits:
             raise InputError(f"{config}: one training step on CPU failed: {trial.status}: {trial.error}")
         loss = f"loss {trial.loss:.4g}" if trial.loss is not None else "[yellow]the loss was not finite[/yellow]"
+        # The path as text, not markup, and no terminal control characters in it.
+        shown = escape(str(config) if str(config).isprintable() else repr(str(config)))
         _console().print(
-            f"{config}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
+            f"{shown}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
             f"{report.dataset_len:,} samples, one training step on CPU ran ({loss})"
         )
 

@@ -56,7 +56,7 @@ def figure(report: Report, source: str | None = None):
     grid = fig.add_gridspec(2, 2 if search else 1, width_ratios=[3, 2] if search else None)
     top = fig.add_subplot(grid[0, 0])
     bottom = fig.add_subplot(grid[1, 0], sharex=top)
-    fig.suptitle(title(report, source))
+    fig.suptitle(title(report, source).replace("$", r"\$"))  # a `$` in a file name is not mathtext
 
     # Throughput from throughput trials only: a fit check's two steps are no measure of it.
     timed = [t for _, t in sorted(latest_timed(report.trials).items()) if t.step_ms]

@@ -177,6 +177,17 @@ def test_init_then_validate(tmp_path, template):
     assert runner.invoke(app, ["init", str(path)]).exit_code == 2  # no silent overwrite
 
 
+def test_validate_prints_a_config_path_as_it_is(tmp_path):
+    # Brackets are rich markup and an escape is a terminal command: neither may act on the output.
+    for name in ("a[/b].yaml", "x[bold].yaml", "e\x1b[31mx.yaml"):
+        path = tmp_path / name.replace("/", "_")
+        path.write_text("model: {name: mlp}\ndata: {size: 10}\n")
+        result = runner.invoke(app, ["validate", str(path)])
+        assert result.exit_code == 0, result.output
+        shown = str(path) if path.name.isprintable() else repr(str(path))
+        assert result.stdout.startswith(f"{shown}: valid"), result.stdout
+
+
 def test_validate_reports_data_that_does_not_fit(write_config):
     path = write_config("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n")
     result = runner.invoke(app, ["validate", str(path)])

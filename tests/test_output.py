@@ -186,6 +186,13 @@ def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
         assert len(fig.legends) == 1 and all(axis.get_legend() is None for axis in fig.axes)
     finally:
         plt.close(fig)
+    # A `$` pair in the config's name would be matplotlib mathtext, and `\foo` no symbol it knows.
+    fig = figure(report, "cost$\\foo$.yaml")
+    try:
+        fig.savefig(io.BytesIO(), format="png")
+        assert fig.get_suptitle().startswith("cost\\$\\foo\\$.yaml: cnn")
+    finally:
+        plt.close(fig)
     # Fourteen doublings (a tabular model's 64 to 524288): every second size is written, the
     # largest among them, so the numbers do not run into each other.
     sizes = [64 * 2**k for k in range(14)]
