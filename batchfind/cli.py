@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -107,7 +108,10 @@ def _console(stderr: bool = False):
 
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr, highlight=False)
+        # rich takes COLUMNS=0 at its word and prints nothing; the terminal itself knows better.
+        given = os.environ.get("COLUMNS", "")
+        width = None if not given.isdigit() or int(given) > 0 else shutil.get_terminal_size().columns
+        return Console(stderr=stderr, highlight=False, width=width)
     # Logs and pipes are read later, in any width: the full table, and no line broken.
     return Console(stderr=stderr, highlight=False, width=_UNWRAPPED_WIDTH, soft_wrap=True)
 

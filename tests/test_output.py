@@ -338,3 +338,17 @@ def test_a_report_interrupted_before_any_worker_was_ready_says_so_in_its_title()
     report = make_report()
     env = dataclasses.replace(report.environment, device=None, device_name=None)
     assert "batchfind · no worker started · limit 2.0 GiB" in rendered(dataclasses.replace(report, environment=env), 200)
+
+
+def test_a_terminal_said_to_be_zero_columns_wide_still_gets_output(monkeypatch):
+    from batchfind.cli import _console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setenv("COLUMNS", "0")
+    console = _console()
+    console.print("recommended batch: 32")
+    assert console.width > 0 and "recommended batch: 32" in sys.stdout.getvalue()
