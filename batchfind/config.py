@@ -194,6 +194,10 @@ class InputSpec(_Section):
             raise ValueError(f"an {self.dtype} input needs `high` (values are drawn from [low, high))")
         if self.high is not None and self.high <= self.low:
             raise ValueError(f"high ({self.high}) must be > low ({self.low})")
+        bits = {"int64": 63, "int32": 31}.get(self.dtype)
+        if bits and not (-2**bits <= self.low and self.high < 2**bits):
+            raise ValueError(f"an {self.dtype} input's [low, high) must lie within [-2**{bits}, 2**{bits} - 1) "
+                             f"(got [{self.low}, {self.high}))")
         return self
 
 
@@ -280,7 +284,7 @@ class TrainConfig(_Section):
     step: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # The batch size `lr` was tuned for; with it, every batch size gets its scaled learning rate.
-    reference_batch: PositiveInt | None = None
+    reference_batch: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
 
     @field_validator("optimizer")
     @classmethod
@@ -388,7 +392,7 @@ class RecommendConfig(_Section):
     # auto: linear for sgd and rmsprop, sqrt for the Adam family.
     lr_rule: Literal["auto", "linear", "sqrt", "none"] = "auto"
     # The batch you want to train with; sizes below it get gradient-accumulation steps.
-    target_batch: PositiveInt | None = None
+    target_batch: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     # Estimate the gradient noise scale (extra gradient computations after probing).
     noise_scale: bool = False
 

@@ -321,6 +321,9 @@ def load_tensors(path: Path) -> TensorDataset:
         raise InputError(f"data.path: {path} must hold {{'inputs', 'targets'}} or (inputs, targets)")
     if not (isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
         raise InputError(f"data.path: {path}: inputs and targets must be tensors")
+    if not (inputs.dim() and targets.dim()):
+        raise InputError(f"data.path: {path}: inputs and targets must have a first dimension, one entry per sample "
+                         f"(got shapes {tuple(inputs.shape)} and {tuple(targets.shape)})")
     if len(inputs) != len(targets):
         raise InputError(f"data.path: {path}: {len(inputs)} inputs but {len(targets)} targets")
     return TensorDataset(inputs, targets)

@@ -43,7 +43,7 @@ def scaled_lr(lr: float, batch: int, reference: int | None, rule: str) -> float 
 
 def accumulation(batch: int, target: int | None) -> int | None:
     """Steps of `batch` samples reaching at least `target` samples per optimizer step."""
-    return None if target is None else max(1, math.ceil(target / batch))
+    return None if target is None else max(1, -(-target // batch))  # exact in integers
 
 
 def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig, world_size: int = 1) -> list[Trial]:

@@ -86,8 +86,9 @@ def test_tensors_pt_and_npz(write_config, tmp_path):
 def test_tensor_file_problems(write_config, tmp_path):
     torch.save({"x": torch.zeros(3)}, tmp_path / "bad.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    np.savez(tmp_path / "scalars.npz", inputs=np.float32(3), targets=np.int64(1))
     for name, message in (("bad.pt", "expected 'inputs' and 'targets'"), ("junk.pt", "cannot load"),
-                          ("none.pt", "no such file")):
+                          ("none.pt", "no such file"), ("scalars.npz", r"must have a first dimension.* \(\) and \(\)")):
         cfg = load_config(write_config(f"model: {{name: mlp}}\ndata: {{kind: tensors, path: {name}}}"))
         with pytest.raises(InputError, match=message):
             build_batches(cfg, CPU)
