@@ -260,14 +260,14 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
             raise InputError(f"{option}: {path} is not writable")
         return
     if not target.parent.is_dir():
-        raise InputError(f"{option}: folder {path.parent} does not exist")
+        raise InputError(f"{option}: folder {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
-        raise InputError(f"{option}: folder {path.parent} is not writable")
+        raise InputError(f"{option}: folder {target.parent} is not writable")
     try:  # what access() says is not what a file system takes (root in /proc, a read-only mount)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".batchfind-"):
             pass
     except OSError as exc:
-        raise InputError(f"{option}: cannot write in folder {path.parent}: {exc.strerror or exc}") from None
+        raise InputError(f"{option}: cannot write in folder {target.parent}: {exc.strerror or exc}") from None
 
 
 @contextmanager

@@ -403,12 +403,18 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     recommend: RecommendConfig = RecommendConfig()
-    # The file it was read from, which errors found later (building the model) name too.
+    # The file it was read from, which errors found later (building the model) name too, and the
+    # fields the command line set ("probe.min_batch" -> "--min-batch"), which they name instead.
     _source: Path | None = PrivateAttr(None)
+    _options: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def named(self, error: InputError) -> InputError:
-        """`error` naming this config's file first, unless it names a file or an option already."""
+        """`error` naming this config's file first, unless it names a file or an option already, or
+        the option that set the field it names."""
         text = str(error)
+        field, _, rest = text.partition(": ")
+        if field in self._options:
+            return InputError(f"{self._options[field]}: {rest}")
         if self._source is None or text.startswith((str(self._source), "-")):
             return error
         return InputError(f"{self._source}: {text}")  # a traceback under --debug follows as it is
@@ -460,6 +466,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         # Data paths are relative to the config file, not to wherever batchfind was run.
         config.data.path = (path.parent / config.data.path).resolve()
     config._source = path
+    config._options = {".".join(OPTIONS[o]): o for o, v in (overrides or {}).items() if v is not None}
     return config
 
 

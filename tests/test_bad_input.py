@@ -78,7 +78,7 @@ CASES = {
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
                       "data: the fixtures:Pairs dataset is empty"),
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,
-                                       ["--min-batch", "16"], "probe.min_batch: 16 is larger than the dataset (10"),
+                                       ["--min-batch", "16"], "--min-batch: 16 is larger than the dataset (10"),
     "shape does not fit": ("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
                            "data and model do not fit together: inputs (1, 8) torch.float32"),
     "labels out of range": ("model: {name: mlp, in_features: 8, classes: 2}\n"
@@ -117,7 +117,7 @@ CASES = {
                                  "model.width: must be less than or equal to 2147483647"),
     "a value as long as a file": ("model: {name: '" + "x" * 5000 + "'}\n", [], "model.name: expected one of"),
     "memory limit above the ram": (MLP + CPU, ["--memory-limit", "1000000TiB"],
-                                   "probe.memory_limit: 1000000.0 TiB is more than this machine's RAM"),
+                                   "--memory-limit: 1000000.0 TiB is more than this machine's RAM"),
     "output is stdout beside json": (MLP, ["--json", "-o", "/dev/stdout"],
                                      "--output: /dev/stdout is standard output, where --json already writes"),
     "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),

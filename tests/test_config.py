@@ -64,6 +64,15 @@ def test_a_check_across_fields_blames_where_each_came_from(write_config):
         load_config(one, {"--min-batch": 16})
 
 
+def test_errors_found_later_name_the_option_that_set_the_field(write_config):
+    path = write_config("model: {name: mlp}\nprobe: {max_batch: 64}\n")
+    cfg = load_config(path, {"--min-batch": 64, "--device": None})
+    assert str(cfg.named(InputError("probe.min_batch: 64 is larger than the dataset"))) == (
+        "--min-batch: 64 is larger than the dataset")
+    assert str(cfg.named(InputError("probe.max_batch: 64, but ..."))) == f"{path}: probe.max_batch: 64, but ..."
+    assert str(cfg.named(InputError("probe.device: no GPU"))) == f"{path}: probe.device: no GPU"  # not given
+
+
 @pytest.mark.parametrize("text, field", [
     ("model: {name: mlp, hidden: true}", "model.hidden"),
     ("model: {name: mlp}\nprobe: {min_batch: yes}", "probe.min_batch"),

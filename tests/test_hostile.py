@@ -428,3 +428,10 @@ def test_an_output_folder_that_takes_no_files_is_refused_before_the_probe(write_
     monkeypatch.setattr(probing, "probe", lambda *args, **kwargs: pytest.fail("the probe ran"))
     result = runner.invoke(app, ["probe", str(write_config(MLP)), "-o", "/proc/r.json"])
     assert result.exit_code == 2 and result.stderr.startswith("error: --output:") and "/proc" in result.stderr
+
+
+def test_an_output_through_a_link_names_the_folder_it_leads_to(tmp_path, write_config):
+    link = tmp_path / "report.json"
+    link.symlink_to(tmp_path / "missing" / "r.json")
+    result = runner.invoke(app, ["probe", str(write_config(MLP)), "-o", str(link)])
+    assert result.exit_code == 2 and f"--output: folder {tmp_path / 'missing'} does not exist" in result.stderr
