@@ -244,6 +244,11 @@ class DataConfig(_Section):
     def _needs_path(self) -> "DataConfig":
         if self.kind in ("tensors", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind} needs data.path")
+        # A path or arguments beside synthetic data mean a `kind` left out; they would be ignored.
+        unread = [k for k in ("path", "kwargs") if self.kind == "synthetic" and getattr(self, k)]
+        if unread:
+            raise ValueError(f"data.{' and data.'.join(unread)} given, but data.kind is synthetic, which does not "
+                             "read them: set data.kind to tensors, imagefolder or package.module:factory")
         if self.inputs is not None:
             if self.kind != "synthetic":
                 raise ValueError(f"data.inputs describes synthetic data; data.kind is {self.kind}")

@@ -50,7 +50,7 @@ def read_text(path: Path, limit: int, what: str) -> str:
     if len(data) > limit:
         raise InputError(f"{_show(path)}: larger than {limit >> 20} MiB, expected {what}")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is no content
     except UnicodeDecodeError as exc:
         raise InputError(f"{_show(path)}: not UTF-8 text (byte {exc.start}), expected {what}") from None
 

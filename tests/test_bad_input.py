@@ -75,6 +75,8 @@ CASES = {
                                    [], "data.inputs.x: an int32 input's [low, high) must lie within [-2**31, 2**31 - 1)"),
     "target batch beyond any dataset": (MLP + CPU, ["--target-batch", "1" + "0" * 30],
                                         "--target-batch: must be less than or equal to 9007199254740992"),
+    "data path without a kind": ("model: {name: mlp}\ndata: {path: data.pt}\n", [],
+                                 "data: data.path given, but data.kind is synthetic, which does not read them"),
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
                       "data: the fixtures:Pairs dataset is empty"),
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,

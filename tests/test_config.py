@@ -94,6 +94,11 @@ def test_every_problem_is_listed(write_config):
     assert len(str(info.value).splitlines()) == 3
 
 
+def test_a_byte_order_mark_is_no_content(write_config):
+    assert load_config(write_config('\ufeff[model]\nname = "mlp"\n', "bom.toml")).model.name == "mlp"
+    assert load_config(write_config("\ufeffmodel: {name: cnn}\n", "bom.yaml")).model.name == "cnn"
+
+
 def test_bad_toml_missing_file_and_directory(write_config, tmp_path):
     with pytest.raises(InputError, match="invalid TOML"):
         load_config(write_config("[model\n", "c.toml"))
