@@ -220,18 +220,24 @@ class _Guarded:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def _interrupt_once() -> Iterator[None]:
     """SIGTERM (a cancelled CI job, torchrun stopping its ranks) ends a probe as Ctrl-C does: with
-    the partial report written."""
+    the partial report written. A second signal while that is under way is ignored: a quick double
+    Ctrl-C would otherwise cut the writing short and lose the report."""
+    received = False
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        nonlocal received
+        if not received:
+            received = True
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path | None, ...] = ()) -> None:
@@ -442,13 +448,14 @@ def probe(
             require_matplotlib()
         console = _console(stderr=True)
         follower = _follower() is not None
-        with _progress(console, quiet or follower) as (on_start, on_end, on_step), _terminate_as_interrupt():
-            report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
-        report = dataclasses.replace(report, requirements=check_requirements(
-            report, batch=require_batch, on=require_on.value, throughput=require_throughput))
-        if follower:  # rank 0 prints and writes the report: every rank holds the same one
-            raise typer.Exit(_exit_code(report))
-        _emit(report, as_json, output, quiet)
+        with _interrupt_once():
+            with _progress(console, quiet or follower) as (on_start, on_end, on_step):
+                report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
+            report = dataclasses.replace(report, requirements=check_requirements(
+                report, batch=require_batch, on=require_on.value, throughput=require_throughput))
+            if follower:  # rank 0 prints and writes the report: every rank holds the same one
+                raise typer.Exit(_exit_code(report))
+            _emit(report, as_json, output, quiet)
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
             from .plot import plot as draw

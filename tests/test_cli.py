@@ -105,8 +105,10 @@ def test_info_json():
     assert isinstance(facts["gpus"], list) and "torch" in facts
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a cancelled CI job or torchrun stopping
-def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path, sig):
+# Ctrl-C; a cancelled CI job or torchrun stopping; and each sent twice in quick succession, as an
+# impatient double Ctrl-C does: the second must not cut the report's writing short.
+@pytest.mark.parametrize("sig, times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2), (signal.SIGTERM, 2)])
+def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path, sig, times):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
         "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
@@ -124,7 +126,9 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     while b"probing batch 8" not in err and time.monotonic() < deadline:
         err += proc.stderr.read1(4096)
     time.sleep(0.5)
-    proc.send_signal(sig)
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.005)
     try:
         stdout, _ = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
