@@ -61,7 +61,10 @@ class LRRule(str, Enum):
     none = "none"
 
 
-ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False)]
+# readable=False: click would refuse an unreadable path in four lines; ours say it in one, and an
+# output may be writable without being readable.
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False,
+                                            readable=False)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
 Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measuring.", show_default=False)]
@@ -79,7 +82,8 @@ StrategyOption = Annotated[
     Optional[Strategy], typer.Option("--strategy", help="How the ranks train: ddp (default) or fsdp.", show_default=False)
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
-Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.",
+                                               readable=False)]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (or set BATCHFIND_DEBUG=1).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table (errors still show); for scripts.")]
 
@@ -417,7 +421,8 @@ def probe(
     as_json: AsJson = False,
     output: Output = None,
     plot_file: Annotated[
-        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG (needs matplotlib).")
+        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG (needs matplotlib).",
+                                     readable=False)
     ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -548,8 +553,10 @@ def schema() -> None:
 
 @app.command(short_help="Compare two reports; exit 4 on a regression past the bound.")
 def compare(
-    base: Annotated[Path, typer.Argument(metavar="BASE", help="The earlier report (JSON).", show_default=False)],
-    new: Annotated[Path, typer.Argument(metavar="NEW", help="The later report (JSON).", show_default=False)],
+    base: Annotated[Path, typer.Argument(metavar="BASE", help="The earlier report (JSON).", show_default=False,
+                                         readable=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The later report (JSON).", show_default=False,
+                                        readable=False)],
     max_regression: Annotated[
         str, typer.Option(help="Exit 4 when a metric gets worse by more than this (10% or 0.1).")
     ] = "10%",
@@ -590,7 +597,9 @@ def _fraction(text: str, option: str) -> float:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to write the config.")] = Path("batchfind.yaml"),
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Where to write the config.", readable=False)
+    ] = Path("batchfind.yaml"),
     template: Annotated[Template, typer.Option(help="Which starting point.")] = Template.cnn,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     debug: Debug = False,
@@ -636,8 +645,9 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
 
 @app.command(short_help="Draw throughput and peak memory against batch size to a PNG.")
 def plot(
-    report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False)],
+    report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False,
+                                                readable=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False, readable=False)],
     debug: Debug = False,
 ) -> None:
     """Draw throughput and peak memory against batch size (needs matplotlib)."""
@@ -651,7 +661,24 @@ def plot(
 
 
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a probe: before a command began, or at a prompt
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        # click's own errors (a bad option value, a missing argument), from whichever click typer
+        # brings: one line, as every other error, with where help is.
+        if not any(c.__name__ == "ClickException" for c in type(exc).__mro__):
+            raise
+        names = {c.__name__ for c in type(exc).__mro__}
+        ctx = getattr(exc, "ctx", None)
+        if "NoArgsIsHelpError" in names:  # a bare `batchfind`: its message is the help itself
+            typer.echo(exc.format_message(), err=True)
+        else:
+            hint = f" (see {ctx.command_path if ctx else 'batchfind'} --help)" if "UsageError" in names else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,21 @@ def test_an_unwritable_output_still_prints_the_report(write_config, monkeypatch)
     assert json.loads(result.stdout)["recommendation"]["batch_size"] == 1
     assert result.stderr.strip().endswith("Permission denied")
     assert "--output: cannot write" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["probe", "{cfg}", "--min-batch", "abc"], "error: Invalid value for '--min-batch'"),
+    (["probe"], "error: Missing argument 'CONFIG'."),
+    (["probx"], "error: No such command 'probx'."),
+    (["probe", "{cfg}", "--bogus"], "error: No such option: --bogus"),
+])
+def test_usage_errors_are_one_line_with_where_help_is(monkeypatch, capsys, write_config, args, message):
+    from batchfind.cli import main
+
+    cfg = str(write_config("model: {name: mlp}\n"))
+    monkeypatch.setattr(sys, "argv", ["batchfind", *(a.replace("{cfg}", cfg) for a in args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(message) and err.rstrip().endswith("--help)"), err
