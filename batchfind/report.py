@@ -16,6 +16,8 @@ from typing import Any, Iterator, Literal, Union, get_args
 
 from typing_extensions import TypedDict
 
+from .errors import clipped
+
 SCHEMA_VERSION = 2
 
 # ok: ran all steps. oom: an allocation failed. killed: the worker died from a signal (the
@@ -453,6 +455,20 @@ def _not_json(token: str) -> None:
     raise ValueError(f"{token} is not a JSON number")
 
 
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):  # 1e999: infinity, under another name
+        raise ValueError(f"{clipped(token, 40)} is beyond any float")
+    return value
+
+
+def _bounded(token: str) -> int:
+    value = int(token)
+    if abs(value) >= 2**63:  # no count or size a report holds comes near; a float of it overflows
+        raise ValueError(f"{clipped(token, 40)} is beyond a 64-bit integer")
+    return value
+
+
 def load_report(path: Path) -> Report:
     """A report written by batchfind, validated against the schema; problems name the file and field."""
     from pydantic import TypeAdapter, ValidationError
@@ -463,7 +479,7 @@ def load_report(path: Path) -> Report:
 
     text = read_text(Path(path), MAX_REPORT_BYTES, "a JSON report")
     try:
-        data = json.loads(text, parse_constant=_not_json)
+        data = json.loads(text, parse_constant=_not_json, parse_float=_finite, parse_int=_bounded)
     except ValueError as exc:  # JSONDecodeError, NaN, an integer of thousands of digits
         raise InputError(f"{path}: not a JSON report: {exc}") from None
     except RecursionError:

@@ -148,7 +148,11 @@ def test_compare_reads_version_1_baselines(real_report, tmp_path):
 def test_compare_rejects_what_is_not_a_report(tmp_path):
     (tmp_path / "x.json").write_text('{"schema_version": 2, "trials": "no"}')
     (tmp_path / "y.json").write_text("not json")
-    for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file")):
+    # Numbers JSON can write but no report holds: infinity by another name, an integer no float holds.
+    (tmp_path / "inf.json").write_text('{"schema_version": 2, "wall_s": 1e999}')
+    (tmp_path / "big.json").write_text('{"schema_version": 2, "dataset_len": 1' + "0" * 400 + "}")
+    for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file"),
+                          ("inf.json", "1e999 is beyond any float"), ("big.json", "is beyond a 64-bit integer")):
         result = runner.invoke(app, ["compare", str(tmp_path / name), str(tmp_path / name)])
         assert result.exit_code == 2 and message in result.stderr
 
