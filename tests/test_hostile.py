@@ -289,8 +289,8 @@ def test_any_nesting_depth_loads_or_is_one_line(tmp_path_factory, depth, fmt):
             load_report(path)
     else:
         path = folder / f"c.{fmt}"
-        path.write_text(MLP + f"data: {{kwargs: {{x: {nested}}}}}\n" if fmt == "yaml"
-                        else f"[model]\nname = 'mlp'\n[data.kwargs]\nx = {nested}\n")
+        path.write_text(MLP + f"data: {{kind: 'data:Factory', kwargs: {{x: {nested}}}}}\n" if fmt == "yaml"
+                        else f"[model]\nname = 'mlp'\n[data]\nkind = 'data:Factory'\n[data.kwargs]\nx = {nested}\n")
         if depth + 3 <= MAX_DEPTH:  # the top level, data, kwargs
             load_config(path)
             return
@@ -303,7 +303,7 @@ def test_any_nesting_depth_loads_or_is_one_line(tmp_path_factory, depth, fmt):
 def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_config, levels):
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
-    path = write_config(MLP + "data:\n  kwargs:\n" + "".join(f"    {line}\n" for line in lines))
+    path = write_config(MLP + "data:\n  kind: 'data:Factory'\n  kwargs:\n" + "".join(f"    {line}\n" for line in lines))
     if levels == 3:  # 9 + 81 + 729 values: a config may use aliases
         assert load_config(path).data.kwargs["a2"][0][0] == ["x"] * 9
     else:
