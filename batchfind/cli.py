@@ -114,7 +114,7 @@ def _console(stderr: bool = False):
     if stream.isatty():
         # rich takes COLUMNS=0 at its word and prints nothing; the terminal itself knows better.
         given = os.environ.get("COLUMNS", "")
-        width = None if not given.isdigit() or int(given) > 0 else shutil.get_terminal_size().columns
+        width = None if not given.isdecimal() or int(given) > 0 else shutil.get_terminal_size().columns
         return Console(stderr=stderr, highlight=False, width=width)
     # Logs and pipes are read later, in any width: the full table, and no line broken.
     return Console(stderr=stderr, highlight=False, width=_UNWRAPPED_WIDTH, soft_wrap=True)
@@ -223,20 +223,30 @@ class _Guarded:
         return getattr(self._stream, name)
 
 
+# How long after an interrupt a repeated one is taken for the same impatient keypress.
+REPEAT_S = 2.0
+
+
 @contextmanager
 def _interrupt_once() -> Iterator[None]:
     """SIGTERM (a cancelled CI job, torchrun stopping its ranks) ends a probe as Ctrl-C does: with
-    the partial report written. A second signal while that is under way is ignored: a quick double
-    Ctrl-C would otherwise cut the writing short and lose the report."""
-    received = False
+    the partial report written. A repeat within REPEAT_S is ignored: a quick double Ctrl-C would cut
+    the writing short and lose the report; a later one still stops whatever is stuck. A signal the
+    process was started ignoring (a job in the background) stays ignored."""
+    first: float | None = None
 
     def interrupt(signum, frame):
-        nonlocal received
-        if not received:
-            received = True
-            raise KeyboardInterrupt
+        nonlocal first
+        now = time.monotonic()
+        if first is not None and now - first < REPEAT_S:
+            return
+        first = now
+        raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
     try:
         yield
     finally:
@@ -663,7 +673,7 @@ def plot(
 def main() -> None:
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:  # Ctrl-C outside a probe: before a command began, or at a prompt
+    except typer.Abort:  # Ctrl-C while click parses (typers that do not make it an exit of their own)
         code = EXIT_INTERRUPTED
     except Exception as exc:
         # click's own errors (a bad option value, a missing argument), from whichever click typer

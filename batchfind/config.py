@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -49,17 +49,18 @@ class _Section(BaseModel):
     def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
         # YAML reads true, false, yes and no as booleans, which pydantic would take for 1 and 0.
         kinds = _types(cls.model_fields[info.field_name].annotation)
-        if kinds & {int, float} and not kinds & {bool, Any} and (
-                isinstance(value, bool) or isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+        listed = list in kinds and isinstance(value, list) and any(isinstance(v, bool) for v in value)
+        if kinds & {int, float} and not kinds & {bool, Any} and (isinstance(value, bool) or listed):
             what = "a name or a number" if str in kinds else "a number"
             raise ValueError(f"expected {what}, not a boolean (got {value!r})")
         return value
 
 
 def _types(annotation: Any) -> set:
-    """The plain types an annotation is made of (`list[int] | None` gives list, int and NoneType)."""
+    """The plain types an annotation is made of (`list[int] | None` gives list, int and NoneType,
+    and Union)."""
     args = get_args(annotation)
-    return set().union(*map(_types, args)) if args else {annotation}
+    return {get_origin(annotation)}.union(*map(_types, args)) if args else {annotation}
 
 
 def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:

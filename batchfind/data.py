@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
 from .errors import InputError
@@ -126,11 +126,11 @@ class Batches:
         return DataLoader(
             self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
-            collate_fn=collate,
+            collate_fn=collate if self.lengths is None else pad_collate,
         )
 
     def _collate(self, items: list) -> Any:
-        return to_device(collate(items), self.device)
+        return to_device(collate(items) if self.lengths is None else pad_collate(items), self.device)
 
     def _item(self, index: int) -> Any:
         try:
@@ -181,54 +181,70 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float))
 
 
-def _parts(item: Any) -> bool:
-    """Whether an item is (inputs..., target): a tuple or list, unless it is a flat list of numbers
-    (the only way to say "one field" at the top)."""
-    return isinstance(item, (tuple, list)) and not all(isinstance(v, (int, float)) for v in item)
+def _parts(value: Any, top: bool) -> list | None:
+    """The parts of a structure (a dict's values, a tuple's or list's elements), or None for one
+    field's data. An item itself is always a structure when a tuple or list, as torch's
+    default_collate takes it: (inputs..., target). Below it, a list of numbers (a tokenizer's ids)
+    or of strings is one field."""
+    if isinstance(value, Mapping):
+        return list(value.values())
+    if isinstance(value, (tuple, list)) and (top or not (_numeric(value) or all(isinstance(v, str) for v in value))):
+        return list(value)
+    return None
 
 
 def _lengths(value: Any, top: bool = True) -> list[int | None]:
     """The length of every field of an item, in order (None for a field without one): a tensor's
-    first dimension, a list of numbers' length, the fields of a dict, tuple or list in turn."""
+    first dimension, a list's length."""
+    parts = _parts(value, top)
+    if parts is not None:
+        return [n for part in parts for n in _lengths(part, False)]
     if isinstance(value, torch.Tensor):
         return [value.shape[0] if value.dim() else None]
-    if isinstance(value, Mapping):
-        return [n for v in value.values() for n in _lengths(v, False)]
-    if _parts(value) if top else isinstance(value, (list, tuple)) and not _numeric(value):
-        return [n for v in value for n in _lengths(v, False)]
-    return [len(value) if _numeric(value) and isinstance(value, (list, tuple)) else None]
+    return [len(value)] if isinstance(value, (list, tuple)) else [None]
 
 
 def collate(items: list) -> Any:
-    """Items as a batch: a tensor per field, at any depth of tuples, lists and dicts (a tokenizer's
-    lists of numbers included). A field whose length varies is padded to the longest: the target
-    (an item's last element, a dict's `labels`) with IGNORE_INDEX, which cross-entropy ignores, the
-    rest with 0."""
-    if _parts(items[0]):
-        last = len(items[0]) - 1
-        return tuple(_padded([item[i] for item in items], IGNORE_INDEX if i == last else 0, f"{i}.")
-                     for i in range(last + 1))
-    return _padded(items, 0)
+    """torch's default_collate, except that dict items (a tokenizer's output) make a dict of
+    tensors, their lists of numbers included."""
+    return _padded(items, False, "", True) if isinstance(items[0], Mapping) else default_collate(items)
 
 
-def _padded(values: list, pad: int, where: str = "") -> Any:
+def pad_collate(items: list) -> Any:
+    """Items whose fields vary in length, at any depth: each such field is padded to its longest,
+    an integer target (an item's last element, a dict's `labels`) with IGNORE_INDEX, which
+    cross-entropy ignores, everything else with 0."""
+    return _padded(items, False, "", True)
+
+
+def _padded(values: list, target: bool, where: str, top: bool = False) -> Any:
     first = values[0]
     if isinstance(first, Mapping):
-        return {key: _padded([v[key] for v in values], IGNORE_INDEX if key == "labels" else pad, f"{where}{key}.")
-                for key in first}
-    if isinstance(first, (str, bytes)):
-        return list(values)
-    if isinstance(first, (tuple, list)) and not _numeric(first):
-        parts = [_padded([v[i] for v in values], pad, f"{where}{i}.") for i in range(len(first))]
-        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # a namedtuple, or not
+        return {key: _padded([v[key] for v in values], target or key == "labels", f"{where}{key}.") for key in first}
+    parts = _parts(first, top)
+    if parts is not None:
+        if any(len(v) != len(parts) for v in values):
+            raise InputError(f"data: {_field(where)} holds {len(parts)} elements in one item and "
+                             f"{next(len(v) for v in values if len(v) != len(parts))} in another")
+        last = len(parts) - 1
+        collated = [_padded([v[i] for v in values], target or top and i == last, f"{where}{i}.") for i in range(last + 1)]
+        return type(first)(*collated) if hasattr(first, "_fields") else type(first)(collated)  # a namedtuple, or not
+    if isinstance(first, (str, bytes)) or isinstance(first, list) and not _numeric(first):
+        return list(values)  # text is not collated
     tensors = [torch.as_tensor(v) for v in values]
     if all(t.shape == tensors[0].shape for t in tensors):
-        return torch.stack(tensors)
+        # Lists of numbers stack as one tensor; anything else as default_collate makes it (its dtypes).
+        return torch.stack(tensors) if isinstance(first, list) else default_collate(values)
     if any(t.dim() == 0 or t.shape[1:] != tensors[0].shape[1:] for t in tensors):
         shapes = sorted({tuple(t.shape) for t in tensors})[:3]
-        raise InputError(f"data: field {where.rstrip('.') or 'of the items'} varies in shape ({', '.join(map(str, shapes))}, ...): "
-                         "only the first dimension (a length) can vary between items")
-    return pad_sequence(tensors, batch_first=True, padding_value=pad)
+        raise InputError(f"data: {_field(where)} varies in shape ({', '.join(map(str, shapes))}, ...): only the "
+                         "first dimension (a length) can vary between items")
+    ignored = target and tensors[0].dtype in (torch.int64, torch.int32)
+    return pad_sequence(tensors, batch_first=True, padding_value=IGNORE_INDEX if ignored else 0)
+
+
+def _field(where: str) -> str:
+    return f"field {where.rstrip('.')}" if where else "each item"
 
 
 def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None = None) -> Batches:

@@ -61,21 +61,22 @@ class Prober:
         self.generation = 0
         self.trials: list[Trial] = []
         self.start_s: float | None = None  # how long the first worker took to be ready
-        self.scan: dict | None = None
+        self.learned: dict | None = None
         self.phase = "double"
 
     def start(self) -> dict:
         started = time.monotonic()
         self.group = self._new()
         self.start_s = time.monotonic() - started
-        # The dataset's lengths, as the first worker read them: later workers start without reading them.
-        self.scan = self.group.ready.get("scan")
+        # What the first worker learned of the data and the model: later workers start without
+        # learning it again (reading the dataset for its lengths, say).
+        self.learned = self.group.ready.get("learned")
         return self.group.ready
 
     def _new(self, standby: bool = False) -> Group:
         self.generation += 1
         return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
-                     on_progress=self.on_progress, scan=self.scan)
+                     on_progress=self.on_progress, learned=self.learned)
 
     def prepare(self) -> None:
         """Start a standby now, if none is waiting: brand-new processes will be needed soon."""
@@ -154,6 +155,7 @@ class PlanResult:
     model: MemoryModel | None = None
     refined: bool = False
     advise: bool = False  # measure what the recommendation needs beyond the trials
+    warnings: list[str] = dataclasses.field(default_factory=list)  # about the plan itself
 
 
 Plan = Callable[[Prober, dict, Callable[[], bool]], PlanResult]
@@ -195,7 +197,12 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     high = min(p.max_batch or per_rank, per_rank)
     first = max(p.min_batch, facts.get("smallest_batch", 1))
     if first > high:
-        raise InputError(f"probe.max_batch: {high}, but {_smallest_why(facts)}")
+        cap = (f"probe.max_batch: {high}" if p.max_batch and p.max_batch < per_rank
+               else f"data: {dataset_len} samples{_ranks(world)}")
+        raise InputError(f"{cap}, but {_smallest_why(facts)}")
+    outcome = PlanResult()
+    if first > p.min_batch:
+        outcome.warnings.append(f"{_smallest_why(facts)}; the probe started at {first}")
 
     def model() -> MemoryModel | None:
         return _model(prober.trials, facts)
@@ -220,7 +227,6 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         # of 47 on a CPU): a fit check's worth of them shows whether the rest are worth running.
         return prober.trial(size, bar=bar(prober.trials, tolerance))
 
-    outcome = PlanResult()
     doubled = search.double(doubling_trial, first, high, keep_going)
     if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
         _remeasure(prober, config.recommend.tolerance, keep_going)
@@ -327,13 +333,6 @@ def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) 
 def _smallest_why(facts: dict) -> str:
     return (f"the model cannot train on a batch below {facts['smallest_batch']}: a BatchNorm layer would see "
             "one value per channel, which torch refuses")
-
-
-def _smallest_warnings(facts: dict, config: Config) -> list[str]:
-    smallest = facts.get("smallest_batch", 1)
-    if smallest <= config.probe.min_batch:
-        return []
-    return [f"{_smallest_why(facts)}; the probe started at {smallest}"]
 
 
 def _ranks(world: int) -> str:
@@ -557,7 +556,7 @@ def _run(
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _load_warnings(trials) + notes
-                                    + _length_warnings(facts.get("input_lengths")) + _smallest_warnings(facts, config)
+                                    + outcome.warnings + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,

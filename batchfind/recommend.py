@@ -114,8 +114,9 @@ def _none_timed(trials: list[Trial], measured: list[Trial], largest: int | None)
     ran = [t for t in trials if t.fits]
     if not ran:
         return "no batch size fitted"
-    if measured and largest:
-        return f"no size up to {largest} (the largest that fits on every run) was timed"
+    if measured:
+        return (f"no size up to {largest} (the largest that fits on every run) was timed" if largest
+                else "no size known to fit on every run was timed")
     if not any(t.purpose == "throughput" for t in ran):
         return "no throughput was measured: only fit checks ran"
     return "no batch size ran with a finite loss"

@@ -146,9 +146,11 @@ class Limit:
     variation_bytes: int | None = None
 
 
-# The nested objects below stay plain dicts at run time; these types give the JSON Schema their
-# fields (typing_extensions' TypedDict: pydantic needs it before Python 3.12).
-class CurvePoint(TypedDict):
+# The nested objects below stay plain dicts, also when a report is read back; these types give the
+# JSON Schema their fields, where every one is always written. Not total: a report of an earlier
+# release, without a field added since, still reads. (typing_extensions' TypedDict: pydantic needs
+# it before Python 3.12.)
+class CurvePoint(TypedDict, total=False):
     batch_size: int
     samples_per_s: float
     fitted_samples_per_s: float | None
@@ -156,7 +158,7 @@ class CurvePoint(TypedDict):
     uncertainty: float
 
 
-class ThroughputCurve(TypedDict):
+class ThroughputCurve(TypedDict, total=False):
     fixed_ms: float
     sample_ms: float
     doubling_ms: float
@@ -164,19 +166,19 @@ class ThroughputCurve(TypedDict):
     points: list[CurvePoint]
 
 
-class LoaderTiming(TypedDict):
+class LoaderTiming(TypedDict, total=False):
     status: Literal["ok"]
     batch_size: int
     workers: int
     pin_memory: bool
-    step_ms: StepTimes
-    data_wait_ms: StepTimes
+    step_ms: dict[str, float | list[float] | None]  # as a trial's `step_ms`
+    data_wait_ms: dict[str, float | list[float] | None]
     data_share: float | None
     samples_per_s: float | None
     epoch_s: float | None
 
 
-class NoiseScaleEstimate(TypedDict):
+class NoiseScaleEstimate(TypedDict, total=False):
     status: Literal["ok"]
     b_simple: float | None
     ci_low: float | None
@@ -190,14 +192,14 @@ class NoiseScaleEstimate(TypedDict):
     measured_at: str
 
 
-class NotMeasured(TypedDict):
+class NotMeasured(TypedDict, total=False):
     """A measurement that failed (`status` as a trial's) or was skipped, and why."""
 
     status: str
     error: str | None
 
 
-class MemoryLine(TypedDict):
+class MemoryLine(TypedDict, total=False):
     fixed_bytes: float
     per_sample_bytes: float
     ceiling_bytes: int
@@ -464,8 +466,8 @@ def _finite(token: str) -> float:
 
 def _bounded(token: str) -> int:
     value = int(token)
-    if abs(value) >= 2**63:  # no count or size a report holds comes near; a float of it overflows
-        raise ValueError(f"{clipped(token, 40)} is beyond a 64-bit integer")
+    if abs(value) >= 2**1023:  # arithmetic in floats (compare's ratios) would overflow
+        raise ValueError(f"{clipped(token, 40)} is beyond any float")
     return value
 
 

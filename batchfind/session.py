@@ -28,9 +28,11 @@ class Session:
     """
 
     def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None,
-                 scan: dict[str, Any] | None = None):
+                 learned: dict[str, Any] | None = None):
         self.config = Config.model_validate(raw_config)
-        self.rank, self.scan = rank, scan
+        # What the probe's first worker learned of the data and the model (`facts["learned"]`): a
+        # later worker neither reads the dataset for its lengths nor checks its labels again.
+        self.rank, self.learned = rank, learned
         self.model: torch.nn.Module | None = None
         self.limit: int | None = None
         # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
@@ -70,14 +72,17 @@ class Session:
             model = self.model = self.model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):
             raise InputError(f"model.name: {config.model.name} has no trainable parameters: nothing to train")
-        self.batches = build_batches(config, self.device, self.scan)
-        # A worker told the dataset's lengths is not the first: the labels were checked already.
-        check_fit(self.model, self.batches, config, self.device, labels=self.scan is None)
+        self.batches = build_batches(config, self.device, self.learned["scan"] if self.learned else None)
+        check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
         if rank:
             torch.manual_seed(rank["rank"])  # and draws its own random samples
         self.step = make_step(self.model, config.train, self.device)
         self.energy = devices.energy_meter(self.device)
         batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if self.learned:
+            smallest = self.learned["smallest_batch"]
+        else:
+            smallest = smallest_batch(self.step, self.batches) if batchnorm else 1
         self.facts = {
             **devices.device_facts(self.device),
             "torch_version": torch.__version__,
@@ -88,12 +93,12 @@ class Session:
             "dataset_len": len(self.batches),
             "data": self.batches.describe,
             "input_lengths": self.batches.lengths,
-            "scan": self.batches.scan,  # for the workers after this one
             # A sharded parameter (FSDP's DTensor) still counts its full size.
             "parameters": sum(p.numel() for p in model.parameters()),
             "batchnorm": batchnorm,
-            "smallest_batch": smallest_batch(self.step, self.batches) if batchnorm else 1,
+            "smallest_batch": smallest,
             "backend": backend,
+            "learned": {"scan": self.batches.scan, "smallest_batch": smallest},  # for the workers after this one
         }
         # What setup left in the allocator's cache (FSDP's unsharded copies, say) is not a trial's.
         devices.release(self.device)

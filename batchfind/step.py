@@ -219,8 +219,8 @@ class Step:
                 "to score (such as logits), or give the model its labels so it computes its own loss"
             )
         if target is None:
-            if scored.dim() == 0:
-                return scored  # a model given its labels that returns the loss itself
+            if scored.dim() == 0 and (scored.requires_grad or not torch.is_grad_enabled()):
+                return scored  # a model given its labels that returns the loss itself (not a metric)
             raise InputError(
                 f"the model's output (a tensor of shape {tuple(scored.shape)}) is not a loss and batches have "
                 "no target: name the target's key in train.target (dict batches), give the model its labels, "

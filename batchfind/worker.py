@@ -181,7 +181,7 @@ def _serve() -> None:
     from .session import Session, setup_failure
 
     try:
-        session = Session(request["config"], request.get("rank"), request.get("scan"))
+        session = Session(request["config"], request.get("rank"), request.get("learned"))
         standby = request.get("standby")
         # A standby waits before touching the device (a CUDA context would take memory from the
         # worker at work); a CPU has nothing to protect, so there it sets up in full and waits ready.

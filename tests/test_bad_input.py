@@ -77,6 +77,8 @@ CASES = {
                                         "--target-batch: must be less than or equal to 9007199254740992"),
     "data path without a kind": ("model: {name: mlp}\ndata: {path: data.pt}\n", [],
                                  "data: data.path given, but data.kind is synthetic, which does not read them"),
+    "data arguments without a kind": ("model: {name: mlp}\ndata: {kwargs: {n: 3}}\n", [],
+                                      "data: data.kwargs given, but data.kind is synthetic"),
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
                       "data: the fixtures:Pairs dataset is empty"),
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,

@@ -178,3 +178,42 @@ def test_usage_errors_are_one_line_with_where_help_is(monkeypatch, capsys, write
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(message) and err.rstrip().endswith("--help)"), err
+
+
+def test_main_without_a_command_shows_help_and_with_help_exits_0(monkeypatch, capsys):
+    from batchfind.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["batchfind"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("Usage: ") and "COMMAND [ARGS]" in err
+    monkeypatch.setattr(sys, "argv", ["batchfind", "probe", "--help"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0 and "--memory-limit" in capsys.readouterr().out
+
+
+def test_an_interrupt_repeated_at_once_is_ignored_and_an_ignored_one_stays_so(monkeypatch):
+    from batchfind import cli
+
+    def signal_self(sig=signal.SIGINT):
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)  # the handler runs in the main thread, between bytecodes
+
+    monkeypatch.setattr(cli, "REPEAT_S", 0.5)
+    with cli._interrupt_once():
+        with pytest.raises(KeyboardInterrupt):
+            signal_self()
+        signal_self()  # the same impatient keypress: nothing
+        signal_self(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            signal_self()  # later: the user means it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a job started in the background
+    try:
+        with cli._interrupt_once():
+            signal_self()  # still ignored
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -2,16 +2,18 @@
 downloads), dict batches and datasets, two-input models, a loss, an optimizer and a step of your
 own, a LightningModule; and the errors when a model and its data do not go together."""
 
+import collections
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from batchfind.cli import app
 from batchfind.config import load_config
-from batchfind.data import Batches, build_batches, collate, to_device
+from batchfind.data import Batches, build_batches, collate, pad_collate, to_device
 from batchfind.errors import InputError
 from batchfind.devices import CappedPeak
 from batchfind.measure import StepPlan, gradient_sq_norms, measure, measure_loader
@@ -107,13 +109,34 @@ def test_dict_items_collate_to_tensors_padding_labels_with_the_ignore_index():
 
 def test_items_of_any_structure_pad_every_field_whose_length_varies():
     # (ids, mask, label): three parts; ({ids, mask}, label): lengths inside a dict inside a tuple.
-    three = collate([(torch.tensor([1, 2, 3]), [1, 1, 1], 0), (torch.tensor([4]), [1], 1)])
+    three = pad_collate([(torch.tensor([1, 2, 3]), [1, 1, 1], 0), (torch.tensor([4]), [1], 1)])
     assert three[0].tolist() == [[1, 2, 3], [4, 0, 0]] and three[1].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert three[2].tolist() == [0, 1]
-    nested = collate([({"ids": [1, 2], "mask": [1, 1]}, [7, 8]), ({"ids": [3], "mask": [1]}, [9])])
+    nested = pad_collate([({"ids": [1, 2], "mask": [1, 1]}, [7, 8]), ({"ids": [3], "mask": [1]}, [9])])
     assert nested[0]["ids"].tolist() == [[1, 2], [3, 0]] and nested[1].tolist() == [[7, 8], [9, -100]]
+    # Only integer targets are padded to be ignored: a mask stays a mask, a float target gets 0.
+    masked = pad_collate([(torch.tensor([1, 2]), torch.tensor([True, True])), (torch.tensor([3]), torch.tensor([True]))])
+    assert masked[1].tolist() == [[True, True], [True, False]]
+    floats = pad_collate([(torch.tensor([1, 2]), torch.tensor([0.5, 0.5])), (torch.tensor([3]), torch.tensor([0.5]))])
+    assert floats[1].tolist() == [[0.5, 0.5], [0.5, 0.0]]
+    words = pad_collate([(["a", "b"], [1, 2]), (["c"], [3])])
+    assert words[0] == [["a", "b"], ["c"]]  # text stays text
     with pytest.raises(InputError, match=r"field 0 varies in shape .* only the first dimension"):
-        collate([(torch.zeros(2, 3), 0), (torch.zeros(2, 4), 1)])
+        pad_collate([(torch.zeros(2, 3), 0), (torch.zeros(2, 4), 1)])
+    with pytest.raises(InputError, match=r"field 0 holds 2 elements in one item and 1 in another"):
+        pad_collate([([torch.zeros(1), torch.zeros(1)], [1, 2]), ([torch.zeros(1)], [1])])
+
+
+def test_items_of_one_length_collate_as_torch_does():
+    # (feature, label) of Python numbers, a namedtuple, numpy arrays: default_collate's batches,
+    # dtypes and types; dicts of lists (a tokenizer's) become tensors.
+    pair = collate([(0.5, 1), (0.25, 0)])
+    assert pair[0].dtype == torch.float64 and pair[1].tolist() == [1, 0]
+    Item = collections.namedtuple("Item", "x y")
+    assert type(collate([Item(torch.zeros(2), 1), Item(torch.ones(2), 0)])) is Item
+    arrays = collate([(np.zeros(3, dtype=np.float32), 1), (np.ones(3, dtype=np.float32), 0)])
+    assert arrays[0].dtype == torch.float32 and arrays[0].shape == (2, 3)
+    assert collate([{"ids": [1, 2]}, {"ids": [3, 4]}])["ids"].tolist() == [[1, 2], [3, 4]]
 
 
 def test_an_item_is_as_long_as_its_longest_varying_field():
@@ -138,6 +161,10 @@ def test_a_model_given_its_labels_may_return_the_loss_as_a_bare_scalar(built):
     with torch.no_grad():
         expected = float(model(**batch))
     assert trains(step, batch, model) == pytest.approx(expected, rel=1e-5)
+    # A scalar that no gradient reaches (an accuracy) is no loss.
+    cfg, model, batches = built("model: {name: 'zoo:ScoresItself', kwargs: {accuracy: true}}\n" + inputs)
+    with pytest.raises(InputError, match=r"output \(a tensor of shape \(\)\) is not a loss"):
+        make_step(model, cfg.train, CPU)(batches.batch(4))
     # Logits without a target are no loss, and the error shows what came back.
     cfg, model, batches = built("model: {name: 'zoo:ScoresItself'}\ndata: {inputs: {x: {shape: [8]}}}\n")
     with pytest.raises(InputError, match=r"output \(a tensor of shape \(1, 4\)\) is not a loss"):

@@ -9,7 +9,7 @@ import torch
 from batchfind.config import RecommendConfig, TrainConfig
 from batchfind.noise import components, estimate
 from batchfind.recommend import accumulation, bar, limit_of, recommend, scaled_lr, with_training_plan
-from batchfind.report import StepTimes, Trial
+from batchfind.report import Limit, StepTimes, Trial
 
 GiB = 1024**3
 
@@ -105,6 +105,8 @@ def test_when_nothing_can_be_recommended_the_reason_says_why():
     assert choose(failed)[0].reason == "no batch size fitted"
     diverged = [dataclasses.replace(t, loss_finite=False) for t in trials]
     assert choose(diverged)[0].reason == "no batch size ran with a finite loss"
+    unknown = recommend(trials, Limit(batch_size=None, first_oom=None), RecommendConfig(), None)[0]
+    assert unknown.reason == "no size known to fit on every run was timed"
 
 
 def test_headroom_excludes_sizes_near_the_limit():

@@ -257,6 +257,9 @@ def test_a_model_that_cannot_train_on_one_sample_is_probed_from_two(write_config
     assert any("cannot train on a batch below 2" in w and "started at 2" in w for w in report.warnings)
     with pytest.raises(InputError, match=r"^--batch: 1, but the model cannot train on a batch below 2"):
         check(cfg, 1)
+    assert not any("started at" in w for w in check(cfg, 2).warnings)  # a check starts nothing
+    with pytest.raises(InputError, match=r"probe.max_batch: 1, but the model cannot train on a batch below 2"):
+        probe(cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_batch": 1})}))
 
 
 def test_a_real_out_of_memory_in_the_optimizer_step(write_config, worker_data_bytes):
