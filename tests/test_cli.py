@@ -217,3 +217,21 @@ def test_an_interrupt_repeated_at_once_is_ignored_and_an_ignored_one_stays_so(mo
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_the_cli_loads_is_an_interrupt_not_a_traceback(monkeypatch):
+    import builtins
+
+    from batchfind.__main__ import main
+
+    real = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and name == "cli":  # `from .cli import ...`: typer and rich still loading
+            raise KeyboardInterrupt
+        return real(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 130
