@@ -463,16 +463,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             if not isinstance(raw.setdefault(section, {}), dict):
                 break  # the section itself is wrong; validation says so
             raw[section][key] = value
+    # (section, key) -> the option that set it: errors name what the user typed.
+    given = {v: k for k, v in OPTIONS.items() if (overrides or {}).get(k) is not None}
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        given = {v: k for k, v in OPTIONS.items() if (overrides or {}).get(k) is not None}
         raise InputError("\n".join(clipped(_describe(path, e, given)) for e in exc.errors())) from None
     if config.data.path is not None and not config.data.path.is_absolute():
         # Data paths are relative to the config file, not to wherever batchfind was run.
         config.data.path = (path.parent / config.data.path).resolve()
     config._source = path
-    config._options = {".".join(OPTIONS[o]): o for o, v in (overrides or {}).items() if v is not None}
+    config._options = {".".join(field): option for field, option in given.items()}
     return config
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 from typer.testing import CliRunner
@@ -201,13 +202,16 @@ def test_an_interrupt_repeated_at_once_is_ignored_and_an_ignored_one_stays_so(mo
         os.kill(os.getpid(), sig)
         time.sleep(0.05)  # the handler runs in the main thread, between bytecodes
 
-    monkeypatch.setattr(cli, "REPEAT_S", 0.5)
+    # The handler's own clock, so a slow machine cannot stretch "at once" past the window.
+    now = [0.0]
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     with cli._interrupt_once():
         with pytest.raises(KeyboardInterrupt):
             signal_self()
+        now[0] = cli.REPEAT_S / 2
         signal_self()  # the same impatient keypress: nothing
         signal_self(signal.SIGTERM)
-        time.sleep(0.5)
+        now[0] = cli.REPEAT_S * 2
         with pytest.raises(KeyboardInterrupt):
             signal_self()  # later: the user means it
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a job started in the background

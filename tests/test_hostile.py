@@ -378,8 +378,8 @@ def test_inherited_torchrun_variables_fail_in_one_line(monkeypatch, write_config
                                        ("MASTER_PORT", "0"), ("MASTER_PORT", "99999")])
 def test_malformed_torchrun_variables_fail_in_one_line(monkeypatch, write_config, var, value):
     env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
-    for name, given in {**env, var: value}.items():
-        monkeypatch.setenv(name, given)
+    for name, setting in {**env, var: value}.items():
+        monkeypatch.setenv(name, setting)
     result = runner.invoke(app, ["check", str(write_config(MLP)), "--batch", "1"])
     assert result.exit_code == 2 and f"{var}=" in result.stderr and "unset" in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1

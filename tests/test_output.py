@@ -10,9 +10,8 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from batchfind.render import print_report, rate_text, step_text, table, trial_notes
+from batchfind.render import print_report, step_text, table, trial_notes
 from batchfind.report import Environment, Limit, Recommendation, Report, StepTimes, Trial
-from batchfind.sizes import format_size
 
 MiB = 1024**2
 LIMIT = 2048 * MiB
