@@ -524,8 +524,6 @@ def check(
         raise typer.Exit(code)
 
 
-
-
 @app.command()
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the same facts as JSON to stdout.")] = False,
