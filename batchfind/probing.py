@@ -259,13 +259,13 @@ def _fastest(trials: list[Trial]) -> int | None:
 
 def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None:
     """Measure again, in the live worker, each right after its neighbour and before the fastest size
-    (so drift between them cancels), the sizes whose throughput sits off the curve beyond their interval where that could
-    change the choice: those the curve or their measurement puts within `curve.NEAR_PLATEAU` of the
-    plateau. At most `REMEASURE_SIZES` of them, while all re-measures so far have taken at most
-    `REMEASURE_SHARE` of the time the throughput trials took. Before them, and whatever it costs:
-    in full, sizes below the fastest that only ever ran a fit check's steps (`_cut_off`); then the
-    size past the fastest that its measurement may have held back from being the batch to train
-    with (`_held_back`)."""
+    (so drift between them cancels), the sizes whose throughput sits off the curve beyond their
+    interval where that could change the choice: those the curve or their measurement puts within
+    `curve.NEAR_PLATEAU` of the plateau. At most `REMEASURE_SIZES` of them, while all re-measures
+    so far have taken at most `REMEASURE_SHARE` of the time the throughput trials took. Before
+    them, and whatever it costs: in full, sizes below the fastest that only ever ran a fit check's
+    steps (`_cut_off`); then the size past the fastest that its measurement may have held back from
+    being the batch to train with (`_held_back`)."""
     measured = timed(prober.trials)
     last = latest_timed(measured)
     rising = curve.rise(points(list(last.values())))
@@ -294,9 +294,9 @@ def _remeasure(prober, tolerance: float, keep_going: Callable[[], bool]) -> None
         # A worker's steps drift (on a 2-core CPU sizes measured again ran 5-23% quicker): a size
         # measured again is compared with a fastest size measured again beside it, not with one
         # measured earlier (cnn-small's 16, measured again, beat a 32 measured before it by 14%).
-        now = latest_timed(prober.trials)
-        fastest = max(now.values(), key=lambda t: t.samples_per_s).batch_size
+        fastest = _fastest(prober.trials)
         group = [neighbour, size] + ([fastest] if fastest not in (neighbour, size) else [])
+        now = latest_timed(prober.trials)
         cost = sum(now[b].wall_s or 0 for b in group)
         if (cost > budget and size != held) or not keep_going():
             continue
