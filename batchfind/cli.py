@@ -346,17 +346,9 @@ def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> No
     """The file first, then stdout, then the table: a reader that stops reading, or a stream that
     cannot take the output, never costs the file; a file that cannot be written costs nothing else."""
     from .render import print_report
-    from . import report as reports
 
     text = report.to_json()
-    failed = None
-    try:
-        if output is not None:
-            reports.write_atomic(output, text + "\n")
-    except BrokenPipeError:
-        pass  # `-o >(head -c 10)`: its reader chose to stop
-    except OSError as exc:
-        failed = InputError(f"--output: cannot write {output}: {exc.strerror or exc}")
+    failed = _write(text, output)
     if as_json:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
@@ -364,6 +356,21 @@ def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> No
         print_report(report, _console(stderr=as_json))
     if failed is not None:
         raise failed
+
+
+def _write(text: str, output: Path | None) -> InputError | None:
+    """Write the report to `output`, if given; a failure is handed back, to be raised once the rest
+    of the output is out."""
+    from . import report as reports
+
+    try:
+        if output is not None:
+            reports.write_atomic(output, text + "\n")
+    except BrokenPipeError:
+        pass  # `-o >(head -c 10)`: its reader chose to stop
+    except OSError as exc:
+        return InputError(f"--output: cannot write {output}: {exc.strerror or exc}")
+    return None
 
 
 def _exit_code(report) -> int:
@@ -499,6 +506,7 @@ def check(
     strategy: StrategyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the result line goes "
                                                           "to stderr).")] = False,
+    output: Output = None,
     debug: Debug = False,
 ) -> None:
     """Run one batch size (per device) in a fresh process, the fit check a probe proves its limit with:
@@ -511,16 +519,22 @@ def check(
         cfg = load_config(config, {"--device": device, "--fit-steps": fit_steps,
                                    "--memory-limit": memory_limit, "--nproc-per-node": nproc_per_node,
                                    "--strategy": strategy.value if strategy else None})
-        report = run_check(cfg, batch)
-        if report.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
-        trial = report.trials[0]
-        code = 0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1
-        if _follower() is not None:  # rank 0 speaks for all
-            raise typer.Exit(code)
-        if as_json:
-            sys.stdout.write(report.to_json() + "\n")
-        typer.echo(trial_line(trial), err=as_json)
+        _check_output(output, keep=(config,))
+        with _interrupt_once():  # SIGTERM too ends the check with its report written
+            report = run_check(cfg, batch)
+            trial = None if report.interrupted else report.trials[0]
+            code = (EXIT_INTERRUPTED if trial is None
+                    else 0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1)
+            if _follower() is not None:  # rank 0 speaks for all
+                raise typer.Exit(code)
+            text = report.to_json()
+            failed = _write(text, output)  # an interrupted check's report too
+        if trial is not None:
+            if as_json:
+                sys.stdout.write(text + "\n")
+            typer.echo(trial_line(trial), err=as_json)
+        if failed is not None:
+            raise failed
         raise typer.Exit(code)
 
 

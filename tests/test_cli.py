@@ -98,6 +98,22 @@ def test_check_exit_codes(write_config):
     assert oom.exit_code == 3 and json.loads(oom.stdout)["trials"][0]["status"] == "oom"
 
 
+def test_check_writes_its_report_to_a_file(write_config, tmp_path):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    out = tmp_path / "check.json"
+    result = runner.invoke(app, ["check", str(path), "--batch", "32", "-o", str(out)])
+    assert result.exit_code == 3 and "batch 32: oom" in result.stdout
+    trial = json.loads(out.read_text())["trials"][0]
+    assert (trial["batch_size"], trial["status"], trial["phase"]) == (32, "oom", "verify")
+    # A folder that is not there is found before the check runs, as for a probe.
+    missing = tmp_path / "no-such-folder" / "check.json"
+    result = runner.invoke(app, ["check", str(path), "--batch", "16", "-o", str(missing)])
+    assert result.exit_code == 2 and "--output" in result.stderr and "batch 16" not in result.stdout
+
+
 def test_info_json():
     result = runner.invoke(app, ["info", "--json"])
     assert result.exit_code == 0
@@ -142,6 +158,31 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     assert report["interrupted"] is True and report["stopped_because"] == "interrupted"
     assert [t["batch_size"] for t in report["trials"]] == [1, 2, 4]
     assert report["limit"]["verified"] is False
+
+
+def test_a_cancelled_check_writes_its_report_and_exits_130(write_config, tmp_path):
+    import psutil
+
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    out = tmp_path / "check.json"
+    proc = subprocess.Popen([sys.executable, "-m", "batchfind", "check", str(path), "--batch", "8", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Its worker runs (and hangs) only once the command handles the signal.
+    deadline = time.monotonic() + 300  # a safety net: the CLI's start under load is far below it
+    while proc.poll() is None and not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a cancelled CI job
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("still running 30 s after SIGTERM")
+    assert proc.returncode == 130
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and report["trials"] == []
 
 
 def test_an_unwritable_output_still_prints_the_report(write_config, monkeypatch):
