@@ -150,11 +150,14 @@ def recommend(
     floor = (1 - rec.tolerance) * fastest.samples_per_s
     # A faster size that leaves too little memory free is not the fastest the reason may name.
     beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
+    # Nor is one whose loss was not finite (it is never recommended).
+    finite = " with a finite loss" if any(t.fits and t.loss_finite is False and (t.samples_per_s or 0) > fastest.samples_per_s
+                                          for t in trials) else ""
     if chosen.batch_size == fastest.batch_size:
-        reason = (f"{'fastest within the headroom' if beaten else 'fastest measured'} "
+        reason = (f"{'fastest within the headroom' if beaten else 'fastest measured'}{finite} "
                   f"({fastest.samples_per_s:,.0f} samples/s)")
     else:
-        reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''} "
+        reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''}{finite} "
                   f"({chosen.samples_per_s:,.0f} vs {fastest.samples_per_s:,.0f} samples/s at "
                   f"{fastest.batch_size}, at the low end of its interval too) with less memory")
     if rec.headroom and limit_bytes and headroom_kept:

@@ -39,6 +39,23 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
+def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+    """The optimizers with every learning rate 0. A trial repeats one batch for up to a hundred steps:
+    at the configured rate the weights fit it and can run off to NaN (a plain MLP under SGD at 0.1
+    and momentum 0.9 did at every size from 8 up), and a size is never recommended on a non-finite
+    loss. At 0 the update's arithmetic and memory are the same and the weights stay where they
+    started. An optimizer's own groups without a learning rate are left as they are."""
+    for optimizer in optimizers:
+        for group in getattr(optimizer, "param_groups", []):
+            lr = group.get("lr")
+            if isinstance(lr, torch.Tensor):
+                with torch.no_grad():
+                    lr.fill_(0)
+            elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
+                group["lr"] = 0.0
+    return optimizers
+
+
 def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "mse":
         return F.mse_loss(output.float(), target.float())
@@ -143,7 +160,7 @@ class Step:
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
-        self.optimizers = self._optimizers()
+        self.optimizers = still(self._optimizers())
         self.loss_fn = None if train.builtin_loss else _function(train.loss, "train.loss")
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
@@ -271,7 +288,7 @@ class CustomStep:
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
         self.fn = _function(train.step, "train.step")
-        self.optimizer = make_optimizer(model, train)
+        self.optimizer = still([make_optimizer(model, train)])[0]
         self.stage = "train.step"
 
     def __call__(self, batch: Any) -> torch.Tensor:

@@ -3,6 +3,7 @@ downloads), dict batches and datasets, two-input models, a loss, an optimizer an
 own, a LightningModule; and the errors when a model and its data do not go together."""
 
 import collections
+import math
 import json
 from pathlib import Path
 
@@ -74,11 +75,21 @@ def built(write_config):
 
 
 def trains(step, batch, model) -> float:
-    """Runs one step; asserts it changed the weights and returns the loss."""
+    """Runs one step; asserts the backward reached the weights and the optimizer stepped (at learning
+    rate 0, leaving them as they were), and returns the loss."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     before = [p.detach().clone() for p in model.parameters()]
-    loss = step(batch)
+    stepped = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: stepped.append(optimizer))
+    try:
+        loss = step(batch)
+    finally:
+        hook.remove()
     assert loss.dim() == 0 and not loss.requires_grad and torch.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the optimizer stepped"
+    assert stepped, "the optimizer stepped"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()), "gradients reached the weights"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "at learning rate 0"
     return float(loss)
 
 
@@ -296,10 +307,11 @@ def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating
     norms = gradient_sq_norms(model, batches.sample, 8, 3, step.gradients)
     assert len(norms) == 3 and all(n > 0 for n in norms)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update while measuring gradients"
+    assert not step.optimizer.state, "nor an optimizer step"
     result = measure(step, batches.batch, 8, StepPlan("throughput", warmup=1, min_steps=2), dataset_len=len(batches),
                      device=CPU, meter=CappedPeak(CPU))
     assert result["status"] == "ok" and result["loss_finite"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert step.optimizer.state, "a measured step updates (at learning rate 0)"
 
 
 def test_a_step_that_returns_no_loss_is_bad_input(built):
@@ -406,3 +418,21 @@ def test_vision_libraries_where_they_import(built, library, model):
     cfg, model, batches = built(f"model: {model}\ndata: {{input_shape: [3, 32, 32], num_classes: 4, size: 16}}\n")
     check_fit(model, batches, cfg, CPU)
     trains(make_step(model, cfg.train, CPU), batches.batch(2), model)
+
+
+def test_trials_step_at_learning_rate_0_so_one_repeated_batch_cannot_drive_the_weights_to_nan(write_config):
+    # A plain MLP under SGD at 0.1 with momentum 0.9, as a bare `model: {name: mlp}` config trains:
+    # a hundred steps on one batch used to run its loss off to NaN at every size from 8 up.
+    cfg = load_config(write_config("model: {name: mlp}\n"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    step = make_step(model, cfg.train, torch.device("cpu"))
+    batches = build_batches(cfg, torch.device("cpu"))
+    batch = batches.batch(256)
+    losses = [float(step(batch)) for _ in range(100)]
+    assert all(math.isfinite(x) for x in losses) and losses[0] == pytest.approx(losses[-1])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # The update ran all the same: its state (the momentum buffers) holds the memory training does.
+    optimizer = step.optimizers[0]
+    assert len(optimizer.state) == len(before) and cfg.train.lr == 0.1 and cfg.train.momentum == 0.9
