@@ -342,6 +342,20 @@ def _is_stdout(path: Path) -> bool:
         return False
 
 
+def _check_image(path: Path | None, option: str) -> None:
+    from .plot import FORMATS, image_format
+
+    if path is not None and image_format(path) is None:
+        raise InputError(f"{option}: {path.name}: expected a {', '.join('.' + f for f in FORMATS)} file "
+                         "(the format follows the name)")
+
+
+def _not_stdout(output: Path | None, as_json: bool) -> None:
+    """With --json the report already goes to standard output: a second copy there is no JSON."""
+    if as_json and output is not None and _is_stdout(output):
+        raise InputError(f"--output: {output} is standard output, where --json already writes the report")
+
+
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
     """The file first, then stdout, then the table: a reader that stops reading, or a stream that
     cannot take the output, never costs the file; a file that cannot be written costs nothing else."""
@@ -438,7 +452,7 @@ def probe(
     as_json: AsJson = False,
     output: Output = None,
     plot_file: Annotated[
-        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG (needs matplotlib).",
+        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG, SVG or PDF (needs matplotlib).",
                                      readable=False)
     ] = None,
     quiet: Quiet = False,
@@ -451,8 +465,7 @@ def probe(
         from .report import check_requirements
 
         _check_output(output, keep=(config,))
-        if as_json and output is not None and _is_stdout(output):
-            raise InputError(f"--output: {output} is standard output, where --json already writes the report")
+        _not_stdout(output, as_json)
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--fit-steps": fit_steps, "--memory-limit": memory_limit, "--time-budget": time_budget,
@@ -462,6 +475,7 @@ def probe(
             "--noise-scale": noise_scale,
         })
         _check_output(plot_file, "--plot", keep=(config, output))
+        _check_image(plot_file, "--plot")
         if require_throughput is not None and not (math.isfinite(require_throughput) and require_throughput > 0):
             raise InputError(f"--require-throughput: expected a positive number of samples/s (got {require_throughput})")
         if plot_file is not None:
@@ -520,6 +534,7 @@ def check(
                                    "--memory-limit": memory_limit, "--nproc-per-node": nproc_per_node,
                                    "--strategy": strategy.value if strategy else None})
         _check_output(output, keep=(config,))
+        _not_stdout(output, as_json)
         with _interrupt_once():  # SIGTERM too ends the check with its report written
             report = run_check(cfg, batch)
             trial = None if report.interrupted else report.trials[0]
@@ -529,9 +544,9 @@ def check(
                 raise typer.Exit(code)
             text = report.to_json()
             failed = _write(text, output)  # an interrupted check's report too
+        if as_json:  # an interrupted check's report too: a pipe gets JSON either way
+            sys.stdout.write(text + "\n")
         if trial is not None:
-            if as_json:
-                sys.stdout.write(text + "\n")
             typer.echo(trial_line(trial), err=as_json)
         if failed is not None:
             raise failed
@@ -608,12 +623,17 @@ def _number(value: float) -> str:
 
 
 def _fraction(text: str, option: str) -> float:
+    percent = text.endswith("%")
     try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = float(text[:-1]) / 100 if percent else float(text)
     except ValueError:
         raise InputError(f"{option}: expected a fraction like 10% or 0.1 (got {text!r})") from None
+    # A bare 5 is more likely a percentage without its sign than 500%: it is refused, not guessed.
+    if not percent and value >= 1:
+        raise InputError(f"{option}: a bare number is a fraction below 1 (0.05 is 5%); write {text}% for a percentage "
+                         f"(got {text!r})")
     if not 0 <= value < 10:
-        raise InputError(f"{option}: expected a fraction between 0 and 10 (got {text!r})")
+        raise InputError(f"{option}: expected a percentage from 0% up to 1000% (got {text!r})")
     return value
 
 
@@ -669,7 +689,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
 def plot(
     report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False,
                                                 readable=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False, readable=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG, SVG or PDF to write.", show_default=False, readable=False)],
     debug: Debug = False,
 ) -> None:
     """Draw throughput and peak memory against batch size (needs matplotlib)."""
@@ -678,6 +698,7 @@ def plot(
         from .report import load_report
 
         _check_output(output, keep=(report_file,))
+        _check_image(output, "--output")
         draw(load_report(report_file), output)
         typer.echo(f"wrote {output}", err=True)
 

@@ -59,8 +59,11 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
                                    now_timed[size].samples_per_s, True, max_regression))
         changes.append(_change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False,
                                max_regression))
-    warnings = []
-    if (base.environment.device, base.environment.device_name) != (new.environment.device, new.environment.device_name):
+    warnings = [f"the {which} report {why}" for which, report in (("base", base), ("new", new))
+                for why in _incomplete(report)]
+    devices = [(r.environment.device, r.environment.device_name) for r in (base, new)]
+    # A report where nothing fitted never learned its device: that is no difference.
+    if None not in (devices[0][0], devices[1][0]) and devices[0] != devices[1]:
         warnings.append(
             f"different devices: {base.environment.device_name} ({base.environment.device}) vs "
             f"{new.environment.device_name} ({new.environment.device})"
@@ -70,10 +73,23 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
                         "samples/s count every rank")
     if base.environment.memory_limit_bytes != new.environment.memory_limit_bytes:
         warnings.append("different memory limits: limits and peaks are not comparable")
-    differing = _differences(base.config, new.config)
+    # The model's fields first: what was probed matters more than how.
+    differing = sorted(_differences(base.config, new.config), key=lambda key: not key.startswith("model."))
     if differing:
-        warnings.append(f"different configs ({', '.join(differing[:5])}): compare with care")
+        more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+        warnings.append(f"different configs ({', '.join(differing[:5])}{more}): compare with care")
     return Comparison(changes, max_regression, warnings)
+
+
+def _incomplete(report: Report) -> list[str]:
+    """Why a report may hold less than a whole probe: its changes then say little."""
+    if report.interrupted:
+        return ["was interrupted: it holds only the sizes it reached"]
+    if report.trials and all(t.phase == "verify" for t in report.trials):
+        return [f"is a check of batch {report.trials[0].batch_size}, not a probe: its limit is that size at most"]
+    if report.stopped_because and report.stopped_because.startswith("time budget"):
+        return [f"stopped early ({report.stopped_because}): it holds only the sizes it reached"]
+    return []
 
 
 def _ranks(report: Report) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -39,20 +39,33 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse")
 
 
+_EXPONENT = re.compile(r"^\s*[+-]?\d+[eE][+-]?\d+\s*$")
+
+
 class _Section(BaseModel):
     # Unknown keys are typos until proven otherwise; NaN and infinity are never meant (and a
     # report holding them would not be JSON).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Fields that parse text of their own (`2GiB`, `inf`).
+    _TEXT: ClassVar[frozenset[str]] = frozenset()
 
     @field_validator("*", mode="before")
     @classmethod
-    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML reads true, false, yes and no as booleans, which pydantic would take for 1 and 0.
+    def _plain_types(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would take YAML's true, false, yes and no for 1 and 0, "256" for 256, and 0 or
+        # "y" for a boolean: each is a value of another type, and so a mistake.
         kinds = _types(cls.model_fields[info.field_name].annotation)
         listed = list in kinds and isinstance(value, list) and any(isinstance(v, bool) for v in value)
-        if kinds & {int, float} and not kinds & {bool, Any} and (isinstance(value, bool) or listed):
+        if kinds & {int, float} and not kinds & {bool, Any}:
             what = "a name or a number" if str in kinds else "a number"
-            raise ValueError(f"expected {what}, not a boolean (got {value!r})")
+            if isinstance(value, bool) or listed:
+                raise ValueError(f"expected {what}, not a boolean (got {value!r})")
+            if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
+                # YAML 1.1 (PyYAML) reads 1e5 as text: a float there needs its dot.
+                hint = "; YAML reads a number like 1e5 as text, 1.0e5 as a number" if _EXPONENT.match(value) else ""
+                raise ValueError(f"expected {what}, not text (got {value!r}{hint})")
+        if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
+            raise ValueError(f"expected true or false (got {value!r})")
         return value
 
 
@@ -332,6 +345,8 @@ class TrainConfig(_Section):
 
 
 class ProbeConfig(_Section):
+    _TEXT = frozenset({"memory_limit", "time_budget_s"})
+
     device: str = "auto"
     min_batch: PositiveInt = 1
     max_batch: PositiveInt | None = None

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
 from .errors import InputError
-from .models import call_factory
+from .models import call_factory, raised
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SYNTHETIC_DEFAULT_SIZE = 50_000
@@ -265,7 +265,10 @@ def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None
             raise InputError(
                 f"data.kind: {data.kind} returned {type(dataset).__name__}, expected a map-style torch Dataset (items by index, and a length)"
             )
-    length = len(dataset)
+    try:
+        length = len(dataset)
+    except (Exception, SystemExit) as exc:  # a __len__ of the user's own
+        raise InputError(f"data.kind: the length of {data.kind}'s dataset raised {raised(exc)}") from exc
     if length == 0:
         raise InputError(f"data: the {data.kind} dataset is empty")
     return Batches(dataset, None, length, device, scan)

@@ -37,8 +37,27 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
     built = {key: instantiate(value, f"{kwargs_field}.{key}") for key, value in kwargs.items()}
     try:
         return target(*args, **built)
-    except Exception as exc:  # the user's code: any failure is bad input, reported in one line
-        raise InputError(f"{field}: {spec}(**kwargs) raised {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's code: any failure is bad input, reported in one line
+        raise InputError(f"{field}: {spec}(**kwargs) raised {raised(exc)}") from exc
+
+
+def raised(exc: BaseException) -> str:
+    """What the user's code raised, in a line: a syntax error with its place, sys.exit with its code."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _import(module_name: str, field: str) -> Any:
+    """The module; a module that is there but fails as it is imported is bad input naming `field`."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise InputError(f"{field}: importing {module_name!r} raised {raised(exc)}") from exc
 
 
 def resolve(spec: str, field: str) -> Any:
@@ -52,13 +71,13 @@ def resolve(spec: str, field: str) -> Any:
             if importlib.util.find_spec(parts[0]) is None:
                 break
             try:
-                importlib.import_module(".".join(parts[:cut]))
+                _import(".".join(parts[:cut]), field)
             except ImportError:
                 continue
             module_name, attr = ".".join(parts[:cut]), ".".join(parts[cut:])
             break
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = _import(module_name, field)
     except ImportError as exc:
         # A module of the user's own that is missing, not one it imports: say where it was looked for.
         where = ("; install it, or run from its folder or add that to PYTHONPATH (the config's folder is not "

@@ -1,4 +1,5 @@
-"""Throughput and peak memory against batch size, as a PNG (matplotlib is an optional extra)."""
+"""Throughput and peak memory against batch size, as a PNG, SVG or PDF (matplotlib is an optional
+extra)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .sizes import format_size
 GiB = 1024**3
 # The most batch sizes written under the size axis.
 TICK_LABELS = 12
+FORMATS = ("png", "svg", "pdf")
 
 
 def require_matplotlib():
@@ -132,13 +134,21 @@ def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
     axis.grid(True, axis="y", alpha=0.3)
 
 
+def image_format(path: Path) -> str | None:
+    """The image format a file's name asks for: png (also without a suffix), svg or pdf; None for
+    any other suffix, which would get an image it does not name."""
+    suffix = path.suffix.lower().lstrip(".")
+    return "png" if not suffix else suffix if suffix in FORMATS else None
+
+
 def plot(report: Report, path: Path, source: str | None = None) -> None:
-    """Write the figure as a PNG; `source` (the config file's name) goes into its title."""
+    """Write the figure in the format its file's name asks for (`image_format`); `source` (the config
+    file's name) goes into its title."""
     plt = require_matplotlib()
     fig = figure(report, source)
     image = io.BytesIO()
     try:
-        fig.savefig(image, dpi=100, format="png")
+        fig.savefig(image, dpi=100, format=image_format(path) or "png")
     finally:
         plt.close(fig)
     write_atomic(path, image.getvalue())

@@ -12,6 +12,7 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
 # The largest limit the kernel's setrlimit takes (a signed 64-bit count of bytes).
 MAX_BYTES = 2**63 - 1
+MIN_BYTES = 1024**2
 
 
 def parse_size(text: str | int) -> int:
@@ -26,10 +27,15 @@ def parse_size(text: str | int) -> int:
         if not match or unit not in _UNITS:
             raise ValueError(f"expected a size like 2GiB, 512MiB or 1.5GB (got {text!r})")
         number = match.group(1)
+        if _UNITS[unit] == 1 and "." in number:
+            raise ValueError(f"a number of bytes is whole: add a unit, as in {number}GiB (got {text!r})")
         # Decimal, not float, and only so many digits: hundreds must give "too large", not an overflow.
         size = int(Decimal(number) * _UNITS[unit]) if len(number.split(".")[0]) <= 24 else MAX_BYTES + 1
     if size <= 0:
         raise ValueError(f"must be > 0 bytes (got {text!r})")
+    if size < MIN_BYTES:  # no process runs torch in less: a unit left out (2 for 2GiB)
+        raise ValueError(f"must be at least 1 MiB; a number without a unit counts bytes (got {text!r}: "
+                         f"{size} bytes)")
     if size > MAX_BYTES:
         raise ValueError(f"must be at most {MAX_BYTES} bytes (8 EiB) (got {_short(text)})")
     return size

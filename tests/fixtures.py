@@ -159,3 +159,18 @@ class DataMeter(nn.Module):
         with open(self.out, "a") as f:
             f.write(f"{data_kib * 1024}\n")
         return self.linear(x)
+
+
+def exits(**kwargs):
+    """A factory that ends the process the way a script does."""
+    raise SystemExit(3)
+
+
+class NegativeLength(torch.utils.data.Dataset):
+    """A dataset whose length torch's len() refuses."""
+
+    def __len__(self):
+        return -1
+
+    def __getitem__(self, i):
+        return torch.zeros(8), 0

@@ -20,7 +20,7 @@ CPU = "probe: {device: cpu, warmup_steps: 0, steps: 1}\n"
 CASES = {
     "malformed yaml": ("model: [1, 2\n", [], "invalid YAML at line 2"),
     "malformed toml": ("[model\nname = 'mlp'\n", [], "config.toml: invalid TOML"),
-    "toml wrong type": ("[model]\nname = 'mlp'\nhidden = 'wide'\n", [], "config.toml: model.hidden: must be a valid integer"),
+    "toml wrong type": ("[model]\nname = 'mlp'\nhidden = 'wide'\n", [], "config.toml: model.hidden: expected a number, not text (got 'wide')"),
     "yaml tab indent": ("model:\n\t name: mlp\n", [], "invalid YAML"),
     "empty file": ("", [], "empty config, expected at least a `model` section"),
     "top level list": ("- model\n", [], "expected a mapping of sections at the top level (got list)"),
@@ -29,13 +29,22 @@ CASES = {
     "unknown model key": ("model: {name: mlp, widht: 3}\n", [], "model.widht: unknown key"),
     "unknown probe key": (MLP + "probe: {step: 3}\n", [], "probe.step: unknown key"),
     "section not a mapping": (MLP + "probe: 5\n", [], "probe: must be a valid dictionary"),
-    "wrong type": (MLP + "train: {lr: fast}\n", [], "train.lr: must be a valid number"),
+    "wrong type": (MLP + "train: {lr: fast}\n", [], "train.lr: expected a number, not text (got 'fast')"),
+    "number as text": ('model: {name: mlp, hidden: "256"}\n', [], "model.hidden: expected a number, not text (got '256')"),
+    "number for a switch": (MLP + "probe: {refine: 0}\n", [], "probe.refine: expected true or false (got 0)"),
+    "text for a switch": (MLP + "recommend: {noise_scale: y}\n", [],
+                          "recommend.noise_scale: expected true or false (got 'y')"),
     "list for int": ("model: {name: mlp, hidden: [1]}\n", [], "model.hidden: must be a valid integer"),
     "zero size": ("model: {name: cnn, width: 0}\n", [], "model.width: must be greater than 0 (got 0)"),
     "negative size": ("model: {name: mlp, layers: -2}\n", [], "model.layers: must be greater than 0 (got -2)"),
     "zero steps": (MLP + "probe: {steps: 0}\n", [], "probe.steps: must be greater than 0 (got 0)"),
     "min above max": (MLP + "probe: {min_batch: 64, max_batch: 8}\n", [], "min_batch (64) must be <= max_batch (8)"),
     "bad memory size": (MLP + "probe: {memory_limit: 2 gigs}\n", [], "probe.memory_limit: expected a size like 2GiB"),
+    "fractional bytes": (MLP + "probe: {memory_limit: 1.5}\n", [],
+                         "probe.memory_limit: a number of bytes is whole: add a unit, as in 1.5GiB (got 1.5)"),
+    "memory limit without its unit": (MLP + "probe: {memory_limit: 2}\n", [],
+                                      "probe.memory_limit: must be at least 1 MiB; a number without a unit counts "
+                                      "bytes (got 2: 2 bytes)"),
     "negative memory": (MLP + "probe: {memory_limit: -5}\n", [], "probe.memory_limit: must be > 0 bytes"),
     "unknown device": (MLP + "probe: {device: tpu}\n", [], "probe.device: expected auto, cpu, cuda or cuda:N"),
     "unknown optimizer": (MLP + "train: {optimizer: lamb}\n", [], "train.optimizer: must be 'sgd', 'adam'"),
@@ -70,7 +79,8 @@ CASES = {
     "iterable dataset": (MLP + "data: {kind: 'fixtures:Stream'}\n" + CPU, [],
                          "data.kind: fixtures:Stream returned Stream, expected a map-style torch Dataset (items by index"),
     "integer input beyond int64": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: int64, high: 1e30}}}\n", [],
-                                   "data.inputs.x.high: must be a valid integer"),
+                                   "data.inputs.x.high: expected a number, not text (got '1e30'; YAML reads a number "
+                                   "like 1e5 as text, 1.0e5 as a number)"),
     "integer input beyond int32": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: int32, high: 3000000000}}}\n",
                                    [], "data.inputs.x: an int32 input's [low, high) must lie within [-2**31, 2**31 - 1)"),
     "target batch beyond any dataset": (MLP + CPU, ["--target-batch", "1" + "0" * 30],
@@ -124,6 +134,13 @@ CASES = {
                                    "--memory-limit: 1000000.0 TiB is more than this machine's RAM"),
     "output is stdout beside json": (MLP, ["--json", "-o", "/dev/stdout"],
                                      "--output: /dev/stdout is standard output, where --json already writes"),
+    "module that fails as it is imported": ('model: {name: "fails_on_import:Model"}\n', [],
+                                            "model.name: importing 'fails_on_import' raised ZeroDivisionError: "
+                                            "division by zero"),
+    "factory that calls sys.exit": ('model: {name: "fixtures:exits"}\n', [],
+                                    "model.name: fixtures:exits(**kwargs) raised SystemExit (sys.exit(3))"),
+    "dataset whose length fails": (MLP + "data: {kind: 'fixtures:NegativeLength'}\n" + CPU, [],
+                                   "data.kind: the length of fixtures:NegativeLength's dataset raised ValueError"),
     "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),
     "cuda:7": (MLP + "probe: {device: 'cuda:7'}\n", [], "probe.device: cuda:7 requested"),
 }
@@ -173,3 +190,11 @@ def test_debug_shows_the_traceback(tmp_path):
     for off in ("0", "false", "No", "off", ""):  # what reads as off is off
         quiet = runner.invoke(app, ["probe", str(config)], env={"BATCHFIND_DEBUG": off})
         assert quiet.exit_code == 2 and isinstance(quiet.exception, SystemExit), off
+
+
+def test_a_syntax_error_in_the_users_module_names_its_place():
+    from batchfind.models import raised
+
+    with pytest.raises(SyntaxError) as info:
+        compile("def f(:\n", "mymodels.py", "exec")
+    assert raised(info.value) == "SyntaxError: invalid syntax (mymodels.py, line 1)"

@@ -65,6 +65,9 @@ def test_probe_table_marks_the_recommendation(write_config):
         (["probe", "{cfg}", "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N"),
         (["probe", "{cfg}", "-o", "/nonexistent/dir/r.json"], "--output: folder /nonexistent/dir does not exist"),
         (["check", "{cfg}", "--batch", "1000"], "--batch: 1000 is larger than the dataset (64 samples)"),
+        # Two copies of the report on standard output are no JSON.
+        (["check", "{cfg}", "--batch", "4", "--json", "-o", "/dev/stdout"],
+         "--output: /dev/stdout is standard output, where --json already writes the report"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(write_config, args, message):
@@ -168,21 +171,22 @@ def test_a_cancelled_check_writes_its_report_and_exits_130(write_config, tmp_pat
         "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
     )
     out = tmp_path / "check.json"
-    proc = subprocess.Popen([sys.executable, "-m", "batchfind", "check", str(path), "--batch", "8", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "batchfind", "check", str(path), "--batch", "8", "-o", str(out),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Its worker runs (and hangs) only once the command handles the signal.
     deadline = time.monotonic() + 300  # a safety net: the CLI's start under load is far below it
     while proc.poll() is None and not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # a cancelled CI job
     try:
-        proc.communicate(timeout=30)
+        stdout, _ = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("still running 30 s after SIGTERM")
     assert proc.returncode == 130
     report = json.loads(out.read_text())
     assert report["interrupted"] is True and report["trials"] == []
+    assert json.loads(stdout) == report  # --json: the pipe gets the same report
 
 
 def test_an_unwritable_output_still_prints_the_report(write_config, monkeypatch):

@@ -104,6 +104,19 @@ def test_compare_regression_exits_4_and_names_it(real_report, tmp_path):
     assert result.exit_code == 0
 
 
+@pytest.mark.parametrize("bound, expected", [
+    ("5", "a bare number is a fraction below 1 (0.05 is 5%); write 5% for a percentage"),
+    ("10", "write 10% for a percentage"),
+    ("2000%", "expected a percentage from 0% up to 1000%"),
+    ("ten", "expected a fraction like 10% or 0.1"),
+])
+def test_compare_refuses_a_bound_it_would_have_to_guess(real_report, tmp_path, bound, expected):
+    # A bare 5 used to be read as 500%: a 15% drop in throughput passed.
+    path = write(tmp_path / "a.json", real_report[1])
+    result = runner.invoke(app, ["compare", path, path, "--max-regression", bound])
+    assert result.exit_code == 2 and expected in result.stderr, result.output
+
+
 def test_compare_a_batch_that_no_longer_fits_is_a_regression(real_report, tmp_path):
     _, report, _ = real_report
     broken = copy.deepcopy(report)
@@ -139,6 +152,34 @@ def test_compare_warns_across_devices_and_configs(real_report, tmp_path):
     other["config"]["probe"]["steps"] = 99
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", other)])
     assert "different devices" in result.stdout and "probe.steps" in result.stdout
+
+
+def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
+    _, report, _ = real_report
+    base = write(tmp_path / "a.json", report)
+    interrupted = copy.deepcopy(report) | {"interrupted": True}
+    check = copy.deepcopy(report) | {"trials": [dict(report["trials"][0], phase="verify")]}
+    budget = copy.deepcopy(report) | {"stopped_because": "time budget of 5 s spent"}
+    for other, expected in ((interrupted, "the new report was interrupted"),
+                            (check, f"the new report is a check of batch {report['trials'][0]['batch_size']}"),
+                            (budget, "the new report stopped early (time budget of 5 s spent)")):
+        result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", other)])
+        assert expected in result.stdout, result.stdout
+    result = runner.invoke(app, ["compare", base, base])
+    assert "warning:" not in result.stdout
+
+
+def test_compare_names_every_difference_it_leaves_out_and_the_model_first(real_report, tmp_path):
+    _, report, _ = real_report
+    other = copy.deepcopy(report)
+    other["config"]["model"]["name"] = "cnn"
+    other["config"]["probe"].update(steps=99, warmup_steps=9, min_time_s=9.0, max_time_s=9.0, fit_steps=9)
+    nothing = copy.deepcopy(report)
+    nothing["environment"].update(device=None, device_name=None)  # nothing fitted: no device learned
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", other)])
+    assert "different configs (model.name, " in result.stdout and " and 1 more)" in result.stdout
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "c.json", nothing)])
+    assert "different devices" not in result.stdout
 
 
 def test_compare_reads_version_1_baselines(real_report, tmp_path):
@@ -211,6 +252,19 @@ def test_validate_reports_data_that_does_not_fit(write_config):
     path = write_config("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n")
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "data and model do not fit together" in result.stderr
+
+
+def test_plot_writes_the_format_its_file_names_and_refuses_one_it_cannot(real_report, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, _, _ = real_report
+    # An .svg used to get PNG bytes.
+    for name, start in (("plot.svg", b"<?xml"), ("plot.pdf", b"%PDF")):
+        result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.stderr
+        assert (tmp_path / name).read_bytes().startswith(start)
+    result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "plot.jpg")])
+    assert result.exit_code == 2 and "--output: plot.jpg: expected a .png, .svg, .pdf file" in result.stderr
+    assert not (tmp_path / "plot.jpg").exists()
 
 
 def test_plot_writes_a_real_png(real_report, tmp_path):
