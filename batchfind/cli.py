@@ -452,8 +452,8 @@ def probe(
     as_json: AsJson = False,
     output: Output = None,
     plot_file: Annotated[
-        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG, SVG or PDF (needs matplotlib).",
-                                     readable=False)
+        Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG, SVG or PDF "
+                                     "(needs matplotlib).", readable=False)
     ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -689,7 +689,8 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
 def plot(
     report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False,
                                                 readable=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG, SVG or PDF to write.", show_default=False, readable=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG, SVG or PDF to write.", show_default=False,
+                                         readable=False)],
     debug: Debug = False,
 ) -> None:
     """Draw throughput and peak memory against batch size (needs matplotlib)."""

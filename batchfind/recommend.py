@@ -151,8 +151,8 @@ def recommend(
     # A faster size that leaves too little memory free is not the fastest the reason may name.
     beaten = max(t.samples_per_s for t in by_size.values()) > fastest.samples_per_s
     # Nor is one whose loss was not finite (it is never recommended).
-    finite = " with a finite loss" if any(t.fits and t.loss_finite is False and (t.samples_per_s or 0) > fastest.samples_per_s
-                                          for t in trials) else ""
+    diverged = any(t.fits and t.loss_finite is False and (t.samples_per_s or 0) > fastest.samples_per_s for t in trials)
+    finite = " with a finite loss" if diverged else ""
     if chosen.batch_size == fastest.batch_size:
         reason = (f"{'fastest within the headroom' if beaten else 'fastest measured'}{finite} "
                   f"({fastest.samples_per_s:,.0f} samples/s)")
