@@ -42,7 +42,7 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
 def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
     """The optimizers with every learning rate 0. A trial repeats one batch for up to a hundred steps:
     at the configured rate the weights fit it and can run off to NaN (a plain MLP under SGD at 0.1
-    and momentum 0.9 did at every size from 8 up), and a size is never recommended on a non-finite
+    and momentum 0.9 did at every size from 4 or 8 up), and a size is never recommended on a non-finite
     loss. At 0 the update's arithmetic and memory are the same and the weights stay where they
     started. An optimizer's own groups without a learning rate are left as they are."""
     for optimizer in optimizers:

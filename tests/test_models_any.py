@@ -422,7 +422,7 @@ def test_vision_libraries_where_they_import(built, library, model):
 
 def test_trials_step_at_learning_rate_0_so_one_repeated_batch_cannot_drive_the_weights_to_nan(write_config):
     # A plain MLP under SGD at 0.1 with momentum 0.9, as a bare `model: {name: mlp}` config trains:
-    # a hundred steps on one batch used to run its loss off to NaN at every size from 8 up.
+    # a hundred steps on one batch used to run its loss off to NaN at every size from 4 or 8 up.
     cfg = load_config(write_config("model: {name: mlp}\n"))
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
