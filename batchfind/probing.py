@@ -352,7 +352,7 @@ def _topology(config: Config) -> Topology | None:
 
 def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dict, world_size: int):
     """Trials with their training plan, the limit, the recommendation and its notes."""
-    trials = with_training_plan(trials, config.train, config.recommend, world_size)
+    trials = with_training_plan(trials, config.train, config.recommend, world_size, facts.get("own_optimizers", False))
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     model = _model(trials, facts)
     variation = _variation(facts, model)
@@ -563,7 +563,8 @@ def _run(
         # A size measured twice (a re-measure, the verification) says the same once.
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _load_warnings(trials) + notes
                                     + outcome.warnings + _length_warnings(facts.get("input_lengths"))
-                                    + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo))),
+                                    + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo)
+                                    + _optimizer_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
                                                  prober.world_size),
@@ -611,6 +612,15 @@ def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
     if topo is None and "strategy" in config.probe.model_fields_set:
         return [f"probe.strategy {config.probe.strategy} applies to several ranks; this probe ran one process "
                 "without it (use --nproc-per-node N or torchrun)"]
+    return []
+
+
+def _optimizer_warnings(config: Config, facts: dict) -> list[str]:
+    """Optimizer settings a model that builds its own optimizers never used."""
+    unused = sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs"} & config.train.model_fields_set)
+    if facts.get("own_optimizers") and unused:
+        return [f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's configure_optimizers "
+                "builds its optimizers (and no learning rate is scaled for it)"]
     return []
 
 

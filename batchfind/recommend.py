@@ -46,16 +46,18 @@ def accumulation(batch: int, target: int | None) -> int | None:
     return None if target is None else max(1, -(-target // batch))  # exact in integers
 
 
-def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig, world_size: int = 1) -> list[Trial]:
+def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig, world_size: int = 1,
+                       own_optimizers: bool = False) -> list[Trial]:
     """Each trial with its global batch (per-device batch × ranks × accumulation steps toward the
-    target batch) and the learning rate scaled to it: the optimizer sees the global batch."""
+    target batch) and the learning rate scaled to it: the optimizer sees the global batch. A model
+    that builds its own optimizers (a LightningModule) gets no learning rate: `train.lr` is not its."""
     rule = lr_rule(rec.lr_rule, train.optimizer)
     planned = []
     for t in trials:
         per_step = t.batch_size * world_size
         steps = accumulation(per_step, rec.target_batch)
         global_batch = per_step * (steps or 1)
-        lr = scaled_lr(train.lr, global_batch, train.reference_batch, rule)
+        lr = None if own_optimizers else scaled_lr(train.lr, global_batch, train.reference_batch, rule)
         planned.append(dataclasses.replace(t, lr=lr, accumulation_steps=steps, global_batch_size=global_batch))
     return planned
 

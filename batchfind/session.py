@@ -16,7 +16,7 @@ from .errors import InputError, debugging
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
-from .step import CustomStep, Step, make_step, split
+from .step import CustomStep, LightningStep, Step, make_step, split
 
 
 class Session:
@@ -96,6 +96,8 @@ class Session:
             # A sharded parameter (FSDP's DTensor) still counts its full size.
             "parameters": sum(p.numel() for p in model.parameters()),
             "batchnorm": batchnorm,
+            # A LightningModule's configure_optimizers, not train.optimizer and train.lr.
+            "own_optimizers": isinstance(self.step, LightningStep),
             "smallest_batch": smallest,
             "backend": backend,
             "learned": {"scan": self.batches.scan, "smallest_batch": smallest},  # for the workers after this one

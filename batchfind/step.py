@@ -58,6 +58,13 @@ def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer
 
 def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "mse":
+        if output.shape != target.shape:
+            if output.shape[:-1] == target.shape and output.shape[-1] == 1:
+                output = output.squeeze(-1)  # one value per sample, as (B, 1), against (B,) targets
+            else:
+                # torch would broadcast them (into B × B for (B, 1) against (1, B)) and only warn.
+                raise InputError(f"train.loss: mse of an output of shape {tuple(output.shape)} against targets of shape "
+                                 f"{tuple(target.shape)}: they must have the same shape")
         return F.mse_loss(output.float(), target.float())
     if output.dim() > 2 and class_dim(output, target) == -1:
         # Sequence outputs (batch, time, classes): every position is a prediction.

@@ -436,3 +436,25 @@ def test_trials_step_at_learning_rate_0_so_one_repeated_batch_cannot_drive_the_w
     # The update ran all the same: its state (the momentum buffers) holds the memory training does.
     optimizer = step.optimizers[0]
     assert len(optimizer.state) == len(before) and cfg.train.lr == 0.1 and cfg.train.momentum == 0.9
+
+
+def test_mse_takes_one_value_per_sample_as_b_by_1_and_refuses_shapes_it_would_broadcast():
+    from batchfind.step import compute_loss
+
+    out, target = torch.randn(4, 1), torch.randn(4)
+    # torch alone broadcasts (4, 1) against (4,) into a 4 × 4 loss, and only warns.
+    assert compute_loss(out, target, "mse") == pytest.approx(float(((out.squeeze(-1) - target) ** 2).mean()))
+    with pytest.raises(InputError, match=r"train.loss: mse of an output of shape \(4, 2\) against targets of shape \(4,\)"):
+        compute_loss(torch.randn(4, 2), target, "mse")
+
+
+def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
+    pytest.importorskip("lightning")
+    text = (MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4", "'zoo:lightning_classifier'")
+            + "train: {lr: 0.5, reference_batch: 4}\n" + PROBE)
+    code, out, err = probe(write_config, text)
+    assert code == 0, err
+    report = json.loads(out)
+    # Its Adam at 0.01 from configure_optimizers, not train.lr under SGD's linear rule, is what trains.
+    assert [t["lr"] for t in report["trials"]] == [None] * len(report["trials"]) and report["recommendation"]["lr"] is None
+    assert any(w.startswith("train.lr: not used; the LightningModule's configure_optimizers") for w in report["warnings"])
