@@ -225,9 +225,13 @@ class Step:
     def _scored(self, output: Any) -> Any:
         if self.train.output is None:
             return output
-        value = field(output, self.train.output)
+        name = self.train.output
+        value = field(output, name)
         if value is None:
-            raise InputError(f"train.output: the model returned {_kind(output)}: no field {self.train.output!r}")
+            # A position written in quotes is text: `output: "1"` names a field, `output: 1` a position.
+            hint = (f" (a position is a number: output: {name})"
+                    if isinstance(output, (tuple, list)) and isinstance(name, str) and name.isdigit() else "")
+            raise InputError(f"train.output: the model returned {_kind(output)}: no field {name!r}{hint}")
         return value
 
     def score(self, output: Any, target: Any) -> torch.Tensor:

@@ -458,3 +458,12 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     # Its Adam at 0.01 from configure_optimizers, not train.lr under SGD's linear rule, is what trains.
     assert [t["lr"] for t in report["trials"]] == [None] * len(report["trials"]) and report["recommendation"]["lr"] is None
     assert any(w.startswith("train.lr: not used; the LightningModule's configure_optimizers") for w in report["warnings"])
+
+
+def test_a_position_written_in_quotes_is_told_to_be_a_number():
+    from batchfind.config import TrainConfig
+
+    step = Step(torch.nn.Linear(2, 2), TrainConfig.model_validate({"output": "1"}), CPU)
+    with pytest.raises(InputError, match=r"the model returned a tuple of 2: no field '1' \(a position is a number: output: 1\)"):
+        step._scored((torch.zeros(1), torch.zeros(1)))
+    assert Step(torch.nn.Linear(2, 2), TrainConfig.model_validate({"output": 1}), CPU)._scored((1, 2)) == 2
