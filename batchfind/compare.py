@@ -59,8 +59,8 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
                                    now_timed[size].samples_per_s, True, max_regression))
         changes.append(_change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False,
                                max_regression))
-    warnings = [f"the {which} report {why}" for which, report in (("base", base), ("new", new))
-                for why in _incomplete(report)]
+    warnings = [f"the {which} report {_incomplete(report)}" for which, report in (("base", base), ("new", new))
+                if _incomplete(report)]
     devices = [(r.environment.device, r.environment.device_name) for r in (base, new)]
     # A report where nothing fitted never learned its device: that is no difference.
     if None not in (devices[0][0], devices[1][0]) and devices[0] != devices[1]:
@@ -81,15 +81,15 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     return Comparison(changes, max_regression, warnings)
 
 
-def _incomplete(report: Report) -> list[str]:
-    """Why a report may hold less than a whole probe: its changes then say little."""
+def _incomplete(report: Report) -> str | None:
+    """Why a report may hold less than a whole probe (its changes then say little), or None."""
     if report.interrupted:
-        return ["was interrupted: it holds only the sizes it reached"]
+        return "was interrupted: it holds only the sizes it reached"
     if report.trials and all(t.phase == "verify" for t in report.trials):
-        return [f"is a check of batch {report.trials[0].batch_size}, not a probe: its limit is that size at most"]
+        return f"is a check of batch {report.trials[0].batch_size}, not a probe: its limit is that size at most"
     if report.stopped_because and report.stopped_because.startswith("time budget"):
-        return [f"stopped early ({report.stopped_because}): it holds only the sizes it reached"]
-    return []
+        return f"stopped early ({report.stopped_because}): it holds only the sizes it reached"
+    return None
 
 
 def _ranks(report: Report) -> str:
