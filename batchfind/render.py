@@ -41,12 +41,14 @@ def _duration(seconds: float | None) -> str:
 
 def step_text(trial: Trial) -> str:
     """Median step time and how far it may be off (half its interval, relative): `12.3 ±4%`; a
-    single measured step (a trial stopped at its bar) has no interval to give."""
+    single measured step (a trial stopped at its bar) has no interval to give. Past ±100% (one
+    step among a few that stalled for seconds) the figure says no more than that."""
     if trial.step_ms is None:
         return "-"
     if len(trial.step_ms.samples) == 1:
         return f"{trial.step_ms.median:.1f}"
-    return f"{trial.step_ms.median:.1f} ±{trial.uncertainty:.0%}"
+    spread = f"{trial.uncertainty:.0%}" if trial.uncertainty <= 1 else ">100%"
+    return f"{trial.step_ms.median:.1f} ±{spread}"
 
 
 def bar(fraction: float, width: int = 10) -> str:

@@ -8,10 +8,13 @@ the fit check batchfind proves its limit with), and the truth, the largest size 
 fits, is searched the same way between sizes that fit and fail fresh.
 
 The peers train the same model, data, loss and optimizer as batchfind (built by batchfind's own
-code from the config) under the same cap (RLIMIT_DATA) and allocator settings, three steps per size.
-Needs `pip install ".[bench]"` (lightning, accelerate).
+code from the config) under the same cap and allocator settings, three steps per size. On a CPU the
+cap is RLIMIT_DATA, as in batchfind's workers; on a GPU, `--memory-limit none` gives every tool the
+whole card, and a size caps each with `torch.cuda.set_per_process_memory_fraction`, as batchfind
+does. Needs `pip install ".[bench]"` (lightning, accelerate).
 
     python benchmarks/vs_peers.py --memory-limit 2GiB configs/cnn-small.yaml configs/gpt-small.yaml
+    python benchmarks/vs_peers.py --device cuda --memory-limit none --peers lightning-binsearch configs/resnet50.yaml
 """
 
 from __future__ import annotations
@@ -31,26 +34,41 @@ PEERS = ("lightning-power", "lightning-binsearch", "accelerate")
 # accelerate needs a first guess to shrink from; Lightning's tuner stops doubling at 8192.
 ACCELERATE_START = 4096
 STEPS_PER_TRIAL = 3
+# Samples Lightning's DataLoader draws from, over and over: making each item afresh would time the
+# data, not the step.
+POOL = 256
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
     started = time.monotonic()
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     return time.monotonic() - started, done
 
 
-def batchfind(config: str, limit: str) -> dict:
-    wall, done = run(["batchfind", "probe", config, "--memory-limit", limit, "--json", "--quiet"])
+def flags(device: str, limit: str | None) -> list[str]:
+    """batchfind's options for the device and the cap (none: the whole device)."""
+    return ["--device", device] + (["--memory-limit", limit] if limit else [])
+
+
+# This checkout's batchfind, installed or not (a lent GPU machine has it only as files).
+BATCHFIND = [sys.executable, "-m", "batchfind"]
+
+
+def batchfind(config: str, device: str, limit: str | None) -> dict:
+    wall, done = run([*BATCHFIND, "probe", config, *flags(device, limit), "--json", "--quiet"])
     report = json.loads(done.stdout)
     return {"tool": "batchfind", "wall_s": wall, "answer": report["limit"]["batch_size"], "report": report}
 
 
-def peer(tool: str, config: str, limit: str) -> dict:
+def peer(tool: str, config: str, device: str, limit: str | None) -> dict:
     from batchfind.worker import steady_allocator
 
     # The same allocator settings batchfind's CPU workers run with, so memory means the same.
-    env = steady_allocator(dict(os.environ))
-    wall, done = run([sys.executable, __file__, "--peer", tool, "--memory-limit", limit, config], env)
+    env = steady_allocator(dict(os.environ)) if device == "cpu" else None
+    wall, done = run([sys.executable, __file__, "--peer", tool, "--device", device,
+                      "--memory-limit", limit or "none", config], env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -58,30 +76,32 @@ def peer(tool: str, config: str, limit: str) -> dict:
     return {"tool": tool, "wall_s": wall, **json.loads(lines[-1])}
 
 
-def fits_fresh(config: str, limit: str, size: int) -> bool:
-    _, done = run(["batchfind", "check", config, "--batch", str(size), "--memory-limit", limit])
+def fits_fresh(config: str, device: str, limit: str | None, size: int) -> bool:
+    _, done = run([*BATCHFIND, "check", config, "--batch", str(size), *flags(device, limit)])
     if done.returncode not in (0, 3):
         raise RuntimeError(f"check --batch {size} failed: {done.stderr.strip()[-200:]}")
     return done.returncode == 0
 
 
-def truth(config: str, limit: str, fits: int, fails: int) -> int:
+def truth(config: str, device: str, limit: str | None, fits: int, fails: int) -> int:
     """The largest size a brand-new process fits, bisected with fresh checks from a size that fits
     fresh to one that fails fresh."""
-    while not fits_fresh(config, limit, fits):
+    while not fits_fresh(config, device, limit, fits):
         fails, fits = fits, fits // 2
-    while fits_fresh(config, limit, fails):
+    while fits_fresh(config, device, limit, fails):
         fits, fails = fails, fails * 2
     while fails - fits > 1:
         middle = (fits + fails) // 2
-        fits, fails = (middle, fails) if fits_fresh(config, limit, middle) else (fits, middle)
+        fits, fails = (middle, fails) if fits_fresh(config, device, limit, middle) else (fits, middle)
     return fits
 
 
 # ---- the peers, each in its own process ---------------------------------------------------
 
 
-def _setup(config_path: str, limit: str):
+def _setup(config_path: str, device: str, limit: str | None, data_device: str | None = None):
+    """The config, the model on `device` under the cap, and batches built on `data_device` (default:
+    the device)."""
     import torch
 
     from batchfind.config import load_config
@@ -89,29 +109,37 @@ def _setup(config_path: str, limit: str):
     from batchfind.models import build_model
     from batchfind.sizes import parse_size
 
-    config = load_config(config_path, {"--device": "cpu"})
-    cap = parse_size(limit)
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))  # as batchfind's workers do
+    config = load_config(config_path, {"--device": device})
+    target = torch.device(device)
+    if limit and target.type == "cuda":
+        total = torch.cuda.get_device_properties(target).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, parse_size(limit) / total), target)
+    elif limit:
+        cap = parse_size(limit)
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))  # as batchfind's workers do
     torch.manual_seed(0)
-    return config, build_model(config.model).train(), build_batches(config, torch.device("cpu"))
+    model = build_model(config.model).train().to(target)
+    return config, model, build_batches(config, torch.device(data_device or device))
 
 
-def _lightning(mode: str, config_path: str, limit: str) -> int | None:
+def _lightning(mode: str, config_path: str, device: str, limit: str | None) -> int | None:
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.tuner import Tuner
 
     from batchfind.step import compute_loss, make_optimizer
 
-    config, model, batches = _setup(config_path, limit)
+    # Lightning moves each batch to the device itself.
+    config, model, batches = _setup(config_path, device, limit, data_device="cpu")
+    pool = batches.batch(min(POOL, len(batches)))  # the shipped configs' synthetic data: (inputs, targets)
 
     class Samples(torch.utils.data.Dataset):
         def __len__(self):
             return len(batches)
 
         def __getitem__(self, i):
-            x, y = batches.sample(1)  # the shipped configs' synthetic data: (inputs, targets)
-            return x[0], y[0]
+            x, y = pool
+            return x[i % len(x)], y[i % len(y)]
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -128,17 +156,21 @@ def _lightning(mode: str, config_path: str, limit: str) -> int | None:
         def train_dataloader(self):
             return torch.utils.data.DataLoader(Samples(), batch_size=self.batch_size)
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+    precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[config.train.precision]
+    target = torch.device(device)
+    trainer = pl.Trainer(accelerator="gpu" if target.type == "cuda" else "cpu",
+                         devices=[target.index or 0] if target.type == "cuda" else 1, max_epochs=1,
+                         precision=precision, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     return Tuner(trainer).scale_batch_size(Module(), mode=mode, steps_per_trial=STEPS_PER_TRIAL)
 
 
-def _accelerate(config_path: str, limit: str) -> int:
+def _accelerate(config_path: str, device: str, limit: str | None) -> int:
     from accelerate.utils import find_executable_batch_size
 
     from batchfind.step import Step
 
-    config, model, batches = _setup(config_path, limit)
+    config, model, batches = _setup(config_path, device, limit)
     step = Step(model, config.train, next(model.parameters()).device)
 
     @find_executable_batch_size(starting_batch_size=ACCELERATE_START)
@@ -151,39 +183,52 @@ def _accelerate(config_path: str, limit: str) -> int:
     return train()
 
 
-def _run_peer(tool: str, config: str, limit: str) -> None:
+def _run_peer(tool: str, config: str, device: str, limit: str | None) -> None:
     if tool == "accelerate":
-        answer = _accelerate(config, limit)
+        answer = _accelerate(config, device, limit)
     else:
-        answer = _lightning(tool.removeprefix("lightning-"), config, limit)
+        answer = _lightning(tool.removeprefix("lightning-"), config, device, limit)
     print(json.dumps({"answer": answer}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+")
-    parser.add_argument("--memory-limit", default="2GiB")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--memory-limit", default="2GiB", help="a size, or none for the whole device (GPU)")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
+    parser.add_argument("--keep", type=Path, help="write batchfind's report of each config into this folder")
     parser.add_argument("--peer", choices=PEERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    limit = None if args.memory_limit.lower() == "none" else args.memory_limit
+    if limit is None and args.device == "cpu":
+        parser.error("--memory-limit none: a CPU run needs a cap, or out of memory means swapping")
     if args.peer:
-        return _run_peer(args.peer, args.configs[0], args.memory_limit)
+        return _run_peer(args.peer, args.configs[0], args.device, limit)
+    peers = [p for p in args.peers.split(",") if p]
+    if unknown := set(peers) - set(PEERS):
+        parser.error(f"--peers: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(PEERS)}")
     rows = []
     for config in args.configs:
-        ours = batchfind(config, args.memory_limit)
-        results = [ours] + [peer(tool, config, args.memory_limit) for tool in PEERS]
-        limit = ours["report"]["limit"]
-        best = truth(config, args.memory_limit, limit["batch_size"], limit["first_oom"])
+        ours = batchfind(config, args.device, limit)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / f"{Path(config).stem}.json").write_text(json.dumps(ours["report"], indent=2))
+        results = [ours] + [peer(tool, config, args.device, limit) for tool in peers]
+        found = ours["report"]["limit"]
+        best = truth(config, args.device, limit, found["batch_size"], found["first_oom"])
         recommended = ours["report"]["recommendation"]["batch_size"]
         for result in results:
             answer = result["answer"]
-            recheck = ("fits" if fits_fresh(config, args.memory_limit, answer) else "fails") if answer else "-"
+            recheck = ("fits" if fits_fresh(config, args.device, limit, answer) else "fails") if answer else "-"
             share = f"{answer / best:.0%}" if answer else "-"
             note = result.get("error") or (f"recommended {recommended}" if result is ours else "")
             rows.append((Path(config).name, result["tool"], f"{result['wall_s']:.1f}", answer or "crashed",
                          best, share, recheck, note))
             print(rows[-1], flush=True)
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
-          f"memory limit {args.memory_limit}, {STEPS_PER_TRIAL} steps per trial for the peers\n")
+    device = ours["report"]["environment"]["device_name"] or args.device
+    print(f"\n{device}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+          f"memory limit {limit or 'none'}, {STEPS_PER_TRIAL} steps per trial for the peers\n")
     print("| config | tool | wall s | answer | fresh truth | answer / truth | answer re-checked fresh | note |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
     for row in rows:

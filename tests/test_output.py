@@ -314,6 +314,15 @@ def test_a_single_measured_step_shows_no_interval():
     assert step_text(one) == "250.4" and step_text(two) == "300.0 ±17%"
 
 
+def test_an_interval_wider_than_the_step_says_only_that():
+    # One step of three stalled for seconds: "±2374%" would be a precise figure for no precision.
+    stalled = Trial(8, "ok", StepTimes(100.0, 100.0, 4000.0, [100.0, 100.0, 5000.0], 100.0, 5000.0),
+                    samples_per_s=80, purpose="throughput")
+    whole = Trial(8, "ok", StepTimes(100.0, 50.0, 250.0, [50.0, 100.0, 250.0], 50.0, 250.0),
+                  samples_per_s=80, purpose="throughput")
+    assert step_text(stalled) == "100.0 ±>100%" and step_text(whole) == "100.0 ±100%"
+
+
 def test_the_share_of_the_limit_is_of_what_the_limit_counts():
     # A CPU worker's resident peak holds code and files beside the data segment the cap counts.
     report = make_report()
