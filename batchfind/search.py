@@ -77,7 +77,10 @@ def edge(
 
     Where a brand-new process costs more than a few fit checks (a GPU), `margin` makes each jump
     land safely below the model's edge: a model that overshot would otherwise cost a process for its
-    failure and another to start below it. Once the model has overshot, every search does so.
+    failure and another to start below it. Once the model has overshot, every search does so. Once
+    two checks it steered have failed, it is not asked again and the search bisects: a model whose
+    failures all read the ceiling learns nothing from them (following it walked down one size per
+    check), and one that stays low would start a gallop afresh after each failure.
 
     Without `reuse` every check runs in a brand-new process: where processes are cheap and a
     worker that ran before is a worse place to measure (a CPU, whose allocator keeps what earlier
@@ -88,6 +91,10 @@ def edge(
     tried: list[Outcome] = []
     warm = False  # the worker of the last check is alive and has only fitted
     misses = 0  # the model called the edge and the size above still fitted: step again, then gallop
+    # Checks the model steered (an aim, a step or a gallop) that failed; a model whose edge is at or
+    # above a size that already failed has overshot once before the search begins.
+    first = predict() if predict is not None else None
+    overshoots = int(first is not None and first >= min(o.batch_size for o in known if o.status != "ok"))
     while keep_going():
         seen = [*known, *tried]
         hi = min(o.batch_size for o in seen if o.status != "ok")
@@ -103,7 +110,7 @@ def edge(
         # Within the resolution of what fits, the model's edge is as good as there: the next check
         # is the one that should fail.
         reach = min(max(above, (lo + resolution) // step * step), top)
-        guess = predict() if predict is not None and above <= top else None
+        guess = predict() if predict is not None and above <= top and overshoots < 2 else None
         calls_edge = guess is not None and guess < reach
         if above > top or hi - lo <= resolution or (calls_edge and not proven and not misses):
             # Nothing left between them, or the model says this is the edge: prove it.
@@ -141,6 +148,8 @@ def edge(
             break
         warm = reuse and outcome.status == "ok"
         misses = misses + 1 if calls_edge and size > lo and outcome.status == "ok" else 0
-        if guess is not None and not calls_edge and outcome.status != "ok":
-            margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
+        if guess is not None and outcome.status != "ok":
+            overshoots += 1
+            if not calls_edge:
+                margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried

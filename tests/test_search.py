@@ -71,7 +71,7 @@ def test_doubling_never_passes_a_failure_and_stays_in_bounds(low, high, threshol
 
 # ---- the edge ------------------------------------------------------------------------------
 
-from batchfind.search import edge  # noqa: E402
+from batchfind.search import CAUTIOUS, edge  # noqa: E402
 
 
 @dataclass
@@ -169,6 +169,23 @@ def test_after_an_overshoot_a_fit_within_the_resolution_below_the_failure_ends_t
     assert len(edge(device.fit, doubling(262_144, 524_288), predict=lambda: 339_700, reuse=False)) > 3
 
 
+def test_a_model_that_stays_high_after_it_overshot_costs_a_bisection_not_a_walk():
+    """A Hugging Face GPT-2 under a CPU cap: every failure read the ceiling, so the model kept its
+    edge at 122 where a brand-new process fitted 95, and the search stepped down one size per
+    check (122, 121, ... 96: 28 checks)."""
+    for margin in (0.0, CAUTIOUS):
+        device = Device(95)
+        outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 122, margin=margin, reuse=False)
+        assert proven(outcomes, 95, "ok") and proven(outcomes, 96, "oom")
+        assert len(outcomes) <= 8
+    # A model whose edge is above the doubling's failure has overshot already: one check just below
+    # the failure (where a worker's edge may sit a sample above a brand-new process's), then bisection.
+    device = Device(95)
+    outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 221, reuse=False)
+    assert [o.batch_size for o in outcomes][:2] == [127, 95] and len(outcomes) <= 9
+    assert proven(outcomes, 95, "ok") and proven(outcomes, 96, "oom")
+
+
 def test_edge_stops_on_an_error_and_on_the_budget():
     device = Device(10, status="error")
     assert len(edge(device.fit, doubling(4, 64))) == 1
@@ -206,7 +223,8 @@ def test_edge_proves_exactly_the_largest_fitting_candidate(data, fits, span, ste
     if above < fails:
         assert proven(outcomes, above, "oom")
     assert all(o.batch_size in candidates or o.batch_size in (fits, fails) for o in outcomes)
-    assert len(outcomes) <= 2 * (len(candidates) + 2)
+    # However wrong the model, a search, not a walk: checks grow with the bits of the bracket.
+    assert len(outcomes) <= 3 * (span // step).bit_length() + 8
 
 
 @given(
@@ -237,3 +255,4 @@ def test_edge_within_the_resolution_is_proven_and_never_above_the_truth(data, fi
     assert proven(seen, lo, "ok") and proven(seen, hi, "oom")
     assert hi - lo <= resolution or hi - lo == 1
     assert all(o.fresh_process for o in outcomes)
+    assert len(outcomes) <= 3 * span.bit_length() + 8
