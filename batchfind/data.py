@@ -6,6 +6,7 @@ these, moved to the device by `to_device`; only the step (step.py) looks inside 
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 from collections.abc import Mapping
@@ -85,8 +86,9 @@ class Batches:
     """
 
     def __init__(self, dataset: Dataset | None, spec: SampleSpec | dict[str, InputSpec] | None, length: int,
-                 device: torch.device, scan: dict[str, Any] | None = None):
+                 device: torch.device, scan: dict[str, Any] | None = None, target: str | None = None):
         self.dataset, self.spec, self.length, self.device = dataset, spec, length, device
+        self.target = target  # the key of dict items' targets (`train.target`), padded as targets
         self.describe = "synthetic" if dataset is None else type(dataset).__name__
         self.order: list[int] | None = None
         self.lengths: dict[str, int] | None = None
@@ -102,14 +104,16 @@ class Batches:
     def __len__(self) -> int:
         return self.length
 
-    def batch(self, size: int) -> Any:
+    def batch(self, size: int, start: int = 0) -> Any:
+        """`size` items from the `start`-th on, of a fixed order: the same items every trial (the
+        longest first when lengths vary), so sizes compare fairly."""
         if self.spec is not None:
             return self._synthetic(size)
-        # The same items every trial (the longest first when lengths vary), so sizes compare fairly.
+        end = start + size
         if self.order is None:
-            indices: Any = range(size)
+            indices: Any = range(start, end)
         else:  # the scanned items, longest first, then unscanned ones in order
-            indices = self.order[:size] + list(range(len(self.order), size))
+            indices = (self.order[:end] + list(range(len(self.order), end)))[start:]
         return self._collate([self._item(i) for i in indices])
 
     def sample(self, size: int) -> Any:
@@ -126,11 +130,11 @@ class Batches:
         return DataLoader(
             self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
-            collate_fn=collate if self.lengths is None else pad_collate,
+            collate_fn=collate if self.lengths is None else functools.partial(pad_collate, target=self.target),
         )
 
     def _collate(self, items: list) -> Any:
-        return to_device(collate(items) if self.lengths is None else pad_collate(items), self.device)
+        return to_device(collate(items) if self.lengths is None else pad_collate(items, self.target), self.device)
 
     def _item(self, index: int) -> Any:
         try:
@@ -199,8 +203,8 @@ def _lengths(value: Any, top: bool = True) -> list[int | None]:
     parts = _parts(value, top)
     if parts is not None:
         return [n for part in parts for n in _lengths(part, False)]
-    if isinstance(value, torch.Tensor):
-        return [value.shape[0] if value.dim() else None]
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy" and hasattr(value, "shape"):
+        return [value.shape[0] if len(value.shape) else None]  # a numpy array's first dimension too
     return [len(value)] if isinstance(value, (list, tuple)) else [None]
 
 
@@ -210,24 +214,26 @@ def collate(items: list) -> Any:
     return _padded(items, False, "", True) if isinstance(items[0], Mapping) else default_collate(items)
 
 
-def pad_collate(items: list) -> Any:
+def pad_collate(items: list, target: str | None = None) -> Any:
     """Items whose fields vary in length, at any depth: each such field is padded to its longest,
-    an integer target (an item's last element, a dict's `labels`) with IGNORE_INDEX, which
-    cross-entropy ignores, everything else with 0."""
-    return _padded(items, False, "", True)
+    an integer target (an item's last element, a dict's `labels` or its `target` key, as
+    `train.target` names it) with IGNORE_INDEX, which cross-entropy ignores, everything else with 0."""
+    return _padded(items, False, "", True, frozenset({"labels", target}))
 
 
-def _padded(values: list, target: bool, where: str, top: bool = False) -> Any:
+def _padded(values: list, target: bool, where: str, top: bool = False, targets: frozenset = frozenset({"labels"})) -> Any:
     first = values[0]
     if isinstance(first, Mapping):
-        return {key: _padded([v[key] for v in values], target or key == "labels", f"{where}{key}.") for key in first}
+        return {key: _padded([v[key] for v in values], target or key in targets, f"{where}{key}.", targets=targets)
+                for key in first}
     parts = _parts(first, top)
     if parts is not None:
         if any(len(v) != len(parts) for v in values):
             raise InputError(f"data: {_field(where)} holds {len(parts)} elements in one item and "
                              f"{next(len(v) for v in values if len(v) != len(parts))} in another")
         last = len(parts) - 1
-        collated = [_padded([v[i] for v in values], target or top and i == last, f"{where}{i}.") for i in range(last + 1)]
+        collated = [_padded([v[i] for v in values], target or top and i == last, f"{where}{i}.", targets=targets)
+                    for i in range(last + 1)]
         return type(first)(*collated) if hasattr(first, "_fields") else type(first)(collated)  # a namedtuple, or not
     if isinstance(first, (str, bytes)) or isinstance(first, list) and not _numeric(first):
         return list(values)  # text is not collated
@@ -271,7 +277,7 @@ def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None
         raise InputError(f"data.kind: the length of {data.kind}'s dataset raised {raised(exc)}") from exc
     if length == 0:
         raise InputError(f"data: the {data.kind} dataset is empty")
-    return Batches(dataset, None, length, device, scan)
+    return Batches(dataset, None, length, device, scan, cfg.train.target)
 
 
 def synthetic_spec(cfg: Config) -> SampleSpec | dict[str, InputSpec]:

@@ -109,6 +109,12 @@ class StepPlan:
         return elapsed_s + step_s <= self.max_time_s and uncertainty(times_ms) > self.precision
 
 
+def own(batch: Any, device: torch.device) -> Any:
+    """The batch in containers of its own, its tensors shared: a step that pops a key from its batch
+    (`batch.pop("labels")`, as Trainer's compute_loss does) leaves the next step's whole."""
+    return to_device(batch, device)  # tensors already there stay the same tensors
+
+
 def measure(
     step: Callable[[Any], torch.Tensor],
     batch: Callable[[int], Any],
@@ -130,7 +136,7 @@ def measure(
     planned = plan.warmup + plan.min_steps
     losses = []
     for i in range(plan.warmup):
-        losses.append(step(b))
+        losses.append(step(own(b, device)))
         if on_step:
             on_step(i + 1, planned)
     devices.sync(device)
@@ -138,10 +144,11 @@ def measure(
     load = devices.HostLoad()
     times_ms: list[float] = []
     while plan.more(times_ms):
+        given = own(b, device)
         # Synchronize before each clock read so queued GPU work is counted in its own step.
         devices.sync(device)
         start = time.perf_counter()
-        losses.append(step(b))
+        losses.append(step(given))
         devices.sync(device)
         times_ms.append((time.perf_counter() - start) * 1000)
         if on_step:

@@ -192,12 +192,14 @@ class Session:
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device,
               labels: bool = True) -> None:
-    """One sample through the step without training, so data that does not fit the model is an
-    input error, not a trial error; with `labels`, the range of up to 256 items' labels too."""
-    batch = batches.batch(1)
+    """Two samples (one, where the dataset has one) through the step without an update, so data
+    that does not fit the model is an input error, not a trial error; with `labels`, the range of
+    up to `LABEL_ITEMS` items' labels too. In training mode, as the trials run: a model may return
+    other outputs in eval mode (Inception's auxiliary logits, a detector's losses). Two samples,
+    because a loss left per sample (`reduction="none"`) passes for a scalar with one."""
+    batch = batches.batch(min(2, len(batches)))
     train = config.train
     step = make_step(model, train, device)
-    model.eval()
     try:
         step.check(batch, lambda classes: check_labels(batches, classes, config) if labels else None)
     except InputError:
@@ -210,8 +212,6 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         raise InputError(
             f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: {one_line(exc)}"
         ) from exc
-    finally:
-        model.train()
 
 
 def smallest_batch(step: Step | CustomStep, batches: Batches) -> int:
@@ -224,13 +224,25 @@ def smallest_batch(step: Step | CustomStep, batches: Batches) -> int:
     return 1
 
 
+# Items whose labels are checked against the model's classes, and how many at a time: a batch of
+# them all would be the largest set-up allocation (256 images of 512x512 pixels: 805 MB, where the
+# limit let batch 4 train).
+LABEL_ITEMS = 256
+LABEL_CHUNK = 8
+
+
 def check_labels(batches: Batches, classes: int, config: Config) -> None:
     # Out-of-range labels fail deep inside the loss (or silently on GPU): catch them here.
-    _, labels = split(batches.batch(min(len(batches), 256)), config.train)
-    labels = labels[labels != IGNORE_INDEX]  # padding
-    if not labels.numel():
+    count = min(len(batches), LABEL_ITEMS)
+    ranges = []
+    for start in range(0, count, LABEL_CHUNK):
+        _, labels = split(batches.batch(min(LABEL_CHUNK, count - start), start), config.train)
+        labels = labels[labels != IGNORE_INDEX]  # padding
+        if labels.numel():
+            ranges.append((int(labels.min()), int(labels.max())))
+    if not ranges:
         return
-    low, high = int(labels.min()), int(labels.max())
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if low < 0 or high >= classes:
         raise InputError(f"data: targets range over [{low}, {high}] but the model outputs {classes} classes")
 

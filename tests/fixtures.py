@@ -97,6 +97,36 @@ class Pairs(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
+class LateLabel(Pairs):
+    """Pairs whose labels are in range except item `at`'s."""
+
+    def __init__(self, n: int = 300, at: int = 200, label: int = 7):
+        super().__init__(n)
+        self.y[at] = label
+
+
+class Auxiliary(nn.Module):
+    """Like Inception: (logits, aux_logits) while training, the logits alone in eval mode."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.main, self.aux = nn.Linear(features, classes), nn.Linear(features, classes)
+
+    def forward(self, x):
+        return {"logits": self.main(x), "aux_logits": self.aux(x)} if self.training else self.main(x)
+
+
+class PerSampleLoss(nn.Module):
+    """Returns its loss left per sample (`reduction="none"`): no scalar to train on."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x, labels):
+        return {"loss": nn.functional.cross_entropy(self.linear(x), labels, reduction="none")}
+
+
 class Flaky(Trap):
     """Fits up to `fresh_limit` in its first trial; a worker that ran before fits 8 more (fake OOM)."""
 
@@ -105,7 +135,7 @@ class Flaky(Trap):
         self.fresh_limit, self.calls = fresh_limit, 0
 
     def forward(self, x):
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # a training step, not the set-up's check
             self.calls += 1
         # The first trial's steps in this process fit up to fresh_limit, later ones 8 more.
         limit = self.fresh_limit + (8 if self.calls > 1 else 0)

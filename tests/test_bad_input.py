@@ -94,7 +94,7 @@ CASES = {
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,
                                        ["--min-batch", "16"], "--min-batch: 16 is larger than the dataset (10"),
     "shape does not fit": ("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
-                           "data and model do not fit together: inputs (1, 8) torch.float32"),
+                           "data and model do not fit together: inputs (2, 8) torch.float32"),
     "labels out of range": ("model: {name: mlp, in_features: 8, classes: 2}\n"
                             "data: {kind: 'fixtures:Pairs', kwargs: {classes: 9}}\n" + CPU, [],
                             "but the model outputs 2 classes"),

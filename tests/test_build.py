@@ -137,7 +137,35 @@ def test_model_factory_problems(write_config, text, message):
 
 def test_data_that_does_not_fit_the_model_names_both(write_config):
     cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}")
-    with pytest.raises(InputError, match=r"inputs \(1, 8\) torch.float32.*into mlp"):
+    with pytest.raises(InputError, match=r"inputs \(2, 8\) torch.float32.*into mlp"):
+        check_fit(model, batches, cfg, CPU)
+
+
+def test_labels_are_checked_a_few_items_at_a_time_and_all_of_them(write_config, monkeypatch):
+    # A batch of all 256 items was the largest allocation of the set-up: 805 MB of 512x512
+    # images, where the limit let batch 4 train.
+    from batchfind.data import Batches
+    from batchfind.session import LABEL_CHUNK
+
+    sizes = []
+    batch = Batches.batch
+    monkeypatch.setattr(Batches, "batch", lambda self, size, start=0: sizes.append(size) or batch(self, size, start))
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, classes: 4}\n"
+                                              "data: {kind: 'fixtures:LateLabel'}")
+    with pytest.raises(InputError, match=r"targets range over \[0, 7\] but the model outputs 4 classes"):
+        check_fit(model, batches, cfg, CPU)
+    assert max(sizes) == LABEL_CHUNK and sum(sizes) >= 256
+
+
+def test_the_set_up_check_sees_what_training_sees(write_config):
+    # In eval mode this model returns bare logits; the trials train it, and get its dict.
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:Auxiliary'}\ntrain: {output: logits}\n"
+                                              "data: {kind: 'fixtures:Pairs'}")
+    check_fit(model, batches, cfg, CPU)
+    # A loss left per sample is one value in a batch of one: two samples show it is no scalar.
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:PerSampleLoss'}\n"
+                                              "data: {inputs: {x: {shape: [8]}, labels: {shape: [], dtype: int64, high: 4}}}")
+    with pytest.raises(InputError, match=r"returned a tensor of shape \(2,\), expected the loss"):
         check_fit(model, batches, cfg, CPU)
 
 
@@ -183,6 +211,20 @@ def test_oom_classification():
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_oom(ValueError("out of memory"))  # only runtime errors carry allocator messages
     assert looks_like_oom("Traceback ... MemoryError") and not looks_like_oom("ValueError: bad")
+
+
+def test_each_step_gets_its_own_batch_containers(write_config):
+    # Trainer's compute_loss pops the labels from its batch: the second step found none.
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:PerSampleLoss'}\n"
+                                              "data: {inputs: {x: {shape: [8]}, labels: {shape: [], dtype: int64, high: 4}}}")
+
+    def popping(batch):
+        labels = batch.pop("labels")
+        return torch.nn.functional.cross_entropy(model.linear(batch["x"]), labels).detach()
+
+    result = measure(popping, batches.batch, 4, StepPlan("throughput", warmup=1, min_steps=3), dataset_len=100,
+                     device=CPU, meter=CappedPeak(CPU))
+    assert result["status"] == "ok" and result["steps"] == 4
 
 
 def test_step_stats_percentiles():

@@ -138,6 +138,25 @@ def test_items_of_any_structure_pad_every_field_whose_length_varies():
         pad_collate([([torch.zeros(1), torch.zeros(1)], [1, 2]), ([torch.zeros(1)], [1])])
 
 
+def test_the_target_key_pads_as_a_target_and_numpy_arrays_vary_in_length():
+    # train.target names the key: its padding is ignored by cross-entropy, as `labels`' is.
+    tagged = pad_collate([{"ids": [1, 2], "tags": [3, 4]}, {"ids": [5], "tags": [6]}], target="tags")
+    assert tagged["tags"].tolist() == [[3, 4], [6, -100]] and tagged["ids"].tolist() == [[1, 2], [5, 0]]
+
+    # Audio-like items: numpy arrays of (time, features), the time varying.
+    class Clips(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return np.ones((3 + i, 2), dtype=np.float32), i % 2
+
+    batches = Batches(Clips(), None, 6, CPU)
+    assert batches.lengths == {"longest": 8, "shortest": 3, "scanned": 6, "total": 6}
+    x, y = batches.batch(3)
+    assert x.shape == (3, 8, 2) and y.tolist() == [1, 0, 1]
+
+
 def test_items_of_one_length_collate_as_torch_does():
     # (feature, label) of Python numbers, a namedtuple, numpy arrays: default_collate's batches,
     # dtypes and types; dicts of lists (a tokenizer's) become tensors.
@@ -178,7 +197,7 @@ def test_a_model_given_its_labels_may_return_the_loss_as_a_bare_scalar(built):
         make_step(model, cfg.train, CPU)(batches.batch(4))
     # Logits without a target are no loss, and the error shows what came back.
     cfg, model, batches = built("model: {name: 'zoo:ScoresItself'}\ndata: {inputs: {x: {shape: [8]}}}\n")
-    with pytest.raises(InputError, match=r"output \(a tensor of shape \(1, 4\)\) is not a loss"):
+    with pytest.raises(InputError, match=r"output \(a tensor of shape \(2, 4\)\) is not a loss"):
         check_fit(model, batches, cfg, CPU)
 
 
@@ -351,9 +370,9 @@ def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
     [
         (BERT_SYNTHETIC.replace("    labels: {", "    label: {"), "the model returned SequenceClassifierOutput with fields logits: not a tensor and no loss; set train.output"),
         (BERT_SYNTHETIC + "  target: label\n", "train.target: batches have no key 'label' (they have input_ids, attention_mask, labels)"),
-        (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (1, 12) torch.int64"),
+        (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (2, 12) torch.int64"),
         ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
-         "data and model do not fit together: batch {input_ids: (1, 8) torch.int64, attention_mask: (1, 8) torch.int64, labels: (1, 8) torch.int64} into mlp"),
+         "data and model do not fit together: batch {input_ids: (2, 8) torch.int64, attention_mask: (2, 8) torch.int64, labels: (2, 8) torch.int64} into mlp"),
         ("model: {name: mlp}\ndata: {kind: 'zoo:Tokens', kwargs: {vocab: 0}}\n", "data: item 0 of the Tokens dataset raised RuntimeError"),
     ],
     ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected",
