@@ -299,6 +299,8 @@ class TrainConfig(_Section):
     # How inputs reach the model. auto: a tensor as model(x), a tuple as model(*x), a dict as
     # model(**x); positional: a dict's values as model(*values); single: model(inputs) always.
     call: Literal["auto", "positional", "single"] = "auto"
+    # Keyword arguments every forward call gets beside the batch (`use_cache: false`).
+    forward_kwargs: FiniteKwargs = {}
     # package.module:function(model, batch, optimizer) -> loss: the whole step, replacing ours.
     step: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -337,6 +339,8 @@ class TrainConfig(_Section):
             self.optimizer_kwargs = {**self.optimizer_kwargs, "lr": self.lr}
         if self.step is not None and self.precision != "fp32":
             raise ValueError("train.step owns its precision: use torch.autocast inside it, not train.precision")
+        if self.step is not None and self.forward_kwargs:
+            raise ValueError("train.step calls the model itself: pass forward_kwargs there, not in train.forward_kwargs")
         return self
 
     @property

@@ -208,9 +208,13 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         if devices.is_oom(exc):
             raise
         via = f" through train.step {train.step}" if train.step else ""
+        text = str(exc)
+        hint = ("; an argument the batches do not hold can be set in train.forward_kwargs"
+                if isinstance(exc, TypeError) and "required" in text and "argument" in text and not train.step else "")
         # Chained: under --debug the model's own frames show where it failed.
         raise InputError(
-            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: {one_line(exc)}"
+            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: "
+            f"{one_line(exc)}{hint}"
         ) from exc
 
 

@@ -109,14 +109,16 @@ def split(batch: Any, train: TrainConfig) -> tuple[Any, Any]:
     return batch, None
 
 
-def call_model(model: nn.Module, inputs: Any, call: str) -> Any:
+def call_model(model: nn.Module, inputs: Any, call: str, extra: Mapping[str, Any] | None = None) -> Any:
+    """The model on the inputs as `call` says, with the `extra` keyword arguments beside them."""
+    extra = extra or {}
     if call == "single" or isinstance(inputs, torch.Tensor):
-        return model(inputs)
+        return model(inputs, **extra)
     if isinstance(inputs, Mapping):
-        return model(*inputs.values()) if call == "positional" else model(**inputs)
+        return model(*inputs.values(), **extra) if call == "positional" else model(**inputs, **extra)
     if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+        return model(*inputs, **extra)
+    return model(inputs, **extra)
 
 
 def field(output: Any, name: str | int) -> Any:
@@ -220,7 +222,7 @@ class Step:
 
     def forward(self, batch: Any) -> tuple[Any, Any]:
         inputs, target = split(batch, self.train)
-        return call_model(self.model, inputs, self.train.call), target
+        return call_model(self.model, inputs, self.train.call, self.train.forward_kwargs), target
 
     def _scored(self, output: Any) -> Any:
         if self.train.output is None:

@@ -127,6 +127,17 @@ class PerSampleLoss(nn.Module):
         return {"loss": nn.functional.cross_entropy(self.linear(x), labels, reduction="none")}
 
 
+class Tempered(nn.Module):
+    """Needs a keyword argument that no batch holds."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x, *, temperature):
+        return self.linear(x) / temperature
+
+
 class Flaky(Trap):
     """Fits up to `fresh_limit` in its first trial; a worker that ran before fits 8 more (fake OOM)."""
 

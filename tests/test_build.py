@@ -169,6 +169,22 @@ def test_the_set_up_check_sees_what_training_sees(write_config):
         check_fit(model, batches, cfg, CPU)
 
 
+def test_forward_kwargs_reach_every_forward_call(write_config):
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:Tempered'}\ndata: {kind: 'fixtures:Pairs'}")
+    with pytest.raises(InputError, match=r"missing 1 required keyword-only argument: 'temperature'; an argument the "
+                                         r"batches do not hold can be set in train.forward_kwargs"):
+        check_fit(model, batches, cfg, CPU)
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:Tempered'}\ndata: {kind: 'fixtures:Pairs'}\n"
+                                              "train: {forward_kwargs: {temperature: 2.0}}")
+    check_fit(model, batches, cfg, CPU)
+    x, y = batches.batch(4)
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model.linear(x) / 2.0, y))
+    assert float(Step(model, cfg.train, CPU)(batches.batch(4))) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InputError, match="train.step calls the model itself"):
+        load_config(write_config("model: {name: mlp}\ntrain: {step: 'fixtures:step', forward_kwargs: {t: 1}}"))
+
+
 def test_labels_out_of_range(write_config):
     cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, classes: 2}\ndata: {kind: 'fixtures:Pairs', kwargs: {classes: 50}}")
     torch.manual_seed(0)
