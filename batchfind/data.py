@@ -53,8 +53,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
         # Mapping types such as transformers' BatchEncoding are rebuilt as plain dicts: model(**batch) takes both.
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return _rebuilt(batch, [to_device(v, device) for v in batch])
     return batch
+
+
+def _rebuilt(like: tuple | list, parts: list) -> tuple | list:
+    """A tuple or list of `like`'s type holding `parts`: a namedtuple takes them one by one."""
+    return type(like)(*parts) if hasattr(like, "_fields") else type(like)(parts)
 
 
 def describe_batch(batch: Any) -> str:
@@ -234,7 +239,7 @@ def _padded(values: list, target: bool, where: str, top: bool = False, targets: 
         last = len(parts) - 1
         collated = [_padded([v[i] for v in values], target or top and i == last, f"{where}{i}.", targets=targets)
                     for i in range(last + 1)]
-        return type(first)(*collated) if hasattr(first, "_fields") else type(first)(collated)  # a namedtuple, or not
+        return _rebuilt(first, collated)
     if isinstance(first, (str, bytes)) or isinstance(first, list) and not _numeric(first):
         return list(values)  # text is not collated
     tensors = [torch.as_tensor(v) for v in values]

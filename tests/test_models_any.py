@@ -107,6 +107,10 @@ def test_nested_batches_move_to_the_device_keeping_their_structure():
     moved = to_device(batch, torch.device("meta"))
     assert moved["a"].device.type == "meta" and moved["pair"][1][0].device.type == "meta"
     assert moved["text"] == ["x"] * 3 and isinstance(moved["pair"], tuple) and isinstance(moved["pair"][1], list)
+    # A namedtuple takes its fields one by one: a dataset of them used to fail as its first batch moved.
+    Pair = collections.namedtuple("Pair", "x y")
+    pair = to_device(Pair(torch.zeros(3), torch.ones(3)), torch.device("meta"))
+    assert isinstance(pair, Pair) and pair.y.device.type == "meta"
 
 
 def test_dict_items_collate_to_tensors_padding_labels_with_the_ignore_index():
