@@ -366,8 +366,8 @@ def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> No
     if as_json:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    if not quiet:  # the table goes to stdout unless the JSON is there
-        print_report(report, _console(stderr=as_json))
+    if not quiet:  # the table goes to stdout unless the JSON is there; warnings always to stderr
+        print_report(report, _console(stderr=as_json), _console(stderr=True))
     if failed is not None:
         raise failed
 
@@ -548,6 +548,8 @@ def check(
             sys.stdout.write(text + "\n")
         if trial is not None:
             typer.echo(trial_line(trial), err=as_json)
+        else:
+            typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:
             raise failed
         raise typer.Exit(code)
@@ -612,7 +614,7 @@ def compare(
         if as_json:
             data = finite(dataclasses.asdict(result) | {"regressed": result.regressed})
             sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        print_comparison(result, _console(stderr=as_json))
+        print_comparison(result, _console(stderr=as_json), _console(stderr=True))
         raise typer.Exit(EXIT_REQUIREMENT if result.regressed else 0)
 
 
@@ -632,7 +634,7 @@ def _fraction(text: str, option: str) -> float:
     if not percent and value >= 1:
         raise InputError(f"{option}: a bare number is a fraction below 1 (0.05 is 5%); write {text}% for a percentage "
                          f"(got {text!r})")
-    if not 0 <= value < 10:
+    if not 0 <= value <= 10:
         raise InputError(f"{option}: expected a percentage from 0% up to 1000% (got {text!r})")
     return value
 
@@ -685,7 +687,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         )
 
 
-@app.command(short_help="Draw throughput and peak memory against batch size to a PNG.")
+@app.command(short_help="Draw throughput and peak memory against batch size to a PNG, SVG or PDF.")
 def plot(
     report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False,
                                                 readable=False)],

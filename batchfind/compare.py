@@ -45,11 +45,15 @@ def _change(metric: str, base: float | None, new: float | None, higher_is_better
 def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparison:
     """Limit, recommended batch, throughput at every size both timed, and peak memory at every
     size both ran."""
-    changes = [
-        _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression),
-        _change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size, True,
-                max_regression),
-    ]
+    # A check runs one size and recommends nothing: its limit and recommendation say only whether
+    # that size still fits.
+    checked = _checked(base) or _checked(new)
+    changes = []
+    if not checked or new.limit.batch_size is None:
+        changes.append(_change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression))
+    if not checked:
+        changes.append(_change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size,
+                               True, max_regression))
     old, now = _last_ok_by_size(base), _last_ok_by_size(new)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
@@ -81,11 +85,16 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     return Comparison(changes, max_regression, warnings)
 
 
+def _checked(report: Report) -> bool:
+    """A `batchfind check` report: one size, run in a fresh process."""
+    return bool(report.trials) and all(t.phase == "verify" for t in report.trials)
+
+
 def _incomplete(report: Report) -> str | None:
     """Why a report may hold less than a whole probe (its changes then say little), or None."""
     if report.interrupted:
         return "was interrupted: it holds only the sizes it reached"
-    if report.trials and all(t.phase == "verify" for t in report.trials):
+    if _checked(report):
         return f"is a check of batch {report.trials[0].batch_size}, not a probe: its limit is that size at most"
     if report.stopped_because and report.stopped_because.startswith("time budget"):
         return f"stopped early ({report.stopped_because}): it holds only the sizes it reached"

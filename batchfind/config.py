@@ -474,7 +474,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     for section in ("data", "train", "probe", "recommend"):
         if section in raw and raw[section] is None:
             raw[section] = {}  # a section whose keys are all commented out
-    for option, value in (overrides or {}).items():
+    for option, value in _switches(overrides or {}).items():
         if option not in OPTIONS:
             raise InputError(f"unknown override {option!r}; expected one of {', '.join(OPTIONS)}")
         if value is not None:
@@ -483,17 +483,37 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
                 break  # the section itself is wrong; validation says so
             raw[section][key] = value
     # (section, key) -> the option that set it: errors name what the user typed.
-    given = {v: k for k, v in OPTIONS.items() if (overrides or {}).get(k) is not None}
+    given = {v: k for k, v in OPTIONS.items() if _switches(overrides or {}).get(k) is not None}
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise InputError("\n".join(clipped(_describe(path, e, given)) for e in exc.errors())) from None
+        raise InputError("\n".join(clipped(_describe(path, e, given)) for e in _causes(exc.errors()))) from None
     if config.data.path is not None and not config.data.path.is_absolute():
         # Data paths are relative to the config file, not to wherever batchfind was run.
         config.data.path = (path.parent / config.data.path).resolve()
     config._source = path
     config._options = {".".join(field): option for field, option in given.items()}
     return config
+
+
+def _causes(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors less those that follow from a `model.name` that names no model: the fields of the
+    model meant (an mlp's `hidden`) are unknown to a factory, and would read as mistakes of their own."""
+    unnamed = any(e["loc"][:1] == ("model",) and e["loc"][-1] == "name" for e in errors)
+    return [e for e in errors if not (unnamed and e["loc"][:1] == ("model",) and e["type"] == "extra_forbidden")]
+
+
+def _switches(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides with a switch's two names (`--refine`, `--no-refine: true`) as the one option
+    typer knows it by (`--refine/--no-refine`)."""
+    out = {}
+    for option, value in overrides.items():
+        both = next((o for o in OPTIONS if "/" in o and option in o.split("/")), None)
+        if both is None:
+            out[option] = value
+        else:
+            out[both] = value if value is None or option == both.split("/")[0] else not value
+    return out
 
 
 def _read(path: Path) -> dict[str, Any]:

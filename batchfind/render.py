@@ -213,7 +213,9 @@ def global_batch_text(batch: int, world: int, steps: int | None, total: int | No
     return f"{'×'.join(factors)} = {total}" if len(factors) > 1 else str(total)
 
 
-def print_report(report: Report, console: Console) -> None:
+def print_report(report: Report, console: Console, notes: Console | None = None) -> None:
+    """The table and its summary on `console`; the warnings on `notes` (stderr, where the table is
+    the data on stdout), else on `console` too."""
     grid = table(report, console.width)
     if grid is not None:
         console.print(grid)
@@ -266,7 +268,11 @@ def print_report(report: Report, console: Console) -> None:
         )
     if report.stopped_because:
         console.print(f"stopped: {report.stopped_because}")
-    for warning in report.warnings:
+    _warn(report.warnings, notes or console)
+
+
+def _warn(warnings: list[str], console: Console) -> None:
+    for warning in warnings:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
 
 
@@ -278,7 +284,8 @@ def _compared(metric: str, value: float | None) -> str:
     return rate_text(value) if metric.startswith("samples/s") else f"{value:,.0f}"
 
 
-def print_comparison(result, console: Console) -> None:
+def print_comparison(result, console: Console, notes: Console | None = None) -> None:
+    """The comparison on `console`, its warnings on `notes` (stderr), else on `console` too."""
     grid = Table(title=f"batchfind compare · regression bound {result.max_regression:.0%}", title_justify="left")
     for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"),
                           ("verdict", "left")):
@@ -290,6 +297,5 @@ def print_comparison(result, console: Console) -> None:
         metric = c.metric.replace("peak bytes", "peak memory")
         grid.add_row(metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict)
     console.print(grid)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
+    _warn(result.warnings, notes or console)
     console.print("[red]regressed[/red]" if result.regressed else "no regression past the bound")

@@ -55,6 +55,22 @@ def test_overrides_win_and_errors_name_the_option(write_config):
         load_config(path, {"--memory-limit": "lots"})
 
 
+def test_a_misspelt_model_name_is_the_one_error(write_config):
+    # The mlp's own fields are not "unknown keys" of the model that was not named.
+    path = write_config("model: {name: mpl, in_features: 64, hidden: 256}\n")
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    assert str(info.value).count("\n") == 0 and "model.name: expected one of mlp" in str(info.value)
+
+
+def test_a_switch_is_overridden_by_either_of_its_names(write_config):
+    path = write_config("model: {name: mlp}\n")
+    assert load_config(path, {"--no-refine": True}).probe.refine is False
+    assert load_config(path, {"--refine": False}).probe.refine is False
+    assert load_config(path, {"--refine/--no-refine": False}).probe.refine is False
+    assert load_config(path, {"--no-refine": False}).probe.refine is True
+
+
 def test_a_check_across_fields_blames_where_each_came_from(write_config):
     both = write_config("model: {name: mlp}\n")
     with pytest.raises(InputError, match=r"^--min-batch \(16\) must be <= --max-batch \(8\)$"):

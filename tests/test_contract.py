@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import jsonschema
 import pytest
@@ -117,6 +118,12 @@ def test_compare_refuses_a_bound_it_would_have_to_guess(real_report, tmp_path, b
     assert result.exit_code == 2 and expected in result.stderr, result.output
 
 
+def test_compare_takes_the_bounds_its_message_names(real_report, tmp_path):
+    path = write(tmp_path / "a.json", real_report[1])
+    for bound in ("0%", "1000%"):
+        assert runner.invoke(app, ["compare", path, path, "--max-regression", bound]).exit_code == 0, bound
+
+
 def test_compare_a_batch_that_no_longer_fits_is_a_regression(real_report, tmp_path):
     _, report, _ = real_report
     broken = copy.deepcopy(report)
@@ -151,7 +158,9 @@ def test_compare_warns_across_devices_and_configs(real_report, tmp_path):
     other["environment"]["device_name"] = "NVIDIA H100"
     other["config"]["probe"]["steps"] = 99
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", other)])
-    assert "different devices" in result.stdout and "probe.steps" in result.stdout
+    # Warnings go to stderr: the comparison on stdout is the data.
+    assert "different devices" in result.stderr and "probe.steps" in result.stderr
+    assert "warning:" not in result.stdout
 
 
 def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
@@ -164,9 +173,18 @@ def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
                             (check, f"the new report is a check of batch {report['trials'][0]['batch_size']}"),
                             (budget, "the new report stopped early (time budget of 5 s spent)")):
         result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", other)])
-        assert expected in result.stdout, result.stdout
+        assert expected in result.stderr, result.stderr
     result = runner.invoke(app, ["compare", base, base])
-    assert "warning:" not in result.stdout
+    assert "warning:" not in result.stderr
+    # A check recommends nothing and its limit is the size it ran: only a size that no longer fits
+    # is a regression.
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", check)])
+    assert result.exit_code == 0 and "recommended batch" not in result.stdout, result.stdout
+    failed = copy.deepcopy(check)
+    failed["trials"][0].update(status="oom", samples_per_s=None)
+    failed["limit"].update(batch_size=None)
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", failed)])
+    assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
 
 
 def test_compare_names_every_difference_it_leaves_out_and_the_model_first(real_report, tmp_path):
@@ -177,9 +195,9 @@ def test_compare_names_every_difference_it_leaves_out_and_the_model_first(real_r
     nothing = copy.deepcopy(report)
     nothing["environment"].update(device=None, device_name=None)  # nothing fitted: no device learned
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", other)])
-    assert "different configs (model.name, " in result.stdout and " and 1 more)" in result.stdout
+    assert "different configs (model.name, " in result.stderr and " and 1 more)" in result.stderr
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "c.json", nothing)])
-    assert "different devices" not in result.stdout
+    assert "different devices" not in result.stderr
 
 
 def test_compare_reads_version_1_baselines(real_report, tmp_path):

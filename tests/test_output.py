@@ -219,6 +219,17 @@ def test_a_pipe_gets_the_full_table_and_unbroken_lines(monkeypatch):
     assert f"warning: {WARNING}\n" in text
 
 
+def test_the_table_goes_to_stdout_and_its_warnings_to_stderr(monkeypatch):
+    # `probe cfg.yaml | grep batch` reads the table; warnings are for the person at the terminal.
+    from batchfind.cli import _console
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    print_report(make_report(warnings=[WARNING]), _console(), _console(stderr=True))
+    assert "recommended batch" in sys.stdout.getvalue() and "warning" not in sys.stdout.getvalue()
+    assert f"warning: {WARNING}\n" in sys.stderr.getvalue()
+
+
 def fake_probe(report):
     """A probe that reports `report`'s trials to the progress callbacks and returns it."""
 
