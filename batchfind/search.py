@@ -78,9 +78,10 @@ def edge(
     Where a brand-new process costs more than a few fit checks (a GPU), `margin` makes each jump
     land safely below the model's edge: a model that overshot would otherwise cost a process for its
     failure and another to start below it. Once the model has overshot, every search does so. Once
-    two checks it steered have failed, it is not asked again and the search bisects: a model whose
-    failures all read the ceiling learns nothing from them (following it walked down one size per
-    check), and one that stays low would start a gallop afresh after each failure.
+    two checks it steered have failed, it is not asked again: the search looks once just below the
+    failure, then halves what is left. A model whose failures all read the ceiling learns
+    nothing from them (following it walked down one size per check), and one that stays low would
+    start a gallop afresh after each failure.
 
     Without `reuse` every check runs in a brand-new process: where processes are cheap and a
     worker that ran before is a worse place to measure (a CPU, whose allocator keeps what earlier
@@ -91,8 +92,9 @@ def edge(
     tried: list[Outcome] = []
     warm = False  # the worker of the last check is alive and has only fitted
     misses = 0  # the model called the edge and the size above still fitted: step again, then gallop
-    # Checks the model steered (an aim, a step or a gallop) that failed; a model whose edge is at or
-    # above a size that already failed has overshot once before the search begins.
+    # Checks the model steered (an aim, a step or a gallop) that failed, then any that failed; a
+    # model whose edge is at or above a size that already failed has overshot once before the
+    # search begins.
     first = predict() if predict is not None else None
     overshoots = int(first is not None and first >= min(o.batch_size for o in known if o.status != "ok"))
     while keep_going():
@@ -131,7 +133,11 @@ def edge(
                 size = reach if not misses else max(above, min(lo + jump, middle) // step * step)
                 fresh = not warm or not misses
             elif guess is None:
-                size, fresh = middle, not warm
+                # Without a model each check halves what is left. Once the model has steered two
+                # checks that failed, one check first looks the resolution below the failure (a
+                # CPU's model overshoots by about a percent: the edge is there).
+                down = hi - resolution if overshoots == 2 else 0
+                size, fresh = max(middle, min(down // step * step, top)), not warm
             else:
                 # With a margin, checks aim below the model's edge (by the margin, or half the way
                 # there when that is closer), so they fit and the search climbs in one worker.
@@ -148,8 +154,8 @@ def edge(
             break
         warm = reuse and outcome.status == "ok"
         misses = misses + 1 if calls_edge and size > lo and outcome.status == "ok" else 0
-        if guess is not None and outcome.status != "ok":
-            overshoots += 1
-            if not calls_edge:
+        if outcome.status != "ok" and (guess is not None or overshoots >= 2):
+            overshoots += 1  # and, past the model, the look just below the failure
+            if guess is not None and not calls_edge:
                 margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried

@@ -172,18 +172,23 @@ def test_after_an_overshoot_a_fit_within_the_resolution_below_the_failure_ends_t
 def test_a_model_that_stays_high_after_it_overshot_costs_a_bisection_not_a_walk():
     """A Hugging Face GPT-2 under a CPU cap: every failure read the ceiling, so the model kept its
     edge at 122 where a brand-new process fitted 95, and the search stepped down one size per
-    check (122, 121, ... 96: 28 checks)."""
+    check (122, 121, ... 96: 28 checks). Two failed checks it steered, one look below, then halving."""
     for margin in (0.0, CAUTIOUS):
         device = Device(95)
         outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 122, margin=margin, reuse=False)
         assert proven(outcomes, 95, "ok") and proven(outcomes, 96, "oom")
-        assert len(outcomes) <= 8
+        assert len(outcomes) <= 9
     # A model whose edge is above the doubling's failure has overshot already: one check just below
-    # the failure (where a worker's edge may sit a sample above a brand-new process's), then bisection.
+    # the failure (where a worker's edge may sit a sample above a brand-new process's), one more
+    # below the next failure, then bisection.
     device = Device(95)
     outcomes = edge(device.fit, doubling(64, 128), predict=lambda: 221, reuse=False)
-    assert [o.batch_size for o in outcomes][:2] == [127, 95] and len(outcomes) <= 9
+    assert [o.batch_size for o in outcomes][:3] == [127, 126, 95] and len(outcomes) <= 9
     assert proven(outcomes, 95, "ok") and proven(outcomes, 96, "oom")
+    # A CPU's model a percent high (mlp-tabular): the resolution below each failure finds the edge.
+    device = Device(333_844)
+    outcomes = edge(device.fit, doubling(262_144, 524_288), predict=lambda: 337_002, reuse=False, resolution=1950)
+    assert [(o.batch_size, o.status) for o in outcomes] == [(337_002, "oom"), (335_052, "oom"), (333_102, "ok")]
 
 
 def test_edge_stops_on_an_error_and_on_the_budget():
