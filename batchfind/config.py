@@ -340,7 +340,8 @@ class TrainConfig(_Section):
         if self.step is not None and self.precision != "fp32":
             raise ValueError("train.step owns its precision: use torch.autocast inside it, not train.precision")
         if self.step is not None and self.forward_kwargs:
-            raise ValueError("train.step calls the model itself: pass forward_kwargs there, not in train.forward_kwargs")
+            raise ValueError("train.step calls the model itself: pass forward_kwargs there, "
+                             "not in train.forward_kwargs")
         return self
 
     @property
@@ -474,7 +475,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     for section in ("data", "train", "probe", "recommend"):
         if section in raw and raw[section] is None:
             raw[section] = {}  # a section whose keys are all commented out
-    for option, value in _switches(overrides or {}).items():
+    overrides = _switches(overrides or {})
+    for option, value in overrides.items():
         if option not in OPTIONS:
             raise InputError(f"unknown override {option!r}; expected one of {', '.join(OPTIONS)}")
         if value is not None:
@@ -483,7 +485,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
                 break  # the section itself is wrong; validation says so
             raw[section][key] = value
     # (section, key) -> the option that set it: errors name what the user typed.
-    given = {v: k for k, v in OPTIONS.items() if _switches(overrides or {}).get(k) is not None}
+    given = {v: k for k, v in OPTIONS.items() if overrides.get(k) is not None}
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

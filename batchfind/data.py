@@ -226,7 +226,8 @@ def pad_collate(items: list, target: str | None = None) -> Any:
     return _padded(items, False, "", True, frozenset({"labels", target}))
 
 
-def _padded(values: list, target: bool, where: str, top: bool = False, targets: frozenset = frozenset({"labels"})) -> Any:
+def _padded(values: list, target: bool, where: str, top: bool = False,
+            targets: frozenset = frozenset({"labels"})) -> Any:
     first = values[0]
     if isinstance(first, Mapping):
         return {key: _padded([v[key] for v in values], target or key in targets, f"{where}{key}.", targets=targets)
