@@ -111,7 +111,7 @@ class Batches:
 
     def batch(self, size: int, start: int = 0) -> Any:
         """`size` items from the `start`-th on, of a fixed order: the same items every trial (the
-        longest first when lengths vary), so sizes compare fairly."""
+        longest first when lengths vary), so sizes compare fairly. Synthetic data: new samples."""
         if self.spec is not None:
             return self._synthetic(size)
         end = start + size
