@@ -56,6 +56,7 @@ def edge(
     margin: float = 0.0,
     reuse: bool = True,
     resolution: int = 1,
+    closing: Callable[[], None] | None = None,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> list[Outcome]:
     """Find the largest fitting multiple of `multiple_of` below the smallest size that failed among
@@ -87,6 +88,9 @@ def edge(
     worker that ran before is a worse place to measure (a CPU, whose allocator keeps what earlier
     trials freed). The search ends, proven, once what fits and what fails are `resolution` apart or
     closer: where memory varies between runs (a CPU), a finer edge would not repeat.
+
+    `closing()` is told before a check in a brand-new process that ends the search if it goes as
+    expected (`_ends`): no brand-new process is expected after it.
     """
     step = multiple_of
     tried: list[Outcome] = []
@@ -148,6 +152,8 @@ def edge(
                     # ends the search, so aim no lower.
                     target = max(target, hi - resolution)
                 size, fresh = max(above, min(target // step * step, top)), not warm
+        if closing is not None and fresh and _ends(size, lo, hi, proven, hi in tried_fresh, guess, resolution, above, top):
+            closing()
         outcome = fit(size, fresh)
         tried.append(outcome)
         if outcome.status in STOPPING:
@@ -159,3 +165,17 @@ def edge(
             if guess is not None and not calls_edge:
                 margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried
+
+
+def _ends(size: int, lo: int, hi: int, proven: bool, hi_fresh: bool, guess: int | None, resolution: int,
+          above: int, top: int) -> bool:
+    """Whether a check at `size` ends the search if it goes as expected: a fit where it proves what
+    fitted, or the model puts the edge at or above it; a failure where it proves what failed, or the
+    model puts the edge below it. A fit ends it when the failure above it has been proven and is
+    within the resolution (or no candidate is left between); a failure, likewise the fit below.
+    The proof of what failed is the last check whatever it shows."""
+    if size == hi:
+        return True
+    if size == lo or (guess is not None and guess >= size):
+        return hi_fresh and (hi - size <= resolution or size >= top)
+    return guess is not None and proven and (size - lo <= resolution or size <= above)

@@ -59,6 +59,7 @@ class SimDevice:
         self.steps = 0
         self.worker_trials: int | None = None  # trials the live worker has run; None: no live worker
         self.prepared_at: int | None = None  # trials run when a standby was first asked for
+        self.closing_at: list[int] = []  # trials run when the search said the next would be its last
 
     def peak(self, size: int, curvature: float | None = None) -> int:
         q = self.curvature if curvature is None else curvature
@@ -127,6 +128,9 @@ class SimDevice:
         if self.prepared_at is None:
             self.prepared_at = len(self.trials)
 
+    def closing(self) -> None:
+        self.closing_at.append(len(self.trials))
+
     def end_standby(self) -> None:
         pass
 
@@ -172,6 +176,8 @@ def test_where_steps_cost_more_than_processes_every_check_near_the_edge_is_fresh
     assert [(t.batch_size, t.status, t.fresh_process) for t in sim.trials if t.phase == "refine"] == [
         (1708, "ok", True), (1709, "oom", True)]
     assert doubling_processes(sim) == 2
+    # 1709 was expected to fail and end the search: no standby starts beside it.
+    assert sim.closing_at == [len(sim.trials) - 1]
 
 
 def test_what_a_cpu_worker_retained_does_not_cost_a_process():
@@ -423,3 +429,45 @@ def test_a_probe_interrupted_before_its_worker_was_ready_reports_the_limit_asked
     monkeypatch.setattr(probing, "Prober", NotStarted)
     report = probing.probe(NotStarted().config)
     assert report.interrupted and report.trials == [] and report.environment.memory_limit_bytes == 1 << 30
+
+
+def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch):
+    """A standby is started when one is taken, so a brand-new process is ready for the next check,
+    except beside a check the search expects to end it: there it would take a core from that check
+    and be killed unused. If that check goes the other way, the next one starts a worker itself
+    and the standbys resume."""
+    from batchfind import probing
+
+    started = []
+
+    class FakeGroup:
+        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None):
+            self.standby, self.closed = standby, False
+            started.append(self)
+            self.ready = {"learned": None}
+
+        def activate(self):
+            pass
+
+        def run(self, size, purpose, timeout_s, bar=None):
+            return {"batch_size": size, "status": "ok", "purpose": purpose, "fresh_process": True}
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(probing, "Group", FakeGroup)
+    prober = probing.Prober(Config.model_validate({"model": {"name": "mlp"}}), None, None)
+    prober.start()
+    prober.trial(64)  # the doubling worker
+    prober.prepare()  # fit checks are next: one standby
+    assert [g.standby for g in started] == [False, True]
+    prober.trial(80, "fit", fresh=True)  # takes the standby, a new one starts in its place
+    assert len(started) == 3 and started[2].standby and prober.standby is started[2]
+    prober.closing()
+    prober.trial(81, "fit", fresh=True)  # takes it, and none starts beside this one
+    assert len(started) == 3 and prober.standby is None
+    # 81 fitted against expectation: the next check starts its worker, and a standby beside it.
+    prober.trial(82, "fit", fresh=True)
+    assert [g.standby for g in started[3:]] == [True, False] and prober.standby is started[3]
+    prober.shutdown()
+    assert all(g.closed for g in started)

@@ -88,6 +88,7 @@ class Device:
     def __init__(self, fresh_edge, bonus=0, status="oom"):
         self.fresh_edge, self.bonus, self.status = fresh_edge, bonus, status
         self.tried, self.warm, self.processes = [], False, 0
+        self.closing = []  # the checks the search said were expected to be its last (indices)
 
     def fit(self, size, fresh):
         first = fresh or not self.warm
@@ -96,6 +97,21 @@ class Device:
         self.warm = ok
         self.tried.append((size, fresh))
         return Check(size, "ok" if ok else self.status, first)
+
+    def close(self):
+        self.closing.append(len(self.tried))
+
+
+def search(device, known, **options):
+    return edge(device.fit, known, closing=device.close, **options)
+
+
+def closing_kept(device, outcomes, exact):
+    """Checks said to be the last ran in brand-new processes; with a model that knows the edge the
+    search ends on one, and only the last was said to be."""
+    assert all(outcomes[i].fresh_process for i in device.closing)
+    if exact and outcomes:
+        assert device.closing == [len(outcomes) - 1], (device.closing, outcomes)
 
 
 def doubling(fits, fails):
@@ -108,8 +124,25 @@ def proven(outcomes, size, status):
 
 def test_an_exact_model_needs_two_brand_new_processes():
     device = Device(299)
-    outcomes = edge(device.fit, doubling(256, 512), predict=lambda: 299)
+    outcomes = search(device, doubling(256, 512), predict=lambda: 299)
     assert [(o.batch_size, o.status, o.fresh_process) for o in outcomes] == [(299, "ok", True), (300, "oom", True)]
+    # The check of 300 was expected to be the last: no standby need start beside it.
+    assert device.closing == [1]
+
+
+def test_the_check_expected_to_end_the_search_is_announced_and_a_surprise_goes_on():
+    """gpt-small on a CPU: 80 fits fresh, the model says 81 fails, and a failure there ends the
+    search; where 81 fits after all, the search goes on past it."""
+    device = Device(80)
+    outcomes = search(device, doubling(64, 128), predict=lambda: 80, reuse=False)
+    assert [(o.batch_size, o.status) for o in outcomes] == [(80, "ok"), (81, "oom")] and device.closing == [1]
+    device = Device(81)
+    outcomes = search(device, doubling(64, 128), predict=lambda: 80, reuse=False)
+    assert [o.batch_size for o in outcomes] == [80, 81, 82] and device.closing == [1, 2]
+    # Without a model nothing is expected of a check until the proof of the size above.
+    device = Device(299)
+    outcomes = search(device, doubling(256, 512))
+    assert device.closing == [len(outcomes) - 1] and outcomes[-1].batch_size == 300
 
 
 def test_without_a_model_it_bisects_inside_the_worker_while_sizes_fit():
@@ -220,7 +253,8 @@ def test_edge_proves_exactly_the_largest_fitting_candidate(data, fits, span, ste
     }
     device = Device(fresh_edge, bonus=bonus)
     known = [Check(fits, "ok", True), Check(fails, "oom", False)]
-    outcomes = edge(device.fit, known, multiple_of=step, predict=predictions[model], reuse=reuse)
+    outcomes = search(device, known, multiple_of=step, predict=predictions[model], reuse=reuse)
+    closing_kept(device, outcomes, model == "exact")
     candidates = [s for s in range(fits + 1, fails) if s % step == 0]
     truth = max([s for s in candidates if s <= fresh_edge], default=fits)
     above = min([s for s in candidates if s > truth], default=fails)
@@ -252,7 +286,8 @@ def test_edge_within_the_resolution_is_proven_and_never_above_the_truth(data, fi
     }
     device = Device(fresh_edge)
     known = [Check(fits, "ok", True), Check(fails, "oom", True)]
-    outcomes = edge(device.fit, known, predict=predictions[model], reuse=False, resolution=resolution)
+    outcomes = search(device, known, predict=predictions[model], reuse=False, resolution=resolution)
+    closing_kept(device, outcomes, model == "exact")
     seen = known + outcomes
     hi = min(o.batch_size for o in seen if o.status != "ok")
     lo = max(o.batch_size for o in seen if o.status == "ok" and o.batch_size < hi)
