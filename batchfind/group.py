@@ -28,13 +28,15 @@ _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken p
 
 class Group:
     """`standby`: start the workers now but let them wait, having built the model, until `activate`
-    (a single-process probe keeps one ready for when a brand-new process is needed). `on_progress`
-    hears rank 0's progress events during a request. `learned`: what an earlier worker learned of
-    the data and the model (`Session.learned`)."""
+    (a single-process probe keeps one ready for when a brand-new process is needed). `fits_only`:
+    the workers will run fit checks only, timing nothing. `on_progress` hears rank 0's progress
+    events during a request. `learned`: what an earlier worker learned of the data and the model
+    (`Session.learned`)."""
 
     def __init__(self, config: dict[str, Any], topo: Topology | None,
                  agreement: Agreement | None, generation: int, standby: bool = False,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None, learned: dict[str, Any] | None = None):
+                 on_progress: Callable[[dict[str, Any]], None] | None = None, learned: dict[str, Any] | None = None,
+                 fits_only: bool = False):
         self.topo, self.agreement, self.on_progress = topo, agreement, on_progress
         self.workers: dict[int, Worker] = {}
         self.ready: dict[str, Any] = {}
@@ -42,7 +44,7 @@ class Group:
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "standby": standby, "learned": learned,
-                                             "rank": _rank_setup(topo, rank, local_rank, generation)})
+                                             "rank": _rank_setup(topo, rank, local_rank, generation)}, fits_only)
         except BaseException:
             self.close()
             raise

@@ -42,12 +42,16 @@ class Prober:
     a core for seconds, so none starts beside a throughput trial (it would slow it): the first when
     the plan says fit checks are next (`prepare`), the next ones as each is taken, unless the search
     expects the one taken to be its last (`closing`), until `end_standby`.
+
+    Workers that only run fit checks (standbys, and the first worker when `fits_only`) are told so:
+    on a CPU they map memory on huge pages (`worker.steady_allocator`).
     """
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
                  on_end: Callable[[Trial], None] | None, topo: Topology | None = None,
-                 on_progress: Callable[[dict], None] | None = None):
+                 on_progress: Callable[[dict], None] | None = None, fits_only: bool = False):
         self.config, self.on_start, self.on_end, self.topo = config, on_start, on_end, topo
+        self.fits_only = fits_only
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
         timeout = config.probe.trial_timeout_s
@@ -68,17 +72,17 @@ class Prober:
 
     def start(self) -> dict:
         started = time.monotonic()
-        self.group = self._new()
+        self.group = self._new(fits_only=self.fits_only)
         self.start_s = time.monotonic() - started
         # What the first worker learned of the data and the model: later workers start without
         # learning it again (reading the dataset for its lengths, say).
         self.learned = self.group.ready.get("learned")
         return self.group.ready
 
-    def _new(self, standby: bool = False) -> Group:
+    def _new(self, standby: bool = False, fits_only: bool = False) -> Group:
         self.generation += 1
         return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
-                     on_progress=self.on_progress, learned=self.learned)
+                     on_progress=self.on_progress, learned=self.learned, fits_only=standby or fits_only)
 
     def prepare(self) -> None:
         """Start a standby now, if none is waiting: brand-new processes will be needed soon."""
@@ -92,16 +96,19 @@ class Prober:
         near the edge took 3.7-4.2 s beside one, 2.8-2.9 s without) and is then killed unused."""
         self.last_fresh = True
 
-    def _fresh(self) -> Group:
-        """A brand-new group: the standby when there is one. Once standbys have been asked for, a
-        new one starts in its place, unless this was expected to be the last (`closing`)."""
+    def _fresh(self, fits: bool) -> Group:
+        """A brand-new group: for fit checks (`fits`), the standby when there is one, and once
+        standbys have been asked for a new one starts in its place, unless this was expected to be
+        the last (`closing`). A group that times steps starts afresh."""
         self.close()
+        if not fits:
+            return self._new()
         group, self.standby = self.standby, None
         last, self.last_fresh = self.last_fresh, False
         if self.keep_standby and self.prepared and not last:
             self.standby = self._new(standby=True)
         if group is None:
-            return self._new()
+            return self._new(fits_only=True)
         try:
             group.activate()
         except BaseException:
@@ -117,7 +124,7 @@ class Prober:
             self.on_start(size, self.phase)
         try:
             if fresh or self.group is None:
-                self.group = self._fresh()
+                self.group = self._fresh(fits=purpose == "fit")
             result = self.group.run(size, purpose, self.config.probe.trial_timeout_s, bar)
             # A throughput trial stopped at its bar says so; a failure says nothing.
             trial = Trial.from_dict({**result, "phase": self.phase, "purpose": result.get("purpose") or purpose})
@@ -142,7 +149,7 @@ class Prober:
     def ask(self, request: dict) -> dict:
         """A request other than a trial, in a brand-new worker; a failure comes back as its status."""
         try:
-            self.group = self._fresh()
+            self.group = self._fresh(fits=False)
             reply = self.group.call(request, self.config.probe.trial_timeout_s)
         except SetupFailed as exc:
             reply = {"status": exc.status, "error": exc.message}
@@ -464,7 +471,7 @@ def check(
         prober.trial(batch_size, "fit")
         return PlanResult()
 
-    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config), batch_size)
+    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config), batch_size, fits_only=True)
 
 
 def validate(config: Config) -> Report:
@@ -488,12 +495,14 @@ def _run(
     topo: Topology | None,
     first: int,
     on_progress: Callable[[dict], None] | None = None,
+    fits_only: bool = False,
 ) -> Report:
-    """Start the workers and run `plan` on them. Where not even the set-up fits in memory, the report
-    says so as a failure at `first`, the size the plan would have run first."""
+    """Start the workers and run `plan` on them (`fits_only`: a plan of fit checks, timing
+    nothing). Where not even the set-up fits in memory, the report says so as a failure at `first`,
+    the size the plan would have run first."""
     started = time.monotonic()
     budget = config.probe.time_budget_s
-    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress)
+    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress, fits_only)
     interrupted = False
     outcome = PlanResult()
     stopped = None

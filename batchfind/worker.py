@@ -35,12 +35,14 @@ class Worker:
     """One child process. It is started and sent its setup at once; its replies are read as they come,
     so several workers (one per rank) can be waited on together."""
 
-    def __init__(self, setup: dict[str, Any]):
+    def __init__(self, setup: dict[str, Any], fits_only: bool = False):
+        """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator then
+        maps on huge pages: `steady_allocator`)."""
         self._stderr = tempfile.TemporaryFile()
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
-            env = steady_allocator(env)
+            env = steady_allocator(env, huge_pages=fits_only)
         # The child must import this same batchfind, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
@@ -146,11 +148,19 @@ class Worker:
 MMAP_THRESHOLD = 4 << 20
 
 
-def steady_allocator(env: dict[str, str]) -> dict[str, str]:
-    """A CPU worker's environment with glibc's allocator held steady; settings the user made win."""
+def steady_allocator(env: dict[str, str], huge_pages: bool) -> dict[str, str]:
+    """A CPU worker's environment with glibc's allocator held steady; settings the user made win.
+
+    Each step maps its large tensors afresh. Where the kernel reports free memory to a hypervisor
+    (virtio-balloon free page reporting: VMs), it hands the free 2 MiB blocks that huge pages need
+    back to the host, and faulting them in again stalls: a 256 MiB tensor written afresh on huge
+    pages took 44 ms back to back and 157 ms a second apart, on small pages 87 and 88 ms
+    (benchmarks/given_back.py). So workers that time steps map on small pages (gpt-small's
+    throughput uncertain by 1-4% against up to 44%); `huge_pages` for fit checks, which time
+    nothing and near a CPU's edge ran quicker on them (cnn-small 1.5-3 s a check)."""
     env = dict(env)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    if "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
+    if huge_pages and "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
         env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
     return env
 

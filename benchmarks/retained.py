@@ -37,7 +37,8 @@ MiB = 2**20
 def run(config: str, limit: str, sizes: list[int]) -> list[dict]:
     from batchfind.worker import steady_allocator
 
-    return child(CHILD, [config, limit, ",".join(map(str, sizes))], steady_allocator(dict(os.environ)))
+    # As the doubling worker runs: it times its steps.
+    return child(CHILD, [config, limit, ",".join(map(str, sizes))], steady_allocator(dict(os.environ), huge_pages=False))
 
 
 def main() -> None:

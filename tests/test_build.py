@@ -318,11 +318,17 @@ def test_a_throughput_trial_runs_on_while_its_interval_is_wide_up_to_its_time_ca
 def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
     from batchfind.worker import MMAP_THRESHOLD, steady_allocator
 
-    env = steady_allocator({"PATH": "/bin"})
+    env = steady_allocator({"PATH": "/bin"}, huge_pages=True)
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})
+    # Workers that time steps map on small pages: no tunable is added.
+    timing = steady_allocator({"PATH": "/bin"}, huge_pages=False)
+    assert timing["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD) and "GLIBC_TUNABLES" not in timing
+    mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"},
+                            huge_pages=True)
     assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072"
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"
+    off = steady_allocator({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, huge_pages=True)
+    assert off["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
 
 
 def test_the_host_load_counts_other_processes_and_not_this_one():

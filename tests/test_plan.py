@@ -435,14 +435,16 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     """A standby is started when one is taken, so a brand-new process is ready for the next check,
     except beside a check the search expects to end it: there it would take a core from that check
     and be killed unused. If that check goes the other way, the next one starts a worker itself
-    and the standbys resume."""
+    and the standbys resume. Workers are told whether they will run fit checks only (on a CPU they
+    then map memory on huge pages)."""
     from batchfind import probing
 
     started = []
 
     class FakeGroup:
-        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None):
-            self.standby, self.closed = standby, False
+        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
+                     fits_only=False):
+            self.standby, self.fits_only, self.closed = standby, fits_only, False
             started.append(self)
             self.ready = {"learned": None}
 
@@ -451,6 +453,9 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
 
         def run(self, size, purpose, timeout_s, bar=None):
             return {"batch_size": size, "status": "ok", "purpose": purpose, "fresh_process": True}
+
+        def call(self, request, timeout_s):
+            return {"status": "ok"}
 
         def close(self):
             self.closed = True
@@ -469,5 +474,12 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     # 81 fitted against expectation: the next check starts its worker, and a standby beside it.
     prober.trial(82, "fit", fresh=True)
     assert [g.standby for g in started[3:]] == [True, False] and prober.standby is started[3]
+    # Workers that time steps are told so; standbys and workers started for a fit check are not.
+    reply = prober.ask({"op": "loader", "batch_size": 16})
+    assert [g.fits_only for g in started] == [False, True, True, True, True, False] and reply["status"] == "ok"
     prober.shutdown()
     assert all(g.closed for g in started)
+    # `batchfind check` starts with a fit check.
+    started.clear()
+    probing.Prober(Config.model_validate({"model": {"name": "mlp"}}), None, None, fits_only=True).start()
+    assert [g.fits_only for g in started] == [True]
