@@ -44,7 +44,7 @@ class Prober:
     expects the one taken to be its last (`closing`), until `end_standby`.
 
     Workers that only run fit checks (standbys, and the first worker when `fits_only`) are told so:
-    on a CPU they map memory on huge pages (`worker.steady_allocator`).
+    on a CPU their allocator is set for that (`worker.steady_allocator`).
     """
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,

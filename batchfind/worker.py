@@ -36,13 +36,13 @@ class Worker:
     so several workers (one per rank) can be waited on together."""
 
     def __init__(self, setup: dict[str, Any], fits_only: bool = False):
-        """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator then
-        maps on huge pages: `steady_allocator`)."""
+        """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator is
+        set for that: `steady_allocator`)."""
         self._stderr = tempfile.TemporaryFile()
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
-            env = steady_allocator(env, huge_pages=fits_only)
+            env = steady_allocator(env, fits_only)
         # The child must import this same batchfind, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
@@ -148,19 +148,29 @@ class Worker:
 MMAP_THRESHOLD = 4 << 20
 
 
-def steady_allocator(env: dict[str, str], huge_pages: bool) -> dict[str, str]:
+# A heap that never gives its top back: see `steady_allocator`.
+NO_TRIM = 1 << 40
+
+
+def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     """A CPU worker's environment with glibc's allocator held steady; settings the user made win.
 
     Each step maps its large tensors afresh. Where the kernel reports free memory to a hypervisor
     (virtio-balloon free page reporting: VMs), it hands the free 2 MiB blocks that huge pages need
     back to the host, and faulting them in again stalls: a 256 MiB tensor written afresh on huge
-    pages took 44 ms back to back and 157 ms a second apart, on small pages 87 and 88 ms
-    (benchmarks/given_back.py). So workers that time steps map on small pages (gpt-small's
-    throughput uncertain by 1-4% against up to 44%); `huge_pages` for fit checks, which time
-    nothing and near a CPU's edge ran quicker on them (cnn-small 1.5-3 s a check)."""
+    pages took 42 ms back to back and 161 ms a second apart, on small pages 91 and 95 ms
+    (benchmarks/given_back.py). So workers that time steps map on small pages, and keep the top of
+    their heap instead of giving it back after each step (a fixed mmap threshold leaves glibc's
+    trim threshold at 128 KiB): regrown page by page each step, it made a size's first trial run
+    a fifth slower than the same size timed again later in the same worker (cnn-small's 16: 524-539
+    against 655-659 samples/s; kept, 671-707 and 682-693). Workers that run fit checks only
+    (`fits_only`) time nothing: they map on huge pages, which near a CPU's edge ran quicker
+    (cnn-small's checks 8.2-9.1 s against 10.3-11.1 s), and trim as glibc does."""
     env = dict(env)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    if huge_pages and "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
+    if not fits_only:
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(NO_TRIM))
+    elif "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
         env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
     return env
 

@@ -38,7 +38,7 @@ def run(config: str, limit: str, sizes: list[int]) -> list[dict]:
     from batchfind.worker import steady_allocator
 
     # As the doubling worker runs: it times its steps.
-    return child(CHILD, [config, limit, ",".join(map(str, sizes))], steady_allocator(dict(os.environ), huge_pages=False))
+    return child(CHILD, [config, limit, ",".join(map(str, sizes))], steady_allocator(dict(os.environ), fits_only=False))
 
 
 def main() -> None:

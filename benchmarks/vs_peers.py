@@ -66,7 +66,7 @@ def peer(tool: str, config: str, device: str, limit: str | None) -> dict:
     from batchfind.worker import steady_allocator
 
     # The same allocator settings batchfind's fit checks run with, so memory means the same.
-    env = steady_allocator(dict(os.environ), huge_pages=True) if device == "cpu" else None
+    env = steady_allocator(dict(os.environ), fits_only=True) if device == "cpu" else None
     wall, done = run([sys.executable, __file__, "--peer", tool, "--device", device,
                       "--memory-limit", limit or "none", config], env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

@@ -318,16 +318,19 @@ def test_a_throughput_trial_runs_on_while_its_interval_is_wide_up_to_its_time_ca
 def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
     from batchfind.worker import MMAP_THRESHOLD, steady_allocator
 
-    env = steady_allocator({"PATH": "/bin"}, huge_pages=True)
+    env = steady_allocator({"PATH": "/bin"}, fits_only=True)
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    # Workers that time steps map on small pages: no tunable is added.
-    timing = steady_allocator({"PATH": "/bin"}, huge_pages=False)
+    assert "MALLOC_TRIM_THRESHOLD_" not in env
+    # Workers that time steps map on small pages and keep their heap's top.
+    timing = steady_allocator({"PATH": "/bin"}, fits_only=False)
     assert timing["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD) and "GLIBC_TUNABLES" not in timing
-    mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"},
-                            huge_pages=True)
-    assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    assert int(timing["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 40
+    mine = steady_allocator({"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1",
+                             "MALLOC_TRIM_THRESHOLD_": "0"}, fits_only=True)
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == "131072" and mine["MALLOC_TRIM_THRESHOLD_"] == "0"
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1"
-    off = steady_allocator({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, huge_pages=True)
+    assert steady_allocator({"MALLOC_TRIM_THRESHOLD_": "0"}, fits_only=False)["MALLOC_TRIM_THRESHOLD_"] == "0"
+    off = steady_allocator({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, fits_only=True)
     assert off["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
 
 
