@@ -162,8 +162,8 @@ def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     (benchmarks/given_back.py). So workers that time steps map on small pages, and keep the top of
     their heap instead of giving it back after each step (a fixed mmap threshold leaves glibc's
     trim threshold at 128 KiB): regrown page by page each step, it made a size's first trial run
-    a fifth slower than the same size timed again later in the same worker (cnn-small's 16: 524-539
-    against 655-659 samples/s; kept, 671-707 and 682-693). Workers that run fit checks only
+    12-23% slower than the same size timed again later in the same worker (cnn-small's 16: 447-512
+    against 579-580 samples/s; kept, 582-590 and 592-622: benchmarks/drift.py). Workers that run fit checks only
     (`fits_only`) time nothing: they map on huge pages, which near a CPU's edge ran quicker
     (cnn-small's checks 8.2-9.1 s against 10.3-11.1 s), and trim as glibc does."""
     env = dict(env)
