@@ -93,7 +93,7 @@ class Prober:
     def closing(self) -> None:
         """The next brand-new process is expected to be the search's last: none starts beside it.
         A standby started there takes a core from that check for seconds (gpt-small's last check
-        near the edge took 3.7-4.2 s beside one, 2.8-2.9 s without) and is then killed unused."""
+        near the edge took 4.1-4.8 s beside one, 2.8-3.1 s without) and is then killed unused."""
         self.last_fresh = True
 
     def _fresh(self, fits: bool) -> Group:
@@ -260,9 +260,9 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
         resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size, variation) else 1
         search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
-                    multiple_of=p.multiple_of, closing=prober.closing, predict=(lambda: _edge(model())) if memory_model else None,
+                    multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
                     margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
-                    keep_going=keep_going)
+                    closing=prober.closing, keep_going=keep_going)
         outcome.refined = True
     _verify(prober, keep_going)
     prober.end_standby()

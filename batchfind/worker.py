@@ -143,8 +143,7 @@ class Worker:
 # tensors come from the heap, and how fragmented it gets, changes from run to run: a small CNN's
 # peak at one batch size spread over 94 MiB in three runs, and under a CPU cap a size failed where
 # a larger one fitted in the next run.
-# Fixed at 4 MiB, the peak repeated within 3 MiB; with those mappings on transparent huge pages the
-# steps took between 23% less and 25% more than with glibc's default (docs/benchmarks.md).
+# Fixed at 4 MiB, the peak repeated within 3 MiB (docs/benchmarks.md).
 MMAP_THRESHOLD = 4 << 20
 
 
@@ -162,10 +161,10 @@ def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     (benchmarks/given_back.py). So workers that time steps map on small pages, and keep the top of
     their heap instead of giving it back after each step (a fixed mmap threshold leaves glibc's
     trim threshold at 128 KiB): regrown page by page each step, it made a size's first trial run
-    12-23% slower than the same size timed again later in the same worker (cnn-small's 16: 447-512
-    against 579-580 samples/s; kept, 582-590 and 592-622: benchmarks/drift.py). Workers that run fit checks only
-    (`fits_only`) time nothing: they map on huge pages, which near a CPU's edge ran quicker
-    (cnn-small's checks 8.2-9.1 s against 10.3-11.1 s), and trim as glibc does."""
+    12-23% slower than the same size timed again later in the same worker (cnn-small's 16:
+    447-512 against 579-580 samples/s; kept, 582-590 and 592-622: benchmarks/drift.py). Workers
+    that run fit checks only (`fits_only`) time nothing: they map on huge pages, which near a CPU's
+    edge ran quicker (cnn-small's checks 8.2-9.1 s against 10.3-11.1 s), and trim as glibc does."""
     env = dict(env)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     if not fits_only:
