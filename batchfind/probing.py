@@ -40,11 +40,13 @@ class Prober:
     full; on a GPU, the device untouched) that takes over when a brand-new process is needed, so the
     search near the edge does not wait for Python, torch and the model each time. Starting one costs
     a core for seconds, so none starts beside a throughput trial (it would slow it): the first when
-    the plan says fit checks are next (`prepare`), the next ones as each is taken, unless the search
-    expects the one taken to be its last (`closing`), until `end_standby`.
+    the plan says fit checks are next (`prepare`), then one each time a brand-new process starts for
+    a fit check, unless the search expects that check to be its last (`closing`), until
+    `end_standby`.
 
-    Workers that only run fit checks (standbys, and the first worker when `fits_only`) are told so:
-    on a CPU their allocator is set for that (`worker.steady_allocator`).
+    Workers that only run fit checks (standbys, workers started for a fit check, and the first
+    worker when `fits_only`) are told so: on a CPU their allocator is set for that
+    (`worker.steady_allocator`).
     """
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
@@ -444,6 +446,7 @@ def _verify(prober, keep_going: Callable[[], bool]) -> None:
     if limit.batch_size is None or limit.verified or not keep_going():
         return
     prober.phase = "verify"
+    prober.closing()  # it fitted before: a fit ends the search
     if prober.trial(limit.batch_size, "fit", fresh=True).fits or limit_of(prober.trials).batch_size is None:
         return
     prober.phase = "refine"
