@@ -474,7 +474,8 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     # 81 fitted against expectation: the next check starts its worker, and a standby beside it.
     prober.trial(82, "fit", fresh=True)
     assert [g.standby for g in started[3:]] == [True, False] and prober.standby is started[3]
-    # Workers that time steps are told so; standbys and workers started for a fit check are not.
+    # Standbys and workers started for a fit check are told they run fit checks only; workers that
+    # time steps (the doubling worker, a request's worker) are not.
     reply = prober.ask({"op": "loader", "batch_size": 16})
     assert [g.fits_only for g in started] == [False, True, True, True, True, False] and reply["status"] == "ok"
     prober.shutdown()
