@@ -1,9 +1,9 @@
 """Benchmark: a CPU worker's peak and step time under glibc's default allocator and held steady.
 
 For each config and batch size, `--runs` brand-new processes under the memory limit run
-`--steps` training steps with glibc as it comes, then as batchfind's CPU workers run it
-(`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages, as fit
-checks run), then with the threshold alone (no huge pages). Prints each run's peak data segment (what the cap counts)
+`--steps` training steps with glibc as it comes, then as batchfind's fit checks run it
+(`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages), then with
+the threshold alone (no huge pages). Prints each run's peak data segment (what the cap counts)
 after the last step, or the step it failed at, the median step time after the first, and how far
 the 10th and 90th percentiles of those steps sit from it.
 
@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    plain = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    plain = {k: v for k, v in os.environ.items()
+             if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_")}
     steady = steady_allocator(plain, fits_only=True)
     without_huge_pages = {**plain, "MALLOC_MMAP_THRESHOLD_": steady["MALLOC_MMAP_THRESHOLD_"]}
     print("| config | batch | allocator | peak data segment per run (MiB) | median step ms after the first "
