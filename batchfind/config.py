@@ -365,7 +365,8 @@ class ProbeConfig(_Section):
     steps: PositiveInt = 5
     min_time_s: NonNegativeFloat = 0.5
     # ... then more steps while the median step time's interval is wider than half the
-    # recommendation's tolerance, up to this many seconds of measured steps per trial.
+    # recommendation's tolerance, up to this many seconds of measured steps per trial (steps
+    # still settling do not count; a trial takes at most twice this).
     max_time_s: NonNegativeFloat = 1.0
     # Fit checks near the edge: steps that reach the steady-state peak (optimizer state appears at
     # the first optimizer step, so the second step holds it).

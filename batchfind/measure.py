@@ -63,6 +63,30 @@ def uncertainty(samples_ms: list[float]) -> float:
     return (high - low) / 2 / middle if middle > 0 else 0.0
 
 
+# Steps in each half of a trial's steps when telling whether its first steps were still settling:
+# fewer cannot show a trend apart from noise.
+SETTLE_HALF = 3
+
+
+def settling(times_ms: list[float]) -> int:
+    """How many of the first measured steps were still settling, to be left out like the warm-up:
+    the earlier half of the steps, while its median was slower than the whole interval of the later
+    half's median, and again within what is left. A size new to a worker can take several steps to
+    settle (memory for its larger tensors faulted in, the heap grown to them): cnn-small's 64,
+    timed after 32 in a worker on a 2-core CPU, ran the first half of its steps after the warm-up
+    1-25% slower than the second half (median 11%) in ten probes out of ten; 32 at most 4% slower
+    in nine of them."""
+    start = 0
+    while len(times_ms) - start >= 2 * SETTLE_HALF:
+        rest = times_ms[start:]
+        half = len(rest) // 2
+        _, high = median_interval(sorted(rest[half:]))
+        if percentile(sorted(rest[:half]), 50) <= high:
+            break
+        start += half
+    return start
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How many steps a trial runs, by what it is for.
@@ -73,6 +97,9 @@ class StepPlan:
     autorange), so a step of milliseconds is timed many times and a step of seconds only
     `min_steps` times; then on while the median's interval is wider than `precision` (relative
     half-width) and another step fits in `max_time_s`. `max_steps` bounds the number of steps.
+    Where the time is bounded (`max_time_s`), steps still settling (`settling`) count as warm-up:
+    the trial goes on until the steps after them meet the same bounds, or until it has taken
+    twice `max_time_s` (or `min_time_s`, if longer), give or take a step, whichever comes first.
 
     With a `bar_ms`, a throughput trial stops as soon as it has run a fit check's `fit_steps` if its
     quickest measured step took that long or longer (`outclassed`): its size could not change the
@@ -95,18 +122,27 @@ class StepPlan:
         return (self.bar_ms is not None and bool(times_ms) and self.warmup + len(times_ms) >= self.fit_steps
                 and min(times_ms) >= self.bar_ms)
 
+    def counted(self, times_ms: list[float]) -> list[float]:
+        """The measured steps that count: those after any still settling, where time is bounded
+        (ranks of a distributed trial each run the same fixed number of steps)."""
+        return times_ms[settling(times_ms):] if self.max_time_s > 0 else times_ms
+
     def more(self, times_ms: list[float]) -> bool:
-        done, elapsed_s = len(times_ms), sum(times_ms) / 1000
         if self.outclassed(times_ms):
             return False
-        if done < self.min_steps:
+        if len(times_ms) < max(self.min_steps, 1):
             return True
-        if done >= self.max_steps:
+        if len(times_ms) >= self.max_steps:
             return False
-        if elapsed_s < self.min_time_s:
+        total_s = sum(times_ms) / 1000
+        step_s = total_s / len(times_ms)  # the next step's cost, judged from every step
+        if self.max_time_s > 0 and total_s + step_s > 2 * max(self.max_time_s, self.min_time_s):
+            return False
+        counted = self.counted(times_ms)
+        elapsed_s = sum(counted) / 1000
+        if len(counted) < self.min_steps or elapsed_s < self.min_time_s:
             return True
-        step_s = elapsed_s / done
-        return elapsed_s + step_s <= self.max_time_s and uncertainty(times_ms) > self.precision
+        return elapsed_s + step_s <= self.max_time_s and uncertainty(counted) > self.precision
 
 
 def own(batch: Any, device: torch.device) -> Any:
@@ -159,13 +195,15 @@ def measure(
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     del b, losses
-    stats = step_stats(times_ms)
+    counted = plan.counted(times_ms)
+    stats = step_stats(counted)
     median_s = stats["median"] / 1000
     return {
         "batch_size": batch_size,
         "status": "ok",
         "purpose": "fit" if plan.outclassed(times_ms) else plan.purpose,
         "steps": plan.warmup + len(times_ms),
+        "settling_steps": len(times_ms) - len(counted),
         "step_ms": stats,
         "samples_per_s": batch_size / median_s if median_s > 0 else None,
         "epoch_s": math.ceil(dataset_len / batch_size) * median_s,

@@ -94,6 +94,7 @@ class Trial:
     phase: Phase = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     purpose: Purpose = "throughput"
     steps: int | None = None  # steps run, warm-up included
+    settling_steps: int | None = None  # measured steps left out, still settling after the warm-up
     wall_s: float | None = None
     ranks: list[RankTrial] | None = None  # distributed: every rank's status, peak and step
 

@@ -1,7 +1,12 @@
 """Builtin models, datasets and batches, OOM classification and step statistics (in-process, CPU)."""
 
+import statistics
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -9,7 +14,7 @@ from batchfind.config import load_config
 from batchfind.data import build_batches
 from batchfind.devices import CappedPeak, is_oom, looks_like_oom
 from batchfind.errors import InputError
-from batchfind.measure import StepPlan, measure, step_stats
+from batchfind.measure import SETTLE_HALF, StepPlan, measure, settling, step_stats
 from batchfind.models import build_model
 from batchfind.session import check_fit
 from batchfind.step import Step, class_dim, compute_loss
@@ -313,6 +318,77 @@ def test_a_throughput_trial_runs_on_while_its_interval_is_wide_up_to_its_time_ca
     assert plan.more(jumpy)  # ±25%: another step of ~120 ms fits in the second left
     assert not plan.more(jumpy * 2)  # 1.2 s measured: the cap
     assert not StepPlan("throughput", warmup=0, min_steps=3, precision=0.01).more(jumpy)  # no cap: no more
+
+
+# cnn-small's 64, first timed after 32 in a worker on a 2-core CPU (ms per step, after two warm-up steps).
+SETTLING_64 = [114.0, 107.0, 95.0, 94.0, 92.0, 81.0, 81.0, 86.0, 76.0, 85.0]
+
+
+def test_the_first_steps_of_a_size_still_settling_are_left_out():
+    assert settling(SETTLING_64) == 5
+    # Steps that settle over more than half of them: halved again within what is left.
+    assert settling([300.0, 280.0, 260.0, 240.0, 220.0, 200.0, 180.0, 160.0,
+                     150.0, 140.0, 130.0, 120.0, 100.0, 100.0, 101.0, 99.0]) == 12
+    # A stall among steady steps is not a trend, nor is noise.
+    assert settling([50.0, 52.0, 51.0, 49.0, 76.0, 52.0, 51.0, 52.0, 53.0, 50.0, 52.0, 52.0]) == 0
+    assert settling([45.0, 43.0, 43.0, 45.0, 43.0, 45.0, 45.0, 44.0, 46.0, 43.0, 42.0, 42.0]) == 0
+    # Too few steps to tell a trend from noise.
+    assert settling([300.0, 200.0, 100.0, 100.0, 100.0]) == 0
+
+
+def test_steps_still_settling_count_as_warm_up_until_the_rest_meet_the_plan():
+    plan = StepPlan("throughput", warmup=2, min_steps=5, min_time_s=0.5, max_time_s=1.0, precision=0.01)
+    # 0.91 s of steps, of which the five settled ones take 0.41 s: short of the minimum time.
+    assert plan.counted(SETTLING_64) == SETTLING_64[5:] and plan.more(SETTLING_64)
+    times = list(SETTLING_64)
+    while plan.more(times):
+        times.append(80.0)
+    counted = plan.counted(times)
+    assert len(times) - len(counted) >= 5 and counted == times[-len(counted):]
+    assert statistics.median(counted) == 80.0 and sum(counted) >= 500.0
+    # Ranks of a distributed trial run a fixed number of steps (no time bound): nothing is left out.
+    fixed = StepPlan("throughput", warmup=2, min_steps=10)
+    assert fixed.counted(SETTLING_64) == SETTLING_64 and not fixed.more(SETTLING_64)
+
+
+@settings(deadline=None)
+@given(st.lists(st.floats(1.0, 400.0), min_size=1, max_size=200), st.integers(1, 8),
+       st.floats(0.0, 1.0), st.floats(0.0, 1.5))
+def test_a_throughput_trial_keeps_its_bounds_whatever_its_steps_take(steps, min_steps, min_time_s, max_time_s):
+    plan = StepPlan("throughput", warmup=0, min_steps=min_steps, min_time_s=min_time_s, max_time_s=max_time_s,
+                    precision=0.01, max_steps=60)
+    times: list[float] = []
+    for ms in steps:
+        if not plan.more(times):
+            break
+        times.append(ms)
+    else:
+        return  # the steps ran out before the plan did
+    assert len(times) >= min(min_steps, plan.max_steps) and len(times) <= plan.max_steps
+    if max_time_s > 0 and len(times) > min_steps:
+        # At most twice the time bound, give or take the one step that crossed it.
+        assert sum(times) / 1000 <= 2 * max(max_time_s, min_time_s) + max(times) / 1000
+    counted = plan.counted(times)
+    assert len(counted) >= min(len(times), SETTLE_HALF) and counted == times[len(times) - len(counted):]
+
+
+def test_a_trial_reports_the_steps_left_out_as_settling(monkeypatch, write_config):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
+    step = Step(model, cfg.train, CPU)
+    clock, durations = [0.0], iter([0.0] * 2 + [ms / 1000 for ms in SETTLING_64] + [0.080] * 40)
+
+    def timed_step(batch):  # each step takes the next of the durations, on a clock of its own
+        clock[0] += next(durations)
+        return step(batch)
+
+    import batchfind.measure as measure_module
+
+    monkeypatch.setattr(measure_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    plan = StepPlan("throughput", warmup=2, min_steps=5, min_time_s=0.5, max_time_s=1.0, precision=0.01)
+    result = measure(timed_step, batches.batch, 4, plan, dataset_len=100, device=CPU, meter=CappedPeak(CPU))
+    kept = result["step_ms"]["samples"]
+    assert result["settling_steps"] >= 5 and result["steps"] == 2 + result["settling_steps"] + len(kept)
+    assert max(kept) <= 86.0 and result["step_ms"]["median"] == pytest.approx(80.0)
 
 
 def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
