@@ -224,6 +224,36 @@ def test_a_model_that_stays_high_after_it_overshot_costs_a_bisection_not_a_walk(
     assert [(o.batch_size, o.status) for o in outcomes] == [(337_002, "oom"), (335_052, "oom"), (333_102, "ok")]
 
 
+def test_a_dropped_model_that_a_brand_new_process_has_moved_is_asked_once_more():
+    """gpt-small on a CPU: the doubling worker's 64 peaked lower than usual, so the model put the
+    edge at 83 where brand-new processes fit 80. 83, 82 and 81 failed, and halving 64-81 took five
+    more brand-new processes (72, 76, 78, 79, 80). Refitted through the brand-new process that
+    fitted 72, the model says 81, and its next check, 80, ends the search."""
+    device = Device(80)
+
+    def learning():  # the doubling worker's edge until a brand-new process has fitted
+        return 81 if any(ok and size < 83 for size, ok in fitted_fresh(device)) else 83
+
+    outcomes = search(device, doubling(64, 128), predict=learning, reuse=False)
+    assert [(o.batch_size, o.status) for o in outcomes] == [
+        (83, "oom"), (82, "oom"), (81, "oom"), (72, "ok"), (80, "ok")]
+    assert proven(outcomes, 80, "ok") and proven(outcomes, 81, "oom")
+    # Before, the model was not asked again: 72, 76, 78, 79, 80.
+    device = Device(80)
+    outcomes = search(device, doubling(64, 128), predict=lambda: 83, reuse=False)
+    assert [o.batch_size for o in outcomes] == [83, 82, 81, 72, 76, 78, 79, 80]
+    # Asked once more, wrong again: it is not asked a third time, and the search still ends proven.
+    device = Device(75)
+    outcomes = search(device, doubling(64, 128), predict=learning, reuse=False)
+    assert proven(outcomes, 75, "ok") and proven(outcomes, 76, "oom")
+    assert [o.batch_size for o in outcomes][:5] == [83, 82, 81, 72, 80]
+
+
+def fitted_fresh(device):
+    """(size, fitted) of each check the device ran in a brand-new process."""
+    return [(size, size <= device.fresh_edge) for size, fresh in device.tried if fresh]
+
+
 def test_edge_stops_on_an_error_and_on_the_budget():
     device = Device(10, status="error")
     assert len(edge(device.fit, doubling(4, 64))) == 1
