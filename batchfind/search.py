@@ -82,11 +82,13 @@ def edge(
     two checks it steered have failed, it is not asked again: the search looks once just below the
     failure, then halves what is left. A model whose failures all read the ceiling learns
     nothing from them (following it walked down one size per check), and one that stays low would
-    start a gallop afresh after each failure. Once a brand-new process has fitted since, and the
-    model refitted through it puts the edge elsewhere than when it was dropped, it is asked once
-    more: a CPU's model learns from a brand-new process what the doubling worker's memory could
-    not tell it (gpt-small: 83 from the worker, 81 through a brand-new process's 72, where 80 is
-    the edge), and the halving would climb to an edge near the failure one check at a time.
+    start a gallop afresh after each failure. At the first fit after that (in a brand-new process:
+    a failure ended the worker before it) the model is asked once more, and followed if it now
+    puts the edge between that fit and the failure (up to the failure itself, a CPU's model being
+    a sample high at times): a CPU's model learns from a brand-new process what the doubling
+    worker's memory could not tell it (gpt-small: 83 from the worker, 81 through a brand-new
+    process's 72, where 80 is the edge), and the halving would climb to an edge near the failure
+    one check at a time.
 
     Without `reuse` every check runs in a brand-new process: where processes are cheap and a
     worker that ran before is a worse place to measure (a CPU, whose allocator keeps what earlier
@@ -105,9 +107,7 @@ def edge(
     # search begins.
     first = predict() if predict is not None else None
     overshoots = int(first is not None and first >= min(o.batch_size for o in known if o.status != "ok"))
-    last_edge = first  # the model's edge when it was last asked
-    dropped = None  # checks tried when the model stopped being asked
-    asked_again = False
+    asked_again = False  # the model, dropped, was asked once more
     while keep_going():
         seen = [*known, *tried]
         hi = min(o.batch_size for o in seen if o.status != "ok")
@@ -126,13 +126,13 @@ def edge(
         guess = None
         if predict is not None and above <= top:
             if overshoots < 2:
-                guess = last_edge = predict()
-            elif not asked_again and any(o.status == "ok" and o.fresh_process for o in tried[dropped:]):
-                # A brand-new process has fitted since the model was dropped: refitted through it,
-                # the model may have learned what the doubling worker could not tell it.
-                moved = predict()
-                if moved is not None and moved != last_edge:
-                    guess, asked_again = moved, True
+                guess = predict()
+            elif not asked_again and tried and tried[-1].status == "ok":
+                # The first fit since the model was dropped (after a failure, so in a brand-new
+                # process): refitted through it, the model may have learned what the doubling
+                # worker could not tell it. Followed only if it no longer points past the failure.
+                asked_again, moved = True, predict()
+                guess = moved if moved is not None and above <= moved <= hi else None
         calls_edge = guess is not None and guess < reach
         if above > top or hi - lo <= resolution or (calls_edge and not proven and not misses):
             # Nothing left between them, or the model says this is the edge: prove it.
@@ -178,8 +178,6 @@ def edge(
         misses = misses + 1 if calls_edge and size > lo and outcome.status == "ok" else 0
         if outcome.status != "ok" and (guess is not None or overshoots >= 2):
             overshoots += 1  # and, past the model, the look just below the failure
-            if overshoots == 2:
-                dropped = len(tried)
             if guess is not None and not calls_edge:
                 margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried

@@ -224,34 +224,38 @@ def test_a_model_that_stays_high_after_it_overshot_costs_a_bisection_not_a_walk(
     assert [(o.batch_size, o.status) for o in outcomes] == [(337_002, "oom"), (335_052, "oom"), (333_102, "ok")]
 
 
-def test_a_dropped_model_that_a_brand_new_process_has_moved_is_asked_once_more():
+def test_a_dropped_model_is_asked_once_more_at_the_first_fit_after_it():
     """gpt-small on a CPU: the doubling worker's 64 peaked lower than usual, so the model put the
     edge at 83 where brand-new processes fit 80. 83, 82 and 81 failed, and halving 64-81 took five
     more brand-new processes (72, 76, 78, 79, 80). Refitted through the brand-new process that
-    fitted 72, the model says 81, and its next check, 80, ends the search."""
+    fitted 72, the model says 81: between that fit and the failure, so it is followed, and the
+    check just below the failure, 80, ends the search."""
+
+    def learning(device, then):  # the doubling worker's edge until a brand-new process has fitted
+        return lambda: then if any(fresh and size <= device.fresh_edge for size, fresh in device.tried) else 83
+
     device = Device(80)
-
-    def learning():  # the doubling worker's edge until a brand-new process has fitted
-        return 81 if any(ok and size < 83 for size, ok in fitted_fresh(device)) else 83
-
-    outcomes = search(device, doubling(64, 128), predict=learning, reuse=False)
+    outcomes = search(device, doubling(64, 128), predict=learning(device, 81), reuse=False)
     assert [(o.batch_size, o.status) for o in outcomes] == [
         (83, "oom"), (82, "oom"), (81, "oom"), (72, "ok"), (80, "ok")]
-    assert proven(outcomes, 80, "ok") and proven(outcomes, 81, "oom")
-    # Before, the model was not asked again: 72, 76, 78, 79, 80.
-    device = Device(80)
-    outcomes = search(device, doubling(64, 128), predict=lambda: 83, reuse=False)
-    assert [o.batch_size for o in outcomes] == [83, 82, 81, 72, 76, 78, 79, 80]
-    # Asked once more, wrong again: it is not asked a third time, and the search still ends proven.
+    assert proven(outcomes, 80, "ok") and proven(outcomes, 81, "oom") and 4 in device.closing
+    # Never asked again, a model that drifts but still points past the failure, and one that
+    # never moves, cost what they did: halving.
+    for then in (90, 83):
+        device = Device(80)
+        outcomes = search(device, doubling(64, 128), predict=learning(device, then), reuse=False)
+        assert [o.batch_size for o in outcomes] == [83, 82, 81, 72, 76, 78, 79, 80]
+    # Followed and wrong, it is not asked a third time, and the search still ends proven.
     device = Device(75)
-    outcomes = search(device, doubling(64, 128), predict=learning, reuse=False)
-    assert proven(outcomes, 75, "ok") and proven(outcomes, 76, "oom")
+    outcomes = search(device, doubling(64, 128), predict=learning(device, 81), reuse=False)
     assert [o.batch_size for o in outcomes][:5] == [83, 82, 81, 72, 80]
-
-
-def fitted_fresh(device):
-    """(size, fitted) of each check the device ran in a brand-new process."""
-    return [(size, size <= device.fresh_edge) for size, fresh in device.tried if fresh]
+    assert proven(outcomes, 75, "ok") and proven(outcomes, 76, "oom")
+    # Learned to within the bracket: followed there (below its edge by the margin of a model that
+    # has overshot), then halving.
+    device = Device(77)
+    outcomes = search(device, doubling(64, 128), predict=learning(device, 77), reuse=False)
+    assert [o.batch_size for o in outcomes][:5] == [83, 82, 81, 72, 75]
+    assert proven(outcomes, 77, "ok") and proven(outcomes, 78, "oom")
 
 
 def test_edge_stops_on_an_error_and_on_the_budget():
