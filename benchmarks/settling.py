@@ -18,8 +18,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-# Fewer steps than this in a trial say nothing about a trend (as `batchfind.measure.SETTLE_HALF`).
-LEAST = 6
+from batchfind.measure import SETTLE_HALF
+
+# Fewer steps than this in a trial say nothing about a trend, as the probe judges it.
+LEAST = 2 * SETTLE_HALF
 
 
 def first_trials(report: dict) -> dict[int, dict]:
