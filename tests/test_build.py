@@ -368,8 +368,8 @@ def test_a_throughput_trial_keeps_its_bounds_whatever_its_steps_take(steps, min_
     if max_time_s > 0 and len(times) > min_steps:
         # At most twice the time bound, give or take the one step that crossed it.
         assert sum(times) / 1000 <= 2 * max(max_time_s, min_time_s) + max(times) / 1000
-    counted = plan.counted(times)
-    assert len(counted) >= min(len(times), SETTLE_HALF) and counted == times[len(times) - len(counted):]
+    # Whatever is left out, enough steps remain to judge the median by.
+    assert len(plan.counted(times)) >= min(len(times), SETTLE_HALF)
 
 
 def test_a_trial_reports_the_steps_left_out_as_settling(monkeypatch, write_config):
