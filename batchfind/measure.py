@@ -87,6 +87,15 @@ def settling(times_ms: list[float]) -> int:
     return start
 
 
+# On a CPU, a size's first step in a worker that has stepped before took at most 1.42 times its
+# quickest later step where it took a quarter second or more (cnn-small 128-1024, gpt-small 32 and
+# 64, six runs each from batch 1; 1.61 in one from 16), and up to 2.3 times for steps of
+# milliseconds (fixed costs of a new shape): docs/benchmarks.md. So a first step that long and this
+# many times the bar shows its size out of the running.
+GLANCE_MIN_MS = 250.0
+GLANCE_FACTOR = 1.75
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How many steps a trial runs, by what it is for.
@@ -103,7 +112,13 @@ class StepPlan:
 
     With a `bar_ms`, a throughput trial stops as soon as it has run a fit check's `fit_steps` if its
     quickest measured step took that long or longer (`outclassed`): its size could not change the
-    recommendation, and the trial counts as a fit check.
+    recommendation, and the trial counts as a fit check. With `first_step_bar` (a CPU worker that
+    has stepped before) it stops after its first warm-up step already where that step took
+    `GLANCE_FACTOR` times the bar and at least `GLANCE_MIN_MS` (`dismissed`), unless fit checks take
+    more than two steps: the optimizer state is there from the worker's earlier trials, and the bar
+    is for sizes short of where memory nears its limit (`fit_steps` of a steady-state step are for
+    the edge). A GPU's first step at a new size also picks kernels and sets up libraries, and a
+    brand-new process's first step also starts the optimizer: neither is judged alone.
     """
 
     purpose: str  # "throughput" or "fit"
@@ -115,12 +130,18 @@ class StepPlan:
     max_time_s: float = 0.0
     bar_ms: float | None = None
     fit_steps: int = 2
+    first_step_bar: bool = False
 
     def outclassed(self, times_ms: list[float]) -> bool:
         # The quickest step only gets quicker with more steps: once a trial is not outclassed at
         # its first look, it never is.
         return (self.bar_ms is not None and bool(times_ms) and self.warmup + len(times_ms) >= self.fit_steps
                 and min(times_ms) >= self.bar_ms)
+
+    def dismissed(self, first_ms: float) -> bool:
+        """Whether a trial's first warm-up step, taking `first_ms`, shows its size out of the running."""
+        return (self.first_step_bar and self.bar_ms is not None and self.warmup > 0 and self.fit_steps <= 2
+                and first_ms >= max(GLANCE_FACTOR * self.bar_ms, GLANCE_MIN_MS))
 
     def counted(self, times_ms: list[float]) -> list[float]:
         """The measured steps that count: those after any still settling, where time is bounded
@@ -171,29 +192,46 @@ def measure(
     b = batch(batch_size)
     planned = plan.warmup + plan.min_steps
     losses = []
+    times_ms: list[float] = []
+    dismissed = False
     for i in range(plan.warmup):
-        losses.append(step(own(b, device)))
+        if i == 0 and plan.first_step_bar:
+            # Timed: where the bar dismisses the trial on it (`StepPlan.dismissed`), it is the one step.
+            given = own(b, device)
+            devices.sync(device)
+            load, start = devices.HostLoad(), time.perf_counter()
+            losses.append(step(given))
+            devices.sync(device)
+            first_ms = (time.perf_counter() - start) * 1000
+            dismissed = plan.dismissed(first_ms)
+        else:
+            losses.append(step(own(b, device)))
         if on_step:
             on_step(i + 1, planned)
-    devices.sync(device)
-    joules_before = energy() if energy else None
-    load = devices.HostLoad()
-    times_ms: list[float] = []
-    while plan.more(times_ms):
-        given = own(b, device)
-        # Synchronize before each clock read so queued GPU work is counted in its own step.
+        if dismissed:
+            times_ms = [first_ms]
+            break
+    joules = None
+    if not dismissed:
         devices.sync(device)
-        start = time.perf_counter()
-        losses.append(step(given))
-        devices.sync(device)
-        times_ms.append((time.perf_counter() - start) * 1000)
-        if on_step:
-            on_step(plan.warmup + len(times_ms), planned)
-    joules = energy() - joules_before if energy else None
+        joules_before = energy() if energy else None
+        load = devices.HostLoad()
+        while plan.more(times_ms):
+            given = own(b, device)
+            # Synchronize before each clock read so queued GPU work is counted in its own step.
+            devices.sync(device)
+            start = time.perf_counter()
+            losses.append(step(given))
+            devices.sync(device)
+            times_ms.append((time.perf_counter() - start) * 1000)
+            if on_step:
+                on_step(plan.warmup + len(times_ms), planned)
+        joules = energy() - joules_before if energy else None
     host = load.read()
     peak, peak_allocated = devices.read_peak(device)
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
+    steps = len(losses)
     del b, losses
     counted = plan.counted(times_ms)
     stats = step_stats(counted)
@@ -201,8 +239,8 @@ def measure(
     return {
         "batch_size": batch_size,
         "status": "ok",
-        "purpose": "fit" if plan.outclassed(times_ms) else plan.purpose,
-        "steps": plan.warmup + len(times_ms),
+        "purpose": "fit" if dismissed or plan.outclassed(times_ms) else plan.purpose,
+        "steps": steps,
         "settling_steps": len(times_ms) - len(counted),
         "step_ms": stats,
         "samples_per_s": batch_size / median_s if median_s > 0 else None,

@@ -205,7 +205,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     Powers of two run as throughput trials in one long-lived worker, except sizes the memory model
     puts beyond the headroom (they cannot be recommended, so a fit check says all that is needed).
     Once throughput has stopped rising, a size's throughput trial stops after a fit check's steps
-    unless its quickest step could make it the batch to train with (`recommend.bar`). Near the edge
+    (on a CPU, after a first step far past the bar) unless its quickest step could make it the batch
+    to train with (`recommend.bar`). Near the edge
     every trial is a fit check (`search.edge`).
     """
     config = prober.config
@@ -244,7 +245,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
             prober.prepare()  # the edge is near: brand-new processes come next
             return prober.trial(size, "fit")
         # Past the peak a size's steps are the longest of the probe (cnn-small's 512 and 1024: 12 s
-        # of 47 on a CPU): a fit check's worth of them shows whether the rest are worth running.
+        # of 47 on a CPU): a fit check's worth of them, or one far too slow, shows whether the rest
+        # are worth running.
         return prober.trial(size, bar=bar(prober.trials, tolerance))
 
     doubled = search.double(doubling_trial, first, high, keep_going)

@@ -78,7 +78,8 @@ def bar(trials: list[Trial], tolerance: float) -> float | None:
     size is measured in full.
 
     The bar is for a trial's quickest step after its warm-up, the most its size can be credited
-    with; a size judged on one step that stalled is judged slow, as a fit check's would be."""
+    with; a size judged on one step that stalled is judged slow, as a fit check's would be. On a CPU
+    a first warm-up step far past it ends the trial too (`measure.StepPlan.dismissed`)."""
     latest = latest_timed(trials)
     largest = latest.pop(max(latest)) if latest else None
     if not latest or largest.samples_per_s * (1 - tolerance) > max(t.samples_per_s for t in latest.values()):

@@ -158,7 +158,9 @@ class Session:
                             max_time_s=0.0 if self.rank else probe.max_time_s,
                             precision=self.config.recommend.tolerance / 2,
                             bar_ms=batch_size / bar * 1000 if bar and not self.rank else None,
-                            fit_steps=probe.fit_steps)
+                            fit_steps=probe.fit_steps,
+                            # Not on a GPU, nor in a brand-new process (see StepPlan).
+                            first_step_bar=self.device.type == "cpu" and self.settled is not None)
         progress = self.progress
 
         def on_step(done: int, planned: int) -> None:

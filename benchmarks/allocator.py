@@ -50,6 +50,16 @@ def child(code: str, args: list[str], env: dict[str, str]):
     return json.loads(done.stdout)
 
 
+def sizes_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a script that runs sizes in order in one process a run: a config, the sizes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("sizes", help="comma-separated batch sizes, in the order to run them")
+    parser.add_argument("--memory-limit", default="2GiB")
+    parser.add_argument("--runs", type=int, default=2)
+    return parser
+
+
 def run(config: str, size: int, limit: str, steps: int, env: dict[str, str]) -> dict:
     return child(CHILD, [config, str(size), limit, str(steps)], env)
 

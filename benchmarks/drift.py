@@ -12,10 +12,9 @@ fit checks run). Prints samples/s and the capped peak (MiB) of each trial.
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from allocator import child  # noqa: E402 - a sibling script: benchmarks/ is on the path when run
+from allocator import child, sizes_parser  # noqa: E402 - a sibling script: benchmarks/ is on the path when run
 
 CHILD = """
 import json, sys
@@ -34,12 +33,7 @@ print(json.dumps(rows))
 def main() -> None:
     from batchfind.worker import steady_allocator
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("sizes", help="comma-separated batch sizes, in the order to time them")
-    parser.add_argument("--memory-limit", default="2GiB")
-    parser.add_argument("--runs", type=int, default=2)
-    args = parser.parse_args()
+    args = sizes_parser(__doc__).parse_args()
     plain = {k: v for k, v in os.environ.items()
              if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_")}
     timing = steady_allocator(plain, fits_only=False)

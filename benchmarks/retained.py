@@ -1,7 +1,7 @@
 """Benchmark: what a long-lived CPU worker retains, and whether its peaks predict a brand-new process's.
 
 For each config: one process runs two steps at each power of two from 1 up to BATCH, as the doubling
-worker does, and reports per size the data segment and the allocator's free heap at the trial's
+worker does (past the throughput peak it may run one on a CPU), and reports per size the data segment and the allocator's free heap at the trial's
 start beyond what it held after its first trial (`retained_bytes`, `retained_free_bytes`) and the
 peak of the data segment. Then brand-new processes run BATCH alone, `--runs` times. The memory
 model's fresh equivalent of the long-lived peak (`memory.fresh_equivalent`) is printed beside the

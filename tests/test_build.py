@@ -16,6 +16,8 @@ from batchfind.devices import CappedPeak, is_oom, looks_like_oom
 from batchfind.errors import InputError
 from batchfind.measure import SETTLE_HALF, StepPlan, measure, settling, step_stats
 from batchfind.models import build_model
+import batchfind.measure as measure_module
+import batchfind.session as session_module
 from batchfind.session import check_fit
 from batchfind.step import Step, class_dim, compute_loss
 
@@ -306,6 +308,63 @@ def test_a_bar_is_judged_only_once_a_fit_checks_steps_have_run():
     assert not StepPlan("throughput", warmup=1, min_steps=3).outclassed([1e9])  # no bar
 
 
+def test_a_cpu_first_step_of_a_quarter_second_far_past_the_bar_dismisses_its_size():
+    def plan(bar_ms=300.0, warmup=1, first_step_bar=True, fit_steps=2):
+        return StepPlan("throughput", warmup=warmup, min_steps=3, bar_ms=bar_ms, first_step_bar=first_step_bar,
+                        fit_steps=fit_steps)
+
+    assert plan().dismissed(525.0) and not plan().dismissed(524.0)
+    # Steps of milliseconds run their first step up to twice as long as later ones: never judged on it.
+    assert not plan(bar_ms=100.0).dismissed(249.0) and plan(bar_ms=100.0).dismissed(250.0)
+    assert not plan(bar_ms=None).dismissed(1e9)  # no bar
+    assert not plan(bar_ms=1.0, warmup=0).dismissed(1e9)  # no warm-up to judge
+    assert not plan(bar_ms=1.0, first_step_bar=False).dismissed(1e9)  # a GPU's, or a brand-new process's
+    assert not plan(bar_ms=1.0, fit_steps=3).dismissed(1e9)  # fit checks were asked for more steps
+
+
+@pytest.mark.parametrize("first_s, steps, samples", [(0.6, 1, [600.0]), (0.5, 2, [500.0])])
+def test_a_trial_dismissed_on_its_first_step_reports_that_step(monkeypatch, write_config, first_s, steps, samples):
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}")
+    step = Step(model, cfg.train, CPU)
+    clock = [0.0]
+
+    def timed_step(batch):  # every step takes `first_s`, on a clock of its own
+        clock[0] += first_s
+        return step(batch)
+
+    monkeypatch.setattr(measure_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    plan = StepPlan("throughput", warmup=1, min_steps=3, bar_ms=300.0, first_step_bar=True)
+    seen = []
+    result = measure(timed_step, batches.batch, 4, plan, dataset_len=100, device=CPU, meter=CappedPeak(CPU),
+                     on_step=lambda done, planned: seen.append(done))
+    # 600 ms is twice the bar: that step is the trial. 500 ms is less than `GLANCE_FACTOR` times it: the
+    # warm-up and one measured step, outclassed as before.
+    assert result["purpose"] == "fit" and result["steps"] == steps and seen == list(range(1, steps + 1))
+    assert result["step_ms"]["samples"] == pytest.approx(samples) and result["settling_steps"] == 0
+    assert result["samples_per_s"] == pytest.approx(4 / (samples[0] / 1000))
+
+
+def test_a_cpu_worker_judges_first_steps_on_the_bar_once_it_has_stepped(monkeypatch, write_config):
+    # No cap on this test's own process; the plans are what is looked at.
+    monkeypatch.setattr(session_module.devices, "apply_memory_limit", lambda *args, **kwargs: None)
+    plans = []
+
+    def recorded(step, batch, batch_size, plan, **kwargs):
+        plans.append(plan)
+        return measure(step, batch, batch_size, plan, **kwargs)
+
+    monkeypatch.setattr(session_module, "measure", recorded)
+    cfg = load_config(write_config("model: {name: mlp, in_features: 8, hidden: 8, layers: 1}\ndata: {size: 100}"))
+    session = session_module.Session(cfg.model_dump(mode="json"))
+    session.start()
+    # Its first trial starts the optimizer: a first step of that is not judged alone.
+    assert session.serve("trial", {"batch_size": 4, "bar": 10.0})["status"] == "ok"
+    assert session.serve("trial", {"batch_size": 8, "bar": 10.0})["status"] == "ok"
+    fit = session.serve("trial", {"batch_size": 8, "purpose": "fit"})
+    assert [p.first_step_bar for p in plans] == [False, True, False] and plans[1].bar_ms == pytest.approx(800.0)
+    assert fit["steps"] == 2
+
+
 def test_a_fit_check_runs_just_its_steps():
     plan = StepPlan("fit", warmup=0, min_steps=2)
     assert [plan.more([1.0] * done) for done in range(3)] == [True, True, False]
@@ -380,8 +439,6 @@ def test_a_trial_reports_the_steps_left_out_as_settling(monkeypatch, write_confi
     def timed_step(batch):  # each step takes the next of the durations, on a clock of its own
         clock[0] += next(durations)
         return step(batch)
-
-    import batchfind.measure as measure_module
 
     monkeypatch.setattr(measure_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     plan = StepPlan("throughput", warmup=2, min_steps=5, min_time_s=0.5, max_time_s=1.0, precision=0.01)
