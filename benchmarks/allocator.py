@@ -5,8 +5,9 @@ For each config and batch size, `--runs` brand-new processes under the memory li
 (`worker.steady_allocator`: mmap threshold fixed at 4 MiB, those mappings on huge pages), then with
 the threshold alone (no huge pages). Prints each run's peak data segment (what the cap counts)
 after the last step, or the step it failed at, the median step time after the first, and how far
-the 10th and 90th percentiles of those steps sit from it, and each run's first step (a brand-new
-process's first step also faults in its memory).
+the 10th and 90th percentiles of those steps sit from it, each run's first step (a brand-new
+process's first step also faults in its memory), and the peak each step reached where it rose
+above every step before it (`-` where it did not: how many steps a fit check needs).
 
     python benchmarks/allocator.py --memory-limit 2GiB configs/cnn-small.yaml:1000 configs/gpt-small.yaml:64
 """
@@ -28,8 +29,9 @@ from batchfind.session import Session
 config = load_config(sys.argv[1], {"--memory-limit": sys.argv[3], "--device": "cpu"})
 session = Session(config.model_dump(mode="json")); session.start()
 meter = devices.CappedPeak(session.device)
-batch, times, failed = session.batches.batch(int(sys.argv[2])), [], None
+batch, times, raised, failed = session.batches.batch(int(sys.argv[2])), [], [], None
 for i in range(int(sys.argv[4])):
+    step = devices.CappedPeak(session.device)  # None where the step stayed below every peak before it
     start = time.perf_counter()
     try:
         session.step(batch)
@@ -39,7 +41,8 @@ for i in range(int(sys.argv[4])):
         failed = i + 1
         break
     times.append((time.perf_counter() - start) * 1000)
-print(json.dumps({"peak": meter.read(), "times": times, "failed": failed}))
+    raised.append(step.read())
+print(json.dumps({"peak": meter.read(), "times": times, "raised": raised, "failed": failed}))
 """
 
 
@@ -78,22 +81,24 @@ def main() -> None:
              if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_")}
     steady = steady_allocator(plain, fits_only=True)
     without_huge_pages = {**plain, "MALLOC_MMAP_THRESHOLD_": steady["MALLOC_MMAP_THRESHOLD_"]}
-    print("| config | batch | allocator | peak data segment per run (MiB) | first step ms per run "
-          "| median step ms after the first | p10, p90 |")
-    print("| --- | ---: | --- | --- | --- | ---: | --- |")
+    print("| config | batch | allocator | peak data segment per run (MiB) | new peak by step, per run (MiB) "
+          "| first step ms per run | median step ms after the first | p10, p90 |")
+    print("| --- | ---: | --- | --- | --- | --- | ---: | --- |")
     for case in args.cases:
         config, size = case.rsplit(":", 1)
         for name, env in (("glibc default", plain), ("steady", steady), ("4 MiB, no huge pages", without_huge_pages)):
             runs = [run(config, int(size), args.memory_limit, args.steps, env) for _ in range(args.runs)]
             peaks = ", ".join(_peak(r) for r in runs)
             firsts = ", ".join(f"{r['times'][0]:.0f}" for r in runs if r["times"]) or "-"
+            by_step = "; ".join(" ".join("-" if p is None else f"{p / 2**20:.0f}" for p in r["raised"]) or "-"
+                                for r in runs)
             later = [t for r in runs for t in r["times"][1:]]
             median = statistics.median(later) if later else None
             spread = "-"
             if median and len(later) >= 2:
                 deciles = statistics.quantiles(later, n=10)
                 spread = f"{deciles[0] / median - 1:+.0%}, {deciles[-1] / median - 1:+.0%}"
-            print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | {firsts} | "
+            print(f"| {os.path.basename(config)} | {size} | {name} | {peaks} | {by_step} | {firsts} | "
                   f"{'-' if median is None else format(median, '.0f')} | {spread} |", flush=True)
 
 
