@@ -31,6 +31,7 @@ import sys
 import tempfile
 from multiprocessing import reduction
 from pathlib import Path
+from types import SimpleNamespace
 
 from allocator import child, sizes_parser  # noqa: E402 - a sibling script: benchmarks/ is on the path when run
 
@@ -116,7 +117,7 @@ def forked_from_setup(raw: dict, sizes: list[int], env: dict[str, str]) -> list[
 
 
 def worker_view(dirs: list[str], raw: dict, fresh: dict[int, float]) -> None:
-    from batchfind.memory import REUSED_FREE_HEAP
+    from batchfind import memory
 
     limit, name = raw["probe"]["memory_limit"], raw["model"]["name"]
     below, two, three = [], [], []
@@ -124,20 +125,17 @@ def worker_view(dirs: list[str], raw: dict, fresh: dict[int, float]) -> None:
         report = json.loads(path.read_text())
         if report["config"]["probe"]["memory_limit"] != limit or report["config"]["model"]["name"] != name:
             continue
-        worker = [t for t in report["trials"] if t["phase"] == "double" and t["status"] == "ok"
-                  and not t["fresh_process"] and t["capped_peak_bytes"] and t.get("retained_bytes") is not None]
+        doubled = [SimpleNamespace(**t) for t in report["trials"] if t["phase"] == "double"]
+        worker = [t for t in doubled if t.status == "ok" and not t.fresh_process and t.capped_peak_bytes
+                  and t.retained_bytes is not None]
         if len(worker) < 3:
             continue
-        last = max((t for t in worker if t["batch_size"] in fresh), key=lambda t: t["batch_size"], default=None)
+        last = max((t for t in worker if t.batch_size in fresh), key=lambda t: t.batch_size, default=None)
         if last is not None:
-            below.append((fresh[last["batch_size"]] - last["capped_peak_bytes"] + last["retained_bytes"]) / MIB)
-        points = [(t["batch_size"], t["capped_peak_bytes"] - t["retained_bytes"]
-                   + REUSED_FREE_HEAP * min(max(t["retained_free_bytes"] or 0, 0), t["retained_bytes"]))
-                  for t in worker][-3:]
-        two.append((points[2][1] - points[1][1]) / (points[2][0] - points[1][0]) / MIB)
-        mean_x, mean_y = statistics.mean(x for x, _ in points), statistics.mean(y for _, y in points)
-        three.append(sum((x - mean_x) * (y - mean_y) for x, y in points)
-                     / sum((x - mean_x) ** 2 for x, _ in points) / MIB)
+            below.append((fresh[last.batch_size] - last.capped_peak_bytes + last.retained_bytes) / MIB)
+        (x1, y1), (x2, y2) = [(t.batch_size, memory.fresh_equivalent(t)) for t in worker[-2:]]
+        two.append((y2 - y1) / (x2 - x1) / MIB)
+        three.append(memory.fit(doubled, limit, kinds_differ=True).per_sample_bytes / MIB)
     if not two:
         print(f"\nno reports of {name} under this limit in {', '.join(dirs)}")
         return
