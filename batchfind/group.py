@@ -41,6 +41,8 @@ class Group:
         self.workers: dict[int, Worker] = {}
         self.ready: dict[str, Any] = {}
         self.trials_run = 0
+        self.standby_failure: dict[str, Any] | None = None
+        self.waited = not standby  # a standby's workers have said they stand by
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "standby": standby, "learned": learned,
@@ -51,10 +53,22 @@ class Group:
         if not standby:
             self._activate()
 
-    def activate(self) -> None:
-        """A standby's workers go on to set up on the device."""
+    def standing_by(self) -> bool:
+        """Wait until a standby's workers have done what they do before `activate` (on a CPU, all
+        of their set-up); False if one failed there."""
+        if not self.waited:
+            self.waited = True
+            self.standby_failure = _first_failure(self._gather(START_S))
+        return self.standby_failure is None
+
+    def activate(self, learned: dict[str, Any] | None = None) -> None:
+        """A standby's workers go on to set up on the device, told what an earlier worker `learned`
+        of the data and the model where they were started without it."""
+        if not self.standing_by():
+            self.close()
+            raise SetupFailed(self.standby_failure["status"], _name(self.standby_failure, self.topo))
         for worker in self.workers.values():
-            worker.send({"op": "start"})
+            worker.send({"op": "start", "learned": learned})
         self._activate()
 
     def _activate(self) -> None:

@@ -26,6 +26,11 @@ REMEASURE_SHARE = 1 / 3
 NOISE_BATCHES = 12
 # Above this share of a step spent waiting for data, training is input-bound.
 INPUT_BOUND_SHARE = 0.2
+# On a CPU, a power of two whose peak the memory model puts this far past the memory limit is not
+# run when the edge search follows: its failure would cost the doubling worker a step of seconds
+# (cnn-small's 2048: 2.2-3.8 s) and tell the search nothing the limit in force does not, and the
+# search's brand-new processes prove where memory runs out.
+PAST_LIMIT = 1.25
 # Above this share of all CPUs' time taken by other processes (or a hypervisor's other machines)
 # while throughput was timed, the machine was busy.
 BUSY_SHARE = 0.1
@@ -39,10 +44,11 @@ class Prober:
     A single-process probe also keeps a standby: a worker with the model built (on a CPU, set up in
     full; on a GPU, the device untouched) that takes over when a brand-new process is needed, so the
     search near the edge does not wait for Python, torch and the model each time. Starting one costs
-    a core for seconds, so none starts beside a throughput trial (it would slow it): the first when
-    the plan says fit checks are next (`prepare`), then one each time a brand-new process starts for
-    a fit check, unless the search expects that check to be its last (`closing`), until
-    `end_standby`.
+    a core for seconds, so none starts beside a throughput trial (it would slow it): the first
+    beside the first worker (`standby_first`: a probe, whose limit is proven in a brand-new process),
+    whose start leaves a core idle, and the first trial waits until it is set up; else when the plan
+    says fit checks are next (`prepare`); then one each time a brand-new process starts for a fit
+    check, unless the search expects that check to be its last (`closing`), until `end_standby`.
 
     Workers that only run fit checks (standbys, workers started for a fit check, and the first
     worker when `fits_only`) are told so: on a CPU their allocator is set for that
@@ -51,9 +57,10 @@ class Prober:
 
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
                  on_end: Callable[[Trial], None] | None, topo: Topology | None = None,
-                 on_progress: Callable[[dict], None] | None = None, fits_only: bool = False):
+                 on_progress: Callable[[dict], None] | None = None, fits_only: bool = False,
+                 standby_first: bool = False):
         self.config, self.on_start, self.on_end, self.topo = config, on_start, on_end, topo
-        self.fits_only = fits_only
+        self.fits_only, self.standby_first = fits_only, standby_first
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
         timeout = config.probe.trial_timeout_s
@@ -74,11 +81,18 @@ class Prober:
 
     def start(self) -> dict:
         started = time.monotonic()
+        if self.standby_first and self.keep_standby:
+            self.standby = self._new(standby=True)
         self.group = self._new(fits_only=self.fits_only)
         self.start_s = time.monotonic() - started
         # What the first worker learned of the data and the model: later workers start without
         # learning it again (reading the dataset for its lengths, say).
         self.learned = self.group.ready.get("learned")
+        if self.standby is not None and not self.standby.standing_by():
+            # It failed where the first worker did not: a brand-new process started when one is
+            # needed will say why.
+            self.standby.close()
+            self.standby = None
         return self.group.ready
 
     def _new(self, standby: bool = False, fits_only: bool = False) -> Group:
@@ -112,7 +126,7 @@ class Prober:
         if group is None:
             return self._new(fits_only=True)
         try:
-            group.activate()
+            group.activate(self.learned)
         except BaseException:
             group.close()
             raise
@@ -196,7 +210,8 @@ def probe(
     report with `interrupted` set.
     """
     return _run(config, lambda prober, facts, keep_going: plan(prober, facts, keep_going, memory_model),
-                on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress)
+                on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress,
+                standby_first=True)
 
 
 def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool = True) -> PlanResult:
@@ -243,31 +258,42 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
             checked = _fastest(prober.trials)
         if beyond:
             prober.prepare()  # the edge is near: brand-new processes come next
+            if skip_past and m.ceiling_from == "limit" and m.peak_at(size) >= PAST_LIMIT * m.ceiling_bytes:
+                return search.Beyond(size)
             return prober.trial(size, "fit")
         # Past the peak a size's steps are the longest of the probe (cnn-small's 512 and 1024: 12 s
         # of 47 on a CPU): a fit check's worth of them, or one far too slow, shows whether the rest
         # are worth running.
         return prober.trial(size, bar=bar(prober.trials, tolerance))
 
-    doubled = search.double(doubling_trial, first, high, keep_going)
-    if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
-        _remeasure(prober, config.recommend.tolerance, keep_going)
-    outcome.model = model()
-    last = doubled[-1] if doubled else None
-    fits = limit_of(prober.trials).batch_size
-    if p.refine and last is not None and last.status in MEMORY_FAILURES and fits is not None:
-        prober.phase = "refine"
-        prober.prepare()
-        m = outcome.model
-        variation = _variation(facts, m)
-        cheap = _processes_cheap(prober, _edge(m))
-        # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
-        resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size, variation) else 1
-        search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
-                    multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
-                    margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
-                    closing=prober.closing, keep_going=keep_going)
-        outcome.refined = True
+    skip_past = p.refine and facts.get("device") == "cpu"
+    start = first
+    while start <= high:
+        doubled = search.double(doubling_trial, start, high, keep_going)
+        if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
+            _remeasure(prober, config.recommend.tolerance, keep_going)
+        outcome.model = outcome.model or model()
+        last = doubled[-1] if doubled else None
+        skipped = [last] if isinstance(last, search.Beyond) else []
+        fits = limit_of(prober.trials).batch_size
+        if p.refine and last is not None and (last.status in MEMORY_FAILURES or skipped) and fits is not None:
+            prober.phase = "refine"
+            prober.prepare()
+            m = model()
+            variation = _variation(facts, m)
+            cheap = _processes_cheap(prober, _edge(m))
+            # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
+            resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size, variation) else 1
+            search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), [*prober.trials, *skipped],
+                        multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
+                        margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
+                        closing=prober.closing, keep_going=keep_going)
+            outcome.refined = True
+        # A size skipped as far past the limit that fitted after all (a model whose peaks stop
+        # growing): the doubling goes on past it.
+        if not skipped or (limit_of(prober.trials).batch_size or 0) < last.batch_size or not keep_going():
+            break
+        prober.phase, start = "double", 2 * last.batch_size
     _verify(prober, keep_going)
     prober.end_standby()
     outcome.advise = True
@@ -501,13 +527,14 @@ def _run(
     first: int,
     on_progress: Callable[[dict], None] | None = None,
     fits_only: bool = False,
+    standby_first: bool = False,
 ) -> Report:
     """Start the workers and run `plan` on them (`fits_only`: a plan of fit checks, timing
     nothing). Where not even the set-up fits in memory, the report says so as a failure at `first`,
     the size the plan would have run first."""
     started = time.monotonic()
     budget = config.probe.time_budget_s
-    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress, fits_only)
+    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress, fits_only, standby_first)
     interrupted = False
     outcome = PlanResult()
     stopped = None
@@ -608,6 +635,10 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     last = doubled[-1]
     if not last.fits:
         return f"{last.status} at batch {last.batch_size}"
+    # Past a power the memory model put far beyond the limit (not run), the edge search's failure.
+    failed = min((t for t in trials if t.status in MEMORY_FAILURES), key=lambda t: t.batch_size, default=None)
+    if failed is not None:
+        return f"{failed.status} at batch {failed.batch_size}"
     if dataset_len and last.batch_size == dataset_len // world:
         return f"reached the dataset size ({dataset_len})"
     if last.batch_size == max_batch:

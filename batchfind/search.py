@@ -3,6 +3,7 @@ nothing of torch or processes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
 
@@ -10,6 +11,18 @@ class Outcome(Protocol):
     batch_size: int
     status: str
     fresh_process: bool
+
+
+@dataclass(frozen=True)
+class Beyond:
+    """A size not run because the memory model puts it far past the memory limit: it bounds the
+    search from above as a failure does, and is proven like one (in a brand-new process) if the
+    search gets there."""
+
+    batch_size: int
+    status: str = "beyond"
+    fresh_process: bool = False
+    fits: bool = False
 
 
 # The margin below the model's edge once the model has overshot: the edges it predicted from the

@@ -205,8 +205,13 @@ def _serve() -> None:
         # A standby waits before touching the device (a CUDA context would take memory from the
         # worker at work); a CPU has nothing to protect, so there it sets up in full and waits ready.
         facts = session.start() if standby and not session.wants_gpu else None
-        if standby and not sys.stdin.readline():
-            return  # the probe ended without needing this standby
+        if standby:
+            send({"event": "standing by", "status": "ok"})
+            line = sys.stdin.readline()
+            if not line:
+                return  # the probe ended without needing this standby
+            # A standby started beside the first worker could not be told what that worker learned.
+            session.learned = session.learned or json.loads(line).get("learned")
         facts = facts or session.start()
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
         send({"event": "failed", **setup_failure(exc)})

@@ -194,6 +194,45 @@ def test_what_a_cpu_worker_retained_does_not_cost_a_process():
     assert doubling_processes(blind) > 2
 
 
+def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
+    # cnn-small's proportions: the line through 256-1024 puts 2048 at 1.27 times the limit. Its
+    # failure in the worker would tell nothing the limit does not: the search starts below it, and
+    # proves where memory runs out in a brand-new process.
+    cnn = dict(per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=25 * MiB, **CPU)
+    sim = SimDevice(1550, **cnn)
+    limit = sim.run()
+    assert max(t.batch_size for t in sim.trials if t.phase == "double") == 1024
+    assert 1540 <= limit.batch_size <= 1550 < limit.first_oom and limit.verified
+    assert any(t.batch_size == limit.first_oom and t.fresh_process and not t.fits for t in sim.trials)
+    assert doubling_processes(sim) == 2
+    # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail.
+    sim = SimDevice(1900, **cnn)
+    sim.run()
+    assert (2048, "double", "oom") in [(t.batch_size, t.phase, t.status) for t in sim.trials]
+    # A GPU runs it: a failure there costs a step, and a GPU's failure says where memory ran out.
+    sim = SimDevice(1550, per_sample=int(1.1 * MiB), fixed=300 * MiB, **CPU)
+    sim.run()
+    assert (2048, "double", "oom") in [(t.batch_size, t.phase, t.status) for t in sim.trials]
+
+
+class Flattening(SimDevice):
+    """Peaks that grow a twentieth as fast past 1024 samples: the line through the doubling's sizes
+    puts 2048 far past the limit, where it fits."""
+
+    def peak(self, size: int, curvature: float | None = None) -> int:
+        return int(self.fixed + self.per_sample * min(size, 1024) + self.per_sample // 20 * max(0, size - 1024))
+
+
+def test_a_power_skipped_as_far_past_the_limit_that_fits_after_all_is_doubled_past():
+    sim = Flattening(5000, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=5 * MiB, **CPU)
+    limit = sim.run()
+    assert limit.batch_size == 5000 and limit.verified and limit.first_oom > 5000
+    doubled = [(t.batch_size, t.status) for t in sim.trials if t.phase == "double"]
+    assert 2048 not in dict(doubled) and (4096, "ok") in doubled and (8192, "oom") in doubled
+    # The search proved 2048 fitted in a brand-new process before the doubling went on.
+    assert any(t.batch_size == 2048 and t.fits and t.fresh_process for t in sim.trials)
+
+
 def test_a_size_that_failed_in_the_worker_and_fitted_fresh_is_said_as_it_happened():
     from batchfind.probing import _warnings
 
@@ -448,8 +487,11 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
             started.append(self)
             self.ready = {"learned": None}
 
-        def activate(self):
+        def activate(self, learned=None):
             pass
+
+        def standing_by(self):
+            return True
 
         def run(self, size, purpose, timeout_s, bar=None):
             return {"batch_size": size, "status": "ok", "purpose": purpose, "fresh_process": True}
@@ -484,3 +526,59 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     started.clear()
     probing.Prober(Config.model_validate({"model": {"name": "mlp"}}), None, None, fits_only=True).start()
     assert [g.fits_only for g in started] == [True]
+
+
+def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
+    """A probe proves its limit in a brand-new process: the first standby starts with the first
+    worker, whose start leaves a core idle, and is set up before the first trial, so it slows no
+    timed step; when taken it is told what the first worker learned. One that failed its set-up is
+    dropped, and the next brand-new process starts when needed."""
+    from batchfind import probing
+
+    events = []
+
+    class FakeGroup:
+        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
+                     fits_only=False):
+            self.standby, self.closed = standby, False
+            events.append(("standby" if standby else "worker", learned))
+            self.ready = {"learned": {"smallest_batch": 1}}
+
+        def standing_by(self):
+            events.append("standing by")
+            return not failing
+
+        def activate(self, learned=None):
+            events.append(("activated", learned))
+
+        def run(self, size, purpose, timeout_s, bar=None):
+            events.append(size)
+            return {"batch_size": size, "status": "ok", "purpose": purpose}
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(probing, "Group", FakeGroup)
+    config = Config.model_validate({"model": {"name": "mlp"}})
+    failing = False
+    prober = probing.Prober(config, None, None, standby_first=True)
+    prober.start()
+    prober.trial(64)
+    prober.prepare()  # a standby is waiting: none more starts
+    prober.closing()
+    prober.trial(80, "fit", fresh=True)
+    prober.shutdown()
+    assert events == [("standby", None), ("worker", None), "standing by", 64,
+                      ("activated", {"smallest_batch": 1}), 80]
+    events.clear()
+    failing = True
+    prober = probing.Prober(config, None, None, standby_first=True)
+    prober.start()
+    assert prober.standby is None
+    prober.trial(80, "fit", fresh=True)
+    prober.shutdown()
+    assert events == [("standby", None), ("worker", None), "standing by", ("worker", {"smallest_batch": 1}), 80]
+    # Other runs (`batchfind check`, `validate`) start no standby beside their first worker.
+    events.clear()
+    probing.Prober(config, None, None).start()
+    assert events == [("worker", None)]

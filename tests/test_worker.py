@@ -51,6 +51,33 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
     assert "retained_bytes" not in first and isinstance(second["retained_bytes"], int)
 
 
+def test_a_standby_started_before_anything_was_learned_stands_by_then_runs(write_config):
+    """A probe's first standby starts beside the first worker, before that worker has learned
+    anything of the data: it says when it stands by, and runs once activated."""
+    raw = load_config(write_config(TINY)).model_dump(mode="json")
+    first = Group(raw, None, None, generation=1)
+    standby = Group(raw, None, None, generation=2, standby=True)
+    try:
+        assert standby.standing_by() and standby.standing_by()  # asked again, it does not wait again
+        standby.activate(first.ready["learned"])
+        result = standby.run(8, "fit", HANG_S)
+    finally:
+        first.close()
+        standby.close()
+    assert result["status"] == "ok" and result["fresh_process"] and result["steps"] == 2
+
+
+def test_a_standby_that_failed_its_setup_says_so(write_config):
+    cfg = trap_config(write_config, "error", 1)
+    standby = Group(cfg.model_dump(mode="json"), None, None, generation=1, standby=True)
+    try:
+        assert not standby.standing_by()
+        with pytest.raises(SetupFailed, match="a bug in the model"):
+            standby.activate()
+    finally:
+        standby.close()
+
+
 @pytest.mark.parametrize(
     "how, status, error",
     [
@@ -210,14 +237,15 @@ def test_variable_length_data_is_probed_with_the_longest_items(write_config, tmp
     )))
     assert report.input_lengths == {"longest": 40, "shortest": 5, "scanned": 30, "total": 30}
     assert report.limit.batch_size == 4 and report.limit.verified
-    # The first worker read every item for their lengths; the brand-new one that verified 4 was
-    # told them, and read only what its batches hold.
+    # The first worker, and the standby started beside it before anything was learned (it verified
+    # 4), read every item for their lengths; a worker started later (the one that timed the
+    # DataLoader at the recommended size) was told them, and read only what its batches hold.
     reads: dict[str, int] = {}
     for line in log.read_text().splitlines():
         pid = line.split()[0]
         reads[pid] = reads.get(pid, 0) + 1
-    first, *later = reads.values()
-    assert first >= 30 and later and all(n < 30 for n in later), reads
+    *later, standby, first = sorted(reads.values())
+    assert first >= standby >= 30 and later and all(n < 30 for n in later), reads
 
 
 @pytest.mark.slow
