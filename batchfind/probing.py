@@ -222,7 +222,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     Once throughput has stopped rising, a size's throughput trial stops after a fit check's steps
     (on a CPU, after a first step far past the bar) unless its quickest step could make it the batch
     to train with (`recommend.bar`). Near the edge
-    every trial is a fit check (`search.edge`).
+    every trial is a fit check (`search.edge`). On a CPU, where the edge search follows, a power the
+    model puts `PAST_LIMIT` times past the limit is not run (`search.Beyond`).
     """
     config = prober.config
     p = config.probe

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchfind.config import Config
+from batchfind import probing
 from batchfind.probing import plan
 from batchfind.recommend import limit_of, recommend
 from batchfind.report import StepTimes, Trial, latest_timed
@@ -205,6 +206,8 @@ def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
     assert 1540 <= limit.batch_size <= 1550 < limit.first_oom and limit.verified
     assert any(t.batch_size == limit.first_oom and t.fresh_process and not t.fits for t in sim.trials)
     assert doubling_processes(sim) == 2
+    # What stopped the probe is that failure, not the doubling's last size that fitted.
+    assert probing._why_stopped(sim.trials, None, None, 1) == f"oom at batch {limit.first_oom}"
     # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail.
     sim = SimDevice(1900, **cnn)
     sim.run()
@@ -441,8 +444,6 @@ class AsProber(SimDevice):
 
 
 def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeypatch):
-    from batchfind import probing
-
     class Interrupted(AsProber):
         """Ctrl-C during the first fit check near the edge."""
 
@@ -459,8 +460,6 @@ def test_an_interrupted_probe_keeps_the_memory_model_of_the_sizes_it_ran(monkeyp
 
 
 def test_a_probe_interrupted_before_its_worker_was_ready_reports_the_limit_asked_for(monkeypatch):
-    from batchfind import probing
-
     class NotStarted(AsProber):
         def start(self) -> dict:
             raise KeyboardInterrupt
@@ -476,8 +475,6 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     and be killed unused. If that check goes the other way, the next one starts a worker itself
     and the standbys resume. Workers are told whether they will run fit checks only (on a CPU they
     then map memory on huge pages)."""
-    from batchfind import probing
-
     started = []
 
     class FakeGroup:
@@ -533,8 +530,6 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
     worker, whose start leaves a core idle, and is set up before the first trial, so it slows no
     timed step; when taken it is told what the first worker learned. One that failed its set-up is
     dropped, and the next brand-new process starts when needed."""
-    from batchfind import probing
-
     events = []
 
     class FakeGroup:
