@@ -273,7 +273,8 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         doubled = search.double(doubling_trial, start, high, keep_going)
         if doubled and doubled[-1].fits and _fastest(prober.trials) != checked:
             _remeasure(prober, config.recommend.tolerance, keep_going)
-        outcome.model = outcome.model or model()
+        if outcome.model is None:  # the edge the powers of two first gave
+            outcome.model = model()
         last = doubled[-1] if doubled else None
         skipped = [last] if isinstance(last, search.Beyond) else []
         fits = limit_of(prober.trials).batch_size
@@ -637,7 +638,8 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     if not last.fits:
         return f"{last.status} at batch {last.batch_size}"
     # Past a power the memory model put far beyond the limit (not run), the edge search's failure.
-    failed = min((t for t in trials if t.status in MEMORY_FAILURES), key=lambda t: t.batch_size, default=None)
+    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > last.batch_size),
+                 key=lambda t: t.batch_size, default=None)
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"
     if dataset_len and last.batch_size == dataset_len // world:

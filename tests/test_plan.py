@@ -208,6 +208,9 @@ def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
     assert doubling_processes(sim) == 2
     # What stopped the probe is that failure, not the doubling's last size that fitted.
     assert probing._why_stopped(sim.trials, None, None, 1) == f"oom at batch {limit.first_oom}"
+    # Where the powers of two reached max_batch, that stopped them, whatever failed fresh there later.
+    ran = [Trial(b, "ok", phase="double") for b in (1, 2, 4)] + [Trial(4, "oom", fresh_process=True, phase="verify")]
+    assert probing._why_stopped(ran, None, 4, 1) == "reached max_batch (4)"
     # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail.
     sim = SimDevice(1900, **cnn)
     sim.run()
