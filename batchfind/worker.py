@@ -11,6 +11,7 @@ which may wait on several children at once.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -218,6 +219,11 @@ def _serve() -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, none crashes the probe
         send({"event": "failed", **setup_failure(exc)})
         return
+    # What set-up left alive (torch's modules, the model, the data) lives as long as this worker:
+    # frozen, the full collection after each request (`devices.release`) walks only what requests
+    # made since. Over the 300,000 objects a CPU worker holds after set-up it took 70-85 ms, on
+    # every trial and at the end of every fit check near the edge.
+    gc.freeze()
 
     def progress(message: dict[str, Any]) -> None:
         send({"event": "progress", **message})
