@@ -112,6 +112,11 @@ class Group:
             worker.send(request)
         return self._gather(timeout_s)
 
+    def private_bytes(self) -> int | None:
+        """The memory every rank's worker holds of its own now (`Worker.private_bytes`), together."""
+        held = [worker.private_bytes() for worker in self.workers.values()]
+        return None if None in held else sum(held)
+
     def close(self) -> None:
         # A finished worker holds nothing worth waiting for: killing it frees its memory at once.
         for worker in self.workers.values():

@@ -34,6 +34,8 @@ PAST_LIMIT = 1.25
 # Above this share of all CPUs' time taken by other processes (or a hypervisor's other machines)
 # while throughput was timed, the machine was busy.
 BUSY_SHARE = 0.1
+# The share of RAM left free with a standby idle beside a worker at its CPU memory cap.
+STANDBY_RESERVE = 0.05
 
 
 class Prober:
@@ -49,6 +51,8 @@ class Prober:
     whose start leaves a core idle, and the first trial waits until it is set up; else when the plan
     says fit checks are next (`prepare`); then one each time a brand-new process starts for a fit
     check, unless the search expects that check to be its last (`closing`), until `end_standby`.
+    None is kept where an idle one would not fit in RAM beside a worker at its memory cap
+    (`_room_for_standby`).
 
     Workers that only run fit checks (standbys, workers started for a fit check, and the first
     worker when `fits_only`) are told so: on a CPU their allocator is set for that
@@ -93,7 +97,26 @@ class Prober:
             # needed will say why.
             self.standby.close()
             self.standby = None
+        elif self.standby is not None and not self._room_for_standby():
+            self.end_standby()
         return self.group.ready
+
+    def _room_for_standby(self) -> bool:
+        """Whether a standby, idle with what its set-up took (on a CPU the model built, and the memory
+        of its set-up's step), fits beside a worker that grows to its CPU memory cap and leaves
+        `STANDBY_RESERVE` of RAM free. A cap holds each process, not the two together: where they do
+        not fit (a model large for the machine, a cap near its RAM) they would make it swap or wake
+        the kernel's OOM killer, so the probe keeps no standbys and starts each brand-new process
+        when it needs one. A GPU's standby holds host memory only, which a GPU's cap does not count."""
+        import psutil
+
+        ready = self.group.ready
+        limit = ready.get("memory_limit_bytes")
+        held = self.group.private_bytes() if ready.get("device") == "cpu" and limit else None
+        if held is None:
+            return True
+        memory = psutil.virtual_memory()
+        return memory.available - max(limit - held, 0) >= STANDBY_RESERVE * memory.total
 
     def _new(self, standby: bool = False, fits_only: bool = False) -> Group:
         self.generation += 1

@@ -63,6 +63,17 @@ class Worker:
     def fileno(self) -> int:
         return self._proc.stdout.fileno()
 
+    def private_bytes(self) -> int | None:
+        """The memory the child holds of its own now: resident, less the pages it shares with files
+        (torch's libraries). None where the system does not say, or once the child is gone."""
+        import psutil
+
+        try:
+            info = psutil.Process(self._proc.pid).memory_info()
+        except psutil.Error:
+            return None
+        return info.rss - getattr(info, "shared", 0)
+
     def send(self, message: dict[str, Any]) -> None:
         try:
             self._proc.stdin.write((json.dumps(message) + "\n").encode())

@@ -580,3 +580,66 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
     events.clear()
     probing.Prober(config, None, None).start()
     assert events == [("worker", None)]
+
+
+def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(monkeypatch):
+    """A CPU cap holds each worker, not a worker and an idle standby together. A probe keeps its
+    standbys only while one fits in RAM beside a worker grown to its cap, with a share of RAM still
+    free; else each brand-new process starts when it is needed."""
+    import collections
+
+    import psutil
+
+    gib = 1 << 30
+    started = []
+
+    class FakeGroup:
+        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
+                     fits_only=False):
+            self.standby, self.closed = standby, False
+            started.append(self)
+            self.ready = {"learned": None, "device": device, "memory_limit_bytes": 8 * gib}
+
+        def standing_by(self):
+            return True
+
+        def activate(self, learned=None):
+            pass
+
+        def private_bytes(self):
+            return 1 * gib  # what the first worker holds once set up
+
+        def run(self, size, purpose, timeout_s, bar=None):
+            return {"batch_size": size, "status": "ok", "purpose": purpose}
+
+        def close(self):
+            self.closed = True
+
+    Memory = collections.namedtuple("Memory", "available total")
+    monkeypatch.setattr(probing, "Group", FakeGroup)
+    config = Config.model_validate({"model": {"name": "mlp"}})
+
+    def start(available_gib: float) -> probing.Prober:
+        started.clear()
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(int(available_gib * gib), 16 * gib))
+        prober = probing.Prober(config, None, None, standby_first=True)
+        prober.start()
+        return prober
+
+    device = "cpu"
+    # The worker may grow by 7 GiB: with 8 GiB available, 1 GiB stays free (5% of 16 is 0.8).
+    prober = start(8)
+    assert prober.standby is started[0] and not started[0].closed
+    prober.shutdown()
+    # With 7.5 GiB available only 0.5 GiB would: the standby goes, and none starts later.
+    prober = start(7.5)
+    assert prober.standby is None and started[0].closed
+    prober.prepare()
+    prober.trial(80, "fit", fresh=True)
+    assert [g.standby for g in started] == [True, False, False] and prober.standby is None
+    prober.shutdown()
+    # A GPU's standby holds host memory only, which its cap does not count.
+    device = "cuda:0"
+    prober = start(0)
+    assert prober.standby is started[0] and not started[0].closed
+    prober.shutdown()

@@ -5,6 +5,7 @@ import math
 import re
 
 import jsonschema
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -39,8 +40,11 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
         assert worker.ready["dataset_len"] == 64 and worker.ready["device"] == "cpu"
         assert worker.ready["memory_limit_bytes"] > 0
         first, second = worker.run(4, "throughput", HANG_S), worker.run(8, "fit", HANG_S)
+        # What it holds of its own leaves out the library pages it shares with other processes.
+        held, resident = worker.private_bytes(), psutil.Process(worker.workers[0]._proc.pid).memory_info().rss
     finally:
         worker.close()
+    assert 0 < held < resident
     assert first["status"] == second["status"] == "ok"
     assert first["fresh_process"] and not second["fresh_process"]
     # A fit check runs just the steps that reach the steady peak; a throughput trial at least its steps.
