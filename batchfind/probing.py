@@ -67,6 +67,7 @@ class Prober:
         self.fits_only, self.standby_first = fits_only, standby_first
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
+        self.worker_config = self.raw  # what workers are started with (`start` may pin the CPU cap)
         timeout = config.probe.trial_timeout_s
         # Other drivers may spend a worker's start or a whole trial, then stop their workers, before
         # they answer.
@@ -92,6 +93,12 @@ class Prober:
         # What the first worker learned of the data and the model: later workers start without
         # learning it again (reading the dataset for its lengths, say).
         self.learned = self.group.ready.get("learned")
+        if self.raw["probe"]["memory_limit"] is None and self.group.ready.get("device") == "cpu":
+            # A default CPU cap is a share of the memory available as a worker starts: read again by
+            # a standby starting beside a check near the edge, it would leave out what that check
+            # holds. Every later worker takes the first one's.
+            cap = self.group.ready["memory_limit_bytes"]
+            self.worker_config = {**self.raw, "probe": {**self.raw["probe"], "memory_limit": cap}}
         if self.standby is not None and not self.standby.standing_by():
             # It failed where the first worker did not: a brand-new process started when one is
             # needed will say why.
@@ -120,7 +127,7 @@ class Prober:
 
     def _new(self, standby: bool = False, fits_only: bool = False) -> Group:
         self.generation += 1
-        return Group(self.raw, self.topo, self.agreement, self.generation, standby=standby,
+        return Group(self.worker_config, self.topo, self.agreement, self.generation, standby=standby,
                      on_progress=self.on_progress, learned=self.learned, fits_only=standby or fits_only)
 
     def prepare(self) -> None:

@@ -643,3 +643,56 @@ def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(mo
     prober = start(0)
     assert prober.standby is started[0] and not started[0].closed
     prober.shutdown()
+
+
+def test_every_later_worker_takes_the_first_workers_default_cpu_cap(monkeypatch):
+    """Without a configured limit a CPU worker caps itself at a share of the memory available as it
+    starts; a standby starting beside a check near the edge would read less. The probe hands the
+    first worker's cap to every worker after it; a configured limit, or a GPU, is left as it is."""
+    import collections
+
+    import psutil
+
+    configs = []
+
+    class FakeGroup:
+        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
+                     fits_only=False):
+            configs.append(dict(raw["probe"]))
+            self.ready = {"learned": None, "device": device, "memory_limit_bytes": 3 << 30}
+
+        def standing_by(self):
+            return True
+
+        def activate(self, learned=None):
+            pass
+
+        def private_bytes(self):
+            return 1 << 30
+
+        def run(self, size, purpose, timeout_s, bar=None):
+            return {"batch_size": size, "status": "ok", "purpose": purpose}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(probing, "Group", FakeGroup)
+    # Room for a standby beside a worker at its cap, whatever this machine has.
+    Memory = collections.namedtuple("Memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(64 << 30, 64 << 30))
+
+    def limits(raw: dict) -> list:
+        configs.clear()
+        prober = probing.Prober(Config.model_validate(raw), None, None, standby_first=True)
+        prober.start()
+        prober.prepare()  # fit checks are next
+        prober.trial(80, "fit", fresh=True)  # on the first standby, the next starting beside it
+        prober.trial(81, "fit", fresh=True)  # on that one, the next beside it
+        prober.shutdown()
+        return [c["memory_limit"] for c in configs]
+
+    device = "cpu"
+    assert limits({"model": {"name": "mlp"}}) == [None, None, 3 << 30, 3 << 30]
+    assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}) == [2 << 30] * 4
+    device = "cuda:0"
+    assert limits({"model": {"name": "mlp"}}) == [None] * 4
