@@ -178,7 +178,8 @@ def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     that run fit checks only (`fits_only`) time nothing: they map on huge pages, which near a CPU's
     edge ran quicker for cnn-small (checks 8.2-9.1 s against 10.3-11.1 s; whole probes a median
     39.0 s against 42.2) though not for gpt-small, whose first step there maps memory given back
-    (26.1 s against 24.8), and trim as glibc does."""
+    (26.1 s against 24.8; how much either gains turns on the host's memory that hour), and trim as
+    glibc does."""
     env = dict(env)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     if not fits_only:

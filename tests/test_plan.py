@@ -582,52 +582,65 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
     assert events == [("worker", None)]
 
 
-def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(monkeypatch):
-    """A CPU cap holds each worker, not a worker and an idle standby together. A probe keeps its
-    standbys only while one fits in RAM beside a worker grown to its cap, with a share of RAM still
-    free; else each brand-new process starts when it is needed."""
+
+class SetUpGroup:
+    """A group whose first worker is set up on `device` under a `limit`, holding `held` bytes of its
+    own; it records the probe section each group was started with, and runs every trial."""
+
+    device, limit, held = "cpu", 8 << 30, 1 << 30
+    started: list = []
+
+    def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
+                 fits_only=False):
+        self.standby, self.closed, self.probe = standby, False, dict(raw["probe"])
+        self.started.append(self)
+        self.ready = {"learned": None, "device": self.device, "memory_limit_bytes": self.limit}
+
+    def standing_by(self):
+        return True
+
+    def activate(self, learned=None):
+        pass
+
+    def private_bytes(self):
+        return self.held
+
+    def run(self, size, purpose, timeout_s, bar=None):
+        return {"batch_size": size, "status": "ok", "purpose": purpose}
+
+    def close(self):
+        self.closed = True
+
+
+def with_ram(monkeypatch, available: int, total: int) -> None:
+    """The machine's RAM as psutil reports it in the probe."""
     import collections
 
     import psutil
 
+    memory = collections.namedtuple("Memory", "available total")(available, total)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+
+
+def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(monkeypatch):
+    """A CPU cap holds each worker, not a worker and an idle standby together. A probe keeps its
+    standbys only while one fits in RAM beside a worker grown to its cap, with a share of RAM still
+    free; else each brand-new process starts when it is needed."""
     gib = 1 << 30
     started = []
-
-    class FakeGroup:
-        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False):
-            self.standby, self.closed = standby, False
-            started.append(self)
-            self.ready = {"learned": None, "device": device, "memory_limit_bytes": 8 * gib}
-
-        def standing_by(self):
-            return True
-
-        def activate(self, learned=None):
-            pass
-
-        def private_bytes(self):
-            return 1 * gib  # what the first worker holds once set up
-
-        def run(self, size, purpose, timeout_s, bar=None):
-            return {"batch_size": size, "status": "ok", "purpose": purpose}
-
-        def close(self):
-            self.closed = True
-
-    Memory = collections.namedtuple("Memory", "available total")
-    monkeypatch.setattr(probing, "Group", FakeGroup)
+    monkeypatch.setattr(SetUpGroup, "started", started)
+    monkeypatch.setattr(probing, "Group", SetUpGroup)
     config = Config.model_validate({"model": {"name": "mlp"}})
 
     def start(available_gib: float) -> probing.Prober:
         started.clear()
-        monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(int(available_gib * gib), 16 * gib))
+        with_ram(monkeypatch, int(available_gib * gib), 16 * gib)
         prober = probing.Prober(config, None, None, standby_first=True)
         prober.start()
         return prober
 
-    device = "cpu"
-    # The worker may grow by 7 GiB: with 8 GiB available, 1 GiB stays free (5% of 16 is 0.8).
+    # The worker may grow by 7 GiB (an 8 GiB cap, 1 GiB held): with 8 GiB available, 1 GiB stays
+    # free (5% of 16 is 0.8).
     prober = start(8)
     assert prober.standby is started[0] and not started[0].closed
     prober.shutdown()
@@ -639,7 +652,7 @@ def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(mo
     assert [g.standby for g in started] == [True, False, False] and prober.standby is None
     prober.shutdown()
     # A GPU's standby holds host memory only, which its cap does not count.
-    device = "cuda:0"
+    monkeypatch.setattr(SetUpGroup, "device", "cuda:0")
     prober = start(0)
     assert prober.standby is started[0] and not started[0].closed
     prober.shutdown()
@@ -649,50 +662,23 @@ def test_every_later_worker_takes_the_first_workers_default_cpu_cap(monkeypatch)
     """Without a configured limit a CPU worker caps itself at a share of the memory available as it
     starts; a standby starting beside a check near the edge would read less. The probe hands the
     first worker's cap to every worker after it; a configured limit, or a GPU, is left as it is."""
-    import collections
-
-    import psutil
-
-    configs = []
-
-    class FakeGroup:
-        def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False):
-            configs.append(dict(raw["probe"]))
-            self.ready = {"learned": None, "device": device, "memory_limit_bytes": 3 << 30}
-
-        def standing_by(self):
-            return True
-
-        def activate(self, learned=None):
-            pass
-
-        def private_bytes(self):
-            return 1 << 30
-
-        def run(self, size, purpose, timeout_s, bar=None):
-            return {"batch_size": size, "status": "ok", "purpose": purpose}
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(probing, "Group", FakeGroup)
-    # Room for a standby beside a worker at its cap, whatever this machine has.
-    Memory = collections.namedtuple("Memory", "available total")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(64 << 30, 64 << 30))
+    started = []
+    monkeypatch.setattr(SetUpGroup, "started", started)
+    monkeypatch.setattr(SetUpGroup, "limit", 3 << 30)
+    monkeypatch.setattr(probing, "Group", SetUpGroup)
+    with_ram(monkeypatch, 64 << 30, 64 << 30)  # room for a standby, whatever this machine has
 
     def limits(raw: dict) -> list:
-        configs.clear()
+        started.clear()
         prober = probing.Prober(Config.model_validate(raw), None, None, standby_first=True)
         prober.start()
         prober.prepare()  # fit checks are next
         prober.trial(80, "fit", fresh=True)  # on the first standby, the next starting beside it
         prober.trial(81, "fit", fresh=True)  # on that one, the next beside it
         prober.shutdown()
-        return [c["memory_limit"] for c in configs]
+        return [g.probe["memory_limit"] for g in started]
 
-    device = "cpu"
     assert limits({"model": {"name": "mlp"}}) == [None, None, 3 << 30, 3 << 30]
     assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}) == [2 << 30] * 4
-    device = "cuda:0"
+    monkeypatch.setattr(SetUpGroup, "device", "cuda:0")
     assert limits({"model": {"name": "mlp"}}) == [None] * 4
