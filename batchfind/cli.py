@@ -494,9 +494,7 @@ def probe(
             _emit(report, as_json, output, quiet)
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
-            from .plot import plot as draw
-
-            draw(report, plot_file, source=config.name)
+            _draw(report, plot_file, "--plot", source=config.name)
         if code == 3:
             from rich.markup import escape
 
@@ -683,7 +681,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         shown = escape(str(config) if str(config).isprintable() else repr(str(config)))
         _console().print(
             f"{shown}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
-            f"{report.dataset_len:,} samples, one training step on CPU ran ({loss})"
+            f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, one training step on CPU ran ({loss})"
         )
 
 
@@ -697,13 +695,22 @@ def plot(
 ) -> None:
     """Draw throughput and peak memory against batch size (needs matplotlib)."""
     with _errors(debug):
-        from .plot import plot as draw
         from .report import load_report
 
         _check_output(output, keep=(report_file,))
         _check_image(output, "--output")
-        draw(load_report(report_file), output)
+        _draw(load_report(report_file), output, "--output")
         typer.echo(f"wrote {output}", err=True)
+
+
+def _draw(report, path: Path, option: str, source: str | None = None) -> None:
+    """The plot, written to `path`; a file that cannot be written (a full disk) is bad input."""
+    from .plot import plot as draw
+
+    try:
+        draw(report, path, source=source)
+    except OSError as exc:
+        raise InputError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def main() -> None:
@@ -722,7 +729,9 @@ def main() -> None:
             typer.echo(exc.format_message(), err=True)
         else:
             hint = f" (see {ctx.command_path if ctx else 'batchfind'} --help)" if "UsageError" in names else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            # Some typers word a value's check as pydantic does: in the words of every other error.
+            message = exc.format_message().replace("Value error, ", "").replace("Input should be", "must be")
+            typer.echo(f"error: {message}{hint}", err=True)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -65,6 +65,8 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
                                max_regression))
     warnings = [f"the {which} report {_incomplete(report)}" for which, report in (("base", base), ("new", new))
                 if _incomplete(report)]
+    if not old.keys() & now.keys():
+        warnings.append("no batch size ran in both reports: no throughput or peak memory is compared")
     devices = [(r.environment.device, r.environment.device_name) for r in (base, new)]
     # A report where nothing fitted never learned its device: that is no difference.
     if None not in (devices[0][0], devices[1][0]) and devices[0] != devices[1]:

@@ -62,7 +62,9 @@ class _Section(BaseModel):
                 raise ValueError(f"expected {what}, not a boolean (got {value!r})")
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
                 # YAML 1.1 (PyYAML) reads 1e5 as text: a float there needs its dot.
-                hint = "; YAML reads a number like 1e5 as text, 1.0e5 as a number" if _EXPONENT.match(value) else ""
+                # Not where the number written with a dot would be infinity (1e400), refused too.
+                exponent = _EXPONENT.match(value) and math.isfinite(float(value))
+                hint = "; YAML reads a number like 1e5 as text, 1.0e5 as a number" if exponent else ""
                 raise ValueError(f"expected {what}, not text (got {value!r}{hint})")
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
             raise ValueError(f"expected true or false (got {value!r})")
@@ -349,6 +351,10 @@ class TrainConfig(_Section):
         return self.loss in LOSSES
 
 
+# The most measured steps a throughput trial may be asked for.
+MAX_STEPS = 1000
+
+
 class ProbeConfig(_Section):
     _TEXT = frozenset({"memory_limit", "time_budget_s"})
 
@@ -360,9 +366,10 @@ class ProbeConfig(_Section):
     # Refined sizes are multiples of this (8 suits tensor cores).
     multiple_of: PositiveInt = 1
     # Throughput trials: unmeasured steps, then at least `steps` measured ones and at least
-    # `min_time_s` of them (short steps are repeated until the time is reached).
+    # `min_time_s` of them (short steps are repeated until the time is reached). At most
+    # `MAX_STEPS`: every step's time is kept and its statistics recomputed after each step.
     warmup_steps: NonNegativeInt = 2
-    steps: PositiveInt = 5
+    steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 5
     min_time_s: NonNegativeFloat = 0.5
     # ... then more steps while the median step time's interval is wider than half the
     # recommendation's tolerance, up to this many seconds of measured steps per trial (steps
@@ -490,7 +497,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise InputError("\n".join(clipped(_describe(path, e, given)) for e in _causes(exc.errors()))) from None
+        raise InputError("\n".join(clipped(line) for line in _lines(path, _causes(exc.errors()), given))) from None
     if config.data.path is not None and not config.data.path.is_absolute():
         # Data paths are relative to the config file, not to wherever batchfind was run.
         config.data.path = (path.parent / config.data.path).resolve()
@@ -504,6 +511,18 @@ def _causes(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     model meant (an mlp's `hidden`) are unknown to a factory, and would read as mistakes of their own."""
     unnamed = any(e["loc"][:1] == ("model",) and e["loc"][-1] == "name" for e in errors)
     return [e for e in errors if not (unnamed and e["loc"][:1] == ("model",) and e["type"] == "extra_forbidden")]
+
+
+def _lines(path: Path, errors: list[dict[str, Any]], given: dict[tuple, str]) -> list[str]:
+    """A line per problem; keys a factory model does not take are one problem, with where they go
+    (a factory's arguments are `model.kwargs`, not fields of `model` as a builtin's are)."""
+    extra = [e for e in errors if e["loc"][:2] == ("model", "factory") and e["type"] == "extra_forbidden"]
+    lines = [_describe(path, e, given) for e in errors if e not in extra]
+    if extra:
+        keys = ", ".join(_key(e["loc"][-1]) for e in extra)
+        lines.append(f"{path}: model: {keys}: unknown {'keys' if len(extra) > 1 else 'key'} for a factory model "
+                     "(package.module:callable); its arguments go under model.kwargs")
+    return lines
 
 
 def _switches(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -597,6 +616,8 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     if kind == "missing":
         return f"{where}: required"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    # A section that is no mapping (`model: null`): pydantic adds the class it would have built.
+    message = re.sub(r"must be a valid dictionary or instance of \w+", "must be a valid dictionary", message)
     if len(loc) == 1 and loc[0] in SECTIONS:
         # A section's own check names its fields: those set on the command line go by their option,
         # and the file is blamed only if one of them came from it.
@@ -607,7 +628,7 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
         if named and all((loc[0], key) in given for key in named):
             return message
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number") or kind.endswith(
-        ("_type", "_parsing")
+        ("_type", "_parsing", "_from_float")
     ) or kind == "literal_error":
         message = f"{message} (got {value!r})"
     return f"{where}: {message}"

@@ -645,8 +645,8 @@ def _run(
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
-        warnings=list(dict.fromkeys(_warnings(trials, limit) + _load_warnings(trials) + notes
-                                    + outcome.warnings + _length_warnings(facts.get("input_lengths"))
+        warnings=list(dict.fromkeys(_warnings(trials, limit) + _budget_warnings(stopped, limit)
+                                    + _load_warnings(trials) + notes + outcome.warnings + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo)
                                     + _optimizer_warnings(config, facts))),
         interrupted=interrupted,
@@ -677,6 +677,13 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     if last.batch_size == max_batch:
         return f"reached max_batch ({max_batch})"
     return "done"
+
+
+def _budget_warnings(stopped: str | None, limit) -> list[str]:
+    if stopped is None or not stopped.startswith("time budget") or limit.batch_size is None or limit.first_oom:
+        return []
+    return [f"the time budget ran out before any size ran out of memory: {limit.batch_size} is the largest size "
+            "tried, and larger sizes may fit"]
 
 
 def _advice_warnings(rec, facts: dict) -> list[str]:

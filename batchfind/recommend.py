@@ -115,6 +115,8 @@ def points(trials: list[Trial]) -> list[curve.Point]:
 def _none_timed(trials: list[Trial], measured: list[Trial], largest: int | None) -> str:
     """Why no size could be recommended."""
     ran = [t for t in trials if t.fits]
+    if not trials:
+        return "no batch size was tried"
     if not ran:
         return "no batch size fitted"
     if measured:
@@ -167,7 +169,9 @@ def recommend(
         reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
     # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.
     alike = [t.batch_size for t in roomy if t.samples_per_s * (1 + t.uncertainty) >= floor]
-    uncertain = sorted(t.batch_size for t in by_size.values() if noisy(t, rec.tolerance))
+    # Noise matters where it blurs the choice: a size far slower than the fastest is no candidate,
+    # however noisy.
+    uncertain = sorted(t.batch_size for t in roomy if t.batch_size in alike and noisy(t, rec.tolerance))
     if uncertain:
         notes.append(
             f"throughput is uncertain by more than the {rec.tolerance:.0%} tolerance at batch "

@@ -12,8 +12,9 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union, get_args
+from typing import Annotated, Any, Iterator, Literal, Union, get_args
 
+from annotated_types import Ge
 from typing_extensions import TypedDict
 
 from .errors import clipped
@@ -57,7 +58,7 @@ class RankTrial:
 
 @dataclass(frozen=True)
 class Trial:
-    batch_size: int  # per device
+    batch_size: Annotated[int, Ge(1)]  # per device
     status: Status
     step_ms: StepTimes | None = None
     samples_per_s: float | None = None
@@ -472,6 +473,10 @@ def _bounded(token: str) -> int:
     return value
 
 
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
 def load_report(path: Path) -> Report:
     """A report written by batchfind, validated against the schema; problems name the file and field."""
     from pydantic import TypeAdapter, ValidationError
@@ -488,14 +493,16 @@ def load_report(path: Path) -> Report:
     except RecursionError:
         raise InputError(f"{path}: not a JSON report: nested too deeply to parse") from None
     check_shape(data, Path(path), max_values=None)
-    if isinstance(data, dict) and data.get("schema_version") == 1:
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON report: expected an object at the top level (got {_json_kind(data)})")
+    if data.get("schema_version") == 1:
         data = _from_v1(data)
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        found = data.get("schema_version") if isinstance(data, dict) else None
-        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {found!r})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {data.get('schema_version')!r})")
     try:
         return TypeAdapter(Report).validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{path}: {field}: {first['msg']}") from None
+        message = "required" if first["type"] == "missing" else first["msg"].replace("Input should be", "must be")
+        raise InputError(f"{path}: {field}: {message}") from None

@@ -9,7 +9,8 @@ _UNITS = {
     "t": 1000**4, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
+# With a sign: a negative size is told it must be positive, not that it is no size.
+_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
 # The largest limit the kernel's setrlimit takes (a signed 64-bit count of bytes).
 MAX_BYTES = 2**63 - 1
 MIN_BYTES = 1024**2

@@ -38,6 +38,14 @@ CASES = {
     "zero size": ("model: {name: cnn, width: 0}\n", [], "model.width: must be greater than 0 (got 0)"),
     "negative size": ("model: {name: mlp, layers: -2}\n", [], "model.layers: must be greater than 0 (got -2)"),
     "zero steps": (MLP + "probe: {steps: 0}\n", [], "probe.steps: must be greater than 0 (got 0)"),
+    "too many steps": (MLP + "probe: {steps: 1001}\n", [], "probe.steps: must be less than or equal to 1000 (got 1001)"),
+    "fractional steps": (MLP + "probe: {steps: 2.5}\n", [], "probe.steps: must be a valid integer, got a number with a "
+                         "fractional part (got 2.5)"),
+    "number too large for a float": ("model: {name: mlp, hidden: 1e400}\n", [],
+                                     "model.hidden: expected a number, not text (got '1e400')\n"),
+    "factory with a builtin's fields": ("model: {name: mypkg.models:build, in_features: 8, hidden: 4}\n", [],
+                                        "model: in_features, hidden: unknown keys for a factory model "
+                                        "(package.module:callable); its arguments go under model.kwargs\n"),
     "min above max": (MLP + "probe: {min_batch: 64, max_batch: 8}\n", [], "min_batch (64) must be <= max_batch (8)"),
     "bad memory size": (MLP + "probe: {memory_limit: 2 gigs}\n", [], "probe.memory_limit: expected a size like 2GiB"),
     "fractional bytes": (MLP + "probe: {memory_limit: 1.5}\n", [],

@@ -1,5 +1,6 @@
 """Builtin models, datasets and batches, OOM classification and step statistics (in-process, CPU)."""
 
+import math
 import statistics
 from types import SimpleNamespace
 
@@ -10,11 +11,11 @@ from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
-from batchfind.config import load_config
+from batchfind.config import MAX_STEPS, load_config
 from batchfind.data import build_batches
 from batchfind.devices import CappedPeak, is_oom, looks_like_oom
 from batchfind.errors import InputError
-from batchfind.measure import SETTLE_HALF, StepPlan, measure, settling, step_stats
+from batchfind.measure import CONFIDENCE, SETTLE_HALF, StepPlan, measure, median_interval, settling, step_stats
 from batchfind.models import build_model
 import batchfind.measure as measure_module
 import batchfind.session as session_module
@@ -54,8 +55,6 @@ def test_builtin_models_train_on_their_synthetic_batches(write_config, text, out
                                     pytest.param("configs/bert-base.yaml", marks=pytest.mark.slow)])
 def test_a_fresh_transformer_predicts_tokens_nearly_uniformly(config):
     """Its initial loss on random tokens is near ln(vocab), as for any untrained classifier over the vocabulary."""
-    import math
-
     cfg = load_config(config, {"--device": "cpu"})
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -377,6 +376,24 @@ def test_a_throughput_trial_runs_on_while_its_interval_is_wide_up_to_its_time_ca
     assert plan.more(jumpy)  # ±25%: another step of ~120 ms fits in the second left
     assert not plan.more(jumpy * 2)  # 1.2 s measured: the cap
     assert not StepPlan("throughput", warmup=0, min_steps=3, precision=0.01).more(jumpy)  # no cap: no more
+
+
+def test_the_medians_interval_covers_it_with_the_confidence_asked_for_at_any_number_of_steps():
+    def covered(n, k):  # the chance that the k-th smallest and k-th largest of n values hold the median
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    for n in range(1, 120):
+        low, high = median_interval(list(range(n)))
+        k = low + 1
+        assert high == n - k and k <= max(1, n // 2)
+        # The largest such k: one more would cover less than asked (min and max for n up to 7).
+        assert k == 1 or covered(n, k) >= CONFIDENCE
+        assert k == max(1, n // 2) or covered(n, k + 1) < CONFIDENCE
+    # A trial of the most steps `probe.steps` takes: the order statistic where the normal
+    # approximation puts it, worked out once.
+    n = MAX_STEPS
+    k = median_interval(list(range(n)))[0] + 1
+    assert abs(k - (n / 2 - 1.645 * math.sqrt(n) / 2)) <= 2
 
 
 # cnn-small's 64, first timed after 32 in a worker on a 2-core CPU (ms per step, after two warm-up steps).

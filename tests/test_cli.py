@@ -286,3 +286,15 @@ def test_ctrl_c_while_the_cli_loads_is_an_interrupt_not_a_traceback(monkeypatch)
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 130
+
+
+def test_a_probe_stopped_by_its_time_budget_says_larger_sizes_may_fit(write_config):
+    # The first trial always runs; the budget is spent by then.
+    result = runner.invoke(app, ["probe", str(write_config(TINY)), "--json", "-q", "--time-budget", "0.001"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [t["batch_size"] for t in report["trials"]] == [1]
+    assert report["stopped_because"] == "time budget of 0.001 s spent"
+    assert report["limit"]["batch_size"] == 1 and report["limit"]["first_oom"] is None
+    assert ("the time budget ran out before any size ran out of memory: 1 is the largest size tried, and larger "
+            "sizes may fit") in report["warnings"]

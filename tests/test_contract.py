@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 
 import jsonschema
@@ -187,6 +188,27 @@ def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
     assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
 
 
+def test_compare_refuses_a_report_missing_a_part_or_with_a_batch_below_1(real_report, tmp_path):
+    _, report, _ = real_report
+    negative = copy.deepcopy(report)
+    negative["trials"][0]["batch_size"] = -3
+    missing = {k: v for k, v in report.items() if k != "tool"}
+    for name, broken, message in (("neg.json", negative, "neg.json: trials.0.batch_size: must be greater than or equal to 1"),
+                                  ("tool.json", missing, "tool.json: tool: required")):
+        result = runner.invoke(app, ["compare", write(tmp_path / name, broken), write(tmp_path / name, broken)])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_compare_says_when_no_size_ran_in_both(real_report, tmp_path):
+    _, report, _ = real_report
+    empty = copy.deepcopy(report) | {"trials": []}
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", empty)])
+    assert "no batch size ran in both reports: no throughput or peak memory is compared" in result.stderr
+    assert "samples/s @" not in result.stdout and "peak bytes @" not in result.stdout
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "c.json", report)])
+    assert "no batch size ran in both" not in result.stderr
+
+
 def test_compare_names_every_difference_it_leaves_out_and_the_model_first(real_report, tmp_path):
     _, report, _ = real_report
     other = copy.deepcopy(report)
@@ -225,8 +247,12 @@ def test_compare_rejects_what_is_not_a_report(tmp_path):
     # Numbers JSON can write but no report holds: infinity by another name, an integer no float holds.
     (tmp_path / "inf.json").write_text('{"schema_version": 2, "wall_s": 1e999}')
     (tmp_path / "big.json").write_text('{"schema_version": 2, "dataset_len": 1' + "0" * 400 + "}")
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "null.json").write_text("null")
     for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file"),
-                          ("inf.json", "1e999 is beyond any float"), ("big.json", "0… is beyond any float")):
+                          ("inf.json", "1e999 is beyond any float"), ("big.json", "0… is beyond any float"),
+                          ("list.json", "list.json: not a JSON report: expected an object at the top level (got an array)"),
+                          ("null.json", "null.json: not a JSON report: expected an object at the top level (got null)")):
         result = runner.invoke(app, ["compare", str(tmp_path / name), str(tmp_path / name)])
         assert result.exit_code == 2 and message in result.stderr
 
@@ -283,6 +309,15 @@ def test_plot_writes_the_format_its_file_names_and_refuses_one_it_cannot(real_re
     result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "plot.jpg")])
     assert result.exit_code == 2 and "--output: plot.jpg: expected a .png, .svg, .pdf file" in result.stderr
     assert not (tmp_path / "plot.jpg").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_a_plot_that_cannot_be_written_is_one_line(real_report):
+    pytest.importorskip("matplotlib")
+    path, _, _ = real_report
+    result = runner.invoke(app, ["plot", str(path), "-o", "/dev/full"])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: --output: cannot write /dev/full: No space left on device"), result.stderr
 
 
 def test_plot_writes_a_real_png(real_report, tmp_path):
