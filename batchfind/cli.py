@@ -681,7 +681,8 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         shown = escape(str(config) if str(config).isprintable() else repr(str(config)))
         _console().print(
             f"{shown}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
-            f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, one training step on CPU ran ({loss})"
+            f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, "
+            f"one training step on CPU ran ({loss})"
         )
 
 

@@ -646,7 +646,8 @@ def _run(
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _budget_warnings(stopped, limit)
-                                    + _load_warnings(trials) + notes + outcome.warnings + _length_warnings(facts.get("input_lengths"))
+                                    + _load_warnings(trials) + notes + outcome.warnings
+                                    + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo)
                                     + _optimizer_warnings(config, facts))),
         interrupted=interrupted,
@@ -680,6 +681,7 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
 
 
 def _budget_warnings(stopped: str | None, limit) -> list[str]:
+    """A probe the time budget stopped before any size ran out of memory found no edge."""
     if stopped is None or not stopped.startswith("time budget") or limit.batch_size is None or limit.first_oom:
         return []
     return [f"the time budget ran out before any size ran out of memory: {limit.batch_size} is the largest size "
