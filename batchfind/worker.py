@@ -1,6 +1,6 @@
 """Trials run in a child process, so an out-of-memory, a crash or a hang cannot take the tool down.
 
-The parent speaks JSON lines with `python -m batchfind.worker`: one setup request (the config, and
+The parent speaks JSON lines with a child running `_serve`: one setup request (the config, and
 the child's rank in a distributed probe), then one request per batch size; the child answers on its
 original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
 keeps for error messages. While a trial runs the child also sends `progress` events, one per step.
@@ -44,10 +44,11 @@ class Worker:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
             env = steady_allocator(env, fits_only)
-        # The child must import this same batchfind, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
+        # The child must import this same batchfind, installed or not (and the processes it starts).
+        home = str(Path(__file__).parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "batchfind.worker"],
+            [sys.executable, "-c", _BOOT, home],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -189,6 +190,12 @@ def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     return env
 
 
+# The child's start: this batchfind first, even where the working directory (first on the path, so
+# that a user's factory module there imports) holds a folder of that name; then the path as it was.
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import batchfind.worker; del sys.path[0]; "
+         "batchfind.worker._serve()")
+
+
 def _die_with_parent() -> None:
     # Linux: the child gets SIGKILL if batchfind itself dies, so no worker outlives it.
     try:
@@ -247,6 +254,3 @@ def _serve() -> None:
         send({"event": op, **session.serve(op, request, progress)})
     session.close()
 
-
-if __name__ == "__main__":
-    _serve()

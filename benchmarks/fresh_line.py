@@ -61,7 +61,7 @@ def _detach(dup) -> int:
 
 
 def _forked_worker(requests: int, replies: int, errors: int) -> None:
-    # The worker's own loop, on the pipes the parent holds, as `python -m batchfind.worker` runs it.
+    # The worker's own loop, on the pipes the parent holds, as a worker process runs it.
     os.dup2(requests, 0), os.dup2(replies, 1), os.dup2(errors, 2)
     sys.stdin = open(0, closefd=False)
     from batchfind.worker import _serve

@@ -55,6 +55,24 @@ def test_worker_runs_trials_and_reports_its_setup(write_config):
     assert "retained_bytes" not in first and isinstance(second["retained_bytes"], int)
 
 
+def test_a_trial_does_not_read_a_thread_started_in_it_as_data(write_config):
+    # A model of 68 parameters: nothing a trial holds grows by megabytes from batch 1 to 8. A worker
+    # whose first team of threads started in its second trial read 366 MiB there (a thread's heap
+    # maps 128 MiB of address space and keeps 64), its resident peak 317 MiB.
+    cfg = load_config(write_config("model: {name: 'torch.nn:Linear', kwargs: {in_features: 16, out_features: 4}}\n"
+                                   "data: {size: 1000, input_shape: [16], num_classes: 4}\n"
+                                   "probe: {device: cpu, warmup_steps: 1, steps: 2}\n"))
+    worker = Group(cfg.model_dump(mode="json"), None, None, generation=1)
+    try:
+        results = [worker.run(size, "throughput", HANG_S, None) for size in (1, 2, 4, 8)]
+    finally:
+        worker.close()
+    readings = [r["capped_peak_bytes"] for r in results if r["capped_peak_bytes"] is not None]
+    assert all(r["status"] == "ok" for r in results)
+    assert all(reading <= results[-1]["peak_bytes"] + 16 * MiB for reading in readings), readings
+    assert not readings or max(readings) - min(readings) <= 16 * MiB, readings
+
+
 def test_a_standby_started_before_anything_was_learned_stands_by_then_runs(write_config):
     """A probe's first standby starts beside the first worker, before that worker has learned
     anything of the data: it says when it stands by, and runs once activated."""
@@ -314,3 +332,23 @@ def test_noise_scale_needs_room_for_two_sizes(write_config):
     assert report.limit.batch_size == 2
     assert report.recommendation.noise_scale["status"] == "skipped"
     jsonschema.validate(json.loads(report.to_json()), json_schema())
+
+
+def test_a_folder_named_batchfind_in_the_working_directory_does_not_replace_it_in_workers(write_config, tmp_path,
+                                                                                          monkeypatch):
+    cfg = load_config(write_config(TINY))
+    shadow = tmp_path / "cwd" / "batchfind"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the folder in the working directory was imported')\n")
+    (tmp_path / "cwd" / "mymodels.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(16, 4)\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    # A factory module in the working directory still imports.
+    raw = cfg.model_dump(mode="json")
+    raw = raw | {"model": {"name": "mymodels:build", "kwargs": {}},
+                 "data": raw["data"] | {"input_shape": [16], "num_classes": 4}}
+    worker = Group(raw, None, None, generation=1)
+    try:
+        assert worker.ready["device"] == "cpu" and worker.ready["parameters"] == 68
+        assert worker.run(2, "fit", HANG_S, None)["status"] == "ok"
+    finally:
+        worker.close()
