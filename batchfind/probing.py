@@ -779,7 +779,8 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
     for t in trials:
         if t.status == "error":
             # Not the memory edge: a bug, or a crash, at this size.
-            ended = bool(doubled) and t is doubled[-1]
+            # Where nothing fitted before it, nothing says a larger size would.
+            ended = bool(doubled) and t is doubled[-1] and any(d.fits for d in doubled)
             error = clipped(t.error or "no message", 200)
             warnings.append(f"batch {t.batch_size} failed with an error, not for lack of memory: {error}"
                             + ("; the probe stopped there, so larger sizes may fit" if ended else ""))

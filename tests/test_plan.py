@@ -682,3 +682,16 @@ def test_every_later_worker_takes_the_first_workers_default_cpu_cap(monkeypatch)
     assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}) == [2 << 30] * 4
     monkeypatch.setattr(SetUpGroup, "device", "cuda:0")
     assert limits({"model": {"name": "mlp"}}) == [None] * 4
+
+
+def test_an_error_says_larger_sizes_may_fit_only_past_a_size_that_fitted():
+    def said(trials):
+        return [w for w in probing._warnings(trials, limit_of(trials)) if "not for lack of memory" in w]
+
+    bug = "ValueError: a bug in the model"
+    first = [Trial(batch_size=1, status="error", phase="double", error=bug)]
+    assert said(first) == [f"batch 1 failed with an error, not for lack of memory: {bug}"]
+    later = [Trial(batch_size=1, status="ok", phase="double", samples_per_s=10.0),
+             Trial(batch_size=2, status="error", phase="double", error=bug)]
+    assert said(later) == [f"batch 2 failed with an error, not for lack of memory: {bug}; the probe stopped there, "
+                           "so larger sizes may fit"]
