@@ -17,7 +17,7 @@ from .errors import InputError, debugging
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
-from .step import CustomStep, LightningStep, Step, make_step, split
+from .step import CustomStep, LightningStep, Step, given_labels, make_step, split
 
 
 class Session:
@@ -274,7 +274,10 @@ def check_labels(batches: Batches, classes: int, config: Config) -> None:
     count = min(len(batches), LABEL_ITEMS)
     ranges = []
     for start in range(0, count, LABEL_CHUNK):
-        _, labels = split(batches.batch(min(LABEL_CHUNK, count - start), start), config.train)
+        batch = batches.batch(min(LABEL_CHUNK, count - start), start)
+        _, labels = split(batch, config.train)
+        named = labels is None  # a dict batch's own `labels`, for a model that computes its loss
+        labels = given_labels(batch) if named else labels
         labels = labels[labels != IGNORE_INDEX]  # padding
         if labels.numel():
             ranges.append((int(labels.min()), int(labels.max())))
@@ -282,7 +285,8 @@ def check_labels(batches: Batches, classes: int, config: Config) -> None:
         return
     low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if low < 0 or high >= classes:
-        raise InputError(f"data: targets range over [{low}, {high}] but the model outputs {classes} classes")
+        raise InputError(f"data: {'labels' if named else 'targets'} range over [{low}, {high}] but the model outputs "
+                         f"{classes} classes")
 
 
 def setup_failure(exc: BaseException) -> dict[str, Any]:

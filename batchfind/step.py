@@ -109,6 +109,12 @@ def split(batch: Any, train: TrainConfig) -> tuple[Any, Any]:
     return batch, None
 
 
+def given_labels(batch: Any) -> torch.Tensor | None:
+    """The class labels a dict batch hands its model (`labels`, Hugging Face's name), if any."""
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    return labels if isinstance(labels, torch.Tensor) and not labels.is_floating_point() else None
+
+
 def call_model(model: nn.Module, inputs: Any, call: str, extra: Mapping[str, Any] | None = None) -> Any:
     """The model on the inputs as `call` says, with the `extra` keyword arguments beside them."""
     extra = extra or {}
@@ -207,6 +213,13 @@ class Step:
             if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
                     and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
                 labels_below(scored.shape[class_dim(scored, target)])
+            elif field(output, "loss") is not None and given_labels(batch) is not None:
+                # A model that takes its labels and computes its own loss (Hugging Face's): its
+                # logits' last dimension is its classes (or vocabulary). Its loss indexes by label:
+                # one out of range in an item the two samples missed would fail the first trial.
+                logits = field(output, "logits")
+                if isinstance(logits, torch.Tensor) and logits.dim():
+                    labels_below(logits.shape[-1])
             try:
                 self.score(output, target)
             except InputError:

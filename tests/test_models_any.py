@@ -378,9 +378,12 @@ def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
         ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
          "data and model do not fit together: batch {input_ids: (2, 8) torch.int64, attention_mask: (2, 8) torch.int64, labels: (2, 8) torch.int64} into mlp"),
         ("model: {name: mlp}\ndata: {kind: 'zoo:Tokens', kwargs: {vocab: 0}}\n", "data: item 0 of the Tokens dataset raised RuntimeError"),
+        # Items 0 and 1 have labels 0 and 1, in range: the model's own loss would fail a later batch.
+        (BERT + "data: {kind: 'zoo:Tokens', kwargs: {classes: 9, longest: 12}}\n",
+         "data: labels range over [0, 8] but the model outputs 3 classes"),
     ],
     ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected",
-         "a dataset that raises"],
+         "a dataset that raises", "labels past a model's own classes"],
 )
 def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_config, text, message):
     if "transformers" in text:
