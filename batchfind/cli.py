@@ -151,9 +151,13 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         out.check()
     except BatchfindError as exc:
+        lines = str(exc).splitlines()
         if debug:  # the traceback, and still the exit code a script checks for
             traceback.print_exc()
-        for line in str(exc).splitlines():
+            # A worker's own traceback travels after its message: it goes above it too.
+            start = next((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")), 0)
+            lines = lines[start:] + lines[:start]
+        for line in lines:
             typer.echo(f"{who}error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, KeyboardInterrupt):

@@ -419,6 +419,8 @@ def test_debug_shows_the_workers_own_traceback(write_config):
     assert f"error: {config}: data and model do not fit together" in message and "Traceback (most recent call last)" in message
     assert "batchfind/session.py" in message and "in check_fit" in message
     assert "torch/nn/modules/" in message  # the model's own frames, where it failed
+    # Every traceback above the one-line error, as without --debug the error is all there is.
+    assert message.strip().splitlines()[-1].startswith(f"error: {config}: data and model do not fit together")
 
 
 def test_the_readme_examples_build_and_fit(built, monkeypatch):
