@@ -20,7 +20,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import BatchfindError, InputError, clipped, debugging
+from .errors import BatchfindError, InputError, clipped, debugging, plain
 from .report import MEMORY_FAILURES
 
 app = typer.Typer(
@@ -734,9 +734,7 @@ def main() -> None:
             typer.echo(exc.format_message(), err=True)
         else:
             hint = f" (see {ctx.command_path if ctx else 'batchfind'} --help)" if "UsageError" in names else ""
-            # Some typers word a value's check as pydantic does: in the words of every other error.
-            message = exc.format_message().replace("Value error, ", "").replace("Input should be", "must be")
-            typer.echo(f"error: {message}{hint}", err=True)
+            typer.echo(f"error: {plain(exc.format_message())}{hint}", err=True)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 

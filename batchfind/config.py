@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import InputError, clipped
+from .errors import InputError, clipped, plain
 from .files import MAX_CONFIG_BYTES, check_shape, path_problem, read_text
 from .sizes import parse_size
 
@@ -615,7 +615,7 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
         return f"{where}: unknown key"
     if kind == "missing":
         return f"{where}: required"
-    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    message = plain(error["msg"])
     # A section that is no mapping (`model: null`): pydantic adds the class it would have built.
     message = re.sub(r"must be a valid dictionary or instance of \w+", "must be a valid dictionary", message)
     if len(loc) == 1 and loc[0] in SECTIONS:

@@ -27,3 +27,9 @@ def clipped(text: str, most: int = 300) -> str:
     lines = text.strip().splitlines()
     line = lines[0] if lines else ""
     return line if len(line) <= most else line[:most - 1] + "…"
+
+
+def plain(message: str) -> str:
+    """A validation message (pydantic's, or a typer's worded as pydantic does) in the words of every
+    other error."""
+    return message.replace("Value error, ", "").replace("Input should be", "must be")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Iterator, Literal, Union, get_args
 from annotated_types import Ge
 from typing_extensions import TypedDict
 
-from .errors import clipped
+from .errors import clipped, plain
 
 SCHEMA_VERSION = 2
 
@@ -504,5 +504,5 @@ def load_report(path: Path) -> Report:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        message = "required" if first["type"] == "missing" else first["msg"].replace("Input should be", "must be")
+        message = "required" if first["type"] == "missing" else plain(first["msg"])
         raise InputError(f"{path}: {field}: {message}") from None
