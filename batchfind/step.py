@@ -281,7 +281,13 @@ class LightningStep(Step):
             raise InputError(
                 "model.name: this LightningModule optimizes manually, which needs a Trainer; probe it with train.step"
             )
-        return _lightning_optimizers(self.model.configure_optimizers())
+        optimizers = _lightning_optimizers(self.model.configure_optimizers())
+        if len(optimizers) > 1:
+            # Lightning itself refuses them under automatic optimization: the step would be a guess.
+            raise InputError(f"model.name: configure_optimizers returned {len(optimizers)} optimizers; Lightning steps "
+                             "more than one only under manual optimization, which needs a Trainer: probe it with "
+                             "train.step")
+        return optimizers
 
     def loss(self, batch: Any) -> torch.Tensor:
         out = self.model.training_step(batch, 0)

@@ -366,6 +366,15 @@ def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
     assert model.training_steps == calls + 1
 
 
+def test_a_lightning_module_with_two_optimizers_is_refused_as_lightning_refuses_it(built):
+    pytest.importorskip("lightning")
+    cfg, model, _ = built(MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4",
+                                            "'zoo:lightning_classifier', kwargs: {optimizers: 2}"))
+    with pytest.raises(InputError, match="configure_optimizers returned 2 optimizers; Lightning steps more than "
+                                         "one only under manual optimization"):
+        make_step(model, cfg.train, CPU)
+
+
 # ---- errors that name the problem -----------------------------------------------------------
 
 

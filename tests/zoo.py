@@ -85,8 +85,9 @@ def forgets_the_loss(model, batch, optimizer):
     clipped_step(model, batch, optimizer)
 
 
-def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01):
-    """A LightningModule (defined here so this file imports without Lightning)."""
+def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, optimizers: int = 1):
+    """A LightningModule (defined here so this file imports without Lightning); with `optimizers`
+    above 1, its configure_optimizers returns that many."""
     import lightning as L
 
     class Classifier(L.LightningModule):
@@ -104,6 +105,8 @@ def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01):
 
         def configure_optimizers(self):
             optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+            if optimizers > 1:
+                return [optimizer] + [torch.optim.SGD(self.parameters(), lr=lr) for _ in range(optimizers - 1)]
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 10)}
 
     return Classifier()
