@@ -42,7 +42,8 @@ def _order(n: int) -> int:
     """The k of `median_interval` for n values: the largest k below n/2 (at least 1) whose interval
     covers the median with `CONFIDENCE`, i.e. P(X ≤ k - 1) ≤ (1 - CONFIDENCE) / 2 for
     X ~ Binomial(n, 1/2). Asked after every step of a trial, so each n is worked out once, in one
-    pass over the binomial terms in exact integers (a trial of thousands of steps stays cheap)."""
+    pass over the binomial terms in exact integers (a trial of `probe.steps` at its cap, 1000, stays
+    cheap)."""
     miss = 1 - fractions.Fraction(str(CONFIDENCE))
     whole = 2**n * miss.numerator
     k, term, below = 1, n, 1 + n  # term = C(n, k); below = C(n, 0) + ... + C(n, k)
