@@ -153,10 +153,13 @@ def _errors(debug: bool) -> Iterator[None]:
     except BatchfindError as exc:
         lines = str(exc).splitlines()
         if debug:  # the traceback, and still the exit code a script checks for
-            traceback.print_exc()
-            # A worker's own traceback travels after its message: it goes above it too.
-            start = next((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")), 0)
-            lines = lines[start:] + lines[:start]
+            # A worker's own traceback travels after its message and says where it failed: it goes
+            # above the message, in place of this process's, which only shows the message passed on.
+            start = next((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")), None)
+            if start is None:
+                traceback.print_exc()
+            else:
+                lines = lines[start:] + lines[:start]
         for line in lines:
             typer.echo(f"{who}error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -428,8 +428,10 @@ def test_debug_shows_the_workers_own_traceback(write_config):
     assert f"error: {config}: data and model do not fit together" in message and "Traceback (most recent call last)" in message
     assert "batchfind/session.py" in message and "in check_fit" in message
     assert "torch/nn/modules/" in message  # the model's own frames, where it failed
-    # Every traceback above the one-line error, as without --debug the error is all there is.
+    # The worker's traceback, once, above the one-line error, as without --debug the error is all
+    # there is; this process's own, which only passes the message on, is left out.
     assert message.strip().splitlines()[-1].startswith(f"error: {config}: data and model do not fit together")
+    assert "batchfind/cli.py" not in message and "batchfind/group.py" not in message
 
 
 def test_the_readme_examples_build_and_fit(built, monkeypatch):
