@@ -691,6 +691,8 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
             f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, "
             f"one training step on CPU ran ({loss})"
         )
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command(short_help="Draw throughput and peak memory against batch size to a PNG, SVG or PDF.")

@@ -538,16 +538,20 @@ def check(
 
 
 def validate(config: Config) -> Report:
-    """One training step of two samples on CPU: model and data build and agree. No probing."""
+    """One training step of two samples on CPU: model and data build and agree. No probing. Its
+    warnings are those a probe would give about the config itself (settings the model never uses,
+    inputs longer than the items scanned); the rest are about probing, which this is not."""
     cpu = config.model_copy(update={"probe": config.probe.model_copy(
         update={"device": "cpu", "warmup_steps": 0, "steps": 1, "min_time_s": 0, "memory_limit": None,
                 "nproc_per_node": None})})
+    notes: list[str] = []
 
     def one_step(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
+        notes.extend(_optimizer_warnings(config, facts) + _length_warnings(facts.get("input_lengths")))
         prober.trial(min(2, facts["dataset_len"]))
         return PlanResult()
 
-    return _run(cpu, one_step, None, None, None, 2)
+    return dataclasses.replace(_run(cpu, one_step, None, None, None, 2), warnings=notes)
 
 
 def _run(

@@ -278,7 +278,16 @@ def test_init_then_validate(tmp_path, template):
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.stderr
     assert "valid" in result.stdout and "one training step on CPU ran" in result.stdout
+    assert "warning" not in result.stderr  # the templates set nothing their model leaves unused
     assert runner.invoke(app, ["init", str(path)]).exit_code == 2  # no silent overwrite
+
+
+def test_validate_says_nothing_of_probing(write_config):
+    # One process on a CPU is what `validate` always runs: a strategy for several ranks is not
+    # "unused", as a probe of one process would say.
+    path = write_config("model: {name: mlp}\ndata: {size: 10}\nprobe: {strategy: fsdp, nproc_per_node: 2}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
 
 
 def test_validate_prints_a_config_path_as_it_is(tmp_path):

@@ -497,6 +497,9 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     # Its Adam at 0.01 from configure_optimizers, not train.lr under SGD's linear rule, is what trains.
     assert [t["lr"] for t in report["trials"]] == [None] * len(report["trials"]) and report["recommendation"]["lr"] is None
     assert any(w.startswith("train.lr: not used; the LightningModule's configure_optimizers") for w in report["warnings"])
+    # `validate` says so too, before any probe.
+    checked = CliRunner().invoke(app, ["validate", str(write_config(text))])
+    assert checked.exit_code == 0 and "warning: train.lr: not used; the LightningModule's" in checked.stderr
 
 
 def test_a_position_written_in_quotes_is_told_to_be_a_number():
