@@ -61,10 +61,17 @@ class LRRule(str, Enum):
     none = "none"
 
 
-# readable=False: click would refuse an unreadable path in four lines; ours say it in one, and an
-# output may be writable without being readable.
+def _path(text: str) -> Path:
+    """A path given on the command line, as it is: click's own path type would refuse an unreadable
+    one in four lines, where ours say it in one (and an output may be writable without being
+    readable)."""
+    if not text:  # an unset shell variable, say: as a Path it would be ".", this folder
+        raise typer.BadParameter("an empty path")
+    return Path(text)
+
+
 ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False,
-                                            readable=False)]
+                                            parser=_path)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
 Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measuring.", show_default=False)]
@@ -83,7 +90,7 @@ StrategyOption = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the table goes to stderr).")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to FILE, atomically.",
-                                               readable=False)]
+                                               metavar="FILE", parser=_path)]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (or set BATCHFIND_DEBUG=1).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table (errors still show); for scripts.")]
 
@@ -460,7 +467,7 @@ def probe(
     output: Output = None,
     plot_file: Annotated[
         Optional[Path], typer.Option("--plot", help="Also draw throughput and memory to a PNG, SVG or PDF "
-                                     "(needs matplotlib).", readable=False)
+                                     "(needs matplotlib).", metavar="FILE", parser=_path)
     ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -598,9 +605,9 @@ def schema() -> None:
 @app.command(short_help="Compare two reports; exit 4 on a regression past the bound.")
 def compare(
     base: Annotated[Path, typer.Argument(metavar="BASE", help="The earlier report (JSON).", show_default=False,
-                                         readable=False)],
+                                         parser=_path)],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="The later report (JSON).", show_default=False,
-                                        readable=False)],
+                                        parser=_path)],
     max_regression: Annotated[
         str, typer.Option(help="Exit 4 when a metric gets worse by more than this (10% or 0.1).")
     ] = "10%",
@@ -647,7 +654,7 @@ def _fraction(text: str, option: str) -> float:
 @app.command()
 def init(
     path: Annotated[
-        Path, typer.Argument(metavar="PATH", help="Where to write the config.", readable=False)
+        Path, typer.Argument(metavar="PATH", help="Where to write the config.", parser=_path)
     ] = Path("batchfind.yaml"),
     template: Annotated[Template, typer.Option(help="Which starting point.")] = Template.cnn,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -698,9 +705,9 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
 @app.command(short_help="Draw throughput and peak memory against batch size to a PNG, SVG or PDF.")
 def plot(
     report_file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report.", show_default=False,
-                                                readable=False)],
+                                                parser=_path)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The PNG, SVG or PDF to write.", show_default=False,
-                                         readable=False)],
+                                         metavar="FILE", parser=_path)],
     debug: Debug = False,
 ) -> None:
     """Draw throughput and peak memory against batch size (needs matplotlib)."""

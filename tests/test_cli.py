@@ -213,6 +213,14 @@ def test_an_unwritable_output_still_prints_the_report(write_config, monkeypatch)
     (["probe"], "error: Missing argument 'CONFIG'."),
     (["probx"], "error: No such command 'probx'."),
     (["probe", "{cfg}", "--bogus"], "error: No such option: --bogus"),
+    # An empty path (an unset shell variable: `-o "$REPORT"`) would read as ".", this folder.
+    (["validate", ""], "error: Invalid value for 'CONFIG': an empty path"),
+    (["init", ""], "error: Invalid value for 'PATH': an empty path"),
+    (["compare", "", "{cfg}"], "error: Invalid value for 'BASE': an empty path"),
+    (["probe", "{cfg}", "-o", ""], "error: Invalid value for '--output' / '-o': an empty path"),
+    (["check", "{cfg}", "--batch", "2", "--output="], "error: Invalid value for '--output' / '-o': an empty path"),
+    (["probe", "{cfg}", "--plot", ""], "error: Invalid value for '--plot': an empty path"),
+    (["plot", "{cfg}", "-o", ""], "error: Invalid value for '--output' / '-o': an empty path"),
 ])
 def test_usage_errors_are_one_line_with_where_help_is(monkeypatch, capsys, write_config, args, message):
     from batchfind.cli import main
