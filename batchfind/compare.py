@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .report import Report, Trial, latest_timed
@@ -48,9 +49,14 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     # A check runs one size and recommends nothing: its limit and recommendation say only whether
     # that size still fits.
     checked = _checked(base) or _checked(new)
+    # Under another memory limit the limit moves with it: shown, but no regression.
+    same_cap = base.environment.memory_limit_bytes == new.environment.memory_limit_bytes
     changes = []
-    if not checked or new.limit.batch_size is None:
-        changes.append(_change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression))
+    if checked:
+        changes.append(_checked_size(base, new))
+    else:
+        limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
+        changes.append(limit if same_cap else dataclasses.replace(limit, regressed=False))
     if not checked:
         changes.append(_change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size,
                                True, max_regression))
@@ -77,14 +83,25 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     if _ranks(base) != _ranks(new):
         warnings.append(f"different distribution: {_ranks(base)} vs {_ranks(new)}: sizes are per device, "
                         "samples/s count every rank")
-    if base.environment.memory_limit_bytes != new.environment.memory_limit_bytes:
-        warnings.append("different memory limits: limits and peaks are not comparable")
+    if not same_cap:
+        warnings.append("different memory limits: the limit moves with them and is not judged; peaks near it "
+                        "may differ too")
     # The model's fields first: what was probed matters more than how.
     differing = sorted(_differences(base.config, new.config), key=lambda key: not key.startswith("model."))
     if differing:
         more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
         warnings.append(f"different configs ({', '.join(differing[:5])}{more}): compare with care")
     return Comparison(changes, max_regression, warnings)
+
+
+def _checked_size(base: Report, new: Report) -> Change:
+    """Where either report is a check: whether the size checked (the new one's, where both are)
+    still fits. It regressed only where it fitted in the base report and no longer does: a size
+    that never fitted failing again is no change."""
+    size = (new if _checked(new) else base).trials[0].batch_size
+    before, now = base.limit.batch_size, new.limit.batch_size
+    regressed = before is not None and before >= size and (now is None or now < size)
+    return Change("limit", before, now, None if None in (before, now) else (now - before) / before, True, regressed)
 
 
 def _checked(report: Report) -> bool:

@@ -186,6 +186,32 @@ def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
     failed["limit"].update(batch_size=None)
     result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", failed)])
     assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
+    # A size the base never fitted failing a check is no change; nor is one check against another of
+    # a size that never fitted. A size a base check fitted that a probe now puts past its limit is.
+    past = report["limit"]["batch_size"] + 1  # never shown to fit
+    beyond = copy.deepcopy(failed)
+    beyond["trials"][0].update(batch_size=past)
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", beyond)])
+    assert result.exit_code == 0 and "regressed" not in result.stdout, result.stdout
+    result = runner.invoke(app, ["compare", write(tmp_path / "c.json", check), str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.stdout
+    smaller = copy.deepcopy(report)
+    smaller["limit"]["batch_size"] = check["trials"][0]["batch_size"] - 1 or None
+    result = runner.invoke(app, ["compare", str(tmp_path / "c.json"), write(tmp_path / "d.json", smaller)])
+    assert result.exit_code == 4, result.stdout
+
+
+def test_compare_does_not_judge_a_limit_under_another_memory_limit(real_report, tmp_path):
+    _, report, _ = real_report
+    capped = copy.deepcopy(report)
+    capped["environment"]["memory_limit_bytes"] = (report["environment"]["memory_limit_bytes"] or 2 << 30) // 2
+    capped["limit"]["batch_size"] = report["limit"]["batch_size"] // 2
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", capped)])
+    assert result.exit_code == 0 and "different memory limits: the limit moves with them" in result.stderr
+    # The same drop under the same cap is a regression.
+    capped["environment"] = report["environment"]
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "b.json", capped)])
+    assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
 
 
 def test_compare_refuses_a_report_missing_a_part_or_with_a_batch_below_1(real_report, tmp_path):
