@@ -514,7 +514,7 @@ def probe(
 
             first = report.trials[0]
             console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status}): "
-                          f"{escape(clipped(first.error or 'no message', 300))}")
+                          f"{escape(clipped(first.error or 'no message', 600))}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")

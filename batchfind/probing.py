@@ -758,7 +758,8 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
 
 def _nothing_fits(message: str) -> str:
     # Python, torch and the model come first; under a small cap any of them may be what ran out.
-    return (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {message}; "
+    # The allocator's words cut short, so the advice after them stays whole.
+    return (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
             "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
             "model smaller")
 

@@ -196,6 +196,8 @@ def test_a_model_too_big_for_the_limit_is_nothing_fits_and_still_a_report(write_
     assert report["limit"]["batch_size"] is None and [t["status"] for t in report["trials"]] == ["oom"]
     assert re.search(r"ran out of memory before any batch ran: .*; raise the memory limit", report["trials"][0]["error"])
     assert "nothing fits: even batch 1 failed (oom): setting up" in result.stderr
+    # The advice is whole, however long the allocator's own words.
+    assert result.stderr.rstrip().endswith("or make the model smaller"), result.stderr
     # `check` says so of the size it was asked about.
     checked = CliRunner().invoke(app, ["check", str(path), "--batch", "7", "--json"])
     assert checked.exit_code == 3 and [(t["batch_size"], t["status"]) for t in json.loads(checked.stdout)["trials"]] == [
