@@ -726,6 +726,8 @@ def _draw(report, path: Path, option: str, source: str | None = None) -> None:
 
     try:
         draw(report, path, source=source)
+    except BrokenPipeError:
+        pass  # `-o /dev/stdout | head -c 8`: its reader chose to stop
     except OSError as exc:
         raise InputError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
 

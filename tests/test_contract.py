@@ -4,6 +4,8 @@ import copy
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -353,6 +355,18 @@ def test_a_plot_that_cannot_be_written_is_one_line(real_report):
     result = runner.invoke(app, ["plot", str(path), "-o", "/dev/full"])
     assert result.exit_code == 2 and result.stderr.strip() == (
         "error: --output: cannot write /dev/full: No space left on device"), result.stderr
+
+
+def test_a_plot_whose_reader_stops_early_is_no_error(real_report):
+    # `batchfind plot r.json -o /dev/stdout | head -c 8`: the reader chose to stop.
+    pytest.importorskip("matplotlib")
+    path, _, _ = real_report
+    process = subprocess.Popen([sys.executable, "-m", "batchfind", "plot", str(path), "-o", "/dev/stdout"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(8) == b"\x89PNG\r\n\x1a\n"
+    process.stdout.close()
+    _, err = process.communicate()
+    assert process.returncode == 0 and b"error" not in err, err
 
 
 def test_plot_writes_a_real_png(real_report, tmp_path):
