@@ -363,8 +363,7 @@ def test_a_plot_whose_reader_stops_early_is_no_error(real_report):
     path, _, _ = real_report
     process = subprocess.Popen([sys.executable, "-m", "batchfind", "plot", str(path), "-o", "/dev/stdout"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout.read(8) == b"\x89PNG\r\n\x1a\n"
-    process.stdout.close()
+    process.stdout.close()  # before it writes (it imports matplotlib first), whatever the image's size
     _, err = process.communicate()
     assert process.returncode == 0 and b"error" not in err, err
 
