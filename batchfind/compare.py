@@ -101,7 +101,8 @@ def _checked_size(base: Report, new: Report) -> Change:
     size = (new if _checked(new) else base).trials[0].batch_size
     before, now = base.limit.batch_size, new.limit.batch_size
     regressed = before is not None and before >= size and (now is None or now < size)
-    return Change("limit", before, now, None if None in (before, now) else (now - before) / before, True, regressed)
+    # A check's limit is the size it ran: how far it lies from a probe's limit is no change.
+    return Change("limit", before, now, None, True, regressed)
 
 
 def _checked(report: Report) -> bool:

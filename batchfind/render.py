@@ -286,16 +286,28 @@ def _compared(metric: str, value: float | None) -> str:
 
 def print_comparison(result, console: Console, notes: Console | None = None) -> None:
     """The comparison on `console`, its warnings on `notes` (stderr), else on `console` too."""
-    grid = Table(title=f"batchfind compare · regression bound {result.max_regression:.0%}", title_justify="left")
-    for name, justify in (("metric", "left"), ("base", "right"), ("new", "right"), ("change", "right"),
-                          ("verdict", "left")):
-        grid.add_column(name, justify=justify, no_wrap=name != "metric")
+    title = f"batchfind compare · regression bound {result.max_regression:.0%}"
+    rows = []
     for c in result.changes:
         change = f"{c.change:+.1%}" if c.change is not None else "-"
-        verdict = "[red]regressed[/red]" if c.regressed else "ok" if c.change is not None else "-"
+        verdict = "regressed" if c.regressed else "ok" if None not in (c.base, c.new) else "-"
         # The metric's name in the JSON counts bytes; the table shows them in MiB or GiB.
         metric = c.metric.replace("peak bytes", "peak memory")
-        grid.add_row(metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict)
-    console.print(grid)
+        rows.append((metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict))
+    headers = ("metric", "base", "new", "change", "verdict")
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+    colour = {"regressed": "[red]regressed[/red]"}
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:
+        grid = Table(title=title, title_justify="left")
+        for name in headers:
+            grid.add_column(name, justify="left" if name in ("metric", "verdict") else "right", no_wrap=True)
+        for row in rows:
+            grid.add_row(*row[:-1], colour.get(row[-1], row[-1]))
+        console.print(grid)
+    else:  # a terminal too narrow for the table: a line per metric, wrapped as it needs
+        console.print(title)
+        for metric, base, new, change, verdict in rows:
+            change = f" ({change})" if change != "-" else ""
+            console.print(f"{metric}: {base} → {new}{change} {colour.get(verdict, verdict)}")
     _warn(result.warnings, notes or console)
     console.print("[red]regressed[/red]" if result.regressed else "no regression past the bound")

@@ -316,6 +316,12 @@ def test_compare_shows_small_rates_memory_and_a_header_for_every_column(tmp_path
     assert re.search(r"peak memory @ 2\s+│\s+1000\.0 MiB\s+│\s+1\.2 GiB", text) and "peak bytes" not in text
     header = next(line for line in text.splitlines() if "metric" in line)
     assert [h.strip() for h in header.strip("┃").split("┃")] == ["metric", "base", "new", "change", "verdict"]
+    # Too narrow for the table, a line per metric: no column cut to an ellipsis.
+    narrow = Console(width=60, file=io.StringIO(), color_system=None)
+    print_comparison(compare(base, new, 0.10), narrow)
+    lines = narrow.file.getvalue().splitlines()
+    assert "samples/s @ 2: 0.435 → 0.333 (-23.3%) regressed" in lines and "…" not in narrow.file.getvalue()
+    assert "limit: 2 → 2 (+0.0%) ok" in lines
 
 
 def test_a_single_measured_step_shows_no_interval():
