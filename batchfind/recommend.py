@@ -159,7 +159,7 @@ def recommend(
     diverged = any(t.fits and t.loss_finite is False and (t.samples_per_s or 0) > fastest.samples_per_s for t in trials)
     finite = " with a finite loss" if diverged else ""
     if chosen.batch_size == fastest.batch_size:
-        reason = (f"{'fastest within the headroom' if beaten else 'fastest measured'}{finite} "
+        reason = (f"{'fastest within the headroom' if beaten else 'fastest timed'}{finite} "
                   f"({fastest.samples_per_s:,.0f} samples/s)")
     else:
         reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''}{finite} "

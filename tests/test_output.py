@@ -59,7 +59,7 @@ def make_report(run=RUN, recommended=128, fastest=128, limit=1002, warnings=()):
         config={}, dataset_len=DATASET, parameters=700_000, input_lengths=None,
         trials=[trial(*row) for row in run],
         limit=Limit(limit, 1003, verified=True, refined=True),
-        recommendation=Recommendation(recommended, "fastest measured", fastest_batch_size=fastest,
+        recommendation=Recommendation(recommended, "fastest timed", fastest_batch_size=fastest,
                                       largest_batch_size=limit),
         warnings=list(warnings), stopped_because="oom at batch 1024",
     )

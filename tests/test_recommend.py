@@ -45,7 +45,7 @@ def test_plateau_recommends_the_knee_not_the_largest():
     # 5% of what 32 measured.
     assert rec.interval == [32, 128] and 2215 >= 0.95 * rec.curve["plateau_samples_per_s"]
     assert [p["batch_size"] for p in rec.curve["points"]] == [2**i for i in range(8)]
-    assert choose(curve([10, 20, 40]))[0].reason.startswith("fastest measured (40 samples/s)")
+    assert choose(curve([10, 20, 40]))[0].reason.startswith("fastest timed (40 samples/s)")
     assert choose(curve([10, 20]))[0].curve is None  # two sizes make no curve
 
 
@@ -146,8 +146,8 @@ def test_failed_or_non_finite_sizes_are_never_recommended():
     trials.append(Trial(16, "oom"))
     rec, _ = choose(trials)
     assert rec.batch_size == 4
-    # 8 was faster: the reason does not call 4 the fastest measured.
-    assert rec.reason.startswith("fastest measured with a finite loss (40 samples/s)")
+    # 8 was faster: the reason does not call 4 the fastest timed.
+    assert rec.reason.startswith("fastest timed with a finite loss (40 samples/s)")
 
 
 def test_lr_rules():
