@@ -458,7 +458,8 @@ def probe(
         Optional[int], typer.Option(help="Exit 4 if the recommended batch (or --require-on limit) is below N.",
                                     min=1, show_default=False)
     ] = None,
-    require_on: Annotated[RequireOn, typer.Option(help="What --require-batch checks.")] = RequireOn.recommended,
+    require_on: Annotated[Optional[RequireOn], typer.Option(help="What --require-batch checks [recommended].",
+                                                             show_default=False)] = None,
     require_throughput: Annotated[
         Optional[float], typer.Option(help="Exit 4 if samples/s at the recommended batch is below X.",
                                       show_default=False)
@@ -490,6 +491,8 @@ def probe(
         })
         _check_output(plot_file, "--plot", keep=(config, output))
         _check_image(plot_file, "--plot")
+        if require_on is not None and require_batch is None:
+            raise InputError("--require-on: says what --require-batch checks; give --require-batch N too")
         if require_throughput is not None and not (math.isfinite(require_throughput) and require_throughput > 0):
             raise InputError(f"--require-throughput: expected a positive number of samples/s (got {require_throughput})")
         if plot_file is not None:
@@ -502,7 +505,7 @@ def probe(
             with _progress(console, quiet or follower) as (on_start, on_end, on_step):
                 report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
             report = dataclasses.replace(report, requirements=check_requirements(
-                report, batch=require_batch, on=require_on.value, throughput=require_throughput))
+                report, batch=require_batch, on=(require_on or RequireOn.recommended).value, throughput=require_throughput))
             if follower:  # rank 0 prints and writes the report: every rank holds the same one
                 raise typer.Exit(_exit_code(report))
             _emit(report, as_json, output, quiet)

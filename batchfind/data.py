@@ -331,7 +331,16 @@ def load_tensors(path: Path) -> TensorDataset:
             with np.load(path, allow_pickle=False) as npz:
                 loaded: Any = {k: torch.from_numpy(npz[k]) for k in npz.files}
         else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+            # torch.save writes a zip archive (a pickle before torch 1.6): anything else would be
+            # refused as a pickle holding what is not a tensor.
+            if head != b"PK" and head[:1] != b"\x80":
+                raise InputError(f"data.path: {path} is not a file torch.save wrote, expected a .pt file (or an .npz "
+                                 "archive)")
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
     except pickle.UnpicklingError as exc:
         # torch's refusal runs to a dozen lines and suggests weights_only=False, which would run
         # whatever code the file holds: name what was refused, once.
@@ -364,6 +373,11 @@ class ImageFolder(Dataset):
     """One subfolder per class; images decoded with Pillow, resized and scaled to [0, 1]."""
 
     def __init__(self, root: Path, size: int):
+        try:
+            import PIL  # noqa: F401 - said here, not as the first item's failure
+        except ImportError:
+            raise InputError('data.kind: imagefolder decodes images with Pillow, which is not installed: '
+                             'pip install Pillow (or batchfind\'s extra, ".[images]")') from None
         if not root.is_dir():
             raise InputError(f"data.path: {root} is not a folder (imagefolder needs one subfolder per class)")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -547,7 +547,7 @@ def validate(config: Config) -> Report:
     notes: list[str] = []
 
     def one_step(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
-        notes.extend(_optimizer_warnings(config, facts) + _length_warnings(facts.get("input_lengths")))
+        notes.extend(_unused_warnings(config, facts) + _length_warnings(facts.get("input_lengths")))
         prober.trial(min(2, facts["dataset_len"]))
         return PlanResult()
 
@@ -653,7 +653,7 @@ def _run(
                                     + _load_warnings(trials) + notes + outcome.warnings
                                     + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo)
-                                    + _optimizer_warnings(config, facts))),
+                                    + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
                                                  prober.world_size),
@@ -717,13 +717,18 @@ def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
     return []
 
 
-def _optimizer_warnings(config: Config, facts: dict) -> list[str]:
-    """Optimizer settings a model that builds its own optimizers never used."""
+def _unused_warnings(config: Config, facts: dict) -> list[str]:
+    """Settings given that nothing used: optimizer settings for a model that builds its own
+    optimizers, and a learning-rate rule with no batch the rate was tuned for."""
+    warnings = []
     unused = sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs"} & config.train.model_fields_set)
     if facts.get("own_optimizers") and unused:
-        return [f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's configure_optimizers "
-                "builds its optimizers (and no learning rate is scaled for it)"]
-    return []
+        warnings.append(f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's "
+                        "configure_optimizers builds its optimizers (and no learning rate is scaled for it)")
+    elif "lr_rule" in config.recommend.model_fields_set and config.train.reference_batch is None:
+        warnings.append(f"recommend.lr_rule: {config.recommend.lr_rule} scales train.lr from the batch it was tuned "
+                        "for, train.reference_batch, which is not set: no learning rate is given")
+    return warnings
 
 
 def _load_warnings(trials: list[Trial]) -> list[str]:

@@ -126,11 +126,15 @@ CASES = {
                       "model.kwargs: features: must be a finite number (got nan)"),
     "infinite lr": (MLP + "train: {lr: .inf}\n", [], "train.lr: must be a finite number (got inf)"),
     "nan time budget": (MLP, ["--time-budget", "nan"], "--time-budget: must be a finite number (got nan)"),
+    "require-on alone": (MLP, ["--require-on", "limit"], "--require-on: says what --require-batch checks; give "
+                                                          "--require-batch N too"),
     "output is the config": (MLP, ["-o", "{config}"], "would overwrite"),
     "plot is the config": (MLP, ["--plot", "{config}"], "would overwrite"),
     "output name too long": (MLP, ["-o", "x" * 300], "--output: a name in the path is longer than 255 bytes"),
     "tensor file holds objects": (MLP + "data: {kind: tensors, path: objects.pt}\n" + CPU, [],
                                   "it holds argparse.Namespace; only tensors"),
+    "tensor file that is text": (MLP + "data: {kind: tensors, path: config.yaml}\n" + CPU, [],
+                                 "config.yaml is not a file torch.save wrote, expected a .pt file"),
     "depth neither a number nor a list": ("model: {name: cnn, depth: [3, -1]}\n", [],
                                           "model.depth: expected a positive number of blocks per stage, or a "
                                           "non-empty list of them (got [3, -1])"),

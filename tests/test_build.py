@@ -2,6 +2,7 @@
 
 import math
 import statistics
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_tensor_file_problems(write_config, tmp_path):
     torch.save({"x": torch.zeros(3)}, tmp_path / "bad.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
     np.savez(tmp_path / "scalars.npz", inputs=np.float32(3), targets=np.int64(1))
-    for name, message in (("bad.pt", "expected 'inputs' and 'targets'"), ("junk.pt", "cannot load"),
+    for name, message in (("bad.pt", "expected 'inputs' and 'targets'"), ("junk.pt", "not a file torch.save wrote"),
                           ("none.pt", "no such file"), ("scalars.npz", r"must have a first dimension.* \(\) and \(\)")):
         cfg = load_config(write_config(f"model: {{name: mlp}}\ndata: {{kind: tensors, path: {name}}}"))
         with pytest.raises(InputError, match=message):
@@ -114,6 +115,15 @@ def test_imagefolder_decodes_and_resizes(write_config, tmp_path):
     x, y = batches.batch(6)
     assert x.shape == (6, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
     assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_without_pillow_says_what_to_install(write_config, tmp_path, monkeypatch):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL raises ImportError, as where it is missing
+    cfg = load_config(write_config("model: {name: cnn, image_size: 16}\ndata: {kind: imagefolder, path: imgs}"))
+    with pytest.raises(InputError, match=r"data.kind: imagefolder decodes images with Pillow, which is not installed: "
+                                         r"pip install Pillow"):
+        build_batches(cfg, CPU)
 
 
 def test_factory_dataset_and_model(write_config):

@@ -310,6 +310,16 @@ def test_init_then_validate(tmp_path, template):
     assert runner.invoke(app, ["init", str(path)]).exit_code == 2  # no silent overwrite
 
 
+def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):
+    path = write_config("model: {name: mlp}\ndata: {size: 10}\nrecommend: {lr_rule: sqrt}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and result.stderr.strip() == (
+        "warning: recommend.lr_rule: sqrt scales train.lr from the batch it was tuned for, train.reference_batch, "
+        "which is not set: no learning rate is given"), result.stderr
+    path.write_text("model: {name: mlp}\ndata: {size: 10}\nrecommend: {lr_rule: sqrt}\ntrain: {reference_batch: 8}\n")
+    assert runner.invoke(app, ["validate", str(path)]).stderr == ""
+
+
 def test_validate_says_nothing_of_probing(write_config):
     # One process on a CPU is what `validate` always runs: a strategy for several ranks is not
     # "unused", as a probe of one process would say.
