@@ -7,6 +7,7 @@ these, moved to the device by `to_device`; only the step (step.py) looks inside 
 from __future__ import annotations
 
 import functools
+import importlib
 import pickle
 import re
 from collections.abc import Mapping
@@ -374,7 +375,7 @@ class ImageFolder(Dataset):
 
     def __init__(self, root: Path, size: int):
         try:
-            import PIL  # noqa: F401 - said here, not as the first item's failure
+            importlib.import_module("PIL")  # missing: said here, not as the first item's failure
         except ImportError:
             raise InputError('data.kind: imagefolder decodes images with Pillow, which is not installed: '
                              'pip install Pillow (or batchfind\'s extra, ".[images]")') from None
