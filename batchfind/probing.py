@@ -67,7 +67,10 @@ class Prober:
         self.fits_only, self.standby_first = fits_only, standby_first
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
-        self.worker_config = self.raw  # what workers are started with (`start` may pin the CPU cap)
+        # What workers are started with (`start` may pin the CPU cap): the fields set, not every
+        # default as well, so that a worker's config tells the same fields apart as set (a factory
+        # optimizer gets `lr` only where it was given).
+        self.worker_config = config.model_dump(mode="json", exclude_unset=True)
         timeout = config.probe.trial_timeout_s
         # Other drivers may spend a worker's start or a whole trial, then stop their workers, before
         # they answer.
@@ -98,7 +101,8 @@ class Prober:
             # a standby starting beside a check near the edge, it would leave out what that check
             # holds. Every later worker takes the first one's.
             cap = self.group.ready["memory_limit_bytes"]
-            self.worker_config = {**self.raw, "probe": {**self.raw["probe"], "memory_limit": cap}}
+            self.worker_config = {**self.worker_config, "probe": {**self.worker_config.get("probe", {}),
+                                                                  "memory_limit": cap}}
         if self.standby is not None and not self.standby.standing_by():
             # It failed where the first worker did not: a brand-new process started when one is
             # needed will say why.

@@ -321,6 +321,13 @@ def test_optimizers_of_your_own_are_built_with_their_arguments(built, write_conf
     assert step.optimizers[0].state, "the optimizer's state exists, so its memory is measured"
 
 
+def test_a_factory_optimizer_gets_no_learning_rate_it_was_not_given(write_config):
+    # The worker's config is rebuilt from the parent's: an `lr` left at its default must stay unset
+    # there too, or the factory is called with lr=0.1 it does not take.
+    result = CliRunner().invoke(app, ["validate", str(write_config(MLP_PAIRS + "train: {optimizer: 'zoo:fixed_sgd'}\n"))])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating(built):
     cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:clipped_step', optimizer: adam}\n")
     check_fit(model, batches, cfg, CPU)

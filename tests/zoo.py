@@ -69,6 +69,11 @@ def grouped_adamw(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def fixed_sgd(params):
+    """An optimizer factory that takes no learning rate: it sets its own."""
+    return torch.optim.SGD(params, lr=0.05)
+
+
 def clipped_step(model, batch, optimizer):
     """Two losses, gradient clipping: a step a loss function alone cannot describe."""
     x, y = batch
