@@ -19,8 +19,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 
+from . import devices
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
-from .errors import InputError
+from .errors import InputError, described
 from .models import call_factory, raised
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -140,13 +141,22 @@ class Batches:
         )
 
     def _collate(self, items: list) -> Any:
-        return to_device(collate(items) if self.lengths is None else pad_collate(items, self.target), self.device)
+        try:
+            batch = collate(items) if self.lengths is None else pad_collate(items, self.target)
+        except InputError:
+            raise
+        except Exception as exc:  # items of no shape a batch can take (None, a dict beside a tensor)
+            if devices.is_oom(exc):
+                raise
+            raise InputError(f"data: items of the {self.describe} dataset do not stack into a batch: "
+                             f"{described(exc)}") from None
+        return to_device(batch, self.device)
 
     def _item(self, index: int) -> Any:
         try:
             return self.dataset[index]
         except Exception as exc:  # the user's dataset: a failure is bad input, in one line
-            raise InputError(f"data: item {index} of the {self.describe} dataset raised {type(exc).__name__}: {exc}") from None
+            raise InputError(f"data: item {index} of the {self.describe} dataset raised {described(exc)}") from None
 
     def _scan_lengths(self) -> None:
         scanned = min(self.length, SCAN_LIMIT)

@@ -29,6 +29,16 @@ def clipped(text: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
+def described(exc: BaseException, most: int = 300) -> str:
+    """An exception as `Type: the first line of its message`, cut to `most` characters. The user's
+    code raised it: a message whose `str` itself fails says so instead of failing here."""
+    try:
+        text = clipped(str(exc), most)
+    except Exception:  # noqa: BLE001 - anything the user's __str__ raises
+        text = "(its message could not be read)"
+    return f"{type(exc).__name__}: {text}".strip(": ")
+
+
 def plain(message: str) -> str:
     """A validation message (pydantic's, or a typer's worded as pydantic does) in the words of every
     other error."""

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import devices
 from .config import CNNModel, FactoryModel, MLPModel, TransformerModel
-from .errors import InputError
+from .errors import InputError, described
 
 
 def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> nn.Module:
@@ -38,6 +39,8 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
     try:
         return target(*args, **built)
     except (Exception, SystemExit) as exc:  # the user's code: any failure is bad input, reported in one line
+        if isinstance(exc, MemoryError) or devices.is_oom(exc):
+            raise  # what it builds does not fit: nothing fits, not bad input
         raise InputError(f"{field}: {spec}(**kwargs) raised {raised(exc)}") from exc
 
 
@@ -47,7 +50,7 @@ def raised(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
     if isinstance(exc, SystemExit):
         return f"SystemExit (sys.exit({exc.code!r}))"
-    return f"{type(exc).__name__}: {exc}"
+    return described(exc)
 
 
 def _import(module_name: str, field: str) -> Any:

@@ -13,7 +13,7 @@ import torch
 from . import devices, parallel
 from .config import Config
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
-from .errors import InputError, debugging
+from .errors import InputError, debugging, described
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model
@@ -317,5 +317,4 @@ def _starved(exc: BaseException) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return devices.clean_error(f"{type(exc).__name__}: {text[0] if text else ''}".strip(": "))
+    return devices.clean_error(described(exc))

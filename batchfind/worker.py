@@ -42,7 +42,7 @@ class Worker:
         self._stderr = tempfile.TemporaryFile()
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
-        if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
+        if not str(setup["config"].get("probe", {}).get("device", "auto")).startswith("cuda"):
             env = steady_allocator(env, fits_only)
         # The child must import this same batchfind, installed or not (and the processes it starts).
         home = str(Path(__file__).parent.parent)

@@ -215,3 +215,37 @@ class NegativeLength(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return torch.zeros(8), 0
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("str fails")
+
+
+def unprintable(**kwargs):
+    """A factory whose exception cannot say what it is."""
+    raise _Unprintable()
+
+
+def long_winded(**kwargs):
+    raise ValueError("x" * 100_000)
+
+
+class Nones(torch.utils.data.Dataset):
+    """Items no batch can be made of."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return None
+
+
+class Mixed(torch.utils.data.Dataset):
+    """Items of two shapes: a dict and a tensor, by turns."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return ({"x": torch.zeros(8)}, 0) if i % 2 else (torch.zeros(8), 0)

@@ -149,6 +149,15 @@ CASES = {
     "module that fails as it is imported": ('model: {name: "fails_on_import:Model"}\n', [],
                                             "model.name: importing 'fails_on_import' raised ZeroDivisionError: "
                                             "division by zero"),
+    "factory whose error has no message": ("model: {name: 'fixtures:unprintable'}\n" + CPU, [],
+                                           "model.name: fixtures:unprintable(**kwargs) raised _Unprintable: "
+                                           "(its message could not be read)"),
+    "factory error of 100,000 characters": ("model: {name: 'fixtures:long_winded'}\n" + CPU, [],
+                                            "raised ValueError: " + "x" * 200),
+    "items that are None": (MLP + "data: {kind: 'fixtures:Nones'}\n" + CPU, [],
+                            "data: items of the Nones dataset do not stack into a batch: TypeError"),
+    "items of two kinds": (MLP + "data: {kind: 'fixtures:Mixed'}\n" + CPU, [],
+                           "data: items of the Mixed dataset do not stack into a batch"),
     "factory that calls sys.exit": ('model: {name: "fixtures:exits"}\n', [],
                                     "model.name: fixtures:exits(**kwargs) raised SystemExit (sys.exit(3))"),
     "dataset whose length fails": (MLP + "data: {kind: 'fixtures:NegativeLength'}\n" + CPU, [],

@@ -182,6 +182,16 @@ def test_setup_failures_map_to_errors(write_config):
         Group(load_config(write_config("model: {name: 'fixtures:not_a_model'}")).model_dump(mode="json"), None, None, 1)
 
 
+def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input(write_config, worker_data_bytes):
+    # 16384 x 16384 float32 weights, 1 GiB, built by a factory in a cap with room for a quarter of it.
+    path = write_config("model: {name: 'torch.nn:Linear', kwargs: {in_features: 16384, out_features: 16384}}\n"
+                        "data: {input_shape: [16384], target_shape: [16384]}\ntrain: {loss: mse}\n"
+                        f"probe: {{device: cpu, memory_limit: {worker_data_bytes + 256 * MiB}}}")
+    result = CliRunner().invoke(app, ["probe", str(path), "--json"])
+    assert result.exit_code == 3 and "nothing fits: even batch 1 failed (oom): setting up" in result.stderr, result.output
+    assert [t["status"] for t in json.loads(result.stdout)["trials"]] == ["oom"]
+
+
 def test_a_model_too_big_for_the_limit_is_nothing_fits_and_still_a_report(write_config, worker_data_bytes, tmp_path):
     # 4 layers of 8192 x 8192 float32 weights: 1 GiB, in a cap with room for a quarter of it.
     cap = worker_data_bytes + 256 * MiB
