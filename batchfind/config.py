@@ -39,7 +39,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse")
 
 
-_EXPONENT = re.compile(r"^\s*[+-]?\d+[eE][+-]?\d+\s*$")
+_EXPONENT = re.compile(r"^\s*([+-]?\d*\.?\d*)[eE]([+-]?)(\d+)\s*$")
 
 
 class _Section(BaseModel):
@@ -61,14 +61,27 @@ class _Section(BaseModel):
             if isinstance(value, bool) or listed:
                 raise ValueError(f"expected {what}, not a boolean (got {value!r})")
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
-                # YAML 1.1 (PyYAML) reads 1e5 as text: a float there needs its dot.
-                # Not where the number written with a dot would be infinity (1e400), refused too.
-                exponent = _EXPONENT.match(value) and math.isfinite(float(value))
-                hint = "; YAML reads a number like 1e5 as text, 1.0e5 as a number" if exponent else ""
+                hint = _exponent_hint(value)
                 raise ValueError(f"expected {what}, not text (got {value!r}{hint})")
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
             raise ValueError(f"expected true or false (got {value!r})")
         return value
+
+
+def _exponent_hint(value: str) -> str:
+    """YAML 1.1 (PyYAML) reads a number with an exponent as text unless it has a dot and a signed
+    exponent (1e5 and 1.0e5 are text, 1.0e+5 a number): how to write this one. Empty where it is no
+    number, or would be infinity (1e400), refused too."""
+    found = _EXPONENT.match(value)
+    try:
+        finite = bool(found) and found.group(1).strip("+-") not in ("", ".") and math.isfinite(float(value))
+    except ValueError:
+        return ""
+    if not finite:
+        return ""
+    mantissa, sign, digits = found.groups()
+    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign or '+'}{digits}"
+    return f"; YAML reads {value.strip()} as text: write {written}"
 
 
 def _types(annotation: Any) -> set:

@@ -87,8 +87,11 @@ CASES = {
     "iterable dataset": (MLP + "data: {kind: 'fixtures:Stream'}\n" + CPU, [],
                          "data.kind: fixtures:Stream returned Stream, expected a map-style torch Dataset (items by index"),
     "integer input beyond int64": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: int64, high: 1e30}}}\n", [],
-                                   "data.inputs.x.high: expected a number, not text (got '1e30'; YAML reads a number "
-                                   "like 1e5 as text, 1.0e5 as a number)"),
+                                   "data.inputs.x.high: expected a number, not text (got '1e30'; YAML reads 1e30 as "
+                                   "text: write 1.0e+30)"),
+    "exponent with a dot but no sign": (MLP + "train: {lr: 1.0e-3, weight_decay: 1.0e5}\n", [],
+                                        "train.weight_decay: expected a number, not text (got '1.0e5'; YAML reads "
+                                        "1.0e5 as text: write 1.0e+5)"),
     "integer input beyond int32": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: int32, high: 3000000000}}}\n",
                                    [], "data.inputs.x: an int32 input's [low, high) must lie within [-2**31, 2**31 - 1)"),
     "target batch beyond any dataset": (MLP + CPU, ["--target-batch", "1" + "0" * 30],
