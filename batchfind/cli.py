@@ -719,7 +719,10 @@ def plot(
 
         _check_output(output, keep=(report_file,))
         _check_image(output, "--output")
-        _draw(load_report(report_file), output, "--output")
+        report = load_report(report_file)
+        if not any(t.fits for t in report.trials):
+            raise InputError(f"{report_file}: no batch size ran in this report: there is nothing to plot")
+        _draw(report, output, "--output")
         typer.echo(f"wrote {output}", err=True)
 
 

@@ -373,7 +373,7 @@ class ProbeConfig(_Section):
 
     device: str = "auto"
     min_batch: PositiveInt = 1
-    max_batch: PositiveInt | None = None
+    max_batch: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     # Search between the last power of two that fits and the first that does not, to the exact size.
     refine: bool = True
     # Refined sizes are multiples of this (8 suits tensor cores).

@@ -237,6 +237,8 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
             plan.append(f"learning rate {rec.lr:.3g}")
         if plan:
             console.print("train with: " + "; ".join(plan))
+    elif rec.reason and any(t.fits for t in report.trials):  # "nothing fits" has a line of its own
+        console.print(f"[bold]no recommended batch[/bold]: {rec.reason}")
     if rec.loader and rec.loader.get("status") == "ok" and rec.loader.get("data_share") is not None:
         ld = rec.loader
         console.print(

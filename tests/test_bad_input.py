@@ -129,6 +129,8 @@ CASES = {
                       "model.kwargs: features: must be a finite number (got nan)"),
     "infinite lr": (MLP + "train: {lr: .inf}\n", [], "train.lr: must be a finite number (got inf)"),
     "nan time budget": (MLP, ["--time-budget", "nan"], "--time-budget: must be a finite number (got nan)"),
+    "max batch past any dataset": (MLP, ["--max-batch", "9" * 23], "--max-batch: must be less than or equal to "
+                                                                   "9007199254740992"),
     "require-on alone": (MLP, ["--require-on", "limit"], "--require-on: says what --require-batch checks; give "
                                                           "--require-batch N too"),
     "output is the config": (MLP, ["-o", "{config}"], "would overwrite"),

@@ -146,6 +146,24 @@ def test_plot_flag_does_not_hide_nothing_fits(write_config, tmp_path):
     assert result.exit_code == 3 and not (tmp_path / "p.png").exists()
 
 
+def test_a_probe_with_no_finite_loss_says_why_nothing_is_recommended(write_config, tmp_path):
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {how: nan, at: 1}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\n"
+        "probe: {device: cpu, steps: 1, warmup_steps: 0, max_batch: 2, min_time_s: 0, max_time_s: 0}\n"
+    )
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["probe", str(path), "-o", str(out)])
+    assert result.exit_code == 0 and "no recommended batch: no batch size ran with a finite loss" in result.stdout
+    # A report where nothing ran is no plot, and the message names the report.
+    report = json.loads(out.read_text())
+    report["trials"] = [dict(t, status="oom") for t in report["trials"]]
+    none_ran = write(tmp_path / "none.json", report)
+    result = runner.invoke(app, ["plot", none_ran, "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"error: {none_ran}: no batch size ran in this report: there is nothing to plot"), result.stderr
+
+
 def test_validate_with_a_non_finite_loss_says_so(write_config):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {how: nan, at: 1}}\n"
