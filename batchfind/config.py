@@ -603,7 +603,9 @@ def _parse_yaml(path: Path, text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
+        # JSON is YAML too, and read as YAML; a .json file's errors still name what it is.
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise InputError(f"{path}: invalid {kind}{where}: {problem}") from None
 
 
 _TAGS = {*BUILTIN_MODELS, "factory"}

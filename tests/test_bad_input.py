@@ -21,6 +21,7 @@ CASES = {
     "malformed yaml": ("model: [1, 2\n", [], "invalid YAML at line 2"),
     "malformed toml": ("[model\nname = 'mlp'\n", [], "config.toml: invalid TOML"),
     "toml wrong type": ("[model]\nname = 'mlp'\nhidden = 'wide'\n", [], "config.toml: model.hidden: expected a number, not text (got 'wide')"),
+    "malformed JSON": ('{"model": {"name": "mlp"}\n', [], "invalid JSON at line 2"),
     "yaml tab indent": ("model:\n\t name: mlp\n", [], "invalid YAML"),
     "empty file": ("", [], "empty config, expected at least a `model` section"),
     "top level list": ("- model\n", [], "expected a mapping of sections at the top level (got list)"),
@@ -177,7 +178,7 @@ def test_bad_input(name, tmp_path):
     if "cuda" in name and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     text, args, expected = CASES[name]
-    config = tmp_path / ("config.toml" if "toml" in name else "config.yaml")
+    config = tmp_path / ("config.toml" if "toml" in name else "config.json" if "JSON" in name else "config.yaml")
     config.write_text(text)
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 8), dtype="float32"))
     torch.save({"inputs": torch.zeros(4, 8), "targets": argparse.Namespace()}, tmp_path / "objects.pt")
