@@ -3,7 +3,7 @@
 The parent speaks JSON lines with a child running `_serve`: one setup request (the config, and
 the child's rank in a distributed probe), then one request per batch size; the child answers on its
 original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
-keeps for error messages. While a trial runs the child also sends `progress` events, one per step.
+keeps for error messages (under --debug, passes on as it comes). While a trial runs the child also sends `progress` events, one per step.
 A standby child (`"standby": true`) builds the model and then waits for a `start` request before it
 touches the device. Waiting, timeouts and stopping hung children are the group's job (`group.py`),
 which may wait on several children at once.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .devices import looks_like_oom
+from .errors import debugging
 
 
 class SetupFailed(Exception):
@@ -39,7 +40,9 @@ class Worker:
     def __init__(self, setup: dict[str, Any], fits_only: bool = False):
         """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator is
         set for that: `steady_allocator`)."""
-        self._stderr = tempfile.TemporaryFile()
+        # What the user's code prints is kept for the error of a worker that dies, and shown as it
+        # comes under --debug.
+        self._stderr = None if debugging() else tempfile.TemporaryFile()
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"].get("probe", {}).get("device", "auto")).startswith("cuda"):
@@ -125,7 +128,7 @@ class Worker:
                     pass
             self._kill()
         finally:
-            for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
+            for stream in filter(None, (self._proc.stdin, self._proc.stdout, self._stderr)):
                 try:
                     stream.close()
                 except OSError:
@@ -146,6 +149,8 @@ class Worker:
         return {"status": status, "error": f"worker exited with code {code}" + (f": {tail}" if tail else "")}
 
     def _stderr_tail(self, lines: int = 3) -> str:
+        if self._stderr is None:  # shown already
+            return ""
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])

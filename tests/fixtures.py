@@ -249,3 +249,9 @@ class Mixed(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return ({"x": torch.zeros(8)}, 0) if i % 2 else (torch.zeros(8), 0)
+
+
+def chatty(**kwargs):
+    """A factory that prints, as code being debugged does."""
+    print("hello from the model factory")
+    return Trap(**kwargs)

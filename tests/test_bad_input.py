@@ -2,7 +2,10 @@
 expected, exit code 2, and no traceback."""
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,6 +205,18 @@ def test_bad_input(name, tmp_path):
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 30
+
+
+def test_what_the_users_code_prints_shows_under_debug_and_never_on_stdout(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: 'fixtures:chatty'}\ndata: {input_shape: [8], num_classes: 4, size: 64}\n"
+                      "probe: {device: cpu, warmup_steps: 0, steps: 1, max_batch: 2, min_time_s: 0, max_time_s: 0}\n")
+    for debug, shown in (([], False), (["--debug"], True)):
+        run = subprocess.run([sys.executable, "-m", "batchfind", "probe", str(config), "--json", "-q", *debug],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        json.loads(run.stdout)  # the JSON alone
+        assert ("hello from the model factory" in run.stderr) is shown, run.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
