@@ -592,7 +592,7 @@ class SetUpGroup:
 
     def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
                  fits_only=False):
-        self.standby, self.closed, self.probe = standby, False, dict(raw["probe"])
+        self.standby, self.closed, self.probe = standby, False, dict(raw.get("probe", {}))
         self.started.append(self)
         self.ready = {"learned": None, "device": self.device, "memory_limit_bytes": self.limit}
 
@@ -676,7 +676,7 @@ def test_every_later_worker_takes_the_first_workers_default_cpu_cap(monkeypatch)
         prober.trial(80, "fit", fresh=True)  # on the first standby, the next starting beside it
         prober.trial(81, "fit", fresh=True)  # on that one, the next beside it
         prober.shutdown()
-        return [g.probe["memory_limit"] for g in started]
+        return [g.probe.get("memory_limit") for g in started]  # absent: never set, the default
 
     assert limits({"model": {"name": "mlp"}}) == [None, None, 3 << 30, 3 << 30]
     assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}) == [2 << 30] * 4
