@@ -71,6 +71,8 @@ class Prober:
         # default as well, so that a worker's config tells the same fields apart as set (a factory
         # optimizer gets `lr` only where it was given).
         self.worker_config = config.model_dump(mode="json", exclude_unset=True)
+        # A worker reads its device before the config is validated (`Worker`).
+        self.worker_config.setdefault("probe", {})["device"] = config.probe.device
         timeout = config.probe.trial_timeout_s
         # Other drivers may spend a worker's start or a whole trial, then stop their workers, before
         # they answer.
@@ -101,8 +103,7 @@ class Prober:
             # a standby starting beside a check near the edge, it would leave out what that check
             # holds. Every later worker takes the first one's.
             cap = self.group.ready["memory_limit_bytes"]
-            self.worker_config = {**self.worker_config, "probe": {**self.worker_config.get("probe", {}),
-                                                                  "memory_limit": cap}}
+            self.worker_config = {**self.worker_config, "probe": {**self.worker_config["probe"], "memory_limit": cap}}
         if self.standby is not None and not self.standby.standing_by():
             # It failed where the first worker did not: a brand-new process started when one is
             # needed will say why.

@@ -3,10 +3,10 @@
 The parent speaks JSON lines with a child running `_serve`: one setup request (the config, and
 the child's rank in a distributed probe), then one request per batch size; the child answers on its
 original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
-keeps for error messages (under --debug, passes on as it comes). While a trial runs the child also sends `progress` events, one per step.
-A standby child (`"standby": true`) builds the model and then waits for a `start` request before it
-touches the device. Waiting, timeouts and stopping hung children are the group's job (`group.py`),
-which may wait on several children at once.
+keeps for error messages (under --debug, passes on as it comes). While a trial runs the child also
+sends `progress` events, one per step. A standby child (`"standby": true`) builds the model and then
+waits for a `start` request before it touches the device. Waiting, timeouts and stopping hung
+children are the group's job (`group.py`), which may wait on several children at once.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Worker:
         self._stderr = None if debugging() else tempfile.TemporaryFile()
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
-        if not str(setup["config"].get("probe", {}).get("device", "auto")).startswith("cuda"):
+        if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
             env = steady_allocator(env, fits_only)
         # The child must import this same batchfind, installed or not (and the processes it starts).
         home = str(Path(__file__).parent.parent)
