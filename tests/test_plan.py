@@ -592,7 +592,7 @@ class SetUpGroup:
 
     def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
                  fits_only=False):
-        self.standby, self.closed, self.probe = standby, False, dict(raw.get("probe", {}))
+        self.standby, self.closed, self.probe = standby, False, dict(raw["probe"])
         self.started.append(self)
         self.ready = {"learned": None, "device": self.device, "memory_limit_bytes": self.limit}
 
