@@ -327,11 +327,6 @@ def synthetic_spec(cfg: Config) -> SampleSpec | dict[str, InputSpec]:
     )
 
 
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def load_tensors(path: Path) -> TensorDataset:
     """A .pt file holding {inputs, targets} or (inputs, targets), or an .npz with those arrays."""
     _must_be_file(path)
@@ -360,7 +355,7 @@ def load_tensors(path: Path) -> TensorDataset:
         raise InputError(f"data.path: cannot load {path}: it holds {what}; only tensors, numbers and plain "
                          "containers are loaded (weights_only=True)") from None
     except Exception as exc:
-        raise InputError(f"data.path: cannot load {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise InputError(f"data.path: cannot load {path}: {described(exc)}") from None
     if isinstance(loaded, dict):
         missing = {"inputs", "targets"} - loaded.keys()
         if missing:
