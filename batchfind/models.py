@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,11 @@ def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> n
     return model
 
 
+# Told what user code is about to run, and None when it has returned: a worker passes it on to its
+# parent, so a crash that leaves no exception behind (a segfault, os._exit) can still be named.
+announce: Callable[[str | None], None] = lambda running: None
+
+
 def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwargs_field: str | None = None) -> Any:
     """Import `package.module:attr` and call it with `args` and `kwargs`, whose `_target_` mappings
     are built first; failures name the config field (`kwargs_field`: default the section's kwargs)."""
@@ -36,12 +41,15 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
         raise InputError(f"{field}: {spec} is not callable")
     kwargs_field = kwargs_field or field.rsplit(".", 1)[0] + ".kwargs"
     built = {key: instantiate(value, f"{kwargs_field}.{key}") for key, value in kwargs.items()}
+    announce(f"{field}: {spec}(**kwargs)")
     try:
         return target(*args, **built)
-    except (Exception, SystemExit) as exc:  # the user's code: any failure is bad input, reported in one line
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the user's code: any failure is bad input
         if isinstance(exc, MemoryError) or devices.is_oom(exc):
             raise  # what it builds does not fit: nothing fits, not bad input
         raise InputError(f"{field}: {spec}(**kwargs) raised {raised(exc)}") from exc
+    finally:
+        announce(None)
 
 
 def raised(exc: BaseException) -> str:
@@ -55,12 +63,15 @@ def raised(exc: BaseException) -> str:
 
 def _import(module_name: str, field: str) -> Any:
     """The module; a module that is there but fails as it is imported is bad input naming `field`."""
+    announce(f"{field}: importing {module_name!r}")
     try:
         return importlib.import_module(module_name)
     except ImportError:
         raise
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         raise InputError(f"{field}: importing {module_name!r} raised {raised(exc)}") from exc
+    finally:
+        announce(None)
 
 
 def resolve(spec: str, field: str) -> Any:

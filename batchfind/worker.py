@@ -62,6 +62,7 @@ class Worker:
             preexec_fn=_die_with_parent,
         )
         self._buffer = b""
+        self._user_code: str | None = None  # what of the user's the child runs now, if it said
         self.send(setup)
 
     def fileno(self) -> int:
@@ -92,7 +93,11 @@ class Worker:
         if not chunk:
             return [self._ended()]
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        return [json.loads(line) for line in lines]
+        messages = [json.loads(line) for line in lines]
+        for message in messages:
+            if message.get("event") == "user code":
+                self._user_code = message["running"]
+        return [m for m in messages if m.get("event") != "user code"]
 
     def stop(self, status: str, error: str) -> dict[str, Any]:
         """Kill the child now (hung, or waiting on a rank that failed); returns that as its reply,
@@ -143,10 +148,13 @@ class Worker:
             except ValueError:
                 name = f"signal {-code}"
             # SIGKILL from outside is almost always the kernel's OOM killer; other signals are crashes.
-            status = "killed" if -code == signal.SIGKILL else "error"
-            return {"status": status, "error": f"worker killed by {name}" + (f": {tail}" if tail else "")}
-        status = "oom" if looks_like_oom(tail) else "error"
-        return {"status": status, "error": f"worker exited with code {code}" + (f": {tail}" if tail else "")}
+            status, how = ("killed" if -code == signal.SIGKILL else "error"), f"killed by {name}"
+        else:
+            status, how = ("oom" if looks_like_oom(tail) else "error"), f"exited with code {code}"
+        if status == "error" and self._user_code:
+            # The user's factory took the worker down: a model or data that cannot be built.
+            return {"status": "input", "error": f"{self._user_code} ended the worker ({how})" + (f": {tail}" if tail else "")}
+        return {"status": status, "error": f"worker {how}" + (f": {tail}" if tail else "")}
 
     def _stderr_tail(self, lines: int = 3) -> str:
         if self._stderr is None:  # shown already
@@ -224,7 +232,10 @@ def _serve() -> None:
         protocol.write(json.dumps(message) + "\n")
 
     request = json.loads(sys.stdin.readline())
+    from . import models
     from .session import Session, setup_failure
+
+    models.announce = lambda running: send({"event": "user code", "running": running})
 
     try:
         session = Session(request["config"], request.get("rank"), request.get("learned"))

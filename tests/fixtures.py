@@ -56,6 +56,15 @@ def raises(**kwargs):
     raise ValueError("factory is broken")
 
 
+def crashes(how: str = "segv"):
+    """A factory that takes its process down with it, leaving no exception behind."""
+    if how == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if how == "exit":
+        os._exit(7)
+    raise KeyboardInterrupt  # raised by the code itself: a worker ignores Ctrl-C
+
+
 def broken_on_rank(rank: int = 1):
     """Builds a Trap on every rank but `rank` (a missing file on one node, say)."""
     if torch.distributed.get_rank() == rank:

@@ -80,6 +80,14 @@ CASES = {
                                   "model.name: module 'fixtures' has no attribute 'nothing_here'"),
     "factory raises": ("model: {name: 'fixtures:raises'}\n" + CPU, [],
                        "model.name: fixtures:raises(**kwargs) raised ValueError: factory is broken"),
+    "factory crashes": ("model: {name: 'fixtures:crashes'}\n" + CPU, [],
+                        "model.name: fixtures:crashes(**kwargs) ended the worker (killed by SIGSEGV)"),
+    "factory exits": ("model: {name: 'fixtures:crashes', kwargs: {how: exit}}\n" + CPU, [],
+                      "model.name: fixtures:crashes(**kwargs) ended the worker (exited with code 7)"),
+    "factory interrupts": ("model: {name: 'fixtures:crashes', kwargs: {how: interrupt}}\n" + CPU, [],
+                           "model.name: fixtures:crashes(**kwargs) raised KeyboardInterrupt"),
+    "dataset factory crashes": (MLP + "data: {kind: 'fixtures:crashes'}\n" + CPU, [],
+                                "data.kind: fixtures:crashes(**kwargs) ended the worker (killed by SIGSEGV)"),
     "factory returns no model": ("model: {name: 'fixtures:not_a_model'}\n" + CPU, [],
                                  "model.name: fixtures:not_a_model returned int, expected a torch.nn.Module"),
     "model without parameters": ("model: {name: 'fixtures:no_parameters'}\ndata: {input_shape: [8], num_classes: 8}\n"
@@ -201,6 +209,17 @@ def test_bad_input(name, tmp_path):
         # It names the file (errors found while building the model and data too), or the option typed.
         assert str(config) in lines[0] or any(a.startswith("-") and a in lines[0] for a in args), lines[0]
         assert len(lines[0]) < 500  # what it echoes is cut short
+
+
+def test_a_module_that_crashes_as_it_is_imported_is_named(tmp_path, monkeypatch):
+    (tmp_path / "crashes_on_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(MLP + "train: {loss: 'crashes_on_import:loss'}\n" + CPU)
+    monkeypatch.chdir(tmp_path)  # the working directory's modules import, as for the user
+    result = runner.invoke(app, ["probe", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: {config}: train.loss: importing 'crashes_on_import' ended the worker "
+                                     "(killed by SIGSEGV)")
 
 
 def test_corpus_is_large_enough():
