@@ -512,12 +512,17 @@ def probe(
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
             _draw(report, plot_file, "--plot", source=config.name)
-        if code == 3:
+        if report.limit.batch_size is None and code in (1, 3):  # the line that says why, under --quiet too
             from rich.markup import escape
 
             first = report.trials[0]
-            console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status}): "
-                          f"{escape(clipped(first.error or 'no message', 600))}")
+            said = escape(clipped(first.error or 'no message', 600))
+            if code == 1:
+                console.print(f"[red]error:[/red] even batch {first.batch_size} failed ({first.status}): {said}")
+            else:
+                slow = "; if its steps are only slow, raise probe.trial_timeout_s" if first.status == "timeout" else ""
+                console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status}): "
+                              f"{said}{slow}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")

@@ -90,6 +90,22 @@ def test_nothing_fits_exits_3(write_config):
     assert "nothing fits" in result.stderr
 
 
+@pytest.mark.parametrize("how, code, line", [
+    ("error", 1, "error: even batch 4 failed (error): in forward: ValueError: a bug in the model"),
+    ("hang", 3, "nothing fits: even batch 4 failed (timeout): no result within 2 s; worker stopped; if its steps are only slow, "
+                "raise probe.trial_timeout_s"),
+])
+def test_quiet_still_says_why_the_smallest_batch_failed(write_config, how, code, line):
+    # The timeout bounds only the hung step: the worker's start has its own bound.
+    path = write_config(
+        f"model: {{name: 'fixtures:Trap', kwargs: {{at: 4, how: {how}}}}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, trial_timeout_s: 2}\n"
+    )
+    result = runner.invoke(app, ["probe", str(path), "--quiet", "--min-batch", "4"])
+    assert result.exit_code == code
+    assert result.stdout == "" and result.stderr.strip() == line
+
+
 def test_check_exit_codes(write_config):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"
