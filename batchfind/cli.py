@@ -73,7 +73,8 @@ def _path(text: str) -> Path:
 ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False,
                                             parser=_path)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
-Steps = Annotated[Optional[int], typer.Option(help="Measured steps per batch size.", show_default=False)]
+Steps = Annotated[Optional[int], typer.Option(help="Least number of measured steps in a throughput trial.",
+                                              show_default=False)]
 Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measuring.", show_default=False)]
 FitSteps = Annotated[Optional[int], typer.Option(help="Steps of a fit check (at least 2).", show_default=False)]
 MemoryLimit = Annotated[

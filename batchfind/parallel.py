@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import InputError
+
 
 def join(rank: dict[str, Any], device: torch.device, timeout_s: float) -> str:
     """Join this set of workers' process group (nccl on GPU, gloo on CPU); returns the backend."""
@@ -38,14 +40,27 @@ def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
 
         return DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
+    fully_shard = _fully_shard()
     # The probe's device, not whichever accelerator the machine has.
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in repeated_blocks(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def _fully_shard() -> Any:
+    """FSDP2's `fully_shard`: public from torch 2.6, under `_composable` in 2.4 and 2.5, absent before."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            raise InputError(f"probe.strategy: fsdp needs torch 2.4 or later (this is {torch.__version__}); "
+                             "ddp works with this one") from None
+    return fully_shard
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:

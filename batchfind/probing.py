@@ -469,7 +469,10 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
     if size is None:
         return extras
     if facts["data"] != "synthetic":
-        extras["loader"] = prober.ask({"op": "loader", "batch_size": size})
+        reply = prober.ask({"op": "loader", "batch_size": size})
+        # The request's own wall time is no part of the timing it reports.
+        extras["loader"] = ({k: v for k, v in reply.items() if k != "wall_s"} if reply.get("status") == "ok"
+                            else {"status": reply.get("status"), "error": reply.get("error")})
     if config.recommend.noise_scale:
         # Two sizes at least 2 apart are needed; BatchNorm needs 2 samples in a batch.
         big = min(max(size, 4), limit_size or size)
@@ -723,9 +726,12 @@ def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
 
 
 def _unused_warnings(config: Config, facts: dict) -> list[str]:
-    """Settings given that nothing used: optimizer settings for a model that builds its own
-    optimizers, and a learning-rate rule with no batch the rate was tuned for."""
+    """Settings given that nothing used: a size for data that has its own, optimizer settings for a
+    model that builds its own optimizers, and a learning-rate rule with no batch the rate was tuned for."""
     warnings = []
+    if "size" in config.data.model_fields_set and config.data.kind != "synthetic":
+        warnings.append(f"data.size: not used; the {config.data.kind} data's own length ({facts['dataset_len']}) "
+                        "sets the steps per epoch")
     unused = sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs"} & config.train.model_fields_set)
     if facts.get("own_optimizers") and unused:
         warnings.append(f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's "

@@ -238,6 +238,19 @@ def test_what_the_users_code_prints_shows_under_debug_and_never_on_stdout(tmp_pa
         assert ("hello from the model factory" in run.stderr) is shown, run.stderr
 
 
+def test_debug_shows_the_traceback_of_a_failed_trial(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: 'fixtures:Trap', kwargs: {at: 4, how: error}}\n"
+                      "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu}\n")
+    for debug, shown in (([], False), (["--debug"], True)):
+        run = subprocess.run([sys.executable, "-m", "batchfind", "check", str(config), "--batch", "8", *debug],
+                             capture_output=True, text=True)
+        assert run.returncode == 1, run.stderr
+        assert run.stdout.strip() == "batch 8: error — in forward: ValueError: a bug in the model"
+        assert ("Traceback (most recent call last)" in run.stderr) is shown, run.stderr
+        assert ('tests/fixtures.py", line' in run.stderr and "in forward" in run.stderr) is shown, run.stderr
+
+
 def test_debug_shows_the_traceback(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("model: {name: mlp, width: 3}\n")

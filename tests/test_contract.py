@@ -338,6 +338,14 @@ def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_conf
     assert runner.invoke(app, ["validate", str(path)]).stderr == ""
 
 
+def test_validate_warns_of_a_size_for_data_that_has_its_own(write_config):
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\n"
+                        "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}, size: 1000}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and result.stderr.strip() == (
+        "warning: data.size: not used; the fixtures:Pairs data's own length (10) sets the steps per epoch"), result.stderr
+
+
 def test_validate_says_nothing_of_probing(write_config):
     # One process on a CPU is what `validate` always runs: a strategy for several ranks is not
     # "unused", as a probe of one process would say.

@@ -14,7 +14,7 @@ from batchfind.errors import InputError
 from batchfind.distributed import Agreement, AgreementLost, Topology
 from batchfind.group import _first_failure, merge_trial
 from batchfind.models import build_model
-from batchfind.parallel import repeated_blocks
+from batchfind.parallel import _fully_shard, repeated_blocks
 from batchfind.probing import probe
 from batchfind.report import Report
 
@@ -40,6 +40,16 @@ def ok(rank, median, peak, **more):
 
 
 # ---- merging the ranks' replies (pure) ----------------------------------------------------
+
+
+def test_fsdp_is_found_where_each_torch_keeps_it(monkeypatch):
+    from torch.distributed._composable.fsdp import fully_shard
+
+    monkeypatch.setitem(sys.modules, "torch.distributed.fsdp", None)  # torch 2.4 and 2.5 have no public path
+    assert _fully_shard() is fully_shard
+    monkeypatch.setitem(sys.modules, "torch.distributed._composable.fsdp", None)  # before 2.4: none at all
+    with pytest.raises(InputError, match=r"^probe.strategy: fsdp needs torch 2.4 or later \(this is .+\); ddp works"):
+        _fully_shard()
 
 
 def test_a_trial_across_ranks_is_the_worst_rank_and_the_slowest_step():

@@ -13,7 +13,7 @@ from batchfind.cli import app
 from batchfind.config import load_config
 from batchfind.errors import InputError
 from batchfind.probing import check, probe
-from batchfind.report import json_schema
+from batchfind.report import LoaderTiming, NoiseScaleEstimate, json_schema
 from batchfind.group import Group
 from batchfind.worker import SetupFailed
 
@@ -305,6 +305,8 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     assert scale["b_simple"] is None or scale["b_simple"] > 0
     assert math.isfinite(scale["grad_sq"]) and math.isfinite(scale["trace_cov"])
     jsonschema.validate(json.loads(report.to_json()), json_schema())  # the two shapes, field by field
+    # and no key the schema does not name
+    assert set(loader) == set(LoaderTiming.__annotations__) and set(scale) == set(NoiseScaleEstimate.__annotations__)
 
 
 def test_a_model_that_cannot_train_on_one_sample_is_probed_from_two(write_config):
