@@ -168,7 +168,13 @@ class Batches:
             return
         # An item is as long as its longest varying field (a fixed-size field says nothing of it).
         sizes = [max(f[i] for i in varying) for f in fields]
-        self.order = sorted(range(scanned), key=lambda i: -sizes[i])
+        # A batch pads each field to its own longest item, and fields need not grow together (an
+        # encoder-decoder's long inputs with short labels and short inputs with long labels): each
+        # field's longest item comes first, so from that many items on every batch meets each
+        # field's worst case at once; then the rest, longest first.
+        firsts = {max(range(scanned), key=lambda i: fields[i][column]) for column in varying}
+        self.order = sorted(firsts, key=lambda i: -sizes[i]) + sorted(
+            (i for i in range(scanned) if i not in firsts), key=lambda i: -sizes[i])
         self.lengths = {"longest": max(sizes), "shortest": min(sizes), "scanned": scanned, "total": self.length}
 
     def _synthetic(self, size: int) -> Any:

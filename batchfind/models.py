@@ -25,6 +25,10 @@ def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> n
     model = call_factory(cfg.name, cfg.kwargs, "model.name")
     if not isinstance(model, nn.Module):
         raise InputError(f"model.name: {cfg.name} returned {type(model).__name__}, expected a torch.nn.Module")
+    if is_lightning(model):
+        # Where Lightning builds layers, before it asks for optimizers: setup, then configure_model.
+        run_user_code(f"model.name: {cfg.name}'s setup('fit')", model.setup, "fit")
+        run_user_code(f"model.name: {cfg.name}'s configure_model()", model.configure_model)
     return model
 
 
@@ -41,15 +45,29 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
         raise InputError(f"{field}: {spec} is not callable")
     kwargs_field = kwargs_field or field.rsplit(".", 1)[0] + ".kwargs"
     built = {key: instantiate(value, f"{kwargs_field}.{key}") for key, value in kwargs.items()}
-    announce(f"{field}: {spec}(**kwargs)")
+    return run_user_code(f"{field}: {spec}(**kwargs)", target, *args, **built)
+
+
+# Lightning's words for a hook that reads `self.trainer`, which a probe does not run.
+NEEDS_TRAINER = "attached to a `Trainer`"
+
+
+def run_user_code(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, the user's code: any failure but running out of memory is bad input
+    naming `what`."""
+    announce(what)
     try:
-        return target(*args, **built)
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the user's code: any failure is bad input
+        return fn(*args, **kwargs)
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         if isinstance(exc, MemoryError) or devices.is_oom(exc):
             raise  # what it builds does not fit: nothing fits, not bad input
-        raise InputError(f"{field}: {spec}(**kwargs) raised {raised(exc)}") from exc
+        raise InputError(f"{what} raised {raised(exc)}{trainer_hint(exc)}") from exc
     finally:
         announce(None)
+
+
+def trainer_hint(exc: BaseException) -> str:
+    return "; a probe runs no Trainer: describe the step with train.step" if NEEDS_TRAINER in described(exc) else ""
 
 
 def raised(exc: BaseException) -> str:

@@ -8,6 +8,8 @@ default one (any nn.Module), a LightningModule's own, or the user's `train.step`
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -17,8 +19,8 @@ from torch import nn
 
 from . import devices
 from .config import OPTIMIZERS, TrainConfig
-from .errors import InputError, clipped
-from .models import call_factory, is_lightning, resolve
+from .errors import InputError, clipped, described
+from .models import NEEDS_TRAINER, call_factory, is_lightning, resolve, run_user_code, trainer_hint
 
 
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -281,7 +283,8 @@ class LightningStep(Step):
             raise InputError(
                 "model.name: this LightningModule optimizes manually, which needs a Trainer; probe it with train.step"
             )
-        optimizers = _lightning_optimizers(self.model.configure_optimizers())
+        optimizers = _lightning_optimizers(run_user_code("model.name: the LightningModule's configure_optimizers()",
+                                                         self.model.configure_optimizers))
         if len(optimizers) > 1:
             # Lightning itself refuses them under automatic optimization: the step would be a guess.
             raise InputError(f"model.name: configure_optimizers returned {len(optimizers)} optimizers; Lightning steps "
@@ -289,8 +292,24 @@ class LightningStep(Step):
                              "train.step")
         return optimizers
 
+    @functools.cached_property
+    def _index(self) -> tuple[int, ...]:
+        """`batch_idx`, where training_step takes one: Lightning passes it only then."""
+        try:
+            params = inspect.signature(self.model.training_step).parameters.values()
+        except (TypeError, ValueError):
+            return (0,)
+        takes = len(params) >= 2 or any(p.name == "batch_idx" or p.kind is p.VAR_POSITIONAL for p in params)
+        return (0,) if takes else ()
+
     def loss(self, batch: Any) -> torch.Tensor:
-        out = self.model.training_step(batch, 0)
+        try:
+            out = self.model.training_step(batch, *self._index)
+        except RuntimeError as exc:
+            if NEEDS_TRAINER not in described(exc):
+                raise  # a failure at this size, the trial's to report
+            raise InputError(f"model.name: the LightningModule's training_step raised {described(exc)}"
+                             f"{trainer_hint(exc)}") from exc
         return scalar(out.get("loss") if isinstance(out, Mapping) else out, "the LightningModule's training_step")
 
     def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:

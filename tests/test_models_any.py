@@ -4,6 +4,7 @@ own, a LightningModule; and the errors when a model and its data do not go toget
 
 import collections
 import math
+import re
 import json
 from pathlib import Path
 
@@ -185,6 +186,24 @@ def test_an_item_is_as_long_as_its_longest_varying_field():
     batches = Batches(Tagged(), None, 10, CPU)
     assert batches.lengths == {"longest": 12, "shortest": 3, "scanned": 10, "total": 10}
     assert batches.batch(2)[0]["ids"].shape == (2, 12)
+
+
+def test_a_batch_meets_every_fields_longest_when_the_fields_do_not_grow_together():
+    class Summaries(torch.utils.data.Dataset):
+        # Long articles with short summaries, and short ones with long summaries (an encoder-decoder's).
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            long_input = i < 8
+            return {"input_ids": [1] * (200 - i if long_input else 20), "labels": [2] * (10 if long_input else 150 - i)}
+
+    batches = Batches(Summaries(), None, 10, CPU)
+    assert batches.lengths == {"longest": 200, "shortest": 141, "scanned": 10, "total": 10}
+    one = batches.batch(1)
+    assert one["input_ids"].shape == (1, 200) and one["labels"].shape == (1, 10)  # the longest item alone
+    two = batches.batch(2)
+    assert two["input_ids"].shape == (2, 200) and two["labels"].shape == (2, 142)
 
 
 def test_a_model_given_its_labels_may_return_the_loss_as_a_bare_scalar(built):
@@ -371,6 +390,27 @@ def test_a_lightning_module_trains_with_its_own_step_and_optimizers(built):
     calls = model.training_steps
     trains(step, batches.batch(8), model)
     assert model.training_steps == calls + 1
+
+
+@pytest.mark.parametrize("kwargs", ["{built_in: setup}", "{built_in: configure_model}", "{batch_idx: false}"])
+def test_a_lightning_module_trains_as_lightning_would_call_it(built, kwargs):
+    pytest.importorskip("lightning")
+    cfg, model, batches = built(MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4",
+                                                  f"'zoo:lightning_classifier', kwargs: {kwargs}"))
+    check_fit(model, batches, cfg, CPU)
+    trains(make_step(model, cfg.train, CPU), batches.batch(8), model)
+
+
+@pytest.mark.parametrize("hook", ["configure_optimizers", "training_step"])
+def test_a_lightning_hook_that_reads_its_trainer_is_named(built, hook):
+    pytest.importorskip("lightning")
+    cfg, model, batches = built(MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4",
+                                                  f"'zoo:lightning_classifier', kwargs: {{reads_trainer: {hook}}}"))
+    called = "configure_optimizers()" if hook == "configure_optimizers" else hook
+    with pytest.raises(InputError, match=rf"^model.name: the LightningModule's {re.escape(called)} raised RuntimeError: "
+                                         r".*Classifier is not attached to a `Trainer`.; a probe runs no Trainer: "
+                                         r"describe the step with train.step$"):
+        check_fit(model, batches, cfg, CPU)
 
 
 def test_a_lightning_module_with_two_optimizers_is_refused_as_lightning_refuses_it(built):

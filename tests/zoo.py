@@ -90,18 +90,37 @@ def forgets_the_loss(model, batch, optimizer):
     clipped_step(model, batch, optimizer)
 
 
-def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, optimizers: int = 1):
+def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, optimizers: int = 1,
+                         built_in: str = "__init__", batch_idx: bool = True, reads_trainer: str | None = None):
     """A LightningModule (defined here so this file imports without Lightning); with `optimizers`
-    above 1, its configure_optimizers returns that many."""
+    above 1, its configure_optimizers returns that many. Its layers are made in `built_in`
+    (`__init__`, `setup` or `configure_model`, as Lightning allows); without `batch_idx` its
+    training_step takes the batch alone; `reads_trainer` names a hook that reads `self.trainer`."""
     import lightning as L
 
     class Classifier(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+            self.net = None
+            if built_in == "__init__":
+                self._build()
             self.training_steps = 0
 
-        def training_step(self, batch, batch_idx):
+        def _build(self):
+            if self.net is None:
+                self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+
+        def setup(self, stage):
+            if built_in == "setup":
+                self._build()
+
+        def configure_model(self):
+            if built_in == "configure_model":
+                self._build()
+
+        def _loss(self, batch):
+            if reads_trainer == "training_step":
+                self.trainer.global_step
             self.training_steps += 1
             x, y = batch
             loss = F.cross_entropy(self.net(x), y)
@@ -112,6 +131,11 @@ def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, 
             optimizer = torch.optim.Adam(self.parameters(), lr=lr)
             if optimizers > 1:
                 return [optimizer] + [torch.optim.SGD(self.parameters(), lr=lr) for _ in range(optimizers - 1)]
-            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 10)}
+            steps = self.trainer.estimated_stepping_batches if reads_trainer == "configure_optimizers" else 10
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, steps)}
 
+    if batch_idx:
+        Classifier.training_step = lambda self, batch, batch_idx: self._loss(batch)
+    else:
+        Classifier.training_step = lambda self, batch: self._loss(batch)
     return Classifier()
