@@ -517,13 +517,9 @@ def probe(
             from rich.markup import escape
 
             first = report.trials[0]
-            said = escape(clipped(first.error or 'no message', 600))
-            if code == 1:
-                console.print(f"[red]error:[/red] even batch {first.batch_size} failed ({first.status}): {said}")
-            else:
-                slow = "; if its steps are only slow, raise probe.trial_timeout_s" if first.status == "timeout" else ""
-                console.print(f"[red]nothing fits:[/red] even batch {first.batch_size} failed ({first.status}): "
-                              f"{said}{slow}")
+            slow = "; if its steps are only slow, raise probe.trial_timeout_s" if first.status == "timeout" else ""
+            console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] even batch {first.batch_size} "
+                          f"failed ({first.status}): {escape(clipped(first.error or 'no message', 600))}{slow}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")

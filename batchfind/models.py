@@ -49,7 +49,7 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
 
 
 # Lightning's words for a hook that reads `self.trainer`, which a probe does not run.
-NEEDS_TRAINER = "attached to a `Trainer`"
+_NEEDS_TRAINER = "attached to a `Trainer`"
 
 
 def run_user_code(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -67,7 +67,7 @@ def run_user_code(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) 
 
 
 def trainer_hint(exc: BaseException) -> str:
-    return "; a probe runs no Trainer: describe the step with train.step" if NEEDS_TRAINER in described(exc) else ""
+    return "; a probe runs no Trainer: describe the step with train.step" if _NEEDS_TRAINER in described(exc) else ""
 
 
 def raised(exc: BaseException) -> str:

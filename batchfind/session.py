@@ -125,12 +125,12 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
             where = f"in {self.step.stage}: " if self.step.stage else ""
             result = {"status": "error", "error": where + one_line(exc)}
-            if debugging() and not devices.is_oom(exc):
-                traceback.print_exc()  # to stderr, which under debugging is the user's, above the error line
             if devices.is_oom(exc):
                 # How far memory got before it ran out teaches the memory model where the ceiling is.
                 result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],
                               capped_peak_bytes=self.meter.read(), failed_alloc_bytes=failed_allocation(str(exc)))
+            elif debugging():
+                traceback.print_exc()  # to stderr, which under debugging is the user's, above the error line
         devices.release(self.device)
         result["wall_s"] = time.perf_counter() - start
         if op == "trial":

@@ -20,7 +20,7 @@ from torch import nn
 from . import devices
 from .config import OPTIMIZERS, TrainConfig
 from .errors import InputError, clipped, described
-from .models import NEEDS_TRAINER, call_factory, is_lightning, resolve, run_user_code, trainer_hint
+from .models import call_factory, is_lightning, resolve, run_user_code, trainer_hint
 
 
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -306,7 +306,7 @@ class LightningStep(Step):
         try:
             out = self.model.training_step(batch, *self._index)
         except RuntimeError as exc:
-            if NEEDS_TRAINER not in described(exc):
+            if not trainer_hint(exc):
                 raise  # a failure at this size, the trial's to report
             raise InputError(f"model.name: the LightningModule's training_step raised {described(exc)}"
                              f"{trainer_hint(exc)}") from exc

@@ -151,10 +151,11 @@ class Worker:
             status, how = ("killed" if -code == signal.SIGKILL else "error"), f"killed by {name}"
         else:
             status, how = ("oom" if looks_like_oom(tail) else "error"), f"exited with code {code}"
+        said = f": {tail}" if tail else ""
         if status == "error" and self._user_code:
             # The user's factory took the worker down: a model or data that cannot be built.
-            return {"status": "input", "error": f"{self._user_code} ended the worker ({how})" + (f": {tail}" if tail else "")}
-        return {"status": status, "error": f"worker {how}" + (f": {tail}" if tail else "")}
+            return {"status": "input", "error": f"{self._user_code} ended the worker ({how}){said}"}
+        return {"status": status, "error": f"worker {how}{said}"}
 
     def _stderr_tail(self, lines: int = 3) -> str:
         if self._stderr is None:  # shown already
