@@ -351,7 +351,10 @@ class CustomStep:
         self._run(batch, _Frozen(self.optimizer))
 
     def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
-        return scalar(self.fn(self.model, batch, optimizer), f"train.step {self.train.step}")
+        loss = self.fn(self.model, batch, optimizer)
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            loss = torch.tensor(float(loss))  # `return loss.item()`, as training loops often end
+        return scalar(loss, f"train.step {self.train.step}")
 
     def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
         """The whole step without its update (it may not run under no_grad: it calls backward)."""

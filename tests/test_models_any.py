@@ -363,6 +363,15 @@ def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating
     assert step.optimizer.state, "a measured step updates (at learning rate 0)"
 
 
+def test_a_step_may_return_its_loss_as_a_number(built):
+    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:reports_the_loss', optimizer: adam}\n")
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    result = measure(step, batches.batch, 8, StepPlan("throughput", warmup=1, min_steps=2), dataset_len=len(batches),
+                     device=CPU, meter=CappedPeak(CPU))
+    assert result["status"] == "ok" and result["loss_finite"] and result["loss"] > 0, result
+
+
 def test_a_step_that_returns_no_loss_is_bad_input(built):
     cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:forgets_the_loss'}\n")
     with pytest.raises(InputError, match="train.step zoo:forgets_the_loss returned NoneType, expected the loss"):

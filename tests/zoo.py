@@ -90,6 +90,11 @@ def forgets_the_loss(model, batch, optimizer):
     clipped_step(model, batch, optimizer)
 
 
+def reports_the_loss(model, batch, optimizer):
+    """A step as training loops often end one: the loss as a Python number."""
+    return clipped_step(model, batch, optimizer).item()
+
+
 def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, optimizers: int = 1,
                          built_in: str = "__init__", batch_idx: bool = True, reads_trainer: str | None = None):
     """A LightningModule (defined here so this file imports without Lightning); with `optimizers`
