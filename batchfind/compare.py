@@ -51,15 +51,20 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     checked = _checked(base) or _checked(new)
     # Under another memory limit the limit moves with it: shown, but no regression.
     same_cap = base.environment.memory_limit_bytes == new.environment.memory_limit_bytes
+    # A new report cut short (interrupted, out of time) never reached the sizes past its limit: its
+    # limit is lower only where it ran out of memory at a size the base fitted, and its
+    # recommendation saw only part of the curve.
+    partial = _cut_short(new)
     changes = []
     if checked:
         changes.append(_checked_size(base, new))
     else:
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
-        changes.append(limit if same_cap else dataclasses.replace(limit, regressed=False))
-    if not checked:
-        changes.append(_change("recommended batch", base.recommendation.batch_size, new.recommendation.batch_size,
-                               True, max_regression))
+        judged = same_cap and (not partial or _failed_by(new, base.limit.batch_size))
+        changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged))
+        recommended = _change("recommended batch", base.recommendation.batch_size,
+                              new.recommendation.batch_size, True, max_regression)
+        changes.append(dataclasses.replace(recommended, regressed=recommended.regressed and not partial))
     old, now = _last_ok_by_size(base), _last_ok_by_size(new)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
@@ -108,6 +113,15 @@ def _checked_size(base: Report, new: Report) -> Change:
 def _checked(report: Report) -> bool:
     """A `batchfind check` report: one size, run in a fresh process."""
     return bool(report.trials) and all(t.phase == "verify" for t in report.trials)
+
+
+def _cut_short(report: Report) -> bool:
+    return report.interrupted or (report.stopped_because or "").startswith("time budget")
+
+
+def _failed_by(report: Report, size: int | None) -> bool:
+    """Whether a batch of `size` or less failed in `report` (out of memory, killed, timed out)."""
+    return size is not None and any(not t.fits and t.batch_size <= size for t in report.trials)
 
 
 def _incomplete(report: Report) -> str | None:

@@ -221,6 +221,29 @@ def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
     assert result.exit_code == 4, result.stdout
 
 
+def test_compare_judges_a_run_cut_short_only_by_the_sizes_it_reached(real_report, tmp_path):
+    _, report, _ = real_report
+    base = write(tmp_path / "a.json", report)
+    # A check interrupted before its batch ran, and a probe stopped before its larger sizes, lost
+    # nothing the base fitted: their lower limits say only where they stopped.
+    unstarted = copy.deepcopy(report) | {"trials": [], "interrupted": True, "stopped_because": "interrupted"}
+    unstarted["limit"]["batch_size"] = unstarted["recommendation"]["batch_size"] = None
+    smallest = min(t["batch_size"] for t in report["trials"])
+    reached = [t for t in report["trials"] if t["batch_size"] == smallest]
+    for stop in ({"interrupted": True, "stopped_because": "interrupted"},
+                 {"stopped_because": "time budget of 5 s spent"}):
+        early = copy.deepcopy(report) | {"trials": reached} | stop
+        early["limit"]["batch_size"] = early["recommendation"]["batch_size"] = smallest
+        for cut in (unstarted, early):
+            result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", cut)])
+            assert result.exit_code == 0 and "regressed" not in result.stdout, result.stdout
+        # A size the base fitted failing before the stop is a regression still.
+        early["trials"] = reached + [dict(reached[0], batch_size=smallest + 1, status="oom", samples_per_s=None)]
+        result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", early)])
+        assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
+        assert not re.search(r"recommended batch .*regressed", result.stdout), result.stdout
+
+
 def test_compare_does_not_judge_a_limit_under_another_memory_limit(real_report, tmp_path):
     _, report, _ = real_report
     capped = copy.deepcopy(report)
