@@ -299,7 +299,7 @@ class TrainConfig(_Section):
     # A builtin name, or package.module:factory called with the parameters (or the model) and
     # `optimizer_kwargs`.
     optimizer: str = "sgd"
-    optimizer_kwargs: dict[str, Any] = {}
+    optimizer_kwargs: FiniteKwargs = {}
     optimizer_takes: Literal["parameters", "model"] = "parameters"
     lr: PositiveFloat = 0.1
     weight_decay: NonNegativeFloat = 0.0

@@ -140,6 +140,10 @@ CASES = {
     "nan in kwargs": ("model: {name: 'fixtures:Trap', kwargs: {features: .nan}}\n", [],
                       "model.kwargs: features: must be a finite number (got nan)"),
     "infinite lr": (MLP + "train: {lr: .inf}\n", [], "train.lr: must be a finite number (got inf)"),
+    "infinite optimizer lr": (MLP + "train: {optimizer: 'fixtures:opt', optimizer_kwargs: {lr: .inf}}\n", [],
+                              "train.optimizer_kwargs: lr: must be a finite number (got inf)"),
+    "nan optimizer setting": (MLP + "train: {optimizer: 'fixtures:opt', optimizer_kwargs: {betas: [0.9, .nan]}}\n",
+                              [], "train.optimizer_kwargs: betas[1]: must be a finite number (got nan)"),
     "nan time budget": (MLP, ["--time-budget", "nan"], "--time-budget: must be a finite number (got nan)"),
     "max batch past any dataset": (MLP, ["--max-batch", "9" * 23], "--max-batch: must be less than or equal to "
                                                                    "9007199254740992"),
