@@ -32,8 +32,9 @@ def require_matplotlib():
 def title(report: Report, source: str | None = None) -> str:
     """What was probed, where, under which limit: `cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC · limit 2.0 GiB`."""
     env, dist, config = report.environment, report.distributed, report.config
-    model = config.get("model", {}).get("name")
-    train = config.get("train", {})
+    # A report's config is what the user wrote, read back: a section may be anything.
+    model, train = (config.get(key) if isinstance(config.get(key), dict) else {} for key in ("model", "train"))
+    model = model.get("name")
     what = ", ".join(str(v) for v in (model, train.get("optimizer"), train.get("precision")) if v)
     what = f"{source}: {what}" if source and what else source or what or "batchfind"
     device = env.device_name or env.device
@@ -110,8 +111,9 @@ def _spread(trials: list[Trial]) -> list[list[float]]:
     low, high = [], []
     for t in trials:
         s = t.step_ms
-        low.append(t.samples_per_s * (1 - s.median / s.p90) if s.p90 > 0 else 0.0)
-        high.append(t.samples_per_s * (s.median / s.p10 - 1) if s.p10 > 0 else 0.0)
+        # Never below zero: a report edited by hand may hold a p10 above its median.
+        low.append(max(0.0, t.samples_per_s * (1 - s.median / s.p90)) if s.p90 > 0 else 0.0)
+        high.append(max(0.0, t.samples_per_s * (s.median / s.p10 - 1)) if s.p10 > 0 else 0.0)
     return [low, high]
 
 

@@ -30,19 +30,22 @@ Phase = Literal["double", "refine", "verify", "remeasure"]
 # throughput: warm-up, then measured steps until enough steps and time; fit: the steps that reach
 # the steady-state peak, to say whether a size fits (its step times are not precise enough to rank).
 Purpose = Literal["throughput", "fit"]
+# What a report read back may hold where a time, a rate or a size was measured: never below zero.
+Measured = Annotated[float, Ge(0)]
+Bytes = Annotated[int, Ge(0)]
 # A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
 RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
 
 @dataclass(frozen=True)
 class StepTimes:
-    median: float
-    p10: float
-    p90: float
-    samples: list[float]
+    median: Measured
+    p10: Measured
+    p90: Measured
+    samples: list[Measured]
     # The median's 90% interval (order statistics; min to max below 5 steps, with less coverage).
-    ci_low: float | None = None
-    ci_high: float | None = None
+    ci_low: Measured | None = None
+    ci_high: Measured | None = None
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,15 @@ class Trial:
     batch_size: Annotated[int, Ge(1)]  # per device
     status: Status
     step_ms: StepTimes | None = None
-    samples_per_s: float | None = None
-    epoch_s: float | None = None  # estimated: steps per epoch × median step
+    samples_per_s: Measured | None = None
+    epoch_s: Measured | None = None  # estimated: steps per epoch × median step
     # GPU: allocator's peak reserved; CPU: process resident peak. For an oom: the peak before it.
     # Distributed: the worst rank's.
-    peak_bytes: int | None = None
-    peak_allocated_bytes: int | None = None  # GPU only: peak bytes in live tensors
+    peak_bytes: Bytes | None = None
+    peak_allocated_bytes: Bytes | None = None  # GPU only: peak bytes in live tensors
     # The peak of what the memory limit counts: GPU reserved bytes, CPU the data segment (null
     # where a trial stayed below an earlier one's peak in the same process). The memory model's unit.
-    capped_peak_bytes: int | None = None
+    capped_peak_bytes: Bytes | None = None
     loss: float | None = None
     loss_finite: bool | None = None
     error: str | None = None

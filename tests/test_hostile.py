@@ -346,6 +346,29 @@ def test_plot_of_a_report_with_a_peak_not_measured(tmp_path):
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-9, 9) | st.text(max_size=3),
+                           lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                       max_size=2), max_leaves=4)
+times = st.floats(-10, 1e6, allow_nan=False)
+
+
+@given(median=times, p10=times, p90=times, rate=times, model=json_values, train=json_values)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_plot_of_a_report_edited_by_hand_draws_or_is_one_line(tmp_path, median, p10, p90, rate, model, train):
+    pytest.importorskip("matplotlib")
+    report = json.loads(fake_probe(load_config_text(MLP)).to_json())
+    report["trials"][0].update(samples_per_s=rate, step_ms={"median": median, "p10": p10, "p90": p90,
+                                                            "samples": [median], "ci_low": None, "ci_high": None})
+    report["config"].update(model=model, train=train)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "p.svg")])
+    if min(median, p10, p90, rate) < 0:
+        _one_line(result, "r.json: trials.0.", "must be greater than or equal to 0")
+    else:
+        assert result.exit_code == 0, result.output
+
+
 # ---- processes and environments ------------------------------------------------------------
 
 
