@@ -62,7 +62,7 @@ class Worker:
             preexec_fn=_die_with_parent,
         )
         self._buffer = b""
-        self._user_code: str | None = None  # what of the user's the child runs now, if it said
+        self.running: str | None = None  # what of the user's code the child runs now, if it said
         self.send(setup)
 
     def fileno(self) -> int:
@@ -96,7 +96,7 @@ class Worker:
         messages = [json.loads(line) for line in lines]
         for message in messages:
             if message.get("event") == "user code":
-                self._user_code = message["running"]
+                self.running = message["running"]
         return [m for m in messages if m.get("event") != "user code"]
 
     def stop(self, status: str, error: str) -> dict[str, Any]:
@@ -105,6 +105,10 @@ class Worker:
         if self._proc.poll() is not None:
             return self._ended()
         self._kill()
+        if status == "timeout" and self.running:
+            # Hung in the user's factory (waiting on a download, a lock, a prompt): no batch ran, so
+            # it is no sign of memory; the code that hung is named.
+            return {"status": "input", "error": f"{self.running} did not return: {error}"}
         return {"status": status, "error": error}
 
     def _kill(self) -> None:
@@ -152,9 +156,9 @@ class Worker:
         else:
             status, how = ("oom" if looks_like_oom(tail) else "error"), f"exited with code {code}"
         said = f": {tail}" if tail else ""
-        if status == "error" and self._user_code:
+        if status == "error" and self.running:
             # The user's factory took the worker down: a model or data that cannot be built.
-            return {"status": "input", "error": f"{self._user_code} ended the worker ({how}){said}"}
+            return {"status": "input", "error": f"{self.running} ended the worker ({how}){said}"}
         return {"status": status, "error": f"worker {how}{said}"}
 
     def _stderr_tail(self, lines: int = 3) -> str:

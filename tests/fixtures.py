@@ -65,6 +65,11 @@ def crashes(how: str = "segv"):
     raise KeyboardInterrupt  # raised by the code itself: a worker ignores Ctrl-C
 
 
+def hangs(**kwargs):
+    """A factory that never returns (a download or a lock that waits forever)."""
+    time.sleep(3600)
+
+
 def broken_on_rank(rank: int = 1):
     """Builds a Trap on every rank but `rank` (a missing file on one node, say)."""
     if torch.distributed.get_rank() == rank:

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import select
 
 import jsonschema
 import psutil
@@ -15,7 +16,7 @@ from batchfind.errors import InputError
 from batchfind.probing import check, probe
 from batchfind.report import LoaderTiming, NoiseScaleEstimate, json_schema
 from batchfind.group import Group
-from batchfind.worker import SetupFailed
+from batchfind.worker import SetupFailed, Worker
 
 from conftest import TINY
 
@@ -141,6 +142,25 @@ def test_a_hung_step_is_stopped_at_the_trial_timeout(write_config):
         worker.close()
     assert hung["status"] == "timeout" and hung["error"] == "no result within 3 s; worker stopped"
     assert hung["wall_s"] >= 3
+
+
+def test_a_factory_that_never_returns_is_named_not_taken_for_memory(write_config):
+    cfg = load_config(write_config("model: {name: 'fixtures:hangs'}\n"
+                                   "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu}\n"))
+    worker = Worker({"config": cfg.model_dump(mode="json"), "standby": False, "learned": None, "rank": None})
+    try:
+        # However long its start takes, wait until it says it calls the factory; then its start's
+        # bound has run out.
+        replies = []
+        while "hangs(" not in (worker.running or "") and not replies:
+            select.select([worker], [], [], HANG_S)
+            replies = worker.read()
+        assert not replies, replies
+        hung = worker.stop("timeout", "no result within 600 s; worker stopped")
+    finally:
+        worker.close()
+    assert hung == {"status": "input", "error": "model.name: fixtures:hangs(**kwargs) did not return: "
+                                                 "no result within 600 s; worker stopped"}
 
 
 @pytest.mark.slow
