@@ -715,6 +715,8 @@ def _advice_warnings(rec, facts: dict) -> list[str]:
         warnings.append("the noise scale was measured on synthetic data: it describes random data, not your task")
     if scale and scale.get("status") == "ok" and scale.get("b_simple") is None:
         warnings.append("the gradient noise scale could not be estimated: |G|² came out non-positive (all noise)")
+    elif scale and scale.get("status") != "ok":
+        warnings.append(f"the gradient noise scale was not estimated ({scale.get('status')}): {scale.get('error')}")
     return warnings
 
 

@@ -365,6 +365,8 @@ def test_noise_scale_needs_room_for_two_sizes(write_config):
     report = probe(trap_config(write_config, "oom", 3, more="recommend: {noise_scale: true}\n"))
     assert report.limit.batch_size == 2
     assert report.recommendation.noise_scale["status"] == "skipped"
+    assert ("the gradient noise scale was not estimated (skipped): needs a batch of at least 4 that fits (limit 2)"
+            in report.warnings), report.warnings
     jsonschema.validate(json.loads(report.to_json()), json_schema())
 
 
