@@ -16,7 +16,7 @@ from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError, debugging, described
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
-from .models import build_model
+from .models import build_model, raised
 from .step import CustomStep, LightningStep, Step, given_labels, make_step, split
 
 
@@ -243,13 +243,15 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
     except Exception as exc:
         if devices.is_oom(exc):
             raise
-        via = f" through train.step {train.step}" if train.step else ""
+        # Chained: under --debug the model's own frames show where it failed.
+        if train.step:  # the user's own step: what it raised, whether or not in the model
+            raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
+                             f"({describe_batch(batch)} into {config.model.name})") from exc
         text = str(exc)
         hint = ("; an argument the batches do not hold can be set in train.forward_kwargs"
-                if isinstance(exc, TypeError) and "required" in text and "argument" in text and not train.step else "")
-        # Chained: under --debug the model's own frames show where it failed.
+                if isinstance(exc, TypeError) and "required" in text and "argument" in text else "")
         raise InputError(
-            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}{via}: "
+            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}: "
             f"{one_line(exc)}{hint}"
         ) from exc
 

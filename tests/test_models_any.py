@@ -378,6 +378,14 @@ def test_a_step_that_returns_no_loss_is_bad_input(built):
         check_fit(model, batches, cfg, CPU)
 
 
+def test_a_step_that_fails_in_its_own_code_is_named_not_blamed_on_the_data(built):
+    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:fails_in_its_own_code'}\n")
+    with pytest.raises(InputError) as info:
+        check_fit(model, batches, cfg, CPU)
+    assert str(info.value).startswith("train.step zoo:fails_in_its_own_code raised ValueError: the scheduler is not "
+                                      "set (inputs (2, 8) torch.float32"), info.value
+
+
 def test_custom_step_probe_with_noise_scale(write_config):
     code, out, err = probe(write_config, MLP_PAIRS + "train: {step: 'zoo:clipped_step'}\nrecommend: {noise_scale: true}\n" + PROBE)
     assert code == 0, err

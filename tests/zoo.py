@@ -90,6 +90,11 @@ def forgets_the_loss(model, batch, optimizer):
     clipped_step(model, batch, optimizer)
 
 
+def fails_in_its_own_code(model, batch, optimizer):
+    clipped_step(model, batch, optimizer)
+    raise ValueError("the scheduler is not set")
+
+
 def reports_the_loss(model, batch, optimizer):
     """A step as training loops often end one: the loss as a Python number."""
     return clipped_step(model, batch, optimizer).item()
