@@ -301,8 +301,9 @@ def setup_failure(exc: BaseException) -> dict[str, Any]:
     if devices.is_oom(exc):
         return {"status": "oom", "error": one_line(exc) + trace}
     if _starved(exc):
-        return {"status": "oom", "error": f"{one_line(exc)} (the memory limit leaves too little for Python and "
-                                          "torch themselves)" + trace}
+        # The cause first: a long library path in the message is what gets cut short.
+        return {"status": "oom", "error": "the memory limit leaves too little for Python and torch themselves: "
+                                          f"{one_line(exc)}" + trace}
     return {"status": "error", "error": one_line(exc) + trace}
 
 

@@ -419,6 +419,10 @@ def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
     assert failure["status"] == "oom" and "too little for Python and torch" in failure["error"]
     assert setup_failure(ImportError("libx.so: failed to map segment from shared object"))["status"] == "oom"
     assert setup_failure(ValueError("a bug"))["status"] == "error"
+    # The line a user reads keeps the cause and the advice however long the library's path.
+    long = setup_failure(ImportError(f"/{'x' * 300}/libtorch_cpu.so: failed to map segment from shared object"))
+    line = probing._nothing_fits(long["error"])
+    assert "too little for Python and torch themselves" in line and line.endswith("or make the model smaller"), line
 
 
 # ---- templates ------------------------------------------------------------------------------
