@@ -29,6 +29,11 @@ def clipped(text: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 sample`, `2 samples`: a message that counts says it in words that agree."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def described(exc: BaseException, most: int = 300) -> str:
     """An exception as `Type: the first line of its message`, cut to `most` characters. The user's
     code raised it: a message whose `str` itself fails says so instead of failing here."""

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import __version__, curve, noise, search
 from .config import Config
-from .errors import BatchfindError, InputError, clipped
+from .errors import BatchfindError, InputError, clipped, plural
 from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
@@ -265,12 +265,12 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     dataset_len, world = facts["dataset_len"], prober.world_size
     per_rank = dataset_len // world  # each rank's share of an epoch
     if p.min_batch > per_rank:
-        raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({dataset_len} samples)")
+        raise InputError(f"probe.min_batch: {p.min_batch}{_ranks(world)} is larger than the dataset ({plural(dataset_len, 'sample')})")
     high = min(p.max_batch or per_rank, per_rank)
     first = max(p.min_batch, facts.get("smallest_batch", 1))
     if first > high:
         cap = (f"probe.max_batch: {high}" if p.max_batch and p.max_batch < per_rank
-               else f"data: {dataset_len} samples{_ranks(world)}")
+               else f"data: {plural(dataset_len, 'sample')}{_ranks(world)}")
         raise InputError(f"{cap}, but {_smallest_why(facts)}")
     outcome = PlanResult()
     if first > p.min_batch:
@@ -535,7 +535,7 @@ def check(
     def check_plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         world = prober.world_size
         if batch_size * world > facts["dataset_len"]:
-            raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({facts['dataset_len']} samples)")
+            raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({plural(facts['dataset_len'], 'sample')})")
         if batch_size < facts.get("smallest_batch", 1):
             raise InputError(f"--batch: {batch_size}, but {_smallest_why(facts)}")
         prober.phase = "verify"
@@ -706,7 +706,7 @@ def _advice_warnings(rec, facts: dict) -> list[str]:
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
         warnings.append(
             f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
-            f"DataLoader ({loader['workers']} workers); raise data.workers or speed up loading"
+            f"DataLoader ({plural(loader['workers'], 'worker')}); raise data.workers or speed up loading"
         )
     elif loader and loader.get("status") != "ok":
         warnings.append(f"the DataLoader timing failed: {loader.get('status')}: {loader.get('error')}")

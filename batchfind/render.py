@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .devices import clean_error
+from .errors import plural
 from .report import Report, Trial, latest_timed
 from .sizes import format_size
 
@@ -242,7 +243,7 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
     if rec.loader and rec.loader.get("status") == "ok" and rec.loader.get("data_share") is not None:
         ld = rec.loader
         console.print(
-            f"through the DataLoader ({ld['workers']} workers) at {rec.batch_size}: {ld['step_ms']['median']:.1f} ms/step, "
+            f"through the DataLoader ({plural(ld['workers'], 'worker')}) at {rec.batch_size}: {ld['step_ms']['median']:.1f} ms/step, "
             f"{ld['data_share']:.0%} waiting for data, epoch {_duration(ld['epoch_s'])}"
         )
     if rec.noise_scale and rec.noise_scale.get("b_simple") is not None:

@@ -116,6 +116,8 @@ CASES = {
                       "data: the fixtures:Pairs dataset is empty"),
     "dataset smaller than min batch": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 10}}\n" + CPU,
                                        ["--min-batch", "16"], "--min-batch: 16 is larger than the dataset (10"),
+    "dataset of one sample": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 1}}\n" + CPU,
+                              ["--min-batch", "2"], "--min-batch: 2 is larger than the dataset (1 sample)"),
     "shape does not fit": ("model: {name: mlp, in_features: 5}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
                            "data and model do not fit together: inputs (2, 8) torch.float32"),
     "labels out of range": ("model: {name: mlp, in_features: 8, classes: 2}\n"
