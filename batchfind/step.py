@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -352,8 +353,9 @@ class CustomStep:
 
     def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
         loss = self.fn(self.model, batch, optimizer)
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            loss = torch.tensor(float(loss))  # `return loss.item()`, as training loops often end
+        # A number: `return loss.item()`, as training loops often end (numpy's floats count too).
+        if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+            loss = torch.tensor(float(loss))
         return scalar(loss, f"train.step {self.train.step}")
 
     def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:

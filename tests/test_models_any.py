@@ -363,8 +363,9 @@ def test_a_step_of_your_own_trains_measures_and_gives_gradients_without_updating
     assert step.optimizer.state, "a measured step updates (at learning rate 0)"
 
 
-def test_a_step_may_return_its_loss_as_a_number(built):
-    cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:reports_the_loss', optimizer: adam}\n")
+@pytest.mark.parametrize("step", ["reports_the_loss", "reports_the_loss_in_numpy"])
+def test_a_step_may_return_its_loss_as_a_number(built, step):
+    cfg, model, batches = built(MLP_PAIRS + f"train: {{step: 'zoo:{step}', optimizer: adam}}\n")
     check_fit(model, batches, cfg, CPU)
     step = make_step(model, cfg.train, CPU)
     result = measure(step, batches.batch, 8, StepPlan("throughput", warmup=1, min_steps=2), dataset_len=len(batches),

@@ -1,6 +1,7 @@
 """Models, datasets, losses, optimizers and steps that the any-model tests name as `zoo:...`: the
 user code each kind of model needs (and nothing for what YAML alone can describe)."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,6 +99,10 @@ def fails_in_its_own_code(model, batch, optimizer):
 def reports_the_loss(model, batch, optimizer):
     """A step as training loops often end one: the loss as a Python number."""
     return clipped_step(model, batch, optimizer).item()
+
+
+def reports_the_loss_in_numpy(model, batch, optimizer):
+    return np.float32(reports_the_loss(model, batch, optimizer))
 
 
 def lightning_classifier(features: int = 8, classes: int = 4, lr: float = 0.01, optimizers: int = 1,
