@@ -538,6 +538,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (the result line goes "
                                                           "to stderr).")] = False,
     output: Output = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No result line when the batch fits; for scripts.")
+                     ] = False,
     debug: Debug = False,
 ) -> None:
     """Run one batch size (per device) in a fresh process, the fit check a probe proves its limit with:
@@ -564,7 +566,8 @@ def check(
         if as_json:  # an interrupted check's report too: a pipe gets JSON either way
             sys.stdout.write(text + "\n")
         if trial is not None:
-            typer.echo(trial_line(trial), err=as_json)
+            if not (quiet and trial.fits):  # a failure says why, under --quiet too
+                typer.echo(trial_line(trial), err=as_json)
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:

@@ -115,6 +115,11 @@ def test_check_exit_codes(write_config):
     assert ok.exit_code == 0 and "batch 16: ok" in ok.stdout
     oom = runner.invoke(app, ["check", str(path), "--batch", "32", "--json"])
     assert oom.exit_code == 3 and json.loads(oom.stdout)["trials"][0]["status"] == "oom"
+    # --quiet: a batch that fits says nothing; one that does not still says why.
+    quiet = runner.invoke(app, ["check", str(path), "--batch", "16", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == "", quiet.output
+    quiet = runner.invoke(app, ["check", str(path), "--batch", "32", "-q"])
+    assert quiet.exit_code == 3 and "batch 32: oom" in quiet.stdout, quiet.output
 
 
 def test_check_writes_its_report_to_a_file(write_config, tmp_path):
