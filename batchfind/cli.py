@@ -277,6 +277,9 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
 
     if path is None:
         return
+    if str(path) == "-":  # elsewhere standard output; here it would be a file named "-"
+        raise InputError(f"{option}: '-' would be a file named '-': for standard output write /dev/stdout, "
+                         "for that file ./-")
     problem = path_problem(path)
     if problem:
         raise InputError(f"{option}: {problem}")

@@ -122,6 +122,18 @@ def test_the_config_being_probed_is_never_an_output(write_config, option, monkey
     assert path.read_text() == before
 
 
+@pytest.mark.parametrize("command", [["probe", "{config}", "-o", "-"], ["probe", "{config}", "--plot", "-"],
+                                     ["check", "{config}", "--batch", "1", "-o", "-"], ["plot", "r.json", "-o", "-"],
+                                     ["init", "-"]])
+def test_a_dash_is_no_file_name_by_accident(write_config, command, tmp_path, monkeypatch):
+    # Elsewhere `-` means standard output: a file named "-" would be a surprise, found only later.
+    monkeypatch.chdir(tmp_path)
+    config = str(write_config(MLP))
+    result = runner.invoke(app, [config if part == "{config}" else part for part in command])
+    _one_line(result, "'-' would be a file named '-': for standard output write /dev/stdout, for that file ./-")
+    assert not (tmp_path / "-").exists()
+
+
 def test_plot_never_overwrites_the_report_it_reads(tmp_path):
     report = tmp_path / "r.json"
     report.write_text("{}")
