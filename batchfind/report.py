@@ -477,7 +477,8 @@ def _bounded(token: str) -> int:
 
 
 def _json_kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def load_report(path: Path) -> Report:
@@ -507,5 +508,9 @@ def load_report(path: Path) -> Report:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        message = "required" if first["type"] == "missing" else plain(first["msg"])
+        # In JSON's words: a report is JSON, and the dataclass behind a part is no name to its reader.
+        kinds = {"dataclass_type": "an object", "list_type": "an array"}
+        message = ("required" if first["type"] == "missing"
+                   else f"expected {kinds[first['type']]} (got {_json_kind(first['input'])})" if first["type"] in kinds
+                   else plain(first["msg"]))
         raise InputError(f"{path}: {field}: {message}") from None

@@ -263,7 +263,9 @@ def test_compare_refuses_a_report_missing_a_part_or_with_a_batch_below_1(real_re
     negative["trials"][0]["batch_size"] = -3
     missing = {k: v for k, v in report.items() if k != "tool"}
     for name, broken, message in (("neg.json", negative, "neg.json: trials.0.batch_size: must be greater than or equal to 1"),
-                                  ("tool.json", missing, "tool.json: tool: required")):
+                                  ("tool.json", missing, "tool.json: tool: required"),
+                                  ("limit.json", report | {"limit": None}, "limit.json: limit: expected an object (got null)"),
+                                  ("trials.json", report | {"trials": {}}, "trials.json: trials: expected an array (got an object)")):
         result = runner.invoke(app, ["compare", write(tmp_path / name, broken), write(tmp_path / name, broken)])
         assert result.exit_code == 2 and message in result.stderr, result.stderr
 
