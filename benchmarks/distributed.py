@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mdtable import print_table
+
 MODES = {
     "plain": ([], None),  # one process, no wrapper
     "ddp1": (["--nproc-per-node", "1"], None),  # DDP, world size 1, started by batchfind
@@ -80,11 +82,8 @@ def main() -> None:
     env = report["environment"]
     print(f"\n{env['device_name']} ({env['device']}), torch {env['torch_version']}, {platform.platform()}, "
           f"memory limit per rank {args.memory_limit or 'per config'}\n")
-    print("| config | run | world | limit/device | first failure | peak at limit MiB | recommended/device "
-          "| global batch | samples/s (all ranks) | wall s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
+    print_table(["config", "run", "world", "limit/device", "first failure", "peak at limit MiB", "recommended/device",
+                 "global batch", "samples/s (all ranks)", "wall s"], rows, numeric=set(range(2, 10)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import platform
 import subprocess
 import time
 
+from mdtable import print_table
+
 
 def probe(config: str, limit: str) -> tuple[float, dict]:
     started = time.monotonic()
@@ -52,11 +54,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
           f"memory limit {args.memory_limit}, torch {report['environment']['torch_version']}\n")
-    print("| config | wall s | trials | new processes after the doubling worker | predicted edge | limit | first "
-          "failure | safe | recommended | later checks at the limit | at safe |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
+    print_table(["config", "wall s", "trials", "new processes after the doubling worker", "predicted edge", "limit",
+                 "first failure", "safe", "recommended", "later checks at the limit", "at safe"], rows,
+                numeric=set(range(1, 11)))
 
 
 if __name__ == "__main__":

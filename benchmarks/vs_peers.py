@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from mdtable import print_table
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("lightning-power", "lightning-binsearch", "accelerate")
 # accelerate needs a first guess to shrink from; Lightning's tuner stops doubling at 8192.
@@ -229,10 +231,8 @@ def main() -> None:
     device = ours["report"]["environment"]["device_name"] or args.device
     print(f"\n{device}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
           f"memory limit {limit or 'none'}, {STEPS_PER_TRIAL} steps per trial for the peers\n")
-    print("| config | tool | wall s | answer | fresh truth | answer / truth | answer re-checked fresh | note |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
+    print_table(["config", "tool", "wall s", "answer", "fresh truth", "answer / truth", "answer re-checked fresh",
+                 "note"], rows, numeric={2, 3, 4, 5})
 
 
 if __name__ == "__main__":
