@@ -70,7 +70,7 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML or TOML).", show_default=False,
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="Config file (YAML, TOML or JSON).", show_default=False,
                                             parser=_path)]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)]
 Steps = Annotated[Optional[int], typer.Option(help="Least number of measured steps in a throughput trial.",
@@ -107,8 +107,11 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    debug: Debug = False,
 ) -> None:
     """Find the batch size to train with on this machine."""
+    if debug:  # `batchfind --debug probe ...`, as well as after the command
+        os.environ["BATCHFIND_DEBUG"] = "1"
 
 
 # Columns a console that is not a terminal offers: wide enough that no table needs to fold.
@@ -159,7 +162,7 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         out.check()
     except BatchfindError as exc:
-        lines = str(exc).splitlines()
+        lines, trace = str(exc).splitlines(), []
         if debug:  # the traceback, and still the exit code a script checks for
             # A worker's own traceback travels after its message and says where it failed: it goes
             # above the message, in place of this process's, which only shows the message passed on.
@@ -167,7 +170,9 @@ def _errors(debug: bool) -> Iterator[None]:
             if start is None:
                 traceback.print_exc()
             else:
-                lines = lines[start:] + lines[:start]
+                lines, trace = lines[:start], lines[start:]
+        for line in trace:  # as Python prints one: its lines are no errors of their own
+            typer.echo(f"{who}{line}", err=True)
         for line in lines:
             typer.echo(f"{who}error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -552,7 +552,7 @@ def _switches(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    text = read_text(path, MAX_CONFIG_BYTES, "a YAML or TOML config file")
+    text = read_text(path, MAX_CONFIG_BYTES, "a YAML, TOML or JSON config file")
     try:
         raw = _parse_toml(path, text) if path.suffix.lower() == ".toml" else _parse_yaml(path, text)
     except RecursionError:

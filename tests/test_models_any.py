@@ -485,9 +485,12 @@ def test_new_fields_are_checked_when_the_config_is_read(write_config, text, mess
     assert message in str(info.value)
 
 
-def test_debug_shows_the_workers_own_traceback(write_config):
+@pytest.mark.parametrize("before", [False, True])
+def test_debug_shows_the_workers_own_traceback(write_config, monkeypatch, before):
+    monkeypatch.delenv("BATCHFIND_DEBUG", raising=False)  # what `--debug` before the command sets
     config = write_config("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens'}\nprobe: {device: cpu}\n")
-    result = CliRunner().invoke(app, ["probe", str(config), "--debug"])
+    args = ["--debug", "probe", str(config)] if before else ["probe", str(config), "--debug"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     message = result.stderr
     assert f"error: {config}: data and model do not fit together" in message and "Traceback (most recent call last)" in message
@@ -496,6 +499,8 @@ def test_debug_shows_the_workers_own_traceback(write_config):
     # The worker's traceback, once, above the one-line error, as without --debug the error is all
     # there is; this process's own, which only passes the message on, is left out.
     assert message.strip().splitlines()[-1].startswith(f"error: {config}: data and model do not fit together")
+    # Written as Python writes a traceback: only the message is an error line.
+    assert message.startswith("Traceback (most recent call last)") and message.count("error: ") == 1, message
     assert "batchfind/cli.py" not in message and "batchfind/group.py" not in message
 
 
