@@ -682,6 +682,8 @@ def init(
         from .templates import render
 
         _check_output(path, "PATH")
+        if path.suffix.lower() == ".json":  # read as JSON, which has no comments
+            raise InputError(f"PATH: {path}: a template is a commented config, YAML or TOML; name it .yaml or .toml")
         if path.exists() and replace_target(path) is not None and not force:  # /dev/stdout clobbers nothing
             raise InputError(f"{path}: exists; pass --force to overwrite it")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -61,23 +62,26 @@ class _Section(BaseModel):
             if isinstance(value, bool) or listed:
                 raise ValueError(f"expected {what}, not a boolean (got {value!r})")
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
-                hint = _exponent_hint(value)
+                hint = _number_hint(value, (info.context or {}).get("yaml", False))
                 raise ValueError(f"expected {what}, not text (got {value!r}{hint})")
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
             raise ValueError(f"expected true or false (got {value!r})")
         return value
 
 
-def _exponent_hint(value: str) -> str:
-    """YAML 1.1 (PyYAML) reads a number with an exponent as text unless it has a dot and a signed
-    exponent (1e5 and 1.0e5 are text, 1.0e+5 a number): how to write this one. Empty where it is no
-    number, or would be infinity (1e400), refused too."""
-    found = _EXPONENT.match(value)
+def _number_hint(value: str, yaml: bool) -> str:
+    """How to write text that reads as a number as one. In TOML and JSON text is quoted: without
+    the quotes it is a number. YAML 1.1 (PyYAML) reads a number with an exponent as text unless it
+    has a dot and a signed exponent (1e5 and 1.0e5 are text, 1.0e+5 a number). Empty where it is
+    no number, or would be infinity (1e400), refused too."""
     try:
-        finite = bool(found) and found.group(1).strip("+-") not in ("", ".") and math.isfinite(float(value))
+        finite = math.isfinite(float(value))
     except ValueError:
         return ""
-    if not finite:
+    if not yaml:
+        return "; without the quotes it is a number" if finite else ""
+    found = _EXPONENT.match(value)
+    if not (finite and found and found.group(1).strip("+-") not in ("", ".")):
         return ""
     mantissa, sign, digits = found.groups()
     written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign or '+'}{digits}"
@@ -508,7 +512,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     # (section, key) -> the option that set it: errors name what the user typed.
     given = {v: k for k, v in OPTIONS.items() if overrides.get(k) is not None}
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"yaml": _format(path) == "YAML"})
     except ValidationError as exc:
         raise InputError("\n".join(clipped(line) for line in _lines(path, _causes(exc.errors()), given))) from None
     if config.data.path is not None and not config.data.path.is_absolute():
@@ -554,7 +558,7 @@ def _switches(overrides: dict[str, Any]) -> dict[str, Any]:
 def _read(path: Path) -> dict[str, Any]:
     text = read_text(path, MAX_CONFIG_BYTES, "a YAML, TOML or JSON config file")
     try:
-        raw = _parse_toml(path, text) if path.suffix.lower() == ".toml" else _parse_yaml(path, text)
+        raw = {"TOML": _parse_toml, "JSON": _parse_json, "YAML": _parse_yaml}[_format(path)](path, text)
     except RecursionError:
         raise InputError(f"{path}: nested too deeply to parse") from None
     if raw is None:
@@ -563,6 +567,27 @@ def _read(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: expected a mapping of sections at the top level (got {type(raw).__name__})")
     check_shape(raw, path)
     return raw
+
+
+def _format(path: Path) -> str:
+    """TOML and JSON by their suffix; YAML for the rest (`.yaml`, `.yml`, or none)."""
+    return {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower(), "YAML")
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    # Its own parser, not YAML's: YAML 1.1 reads JSON's 1e-05 as text.
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        table = dict(pairs)
+        if len(table) < len(pairs):  # Python's json keeps the last: the first would be lost
+            seen: set[str] = set()
+            key = next(key for key, _ in pairs if key in seen or seen.add(key))
+            raise InputError(f"{path}: duplicate key '{_key(key)}'")
+        return table
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
 def _parse_toml(path: Path, text: str) -> Any:
@@ -603,9 +628,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        # JSON is YAML too, and read as YAML; a .json file's errors still name what it is.
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise InputError(f"{path}: invalid {kind}{where}: {problem}") from None
+        raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 _TAGS = {*BUILTIN_MODELS, "factory"}

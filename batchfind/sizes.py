@@ -20,6 +20,8 @@ def parse_size(text: str | int) -> int:
     """Bytes in `text`; raises ValueError with what was expected."""
     if isinstance(text, bool):
         raise ValueError(f"expected a size like 2GiB or 512MiB (got {text!r})")
+    if isinstance(text, float) and text.is_integer():
+        text = int(text)  # JSON's 2e9: a whole number of bytes, written as a float
     if isinstance(text, int):
         size = text
     else:

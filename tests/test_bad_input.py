@@ -25,6 +25,12 @@ CASES = {
     "malformed toml": ("[model\nname = 'mlp'\n", [], "config.toml: invalid TOML"),
     "toml wrong type": ("[model]\nname = 'mlp'\nhidden = 'wide'\n", [], "config.toml: model.hidden: expected a number, not text (got 'wide')"),
     "malformed JSON": ('{"model": {"name": "mlp"}\n', [], "invalid JSON at line 2"),
+    "duplicate JSON key": ('{"model": {"name": "mlp"}, "model": {}}', [], "config.json: duplicate key 'model'"),
+    "quoted number in JSON": ('{"model": {"name": "mlp"}, "train": {"lr": "1e-4"}}', [],
+                              "train.lr: expected a number, not text (got '1e-4'; without the quotes it is a number)"),
+    "quoted number in toml": ("[model]\nname = 'mlp'\n[train]\nweight_decay = '1e-4'\n", [],
+                              "train.weight_decay: expected a number, not text (got '1e-4'; without the quotes it is "
+                              "a number)"),
     "yaml tab indent": ("model:\n\t name: mlp\n", [], "invalid YAML"),
     "empty file": ("", [], "empty config, expected at least a `model` section"),
     "top level list": ("- model\n", [], "expected a mapping of sections at the top level (got list)"),

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,13 @@ def test_toml_and_sizes(write_config):
     cfg = load_config(path)
     assert isinstance(cfg.model, TransformerModel)
     assert cfg.probe.memory_limit == 512 * 1024**2
+
+
+def test_json_reads_any_json_number(write_config):
+    # What json.dump writes: 1e-05 and 2000000000.0 (YAML 1.1 would read 1e-05 as text).
+    config = {"model": {"name": "mlp"}, "train": {"lr": 0.00001}, "probe": {"memory_limit": 2e9, "max_batch": 64}}
+    cfg = load_config(write_config(json.dumps(config), "c.json"))
+    assert (cfg.train.lr, cfg.probe.memory_limit, cfg.probe.max_batch) == (1e-05, 2_000_000_000, 64)
 
 
 def test_factory_model_and_relative_data_path(write_config, tmp_path):

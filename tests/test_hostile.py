@@ -454,6 +454,10 @@ def test_init_writes_the_format_its_suffix_names_and_both_say_the_same(tmp_path,
         # Set for one process it would only make every probe warn that it was not used.
         assert "strategy" not in configs[fmt].probe.model_fields_set
     assert configs["yaml"].model_dump() == configs["toml"].model_dump()
+    # JSON has no comments, and a .json config is read as JSON: a template there would not load.
+    _one_line(runner.invoke(app, ["init", str(tmp_path / "c.json"), "--template", template]),
+              "a template is a commented config, YAML or TOML; name it .yaml or .toml")
+    assert not (tmp_path / "c.json").exists()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
