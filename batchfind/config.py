@@ -336,6 +336,14 @@ class TrainConfig(_Section):
     def _loss(cls, value: str) -> str:
         return _builtin_or_factory(value, LOSSES, "function")
 
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, value: Any) -> Any:
+        # One line for the field, not one per type it may take (a boolean has a line of its own).
+        if value is None or isinstance(value, (str, int)):
+            return value
+        raise ValueError(f"expected a field name or an index (got {value!r})")
+
     @field_validator("step")
     @classmethod
     def _step(cls, value: str | None) -> str | None:

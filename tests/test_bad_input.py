@@ -25,6 +25,8 @@ CASES = {
     "malformed toml": ("[model\nname = 'mlp'\n", [], "config.toml: invalid TOML"),
     "toml wrong type": ("[model]\nname = 'mlp'\nhidden = 'wide'\n", [], "config.toml: model.hidden: expected a number, not text (got 'wide')"),
     "malformed JSON": ('{"model": {"name": "mlp"}\n', [], "invalid JSON at line 2"),
+    "output of neither type it takes": (MLP + "train: {output: 1.5}\n", [],
+                                        "train.output: expected a field name or an index (got 1.5)"),
     "duplicate JSON key": ('{"model": {"name": "mlp"}, "model": {}}', [], "config.json: duplicate key 'model'"),
     "quoted number in JSON": ('{"model": {"name": "mlp"}, "train": {"lr": "1e-4"}}', [],
                               "train.lr: expected a number, not text (got '1e-4'; without the quotes it is a number)"),
