@@ -808,5 +808,7 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
             warnings.append(f"batch {t.batch_size} failed with an error, not for lack of memory: {error}"
                             + ("; the probe stopped there, so larger sizes may fit" if ended else ""))
     if limit.batch_size is not None and not limit.verified:
-        warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process (time budget or interrupt)")
+        errored = any(t.status == "error" and t.fresh_process and t.batch_size == limit.batch_size for t in trials)
+        why = "its check there failed with an error, above" if errored else "time budget or interrupt"
+        warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process ({why})")
     return warnings

@@ -695,3 +695,17 @@ def test_an_error_says_larger_sizes_may_fit_only_past_a_size_that_fitted():
              Trial(batch_size=2, status="error", phase="double", error=bug)]
     assert said(later) == [f"batch 2 failed with an error, not for lack of memory: {bug}; the probe stopped there, "
                            "so larger sizes may fit"]
+
+
+def test_a_limit_left_unconfirmed_says_why():
+    def said(trials):
+        return [w for w in probing._warnings(trials, limit_of(trials)) if "not confirmed" in w]
+
+    ran = [Trial(batch_size=4, status="ok", phase="double", samples_per_s=10.0, fresh_process=True),
+           Trial(batch_size=8, status="ok", phase="double", samples_per_s=10.0)]
+    assert said(ran) == ["the limit 8 was not confirmed in a fresh process (time budget or interrupt)"]
+    # Its fresh check ran, and failed with an error that says nothing of memory.
+    check = Trial(batch_size=8, status="error", phase="verify", purpose="fit", fresh_process=True,
+                  error="RuntimeError: a bug in the dataset")
+    assert said(ran + [check]) == ["the limit 8 was not confirmed in a fresh process (its check there failed with "
+                                   "an error, above)"]
