@@ -707,7 +707,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
             raise typer.Exit(EXIT_INTERRUPTED)
         trial = report.trials[0]
         if not trial.fits:
-            raise InputError(f"{config}: one training step on CPU failed: {trial.status}: {trial.error}")
+            raise InputError(f"{config}: one training step on CPU failed ({trial.status}): {trial.error}")
         loss = f"loss {trial.loss:.4g}" if trial.loss is not None else "[yellow]the loss was not finite[/yellow]"
         # The path as text, not markup, and no terminal control characters in it.
         shown = escape(str(config) if str(config).isprintable() else repr(str(config)))

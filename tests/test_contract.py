@@ -353,6 +353,16 @@ def test_init_then_validate(tmp_path, template):
     assert runner.invoke(app, ["init", str(path)]).exit_code == 2  # no silent overwrite
 
 
+def test_validate_says_how_its_step_failed_in_one_line(write_config):
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\n"
+                        "data: {input_shape: [8], num_classes: 4, size: 64}\ntrain: {loss: 'fixtures:detached_loss'}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and result.stderr.startswith(
+        f"error: {path}: one training step on CPU failed (error): in backward: RuntimeError: element 0 of tensors "
+        "does not require grad"), result.stderr
+    assert result.stderr.count("error") == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):
     path = write_config("model: {name: mlp}\ndata: {size: 10}\nrecommend: {lr_rule: sqrt}\n")
     result = runner.invoke(app, ["validate", str(path)])
