@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import devices, parallel
-from .config import Config
+from .config import Config, TransformerModel
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError, debugging, described
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
@@ -247,13 +247,22 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         if train.step:  # the user's own step: what it raised, whether or not in the model
             raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
                              f"({describe_batch(batch)} into {config.model.name})") from exc
-        text = str(exc)
-        hint = ("; an argument the batches do not hold can be set in train.forward_kwargs"
-                if isinstance(exc, TypeError) and "required" in text and "argument" in text else "")
         raise InputError(
             f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}: "
-            f"{one_line(exc)}{hint}"
+            f"{one_line(exc)}{_fit_hint(exc, config)}"
         ) from exc
+
+
+def _fit_hint(exc: Exception, config: Config) -> str:
+    """What to change, where the failure says it: an argument the batches lack, or token ids or
+    lengths past what the builtin transformer's embeddings hold."""
+    text = str(exc)
+    if isinstance(exc, TypeError) and "required" in text and "argument" in text:
+        return "; an argument the batches do not hold can be set in train.forward_kwargs"
+    if isinstance(exc, IndexError) and isinstance(config.model, TransformerModel):
+        return (f"; the transformer takes token ids from 0 to below model.vocab_size ({config.model.vocab_size}) "
+                f"and sequences up to model.seq_len ({config.model.seq_len}) long")
+    return ""
 
 
 def smallest_batch(step: Step | CustomStep, batches: Batches) -> int:

@@ -274,3 +274,17 @@ def chatty(**kwargs):
     """A factory that prints, as code being debugged does."""
     print("hello from the model factory")
     return Trap(**kwargs)
+
+
+class TokenIds(torch.utils.data.Dataset):
+    """Sequences of `length` token ids below `high`, each its own target (a language model's data)."""
+
+    def __init__(self, length: int = 16, high: int = 100):
+        self.length, self.high = length, high
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = torch.randint(0, self.high, (self.length,), generator=torch.Generator().manual_seed(i))
+        return ids, ids

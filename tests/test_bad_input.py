@@ -193,6 +193,10 @@ CASES = {
                                     "model.name: fixtures:exits(**kwargs) raised SystemExit (sys.exit(3))"),
     "dataset whose length fails": (MLP + "data: {kind: 'fixtures:NegativeLength'}\n" + CPU, [],
                                    "data.kind: the length of fixtures:NegativeLength's dataset raised ValueError"),
+    "tokens past the vocabulary": ("model: {name: transformer, vocab_size: 50, d_model: 16, layers: 1, heads: 2}\n"
+                                   "data: {kind: 'fixtures:TokenIds'}\n" + CPU, [],
+                                   "IndexError: index out of range in self; the transformer takes token ids from 0 "
+                                   "to below model.vocab_size (50) and sequences up to model.seq_len (128) long"),
     "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),
     "cuda:7": (MLP + "probe: {device: 'cuda:7'}\n", [], "probe.device: cuda:7 requested"),
 }
