@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from . import __version__, curve, noise, search
-from .config import Config
+from .config import CNNModel, Config, MLPModel, TransformerModel
 from .errors import BatchfindError, InputError, clipped, plural
 from .memory import MemoryModel, explains, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
@@ -727,6 +727,12 @@ def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
     return []
 
 
+# Where a builtin model's synthetic samples take their shapes from.
+_OWN_SHAPES = {MLPModel: "model.in_features and model.classes",
+               CNNModel: "model.in_channels, model.image_size and model.classes",
+               TransformerModel: "model.seq_len and model.vocab_size"}
+
+
 def _unused_warnings(config: Config, facts: dict) -> list[str]:
     """Settings given that nothing used: a size for data that has its own, optimizer settings for a
     model that builds its own optimizers, and a learning-rate rule with no batch the rate was tuned for."""
@@ -734,6 +740,17 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
     if "size" in config.data.model_fields_set and config.data.kind != "synthetic":
         warnings.append(f"data.size: not used; the {config.data.kind} data's own length ({facts['dataset_len']}) "
                         "sets the steps per epoch")
+    data = config.data
+    own = _OWN_SHAPES.get(type(config.model))
+    if own and data.kind == "synthetic" and data.inputs is None:
+        # A builtin model's random samples take their shapes from the model; a custom loss still
+        # reads whether num_classes is given (classes or regression).
+        shaping = {"input_shape", "input_dtype", "vocab_size", "target_shape", "image_size"}
+        shaping |= {"num_classes"} if config.train.builtin_loss else set()
+        ignored = sorted(shaping & data.model_fields_set)
+        if ignored:
+            warnings.append(f"{', '.join('data.' + key for key in ignored)}: not used; the builtin "
+                            f"{config.model.name}'s synthetic samples follow {own}")
     unused = sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs"} & config.train.model_fields_set)
     if facts.get("own_optimizers") and unused:
         warnings.append(f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's "

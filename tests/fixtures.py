@@ -99,6 +99,10 @@ def broken_loss(output, target):
     raise KeyError("logits")
 
 
+def summed_cross_entropy(output, target):
+    return nn.functional.cross_entropy(output, target, reduction="sum")
+
+
 def detached_loss(output, target):
     """A loss cut off from the model: there is nothing to backpropagate."""
     return torch.tensor(1.0)

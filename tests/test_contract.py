@@ -381,6 +381,19 @@ def test_validate_warns_of_a_size_for_data_that_has_its_own(write_config):
         "warning: data.size: not used; the fixtures:Pairs data's own length (10) sets the steps per epoch"), result.stderr
 
 
+def test_validate_warns_of_shapes_a_builtin_model_sets_itself(write_config):
+    # The samples are 64 features of 10 classes, the mlp's own: the 5 and 3 asked for were silently not.
+    path = write_config("model: {name: mlp}\ndata: {size: 10, input_shape: [5], num_classes: 3}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and result.stderr.strip() == (
+        "warning: data.input_shape, data.num_classes: not used; the builtin mlp's synthetic samples follow "
+        "model.in_features and model.classes"), result.stderr
+    # With a loss of its own, num_classes says whether targets are classes: it is used.
+    path.write_text("model: {name: mlp}\ndata: {size: 10, num_classes: 3}\ntrain: {loss: 'fixtures:summed_cross_entropy'}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
 def test_validate_says_nothing_of_probing(write_config):
     # One process on a CPU is what `validate` always runs: a strategy for several ranks is not
     # "unused", as a probe of one process would say.
