@@ -337,14 +337,16 @@ def load_tensors(path: Path) -> TensorDataset:
     """A .pt file holding {inputs, targets} or (inputs, targets), or an .npz with those arrays."""
     _must_be_file(path)
     try:
+        with open(path, "rb") as f:
+            head = f.read(2)
         if path.suffix == ".npz":
             import numpy as np
 
+            if head != b"PK":  # numpy would take any other file for a pickle, and say so
+                raise InputError(f"data.path: {path} is not an .npz archive (numpy.savez writes one)")
             with np.load(path, allow_pickle=False) as npz:
                 loaded: Any = {k: torch.from_numpy(npz[k]) for k in npz.files}
         else:
-            with open(path, "rb") as f:
-                head = f.read(2)
             # torch.save writes a zip archive (a pickle before torch 1.6): anything else would be
             # refused as a pickle holding what is not a tensor.
             if head != b"PK" and head[:1] != b"\x80":

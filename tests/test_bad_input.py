@@ -166,6 +166,8 @@ CASES = {
                                   "it holds argparse.Namespace; only tensors"),
     "tensor file that is text": (MLP + "data: {kind: tensors, path: config.yaml}\n" + CPU, [],
                                  "config.yaml is not a file torch.save wrote, expected a .pt file"),
+    "npz file that is text": (MLP + "data: {kind: tensors, path: text.npz}\n" + CPU, [],
+                              "text.npz is not an .npz archive (numpy.savez writes one)"),
     "depth neither a number nor a list": ("model: {name: cnn, depth: [3, -1]}\n", [],
                                           "model.depth: expected a positive number of blocks per stage, or a "
                                           "non-empty list of them (got [3, -1])"),
@@ -211,6 +213,7 @@ def test_bad_input(name, tmp_path):
     config.write_text(text)
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 8), dtype="float32"))
     torch.save({"inputs": torch.zeros(4, 8), "targets": argparse.Namespace()}, tmp_path / "objects.pt")
+    (tmp_path / "text.npz").write_text("inputs,targets\n")
     args = [a.replace("{dir}", str(tmp_path)).replace("{config}", str(config)) for a in args]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative data paths resolve against the config anyway
