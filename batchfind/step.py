@@ -32,6 +32,10 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
                                  kwargs_field="train.optimizer_kwargs")
         if not (hasattr(optimizer, "step") and hasattr(optimizer, "zero_grad")):
             raise InputError(f"train.optimizer: {train.optimizer} returned {type(optimizer).__name__}, expected an optimizer")
+        if not _holds_any(optimizer, model):
+            # Its state would not be the model's, and the memory measured not what training holds.
+            raise InputError(f"train.optimizer: {train.optimizer} returned an optimizer that holds none of the "
+                             "model's parameters")
         return optimizer
     params = model.parameters()
     if train.optimizer == "sgd":
@@ -40,6 +44,16 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
         return torch.optim.RMSprop(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def _holds_any(optimizer: Any, model: nn.Module) -> bool:
+    """Whether the optimizer's parameter groups hold one of the model's trainable parameters (an
+    optimizer without torch's groups is taken at its word)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
+        return True
+    held = {id(p) for g in groups for p in g.get("params", [])}
+    return any(id(p) in held for p in model.parameters() if p.requires_grad)
 
 
 def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:

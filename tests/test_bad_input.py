@@ -168,6 +168,11 @@ CASES = {
                                  "config.yaml is not a file torch.save wrote, expected a .pt file"),
     "npz file that is text": (MLP + "data: {kind: tensors, path: text.npz}\n" + CPU, [],
                               "text.npz is not an .npz archive (numpy.savez writes one)"),
+    "optimizer of other parameters": (MLP + "train: {optimizer: 'fixtures:elsewhere_optimizer'}\n" + CPU, [],
+                                      "train.optimizer: fixtures:elsewhere_optimizer returned an optimizer that holds "
+                                      "none of the model's parameters"),
+    "optimizer that is a name": (MLP + "train: {optimizer: 'fixtures:named_optimizer'}\n" + CPU, [],
+                                 "train.optimizer: fixtures:named_optimizer returned str, expected an optimizer"),
     "depth neither a number nor a list": ("model: {name: cnn, depth: [3, -1]}\n", [],
                                           "model.depth: expected a positive number of blocks per stage, or a "
                                           "non-empty list of them (got [3, -1])"),
