@@ -660,7 +660,7 @@ def _run(
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _budget_warnings(stopped, limit)
                                     + _load_warnings(trials) + notes + outcome.warnings
                                     + _length_warnings(facts.get("input_lengths"))
-                                    + _advice_warnings(recommendation, facts) + _strategy_warnings(config, topo)
+                                    + _advice_warnings(recommendation, facts, config.recommend.target_batch) + _strategy_warnings(config, topo)
                                     + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
@@ -700,8 +700,12 @@ def _budget_warnings(stopped: str | None, limit) -> list[str]:
             "tried, and larger sizes may fit"]
 
 
-def _advice_warnings(rec, facts: dict) -> list[str]:
+def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
     warnings = []
+    if target and rec.accumulation_steps == 1 and (rec.global_batch_size or 0) > target:
+        # Accumulation only adds steps: one step of this batch already passes the batch asked for.
+        warnings.append(f"recommend.target_batch {target} is below the recommended batch's one step "
+                        f"({rec.global_batch_size} samples): train at a batch of {target} or below to keep it")
     loader = rec.loader
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
         warnings.append(

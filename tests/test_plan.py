@@ -709,3 +709,16 @@ def test_a_limit_left_unconfirmed_says_why():
                   error="RuntimeError: a bug in the dataset")
     assert said(ran + [check]) == ["the limit 8 was not confirmed in a fresh process (its check there failed with "
                                    "an error, above)"]
+
+
+def test_a_target_batch_below_one_step_of_the_recommended_batch_says_so():
+    from batchfind.report import Recommendation
+
+    def said(target, batch, steps):
+        rec = Recommendation(batch, "fastest", accumulation_steps=steps, global_batch_size=batch * steps)
+        return [w for w in probing._advice_warnings(rec, {}, target) if "target_batch" in w]
+
+    assert said(3, 8, 1) == ["recommend.target_batch 3 is below the recommended batch's one step (8 samples): train "
+                             "at a batch of 3 or below to keep it"]
+    # Reached by accumulation, or overshot only by rounding up to whole steps: nothing to say.
+    assert said(64, 8, 8) == said(100, 32, 4) == said(8, 8, 1) == []
