@@ -585,17 +585,19 @@ def _format(path: Path) -> str:
 def _parse_json(path: Path, text: str) -> Any:
     # Its own parser, not YAML's: YAML 1.1 reads JSON's 1e-05 as text.
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        table = dict(pairs)
-        if len(table) < len(pairs):  # Python's json keeps the last: the first would be lost
-            seen: set[str] = set()
-            key = next(key for key, _ in pairs if key in seen or seen.add(key))
-            raise InputError(f"{path}: duplicate key '{_key(key)}'")
-        return table
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:  # Python's json keeps the last: the first would be lost
+                raise InputError(f"{path}: duplicate key '{_key(key)}'")
+            seen.add(key)
+        return dict(pairs)
 
     try:
         return json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except ValueError:  # what else json raises: an integer past Python's limit on digits
+        raise InputError(f"{path}: invalid JSON: an integer of thousands of digits") from None
 
 
 def _parse_toml(path: Path, text: str) -> Any:

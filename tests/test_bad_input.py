@@ -27,6 +27,8 @@ CASES = {
     "malformed JSON": ('{"model": {"name": "mlp"}\n', [], "invalid JSON at line 2"),
     "output of neither type it takes": (MLP + "train: {output: 1.5}\n", [],
                                         "train.output: expected a field name or an index (got 1.5)"),
+    "JSON integer of 5000 digits": ('{"model": {"name": "mlp", "hidden": ' + "9" * 5000 + '}}', [],
+                                    "config.json: invalid JSON: an integer of thousands of digits"),
     "duplicate JSON key": ('{"model": {"name": "mlp"}, "model": {}}', [], "config.json: duplicate key 'model'"),
     "quoted number in JSON": ('{"model": {"name": "mlp"}, "train": {"lr": "1e-4"}}', [],
                               "train.lr: expected a number, not text (got '1e-4'; without the quotes it is a number)"),

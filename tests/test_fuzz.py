@@ -3,6 +3,7 @@
 500 examples in the normal run; BATCHFIND_FUZZ_EXAMPLES=5000 for a longer one.
 """
 
+import json
 import os
 
 import yaml
@@ -44,10 +45,10 @@ sections = st.fixed_dictionaries(
 
 
 @settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=sections, suffix=st.sampled_from([".yaml", ".toml"]))
+@given(raw=sections, suffix=st.sampled_from([".yaml", ".toml", ".json"]))
 def test_any_config_loads_or_fails_with_lines_naming_the_file(tmp_path_factory, raw, suffix):
     path = tmp_path_factory.mktemp("fuzz") / f"c{suffix}"
-    text = yaml.safe_dump(raw) if suffix == ".yaml" else _toml(raw)
+    text = {".yaml": yaml.safe_dump, ".toml": _toml, ".json": json.dumps}[suffix](raw)
     path.write_text(text)
     _loads_or_names_the_file(path)
 
@@ -109,7 +110,7 @@ def test_any_options_parse_or_fail_cleanly(monkeypatch, tmp_path_factory, option
 
 @settings(max_examples=int(300 * SCALE), deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("{}[]:,&*!<>|-'\"\n\t #=.0123456789abcmodelnprx\0")), max_size=200),
-       suffix=st.sampled_from([".yaml", ".toml"]))
+       suffix=st.sampled_from([".yaml", ".toml", ".json"]))
 def test_any_text_loads_or_fails_in_lines_naming_the_file(tmp_path_factory, text, suffix):
     """Arbitrary text (anchors, aliases, duplicate keys, deep brackets, NUL): InputError or a config."""
     path = tmp_path_factory.mktemp("text") / f"c{suffix}"
