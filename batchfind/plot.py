@@ -33,8 +33,8 @@ def title(report: Report, source: str | None = None) -> str:
     """What was probed, where, under which limit: `cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC · limit 2.0 GiB`."""
     env, dist, config = report.environment, report.distributed, report.config
     # A report's config is what the user wrote, read back: a section may be anything.
-    model, train = (config.get(key) if isinstance(config.get(key), dict) else {} for key in ("model", "train"))
-    model = model.get("name")
+    model_section, train = (config.get(key) if isinstance(config.get(key), dict) else {} for key in ("model", "train"))
+    model = model_section.get("name")
     what = ", ".join(str(v) for v in (model, train.get("optimizer"), train.get("precision")) if v)
     what = f"{source}: {what}" if source and what else source or what or "batchfind"
     device = env.device_name or env.device

@@ -153,7 +153,8 @@ def test_a_factory_that_never_returns_is_named_not_taken_for_memory(write_config
         # bound has run out.
         replies = []
         while "hangs(" not in (worker.running or "") and not replies:
-            select.select([worker], [], [], HANG_S)
+            if not select.select([worker], [], [], HANG_S)[0]:  # reading now would wait forever
+                pytest.fail(f"the worker said nothing for {HANG_S} s")
             replies = worker.read()
         assert not replies, replies
         hung = worker.stop("timeout", "no result within 600 s; worker stopped")
