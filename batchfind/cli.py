@@ -152,8 +152,8 @@ def _errors(debug: bool) -> Iterator[None]:
         rank = None  # torchrun's variables are malformed: the probe says so where it meets its ranks
     who = f"rank {rank}: " if rank else ""  # under torchrun every rank may have its own say
     streams = sys.stdout, sys.stderr
-    out = _Guarded(sys.stdout)
-    sys.stdout, sys.stderr = out, _Guarded(sys.stderr)
+    out = _guard(sys.stdout)
+    sys.stdout, sys.stderr = out, _guard(sys.stderr)
     try:
         try:
             yield
@@ -233,14 +233,21 @@ class _Guarded:
             pass
 
     def check(self) -> None:
-        if self._failed is not None:
+        """Raise the failure to write, once."""
+        failed, self._failed = self._failed, None
+        if failed is not None:
             raise BatchfindError(f"cannot write to {str(getattr(self._stream, 'name', 'the output')).strip('<>')}: "
-                                 f"{self._failed.strerror or self._failed}")
+                                 f"{failed.strerror or failed}")
 
     def __getattr__(self, name: str):
         if name == "buffer":  # writers must come through write(), not around it
             raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+def _guard(stream) -> _Guarded:
+    """The stream guarded, once: a command's guard inside `main`'s is the same one."""
+    return stream if isinstance(stream, _Guarded) else _Guarded(stream)
 
 
 # How long after an interrupt a repeated one is taken for the same impatient keypress.
@@ -488,8 +495,6 @@ def probe(
         from .probing import probe as run_probe
         from .report import check_requirements
 
-        _check_output(output, keep=(config,))
-        _not_stdout(output, as_json)
         cfg = load_config(config, {
             "--device": device, "--min-batch": min_batch, "--max-batch": max_batch, "--steps": steps,
             "--warmup": warmup, "--fit-steps": fit_steps, "--memory-limit": memory_limit, "--time-budget": time_budget,
@@ -498,7 +503,10 @@ def probe(
             "--headroom": headroom, "--lr-rule": lr_rule.value if lr_rule else None, "--target-batch": target_batch,
             "--noise-scale": noise_scale,
         })
-        _check_output(plot_file, "--plot", keep=(config, output))
+        # Neither over the files this probe reads (the config, a data file) nor over each other.
+        _check_output(output, keep=(config, cfg.data.path))
+        _not_stdout(output, as_json)
+        _check_output(plot_file, "--plot", keep=(config, cfg.data.path, output))
         _check_image(plot_file, "--plot")
         if require_on is not None and require_batch is None:
             raise InputError("--require-on: says what --require-batch checks; give --require-batch N too")
@@ -560,7 +568,7 @@ def check(
         cfg = load_config(config, {"--device": device, "--fit-steps": fit_steps,
                                    "--memory-limit": memory_limit, "--nproc-per-node": nproc_per_node,
                                    "--strategy": strategy.value if strategy else None})
-        _check_output(output, keep=(config,))
+        _check_output(output, keep=(config, cfg.data.path))
         _not_stdout(output, as_json)
         with _interrupt_once():  # SIGTERM too ends the check with its report written
             report = run_check(cfg, batch)
@@ -660,8 +668,9 @@ def _fraction(text: str, option: str) -> float:
         raise InputError(f"{option}: expected a fraction like 10% or 0.1 (got {text!r})") from None
     # A bare 5 is more likely a percentage without its sign than 500%: it is refused, not guessed.
     if not percent and value >= 1:
-        raise InputError(f"{option}: a bare number is a fraction below 1 (0.05 is 5%); write {text}% for a percentage "
-                         f"(got {text!r})")
+        # The percentage it suggests is one it takes.
+        hint = f"; write {text}% for a percentage" if value <= 1000 else ""
+        raise InputError(f"{option}: a bare number is a fraction below 1 (0.05 is 5%){hint} (got {text!r})")
     if not 0 <= value <= 10:
         raise InputError(f"{option}: expected a percentage from 0% up to 1000% (got {text!r})")
     return value
@@ -754,6 +763,9 @@ def _draw(report, path: Path, option: str, source: str | None = None) -> None:
 
 
 def main() -> None:
+    # Guarded here too, for what click writes before any command runs (--help, --version).
+    out = sys.stdout = _guard(sys.stdout)
+    sys.stderr = _guard(sys.stderr)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:  # Ctrl-C while click parses (typers that do not make it an exit of their own)
@@ -770,6 +782,11 @@ def main() -> None:
         else:
             hint = f" (see {ctx.command_path if ctx else 'batchfind'} --help)" if "UsageError" in names else ""
             typer.echo(f"error: {plain(exc.format_message())}{hint}", err=True)
+        code = exc.exit_code
+    try:
+        out.check()
+    except BatchfindError as exc:
+        typer.echo(f"error: {exc}", err=True)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -59,6 +59,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _on_meta(batch: Any) -> bool:
+    if isinstance(batch, torch.Tensor):
+        return batch.is_meta
+    if isinstance(batch, Mapping):
+        return any(_on_meta(v) for v in batch.values())
+    return isinstance(batch, (tuple, list)) and any(_on_meta(v) for v in batch)
+
+
 def _rebuilt(like: tuple | list, parts: list) -> tuple | list:
     """A tuple or list of `like`'s type holding `parts`: a namedtuple takes them one by one."""
     return type(like)(*parts) if hasattr(like, "_fields") else type(like)(parts)
@@ -150,11 +158,16 @@ class Batches:
                 raise
             raise InputError(f"data: items of the {self.describe} dataset do not stack into a batch: "
                              f"{described(exc)}") from None
+        if _on_meta(batch):
+            raise InputError(f"data: items of the {self.describe} dataset hold tensors on the meta device: shapes "
+                             "without data, which no step can train on")
         return to_device(batch, self.device)
 
     def _item(self, index: int) -> Any:
         try:
             return self.dataset[index]
+        except InputError:
+            raise  # batchfind's own dataset (an image folder's file that does not decode) names what failed
         except Exception as exc:  # the user's dataset: a failure is bad input, in one line
             raise InputError(f"data: item {index} of the {self.describe} dataset raised {described(exc)}") from None
 

@@ -21,6 +21,7 @@ from .worker import SetupFailed, Worker
 START_S = 600.0
 # A rank stopped because another rank failed first.
 STOPPED = "stopped"
+STOPPED_ERROR = "stopped: another rank failed first"
 # A collective that failed because a peer went away: a consequence, never the cause.
 _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator",
               "ProcessGroupNCCL", "ProcessGroupGloo", "Gloo", "gloo")
@@ -159,7 +160,7 @@ class Group:
                     self.agreement and self.agreement.flag_raised()
                 ):
                     # A rank failed: the others wait on it in a collective that will never complete.
-                    stop_waiting(STOPPED, "stopped: another rank failed first")
+                    stop_waiting(STOPPED, STOPPED_ERROR)
                 elif (left := deadline - time.monotonic()) <= 0:
                     stop_waiting("timeout", f"no result within {timeout_s:g} s; worker stopped")
                 else:
@@ -189,6 +190,19 @@ def _first_failure(replies: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(failed, key=_blame, default=None)
 
 
+def _as_seen(reply: dict[str, Any], cause: dict[str, Any] | None) -> dict[str, Any]:
+    """A rank's status and error. One whose collective failed because another rank failed first
+    (its peer gone) only waited on it, as a rank stopped while waiting did: which of the two it is
+    turns on how soon the parent stops it (on a loaded machine the collective often fails first)."""
+    if cause is not None and reply is not cause and _blame(reply)[0] == _LOST and _blame(cause)[0] < _LOST:
+        return {"status": STOPPED, "error": STOPPED_ERROR}
+    return {"status": reply["status"], "error": reply.get("error")}
+
+
+# `_blame`'s place for a rank whose failure is a lost peer.
+_LOST = 3
+
+
 def _blame(reply: dict[str, Any]) -> tuple[int, int]:
     status, error = reply.get("status"), reply.get("error") or ""
     if status in ("oom", "killed"):
@@ -198,7 +212,7 @@ def _blame(reply: dict[str, Any]) -> tuple[int, int]:
     elif status == "timeout":
         order = 2
     elif any(fragment in error for fragment in _PEER_LOST):
-        order = 3
+        order = _LOST
     else:  # an error of its own, bad input at setup
         order = 1
     return order, reply.get("rank", 0)
@@ -250,8 +264,8 @@ def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int
         "purpose": replies[0].get("purpose"),
         "steps": replies[0].get("steps"),
         "ranks": [
-            {"rank": r["rank"], "status": r["status"], "peak_bytes": r.get("peak_bytes"),
-             "step_ms": (r.get("step_ms") or {}).get("median"), "error": r.get("error")}
+            {"rank": r["rank"], **_as_seen(r, failed), "peak_bytes": r.get("peak_bytes"),
+             "step_ms": (r.get("step_ms") or {}).get("median")}
             for r in replies
         ],
     }

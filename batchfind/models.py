@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import nn
 
 from . import devices
 from .config import CNNModel, FactoryModel, MLPModel, TransformerModel
-from .errors import InputError, described
+from .errors import InputError, described, plural
 
 
 def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> nn.Module:
@@ -29,6 +30,12 @@ def build_model(cfg: MLPModel | CNNModel | TransformerModel | FactoryModel) -> n
         # Where Lightning builds layers, before it asks for optimizers: setup, then configure_model.
         run_user_code(f"model.name: {cfg.name}'s setup('fit')", model.setup, "fit")
         run_user_code(f"model.name: {cfg.name}'s configure_model()", model.configure_model)
+    meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        # Built under torch.device("meta") (accelerate's init_empty_weights): shapes, no data to train.
+        shown = ", ".join(meta[:3]) + (", ..." if len(meta) > 3 else "")
+        raise InputError(f"model.name: {cfg.name} returned a model with {plural(len(meta), 'tensor')} on the meta "
+                         f"device ({shown}): shapes without data; materialize them first (to_empty(), then initialize)")
     return model
 
 
@@ -55,15 +62,30 @@ _NEEDS_TRAINER = "attached to a `Trainer`"
 def run_user_code(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)`, the user's code: any failure but running out of memory is bad input
     naming `what`."""
+    with running(what):
+        try:
+            return fn(*args, **kwargs)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            if isinstance(exc, MemoryError) or devices.is_oom(exc):
+                raise  # what it builds does not fit: nothing fits, not bad input
+            raise InputError(f"{what} raised {raised(exc)}{trainer_hint(exc)}") from exc
+
+
+_running: str | None = None
+
+
+@contextlib.contextmanager
+def running(what: str) -> Iterator[None]:
+    """`announce` what of the user's code runs inside, so that a worker that hangs or dies there
+    names it; on leaving, what ran around it, if anything."""
+    global _running
+    around, _running = _running, what
     announce(what)
     try:
-        return fn(*args, **kwargs)
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
-        if isinstance(exc, MemoryError) or devices.is_oom(exc):
-            raise  # what it builds does not fit: nothing fits, not bad input
-        raise InputError(f"{what} raised {raised(exc)}{trainer_hint(exc)}") from exc
+        yield
     finally:
-        announce(None)
+        _running = around
+        announce(around)
 
 
 def trainer_hint(exc: BaseException) -> str:

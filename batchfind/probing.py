@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import platform
 import statistics
 import time
 from typing import Callable
 
 from . import __version__, curve, noise, search
-from .config import CNNModel, Config, MLPModel, TransformerModel
+from .config import CNNModel, Config, DataConfig, MLPModel, TransformerModel
 from .errors import BatchfindError, InputError, clipped, plural
-from .memory import MemoryModel, explains, fit, safe_size
+from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
+from .sizes import format_size
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
 from .worker import SetupFailed
@@ -26,6 +29,9 @@ REMEASURE_SHARE = 1 / 3
 NOISE_BATCHES = 12
 # Above this share of a step spent waiting for data, training is input-bound.
 INPUT_BOUND_SHARE = 0.2
+# DataLoader workers past this many per CPU only queue for its cores (torch warns past one per CPU),
+# and a number far past it (a typo's 100000) would start that many processes: they are not timed.
+WORKERS_PER_CPU = 4
 # On a CPU, a power of two whose peak the memory model puts this far past the memory limit is not
 # run when the edge search follows: its failure would cost the doubling worker a step of seconds
 # (cnn-small's 2048: 2.2-3.8 s) and tell the search nothing the limit in force does not, and the
@@ -177,6 +183,8 @@ class Prober:
             if fresh or self.group is None:
                 self.group = self._fresh(fits=purpose == "fit")
             result = self.group.run(size, purpose, self.config.probe.trial_timeout_s, bar)
+            if result["status"] == "input":
+                raise InputError(result["error"])
             # A throughput trial stopped at its bar says so; a failure says nothing.
             trial = Trial.from_dict({**result, "phase": self.phase, "purpose": result.get("purpose") or purpose})
         except SetupFailed as exc:
@@ -468,7 +476,11 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
     extras: dict = {}
     if size is None:
         return extras
-    if facts["data"] != "synthetic":
+    workers, cpus = config.data.workers, _cpus()
+    if facts["data"] != "synthetic" and workers > WORKERS_PER_CPU * cpus:
+        extras["loader"] = {"status": "skipped", "error": f"data.workers: {workers} is more than {WORKERS_PER_CPU} "
+                            f"per CPU ({plural(cpus, 'CPU')} here): set at most {WORKERS_PER_CPU * cpus} to time the DataLoader"}
+    elif facts["data"] != "synthetic":
         reply = prober.ask({"op": "loader", "batch_size": size})
         # The request's own wall time is no part of the timing it reports.
         extras["loader"] = ({k: v for k, v in reply.items() if k != "wall_s"} if reply.get("status") == "ok"
@@ -489,6 +501,11 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
         else:
             extras["noise_scale"] = {"status": reply.get("status"), "error": reply.get("error")}
     return extras
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _edge(model: MemoryModel | None) -> int | None:
@@ -605,7 +622,7 @@ def _run(
             # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
             # batch that ran out of memory, so `-o` and `--json` still get one.
             prober.trials.append(Trial(batch_size=first, status=exc.status, fresh_process=True,
-                                       purpose="fit", error=_nothing_fits(exc.message)))
+                                       purpose="fit", error=_nothing_fits(exc.message, config.data)))
         if facts:
             outcome = plan(prober, facts, keep_going)
             # Advice requests add no trials, so the decision made before them stands.
@@ -712,6 +729,8 @@ def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
             f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
             f"DataLoader ({plural(loader['workers'], 'worker')}); raise data.workers or speed up loading"
         )
+    elif loader and loader.get("status") == "skipped":
+        warnings.append(f"the DataLoader was not timed: {loader.get('error')}")
     elif loader and loader.get("status") != "ok":
         warnings.append(f"the DataLoader timing failed: {loader.get('status')}: {loader.get('error')}")
     scale = rec.noise_scale
@@ -795,12 +814,31 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
     return BatchfindError(f"could not set up the probe ({exc.status}): {exc.message}")
 
 
-def _nothing_fits(message: str) -> str:
+def _nothing_fits(message: str, data: DataConfig) -> str:
     # Python, torch and the model come first; under a small cap any of them may be what ran out.
     # The allocator's words cut short, so the advice after them stays whole.
-    return (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
-            "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
-            "model smaller")
+    text = (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
+            "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the ")
+    largest = _largest_input(data)
+    failed = failed_allocation(message)
+    if largest and failed and 2 * largest[1] >= failed:
+        # An allocation no larger than set-up's check of two samples: the data's size, not the model's.
+        return text + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
+    return text + "model smaller"
+
+
+# Bytes per element of the dtypes synthetic inputs may take.
+_ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
+
+
+def _largest_input(data: DataConfig) -> tuple[str, int] | None:
+    """The synthetic input given the most bytes per sample by its shape in the config, and how many."""
+    if data.inputs:
+        return max(((f"data.inputs.{name}", math.prod(spec.shape) * _ELEMENT_BYTES[spec.dtype])
+                    for name, spec in data.inputs.items()), key=lambda named: named[1])
+    if data.input_shape is not None:
+        return "data.input_shape", math.prod(data.input_shape) * _ELEMENT_BYTES[data.input_dtype]
+    return None
 
 
 def _warnings(trials: list[Trial], limit) -> list[str]:

@@ -16,7 +16,7 @@ from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError, debugging, described
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
-from .models import build_model, raised
+from .models import build_model, raised, running
 from .step import CustomStep, LightningStep, Step, given_labels, make_step, split
 
 
@@ -48,6 +48,12 @@ class Session:
             self.model = build_model(self.config.model).train()
 
     @property
+    def reads_items(self) -> bool:
+        """Whether set-up reads the items of a dataset of the user's for their lengths: no worker
+        before this one has told it what they are."""
+        return self.learned is None and self.config.data.kind not in ("synthetic", "tensors", "imagefolder")
+
+    @property
     def wants_gpu(self) -> bool:
         return devices.wants_cuda(self.config.probe.device)
 
@@ -73,9 +79,13 @@ class Session:
             model = self.model = self.model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):
             raise InputError(f"model.name: {config.model.name} has no trainable parameters: nothing to train")
-        self.batches = build_batches(config, self.device, self.learned["scan"] if self.learned else None)
+        # Set-up's reading of the data and its first steps run the user's code: a hang there names it.
+        reading = (running(f"data.kind: {config.data.kind}'s items, read for their lengths")
+                   if self.reads_items else contextlib.nullcontext())
+        with reading:
+            self.batches = build_batches(config, self.device, self.learned["scan"] if self.learned else None)
         batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        with one_thread(self.device):
+        with one_thread(self.device), running(f"model.name: {config.model.name}'s step on two samples"):
             check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
             if rank:
                 torch.manual_seed(rank["rank"])  # and draws its own random samples
@@ -122,6 +132,10 @@ class Session:
         held = self._held() if op == "trial" else None
         try:
             result = getattr(self, f"_{op}")(**args)
+        except InputError as exc:  # the config's or the user's code's doing, at any size: the probe stops
+            result = {"status": "input", "error": str(exc)}
+            if debugging():
+                traceback.print_exc()
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
             where = f"in {self.step.stage}: " if self.step.stage else ""
             result = {"status": "error", "error": where + one_line(exc)}
@@ -238,7 +252,13 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
     step = make_step(model, train, device)
     try:
         step.check(batch, lambda classes: check_labels(batches, classes, config) if labels else None)
-    except InputError:
+    except InputError as exc:
+        data = config.data
+        if (str(exc).startswith(f"train.loss: {train.loss} raised") and data.kind == "synthetic"
+                and data.inputs is None and data.num_classes is None and not isinstance(config.model, TransformerModel)):
+            # A loss of one's own gets float targets (regression) unless classes are given.
+            raise InputError(f"{exc}; its synthetic targets are floats: set data.num_classes for class "
+                             "labels") from exc
         raise
     except Exception as exc:
         if devices.is_oom(exc):
@@ -247,6 +267,11 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         if train.step:  # the user's own step: what it raised, whether or not in the model
             raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
                              f"({describe_batch(batch)} into {config.model.name})") from exc
+        given = [name for name in train.forward_kwargs if f"argument '{name}'" in str(exc)]
+        if isinstance(exc, TypeError) and given:
+            # `unexpected keyword argument 'mask'`, `multiple values for argument 'x'`: not the data's doing.
+            raise InputError(f"train.forward_kwargs: {given[0]}: {config.model.name} refused it: "
+                             f"{one_line(exc)}") from exc
         raise InputError(
             f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}: "
             f"{one_line(exc)}{_fit_hint(exc, config)}"

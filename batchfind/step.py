@@ -166,12 +166,25 @@ def _kind(output: Any) -> str:
     return type(output).__name__
 
 
-def scalar(value: Any, source: str) -> torch.Tensor:
-    """The loss as a one-element tensor; anything else is the source's mistake."""
+def scalar(value: Any, source: str, backward: bool = True) -> torch.Tensor:
+    """The loss as a one-element tensor, one that training can backpropagate through unless the
+    source did its own `backward`; anything else is the source's mistake."""
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise InputError(f"{source} returned {what}, expected the loss (a tensor with one element)")
+    if backward:
+        trainable(value, f"the loss from {source}")
     return value.reshape(())
+
+
+def trainable(loss: torch.Tensor, subject: str) -> torch.Tensor:
+    """The loss, where backward can reach the model from it; checked only where gradients are on
+    (a trial's step, not set-up's check under no_grad). Left alone, backward fails at every size
+    alike, which is no batch's doing."""
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise InputError(f"{subject} does not depend on the model's trainable parameters (no grad_fn: made under "
+                         "torch.no_grad(), or from detached tensors): nothing to train")
+    return loss
 
 
 def _function(spec: str, name: str) -> Callable:
@@ -286,7 +299,7 @@ class Step:
                 "no target: name the target's key in train.target (dict batches), give the model its labels, "
                 "or use (input, target) items"
             )
-        return compute_loss(scored, target, self.train.loss)
+        return trainable(compute_loss(scored, target, self.train.loss), "the model's output")
 
 
 class LightningStep(Step):
@@ -370,7 +383,7 @@ class CustomStep:
         # A number: `return loss.item()`, as training loops often end (numpy's floats count too).
         if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
             loss = torch.tensor(float(loss))
-        return scalar(loss, f"train.step {self.train.step}")
+        return scalar(loss, f"train.step {self.train.step}", backward=False)
 
     def check(self, batch: Any, labels_below: Callable[[int], None]) -> None:
         """The whole step without its update (it may not run under no_grad: it calls backward)."""

@@ -301,3 +301,72 @@ class TokenIds(torch.utils.data.Dataset):
     def __getitem__(self, i):
         ids = torch.randint(0, self.high, (self.length,), generator=torch.Generator().manual_seed(i))
         return ids, ids
+
+
+class Inference(nn.Module):
+    """A model whose forward runs without gradients, as an evaluation loop's does."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.linear(x)
+
+
+def on_meta(features: int = 8, classes: int = 4):
+    """A model built for its shapes only, as init_empty_weights builds one."""
+    with torch.device("meta"):
+        return nn.Linear(features, classes)
+
+
+class MetaItems(Pairs):
+    """Items whose inputs have a shape but no data."""
+
+    def __getitem__(self, i):
+        return torch.empty(self.x.shape[1], device="meta"), self.y[i]
+
+
+class BreaksAt(Pairs):
+    """Pairs whose item `at` raises: past the items read at set-up, the first trial to reach it finds it."""
+
+    def __init__(self, n: int = 10010, at: int = 10005):
+        super().__init__(n)
+        self.at = at
+
+    def __getitem__(self, i):
+        if i == self.at:
+            raise ValueError(f"item {i} is corrupt")
+        return super().__getitem__(i)
+
+
+class SlowItems(Pairs):
+    """Pairs whose items take `delay` seconds each, past `after`: a dataset that reads slowly."""
+
+    def __init__(self, n: int = 100, after: int = 1, delay: float = 3600.0):
+        super().__init__(n)
+        self.after, self.delay = after, delay
+
+    def __getitem__(self, i):
+        if i >= self.after:
+            time.sleep(self.delay)
+        return super().__getitem__(i)
+
+
+class HangsAbove(Trap):
+    """A model whose forward never returns for a batch above `above`."""
+
+    def __init__(self, above: int = 0):
+        super().__init__()
+        self.above = above
+
+    def forward(self, x):
+        if x.shape[0] > self.above:
+            time.sleep(3600)
+        return self.linear(x)
+
+
+def labelled_cross_entropy(output, target):
+    """Cross-entropy written out as one's own loss: it takes class labels only."""
+    return nn.functional.cross_entropy(output, target)

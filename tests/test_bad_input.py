@@ -162,6 +162,10 @@ CASES = {
     "require-on alone": (MLP, ["--require-on", "limit"], "--require-on: says what --require-batch checks; give "
                                                           "--require-batch N too"),
     "output is the config": (MLP, ["-o", "{config}"], "would overwrite"),
+    "output is the data file": (MLP + "data: {kind: tensors, path: data.pt}\n", ["-o", "{dir}/data.pt"],
+                                "data.pt would overwrite"),
+    "plot is the data file": (MLP + "data: {kind: tensors, path: data.pt}\n", ["--plot", "{dir}/data.pt"],
+                              "data.pt would overwrite"),
     "plot is the config": (MLP, ["--plot", "{config}"], "would overwrite"),
     "output name too long": (MLP, ["-o", "x" * 300], "--output: a name in the path is longer than 255 bytes"),
     "tensor file holds objects": (MLP + "data: {kind: tensors, path: objects.pt}\n" + CPU, [],
@@ -206,6 +210,31 @@ CASES = {
                                    "data: {kind: 'fixtures:TokenIds'}\n" + CPU, [],
                                    "IndexError: index out of range in self; the transformer takes token ids from 0 "
                                    "to below model.vocab_size (50) and sequences up to model.seq_len (128) long"),
+    # Found in the first trial, after its progress line (-q leaves it out).
+    "loss cut off from the model": (MLP + "data: {kind: 'fixtures:Pairs'}\ntrain: {loss: 'fixtures:detached_loss'}\n"
+                                    + CPU, ["-q"], "the loss from train.loss fixtures:detached_loss does not depend on the "
+                                    "model's trainable parameters (no grad_fn: made under torch.no_grad(), or from "
+                                    "detached tensors): nothing to train"),
+    "output made without gradients": ("model: {name: 'fixtures:Inference'}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU,
+                                      ["-q"], "the model's output does not depend on the model's trainable parameters"),
+    "model on the meta device": ("model: {name: 'fixtures:on_meta'}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
+                                 "model.name: fixtures:on_meta returned a model with 2 tensors on the meta device "
+                                 "(weight, bias): shapes without data; materialize them first"),
+    "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
+                                 "data: items of the MetaItems dataset hold tensors on the meta device"),
+    "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
+                                                 "train: {forward_kwargs: {mask: [1, 2]}}\n" + CPU, [],
+                                                 "train.forward_kwargs: mask: mlp refused it: TypeError: "
+                                                 "Sequential.forward() got an unexpected keyword argument 'mask'"),
+    "forward argument given twice": ("model: {name: 'fixtures:Trap'}\ndata: {kind: 'fixtures:Pairs'}\n"
+                                     "train: {forward_kwargs: {x: 1}}\n" + CPU, [],
+                                     "train.forward_kwargs: x: fixtures:Trap refused it: TypeError: "),
+    "own loss of class labels given floats": (MLP + "train: {loss: 'fixtures:labelled_cross_entropy'}\n" + CPU, [],
+                                              # torch's own words in between differ between versions
+                                              "targets are floats: set data.num_classes for class labels"),
+    "image that does not decode": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
+                                   "data: {kind: imagefolder, path: images}\n" + CPU, [],
+                                   "config.yaml: data.path: cannot decode image"),
     "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),
     "cuda:7": (MLP + "probe: {device: 'cuda:7'}\n", [], "probe.device: cuda:7 requested"),
 }
@@ -221,6 +250,9 @@ def test_bad_input(name, tmp_path):
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 8), dtype="float32"))
     torch.save({"inputs": torch.zeros(4, 8), "targets": argparse.Namespace()}, tmp_path / "objects.pt")
     (tmp_path / "text.npz").write_text("inputs,targets\n")
+    torch.save({"inputs": torch.zeros(4, 8), "targets": torch.zeros(4, dtype=torch.long)}, tmp_path / "data.pt")
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    (tmp_path / "images" / "cats" / "0.png").write_bytes(b"\x89PNG not really")
     args = [a.replace("{dir}", str(tmp_path)).replace("{config}", str(config)) for a in args]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative data paths resolve against the config anyway

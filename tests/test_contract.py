@@ -112,6 +112,9 @@ def test_compare_regression_exits_4_and_names_it(real_report, tmp_path):
     ("5", "a bare number is a fraction below 1 (0.05 is 5%); write 5% for a percentage"),
     ("10", "write 10% for a percentage"),
     ("2000%", "expected a percentage from 0% up to 1000%"),
+    ("2000", "a bare number is a fraction below 1 (0.05 is 5%) (got '2000')"),  # 2000% is refused too
+    ("inf", "a bare number is a fraction below 1 (0.05 is 5%) (got 'inf')"),
+    ("nan", "expected a percentage from 0% up to 1000% (got 'nan')"),
     ("ten", "expected a fraction like 10% or 0.1"),
 ])
 def test_compare_refuses_a_bound_it_would_have_to_guess(real_report, tmp_path, bound, expected):
@@ -354,13 +357,32 @@ def test_init_then_validate(tmp_path, template):
 
 
 def test_validate_says_how_its_step_failed_in_one_line(write_config):
-    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\n"
-                        "data: {input_shape: [8], num_classes: 4, size: 64}\ntrain: {loss: 'fixtures:detached_loss'}\n")
+    # Set-up's check runs no backward pass: the step is where this fails.
+    path = write_config("model: {name: 'fixtures:Trap', kwargs: {at: 2, how: backward_oom}}\n"
+                        "data: {input_shape: [8], num_classes: 4, size: 64}\n")
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and result.stderr.startswith(
-        f"error: {path}: one training step on CPU failed (error): in backward: RuntimeError: element 0 of tensors "
-        "does not require grad"), result.stderr
-    assert result.stderr.count("error") == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        f"error: {path}: one training step on CPU failed (oom): in backward: OutOfMemoryError: CUDA out of memory. "
+        "Tried to allocate 1.00 GiB (fake, in backward)"), result.stderr
+    assert result.stderr.count("error") == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", [["validate"], ["probe", "-q"], ["check", "--batch", "2"]])
+def test_a_loss_that_cannot_train_the_model_is_bad_input_everywhere(write_config, command):
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\n"
+                        "data: {input_shape: [8], num_classes: 4, size: 64}\ntrain: {loss: 'fixtures:detached_loss'}\n")
+    result = runner.invoke(app, [command[0], str(path), *command[1:]])
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {path}: the loss from train.loss fixtures:detached_loss does not depend on the model's trainable "
+        "parameters (no grad_fn: made under torch.no_grad(), or from detached tensors): nothing to train\n"), result.stderr
+
+
+def test_a_dataset_item_that_raises_in_a_trial_is_bad_input(write_config):
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:BreaksAt'}\n"
+                        "probe: {device: cpu}\n")
+    result = runner.invoke(app, ["check", str(path), "--batch", "10010"])
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {path}: data: item 10005 of the BreaksAt dataset raised ValueError: item 10005 is corrupt\n"), result.stderr
 
 
 def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):

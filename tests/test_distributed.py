@@ -76,7 +76,14 @@ def test_a_rank_that_lost_its_peer_is_not_blamed():
     # rank 1 was killed; gloo then failed rank 0's all-reduce, often before rank 1's death was seen.
     lost = {"rank": 0, "status": "error", "error": "in backward: RuntimeError: [gloo] Connection reset by peer"}
     killed = {"rank": 1, "status": "killed", "error": "worker killed by SIGKILL"}
-    assert merge_trial([lost, killed], batch_size=4, dataset_len=100)["status"] == "killed"
+    merged = merge_trial([lost, killed], batch_size=4, dataset_len=100)
+    assert merged["status"] == "killed"
+    # It only waited on rank 1, as a rank stopped in time would have: the report says so either way.
+    assert [(r["status"], r["error"]) for r in merged["ranks"]] == [
+        ("stopped", "stopped: another rank failed first"), ("killed", "worker killed by SIGKILL")]
+    # Where every failure is a lost peer, nothing is known to have caused it: each keeps its own.
+    alone = merge_trial([lost, {**lost, "rank": 1}], batch_size=4, dataset_len=100)
+    assert [r["status"] for r in alone["ranks"]] == ["error", "error"]
     # A rank that could not set up is the cause, not the rank stopped while waiting for it.
     bad = {"rank": 1, "status": "input", "error": "model.name: broken"}
     assert _first_failure([{"rank": 0, "status": "stopped"}, bad]) is bad

@@ -122,6 +122,17 @@ def test_the_config_being_probed_is_never_an_output(write_config, option, monkey
     assert path.read_text() == before
 
 
+@pytest.mark.parametrize("command", [["probe", "-o"], ["probe", "--plot"], ["check", "--batch", "1", "-o"]])
+def test_the_data_file_being_read_is_never_an_output(write_config, command, tmp_path, monkeypatch):
+    monkeypatch.setattr(probing, "probe", fake_probe)
+    monkeypatch.setattr(probing, "check", fake_probe)
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"PK\x05\x06" + bytes(18))  # whatever it holds is the user's and stays so
+    path = write_config(MLP + "data: {kind: tensors, path: data.npz}\n")
+    _one_line(runner.invoke(app, [command[0], str(path), *command[1:], str(data)]), "would overwrite", str(data))
+    assert data.read_bytes() == b"PK\x05\x06" + bytes(18)
+
+
 @pytest.mark.parametrize("command", [["probe", "{config}", "-o", "-"], ["probe", "{config}", "--plot", "-"],
                                      ["check", "{config}", "--batch", "1", "-o", "-"], ["plot", "r.json", "-o", "-"],
                                      ["init", "-"]])
@@ -176,6 +187,18 @@ def test_a_full_disk_on_stdout_is_one_line_after_the_file(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: cannot write to stdout: No space left on device"]
     assert out.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["probe", "--help"]])
+def test_what_is_printed_before_any_command_runs_fails_in_one_line_too(args):
+    run = " ".join([sys.executable, "-m", "batchfind", *args])
+    full = subprocess.run(["bash", "-c", f"{run} >/dev/full"], capture_output=True, text=True)
+    assert full.returncode == 1 and full.stderr == "error: cannot write to stdout: No space left on device\n"
+    # A reader that stops reading changes no exit code.
+    gone = subprocess.run(["bash", "-c", f"{run} | (exec 0<&-; true); exit ${{PIPESTATUS[0]}}"],
+                          capture_output=True, text=True)
+    assert gone.returncode == 0 and gone.stderr == "", gone.stderr
 
 
 # ---- numbers JSON does not have ------------------------------------------------------------
@@ -433,8 +456,42 @@ def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
     assert setup_failure(ValueError("a bug"))["status"] == "error"
     # The line a user reads keeps the cause and the advice however long the library's path.
     long = setup_failure(ImportError(f"/{'x' * 300}/libtorch_cpu.so: failed to map segment from shared object"))
-    line = probing._nothing_fits(long["error"])
+    line = probing._nothing_fits(long["error"], load_config_text(MLP).data)
     assert "too little for Python and torch themselves" in line and line.endswith("or make the model smaller"), line
+
+
+@pytest.mark.parametrize("shape, dtype, failed, blamed", [
+    ([100000, 100000], "float32", 80_000_000_000, "samples smaller (data.inputs.x holds 37.3 GiB per sample)"),
+    ([100000, 100000], "bool", 20_000_000_000, "samples smaller (data.inputs.x holds 9.3 GiB per sample)"),
+    ([8], "float32", 4_000_000_000, "model smaller"),  # far more than two samples: the model's allocation
+])
+def test_a_setup_that_runs_out_on_its_samples_blames_the_data(shape, dtype, failed, blamed):
+    data = load_config_text(MLP + f"data: {{inputs: {{x: {{shape: {shape}, dtype: {dtype}}}, "
+                                  "y: {shape: [], dtype: int64, high: 4}}}\n").data
+    message = f"RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate {failed} bytes."
+    assert probing._nothing_fits(message, data).endswith("or make the " + blamed)
+    assert probing._nothing_fits("MemoryError", data).endswith("or make the model smaller")  # size not given
+
+
+def test_a_synthetic_sample_larger_than_the_limit_is_named(write_config):
+    path = write_config("model: {name: 'torch.nn:Linear', kwargs: {in_features: 100000, out_features: 4}}\n"
+                        "data: {inputs: {x: {shape: [100000, 100000]}}}\ntrain: {loss: 'fixtures:detached_loss'}\n"
+                        "probe: {device: cpu, memory_limit: 4GiB}\n")
+    result = runner.invoke(app, ["probe", str(path), "-q"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.rstrip().endswith("or make the samples smaller (data.inputs.x holds 37.3 GiB per sample)")
+
+
+def test_dataloader_workers_past_a_few_per_cpu_are_not_started(write_config):
+    cpus = len(os.sched_getaffinity(0))
+    path = write_config(MLP + f"data: {{kind: 'fixtures:Pairs', workers: {4 * cpus + 1}}}\n"
+                        "probe: {device: cpu, max_batch: 2, warmup_steps: 0, steps: 1, min_time_s: 0, max_time_s: 0}\n")
+    result = runner.invoke(app, ["probe", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    error = (f"data.workers: {4 * cpus + 1} is more than 4 per CPU ({cpus} CPUs here): set at most {4 * cpus} to "
+             "time the DataLoader")
+    assert json.loads(result.stdout)["recommendation"]["loader"] == {"status": "skipped", "error": error}
+    assert f"warning: the DataLoader was not timed: {error}" in result.stderr
 
 
 # ---- templates ------------------------------------------------------------------------------
