@@ -723,6 +723,11 @@ def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
         # Accumulation only adds steps: one step of this batch already passes the batch asked for.
         warnings.append(f"recommend.target_batch {target} is below the recommended batch's one step "
                         f"({rec.global_batch_size} samples): train at a batch of {target} or below to keep it")
+    samples = facts.get("dataset_len")
+    if target and samples and target > samples:
+        # Every optimizer step would see the whole dataset, some samples more than once.
+        warnings.append(f"recommend.target_batch {target} is more than the dataset ({plural(samples, 'sample')}): "
+                        f"one optimizer step would take {target / samples:.3g} epochs")
     loader = rec.loader
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
         warnings.append(

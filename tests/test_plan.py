@@ -711,14 +711,17 @@ def test_a_limit_left_unconfirmed_says_why():
                                    "an error, above)"]
 
 
-def test_a_target_batch_below_one_step_of_the_recommended_batch_says_so():
+def test_a_target_batch_below_one_step_or_past_the_dataset_says_so():
     from batchfind.report import Recommendation
 
-    def said(target, batch, steps):
+    def said(target, batch, steps, samples=None):
         rec = Recommendation(batch, "fastest", accumulation_steps=steps, global_batch_size=batch * steps)
-        return [w for w in probing._advice_warnings(rec, {}, target) if "target_batch" in w]
+        return [w for w in probing._advice_warnings(rec, {"dataset_len": samples}, target) if "target_batch" in w]
 
     assert said(3, 8, 1) == ["recommend.target_batch 3 is below the recommended batch's one step (8 samples): train "
                              "at a batch of 3 or below to keep it"]
     # Reached by accumulation, or overshot only by rounding up to whole steps: nothing to say.
-    assert said(64, 8, 8) == said(100, 32, 4) == said(8, 8, 1) == []
+    assert said(64, 8, 8) == said(100, 32, 4) == said(8, 8, 1) == said(100, 32, 4, samples=100) == []
+    # More than the whole dataset in every optimizer step.
+    assert said(1000, 2, 500, samples=10) == ["recommend.target_batch 1000 is more than the dataset (10 samples): one "
+                                              "optimizer step would take 100 epochs"]
