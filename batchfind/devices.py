@@ -30,6 +30,7 @@ _OOM_FRAGMENTS = (
     "CUDNN_STATUS_NOT_SUPPORTED",  # cuDNN's answer to a batch too large for its workspace
     "CUBLAS_STATUS_ALLOC_FAILED",
     "can't allocate memory",  # DefaultCPUAllocator
+    "std::bad_alloc",  # C++ code whose allocation failed, then aborted
     "alloc_cpu.cpp",
     "could not create a primitive",  # oneDNN when its scratch allocation fails under a cap
     "std::bad_alloc",

@@ -163,8 +163,10 @@ class Worker:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            # SIGKILL from outside is almost always the kernel's OOM killer; other signals are crashes.
-            status, how = ("killed" if -code == signal.SIGKILL else "error"), f"killed by {name}"
+            # SIGKILL from outside is almost always the kernel's OOM killer; other signals are crashes,
+            # except an abort whose last words are a failed allocation (C++'s std::bad_alloc).
+            status = "killed" if -code == signal.SIGKILL else "oom" if looks_like_oom(tail) else "error"
+            how = f"killed by {name}"
         else:
             status, how = ("oom" if looks_like_oom(tail) else "error"), f"exited with code {code}"
         said = f": {tail}" if tail else ""

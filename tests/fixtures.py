@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -62,6 +63,9 @@ def crashes(how: str = "segv"):
         os.kill(os.getpid(), signal.SIGSEGV)
     if how == "exit":
         os._exit(7)
+    if how == "bad_alloc":  # as C++ code whose allocation failed under a memory cap ends
+        print("terminate called after throwing an instance of 'std::bad_alloc'", file=sys.stderr, flush=True)
+        os.abort()
     raise KeyboardInterrupt  # raised by the code itself: a worker ignores Ctrl-C
 
 

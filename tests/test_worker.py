@@ -231,6 +231,14 @@ def test_setup_failures_map_to_errors(write_config):
         Group(load_config(write_config("model: {name: 'fixtures:not_a_model'}")).model_dump(mode="json"), None, None, 1)
 
 
+def test_an_abort_on_a_failed_allocation_is_nothing_fits_not_bad_input(write_config):
+    # C++ code that cannot allocate throws std::bad_alloc, and the process aborts: memory, not a bug.
+    path = write_config("model: {name: 'fixtures:crashes', kwargs: {how: bad_alloc}}\nprobe: {device: cpu}\n")
+    report = probe(load_config(path))
+    assert report.limit.batch_size is None and report.trials[0].status == "oom", report.trials
+    assert "killed by SIGABRT: terminate called after throwing an instance of 'std::bad_alloc'" in report.trials[0].error
+
+
 def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input(write_config, worker_data_bytes):
     # 16384 x 16384 float32 weights, 1 GiB, built by a factory in a cap with room for a quarter of it.
     path = write_config("model: {name: 'torch.nn:Linear', kwargs: {in_features: 16384, out_features: 16384}}\n"
