@@ -110,8 +110,12 @@ def _root(
     debug: Debug = False,
 ) -> None:
     """Find the batch size to train with on this machine."""
-    if debug:  # `batchfind --debug probe ...`, as well as after the command
-        os.environ["BATCHFIND_DEBUG"] = "1"
+    global _debug_first
+    _debug_first = debug  # `batchfind --debug probe ...`, as well as after the command: `_errors` reads it
+
+
+# `--debug` given before the command, for the command about to run.
+_debug_first = False
 
 
 # Columns a console that is not a terminal offers: wide enough that no table needs to fold.
@@ -142,7 +146,8 @@ def _follower() -> int | None:
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
     """Domain errors become one line and their exit code; tracebacks only when asked."""
-    debug = debug or debugging()
+    global _debug_first
+    debug, _debug_first = debug or debugging() or _debug_first, False
     saved = os.environ.get("BATCHFIND_DEBUG")
     if debug:
         os.environ["BATCHFIND_DEBUG"] = "1"  # workers then send their own tracebacks too

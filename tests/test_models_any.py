@@ -4,6 +4,7 @@ own, a LightningModule; and the errors when a model and its data do not go toget
 
 import collections
 import math
+import os
 import re
 import json
 from pathlib import Path
@@ -487,7 +488,7 @@ def test_new_fields_are_checked_when_the_config_is_read(write_config, text, mess
 
 @pytest.mark.parametrize("before", [False, True])
 def test_debug_shows_the_workers_own_traceback(write_config, monkeypatch, before):
-    monkeypatch.delenv("BATCHFIND_DEBUG", raising=False)  # what `--debug` before the command sets
+    monkeypatch.delenv("BATCHFIND_DEBUG", raising=False)
     config = write_config("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens'}\nprobe: {device: cpu}\n")
     args = ["--debug", "probe", str(config)] if before else ["probe", str(config), "--debug"]
     result = CliRunner().invoke(app, args)
@@ -502,6 +503,8 @@ def test_debug_shows_the_workers_own_traceback(write_config, monkeypatch, before
     # Written as Python writes a traceback: only the message is an error line.
     assert message.startswith("Traceback (most recent call last)") and message.count("error: ") == 1, message
     assert "batchfind/cli.py" not in message and "batchfind/group.py" not in message
+    # What the command asked for ends with it: the calling process is left as it was.
+    assert "BATCHFIND_DEBUG" not in os.environ
 
 
 def test_the_readme_examples_build_and_fit(built, monkeypatch):
