@@ -16,7 +16,7 @@ from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError, debugging, described
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
-from .models import build_model, raised, running
+from .models import build_model, raised, run_user_code, running
 from .step import CustomStep, LightningStep, Step, given_labels, make_step, split
 
 
@@ -45,7 +45,19 @@ class Session:
                 # at all is an out-of-memory too.
                 self.limit = devices.apply_memory_limit(torch.device("cpu"), probe.memory_limit)
             torch.manual_seed(0)
-            self.model = build_model(self.config.model).train()
+            self.model = self._built()
+
+    def _built(self) -> torch.nn.Module:
+        self.model = build_model(self.config.model)
+        self._own("train")  # in place, whatever an override returns
+        return self.model
+
+    def _own(self, method: str, *args: Any, gather: Callable[[Any], Any] = lambda value: value) -> Any:
+        """The model's own `method(*args)` (a model's class may define it anew), with what it
+        returns `gather`ed: a failure there is the model's, named as such."""
+        shown = ", ".join(map(str, args))
+        return run_user_code(f"model.name: {self.config.model.name}'s {method}({shown})",
+                             lambda: gather(getattr(self.model, method)(*args)))
 
     @property
     def reads_items(self) -> bool:
@@ -73,11 +85,11 @@ class Session:
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
         if rank:
             torch.manual_seed(0)  # every rank starts from the same weights
-            model = build_model(config.model).train()
-            self.model = parallel.wrap(model, probe.strategy, self.device)
+            self.model = parallel.wrap(self._built(), probe.strategy, self.device)
         else:
-            model = self.model = self.model.to(self.device)
-        if not any(p.requires_grad for p in model.parameters()):
+            self._own("to", self.device)  # in place, as for any module
+        model = self.model
+        if not self._own("parameters", gather=lambda params: any(p.requires_grad for p in params)):
             raise InputError(f"model.name: {config.model.name} has no trainable parameters: nothing to train")
         # Set-up's reading of the data and its first steps run the user's code: a hang there names it.
         reading = (running(f"data.kind: {config.data.kind}'s items, read for their lengths")

@@ -374,3 +374,27 @@ class HangsAbove(Trap):
 def labelled_cross_entropy(output, target):
     """Cross-entropy written out as one's own loss: it takes class labels only."""
     return nn.functional.cross_entropy(output, target)
+
+
+class Broken(nn.Linear):
+    """A model whose class redefines one of nn.Module's own methods (`method`) so that it raises."""
+
+    def __init__(self, method: str, features: int = 8, classes: int = 4):
+        super().__init__(features, classes)
+        self.method = method
+
+    def _fail(self, name: str) -> None:
+        if self.__dict__.get("method") == name:
+            raise RuntimeError(f"{name} is broken here")
+
+    def train(self, mode: bool = True):
+        self._fail("train")
+        return super().train(mode)
+
+    def to(self, *args, **kwargs):
+        self._fail("to")
+        return super().to(*args, **kwargs)
+
+    def parameters(self, recurse: bool = True):
+        self._fail("parameters")
+        return super().parameters(recurse)

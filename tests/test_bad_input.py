@@ -220,6 +220,11 @@ CASES = {
     "model on the meta device": ("model: {name: 'fixtures:on_meta'}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
                                  "model.name: fixtures:on_meta returned a model with 2 tensors on the meta device "
                                  "(weight, bias): shapes without data; materialize them first"),
+    **{f"model whose own {method}() raises": (f"model: {{name: 'fixtures:Broken', kwargs: {{method: {method}}}}}\n"
+                                             "data: {kind: 'fixtures:Pairs'}\n" + CPU, [],
+                                             f"model.name: fixtures:Broken's {method}({arg}) raised RuntimeError: "
+                                             f"{method} is broken here")
+       for method, arg in [("train", ""), ("to", "cpu"), ("parameters", "")]},
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
