@@ -37,6 +37,15 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
             raise InputError(f"train.optimizer: {train.optimizer} returned an optimizer that holds none of the "
                              "model's parameters")
         return optimizer
+    sparse = [name or "the model" for name, m in model.named_modules()
+              if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+    if sparse and (train.optimizer != "sgd" or train.weight_decay):
+        # Found here, not as an error of the first step at every size.
+        field, what = (("train.weight_decay", "sgd with weight decay") if train.optimizer == "sgd"
+                       else ("train.optimizer", train.optimizer))
+        raise InputError(f"{field}: {what} takes no sparse gradients, and the model's {', '.join(sparse[:3])} "
+                         "gives them (an embedding built with sparse=True): use sgd without weight decay, or "
+                         "build it with sparse=False")
     params = model.parameters()
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)

@@ -398,3 +398,15 @@ class Broken(nn.Linear):
     def parameters(self, recurse: bool = True):
         self._fail("parameters")
         return super().parameters(recurse)
+
+
+class SparseBag(nn.Module):
+    """Token ids into an embedding with sparse gradients, then a linear layer."""
+
+    def __init__(self, vocab: int = 50, classes: int = 4):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(vocab, 8, sparse=True)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, ids):
+        return self.head(self.bag(ids))

@@ -225,6 +225,13 @@ CASES = {
                                              f"model.name: fixtures:Broken's {method}({arg}) raised RuntimeError: "
                                              f"{method} is broken here")
        for method, arg in [("train", ""), ("to", "cpu"), ("parameters", "")]},
+    "sparse gradients for adam": ("model: {name: 'fixtures:SparseBag'}\ndata: {input_shape: [5], input_dtype: int64, "
+                                  "vocab_size: 50, num_classes: 4}\ntrain: {optimizer: adam}\n" + CPU, [],
+                                  "train.optimizer: adam takes no sparse gradients, and the model's bag gives them"),
+    "sparse gradients for weight decay": ("model: {name: 'fixtures:SparseBag'}\ndata: {input_shape: [5], input_dtype: "
+                                          "int64, vocab_size: 50, num_classes: 4}\ntrain: {optimizer: sgd, "
+                                          "weight_decay: 0.01}\n" + CPU, [],
+                                          "train.weight_decay: sgd with weight decay takes no sparse gradients"),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"

@@ -341,6 +341,15 @@ def test_optimizers_of_your_own_are_built_with_their_arguments(built, write_conf
     assert step.optimizers[0].state, "the optimizer's state exists, so its memory is measured"
 
 
+def test_sparse_gradients_train_under_plain_sgd(built):
+    # The optimizers that refuse them are refused at set-up (test_bad_input); sgd with momentum takes them.
+    cfg, model, batches = built("model: {name: 'fixtures:SparseBag'}\ndata: {size: 64, input_shape: [5], input_dtype: "
+                                "int64, vocab_size: 50, num_classes: 4}\ntrain: {optimizer: sgd}\n" + PROBE)
+    step = make_step(model, cfg.train, CPU)
+    trains(step, batches.batch(4), model)
+    assert model.bag.weight.grad.is_sparse
+
+
 def test_a_factory_optimizer_gets_no_learning_rate_it_was_not_given(write_config):
     # The worker's config is rebuilt from the parent's: an `lr` left at its default must stay unset
     # there too, or the factory is called with lr=0.1 it does not take.
