@@ -653,6 +653,10 @@ def _key(part: object) -> str:
 
 def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str:
     loc = [_key(p) for p in error["loc"] if not (isinstance(p, str) and p in _TAGS and p != error["loc"][0])]
+    # A mapping's key that is no string: pydantic names it by position and the key itself.
+    bad_key = loc[-1:] == ["[key]"]
+    if bad_key:
+        loc = loc[:-2]
     # Pydantic puts a model validator's complaint on the section; it already names the fields.
     field = ".".join(loc)
     option = given.get(tuple(loc[:2]))
@@ -663,6 +667,9 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
         return f"{where}: unknown key"
     if kind == "missing":
         return f"{where}: required"
+    if bad_key:
+        return (f"{where}: key {error.get('input')!r} is not a string (YAML reads true, false, yes, no, on, off and "
+                "numbers unquoted as such): quote it")
     message = plain(error["msg"])
     # A section that is no mapping (`model: null`): pydantic adds the class it would have built.
     message = re.sub(r"must be a valid dictionary or instance of \w+", "must be a valid dictionary", message)

@@ -232,6 +232,9 @@ CASES = {
                                           "int64, vocab_size: 50, num_classes: 4}\ntrain: {optimizer: sgd, "
                                           "weight_decay: 0.01}\n" + CPU, [],
                                           "train.weight_decay: sgd with weight decay takes no sparse gradients"),
+    "key that YAML reads as a boolean": ("model: {name: 'fixtures:on_meta', kwargs: {on: 1}}\n", [],
+                                         "config.yaml: model.kwargs: key True is not a string (YAML reads true, false, "
+                                         "yes, no, on, off and numbers unquoted as such): quote it"),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
