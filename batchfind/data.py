@@ -142,34 +142,24 @@ class Batches:
         """The DataLoader a training run would use: shuffled, full batches only."""
         if self.dataset is None:
             raise ValueError("synthetic data has no DataLoader")
+        # Its items and batches fail as the trials' do, naming the dataset: the loader reads items
+        # past those the trials and set-up's scan read.
         return DataLoader(
-            self.dataset, batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
+            _Read(self.dataset, self.describe), batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
-            collate_fn=collate if self.lengths is None else functools.partial(pad_collate, target=self.target),
+            collate_fn=functools.partial(stacked, padded=self.lengths is not None, target=self.target,
+                                         describe=self.describe),
         )
 
     def _collate(self, items: list) -> Any:
-        try:
-            batch = collate(items) if self.lengths is None else pad_collate(items, self.target)
-        except InputError:
-            raise
-        except Exception as exc:  # items of no shape a batch can take (None, a dict beside a tensor)
-            if devices.is_oom(exc):
-                raise
-            raise InputError(f"data: items of the {self.describe} dataset do not stack into a batch: "
-                             f"{described(exc)}") from None
+        batch = stacked(items, self.lengths is not None, self.target, self.describe)
         if _on_meta(batch):
             raise InputError(f"data: items of the {self.describe} dataset hold tensors on the meta device: shapes "
                              "without data, which no step can train on")
         return to_device(batch, self.device)
 
     def _item(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except InputError:
-            raise  # batchfind's own dataset (an image folder's file that does not decode) names what failed
-        except Exception as exc:  # the user's dataset: a failure is bad input, in one line
-            raise InputError(f"data: item {index} of the {self.describe} dataset raised {described(exc)}") from None
+        return read_item(self.dataset, index, self.describe)
 
     def _scan_lengths(self) -> None:
         scanned = min(self.length, SCAN_LIMIT)
@@ -241,6 +231,41 @@ def _lengths(value: Any, top: bool = True) -> list[int | None]:
     if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy" and hasattr(value, "shape"):
         return [value.shape[0] if len(value.shape) else None]  # a numpy array's first dimension too
     return [len(value)] if isinstance(value, (list, tuple)) else [None]
+
+
+def read_item(dataset: Dataset, index: int, describe: str) -> Any:
+    try:
+        return dataset[index]
+    except InputError:
+        raise  # batchfind's own dataset (an image folder's file that does not decode) names what failed
+    except Exception as exc:  # the user's dataset: a failure is bad input, in one line
+        raise InputError(f"data: item {index} of the {describe} dataset raised {described(exc)}") from None
+
+
+class _Read(Dataset):
+    """A dataset whose items are read by `read_item`."""
+
+    def __init__(self, dataset: Dataset, describe: str):
+        self.dataset, self.describe = dataset, describe
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return read_item(self.dataset, index, self.describe)
+
+
+def stacked(items: list, padded: bool, target: str | None, describe: str) -> Any:
+    """Items collated into a batch (padded, where their lengths vary); items of no shape a batch
+    can take (None, a dict beside a tuple) are bad input naming the dataset."""
+    try:
+        return pad_collate(items, target) if padded else collate(items)
+    except InputError:
+        raise
+    except Exception as exc:
+        if devices.is_oom(exc):
+            raise
+        raise InputError(f"data: items of the {describe} dataset do not stack into a batch: {described(exc)}") from None
 
 
 def collate(items: list) -> Any:

@@ -1,6 +1,7 @@
 """The one family of errors the core raises; the CLI maps each to a message and an exit code."""
 
 import os
+import re
 
 
 class BatchfindError(Exception):
@@ -34,11 +35,25 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+# A DataLoader worker's failure comes back as the worker's traceback, headed "Caught X in DataLoader
+# worker process N.": what went wrong is on its last line, as "module.X: message".
+_LOADER_WORKER = re.compile(r"Caught \w+ (in DataLoader worker process \d+)\.\s*\nOriginal Traceback")
+
+
+def unwrapped(message: str) -> str:
+    """A message as its code raised it; a DataLoader worker's, the message inside and where it ran."""
+    found = _LOADER_WORKER.match(message)
+    if not found:
+        return message
+    last = message.strip().splitlines()[-1]
+    return f"{last.split(': ', 1)[-1]} ({found.group(1)})"
+
+
 def described(exc: BaseException, most: int = 300) -> str:
     """An exception as `Type: the first line of its message`, cut to `most` characters. The user's
     code raised it: a message whose `str` itself fails says so instead of failing here."""
     try:
-        text = clipped(str(exc), most)
+        text = clipped(unwrapped(str(exc)), most)
     except Exception:  # noqa: BLE001 - anything the user's __str__ raises
         text = "(its message could not be read)"
     return f"{type(exc).__name__}: {text}".strip(": ")

@@ -737,7 +737,9 @@ def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
     elif loader and loader.get("status") == "skipped":
         warnings.append(f"the DataLoader was not timed: {loader.get('error')}")
     elif loader and loader.get("status") != "ok":
-        warnings.append(f"the DataLoader timing failed: {loader.get('status')}: {loader.get('error')}")
+        # Bad input says what it is (a dataset's item that raised); any other failure is named by its status.
+        status = "" if loader.get("status") == "input" else f"{loader.get('status')}: "
+        warnings.append(f"the DataLoader timing failed: {status}{loader.get('error')}")
     scale = rec.noise_scale
     if scale and scale.get("status") == "ok" and facts.get("data") == "synthetic":
         warnings.append("the noise scale was measured on synthetic data: it describes random data, not your task")

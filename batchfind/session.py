@@ -13,7 +13,7 @@ import torch
 from . import devices, parallel
 from .config import Config, TransformerModel
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
-from .errors import InputError, debugging, described
+from .errors import InputError, debugging, described, unwrapped
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model, raised, run_user_code, running
@@ -145,7 +145,7 @@ class Session:
         try:
             result = getattr(self, f"_{op}")(**args)
         except InputError as exc:  # the config's or the user's code's doing, at any size: the probe stops
-            result = {"status": "input", "error": str(exc)}
+            result = {"status": "input", "error": unwrapped(str(exc))}
             if debugging():
                 traceback.print_exc()
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status

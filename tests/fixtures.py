@@ -410,3 +410,24 @@ class SparseBag(nn.Module):
 
     def forward(self, ids):
         return self.head(self.bag(ids))
+
+
+class NoWorkers(Pairs):
+    """Pairs that cannot be read in a DataLoader's worker process (a handle opened in the parent)."""
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            raise OSError("the file handle was opened in another process")
+        return super().__getitem__(i)
+
+
+class Reshaped(Pairs):
+    """Pairs, except that items from `at` on are dicts: a dataset whose format changes partway."""
+
+    def __init__(self, n: int = 100, at: int = 50):
+        super().__init__(n)
+        self.at = at
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return {"x": x, "y": y} if i >= self.at else (x, y)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from batchfind import distributed, probing
 from batchfind.cli import _check_output, app
 from batchfind.config import load_config
+from batchfind.data import build_batches
 from batchfind.errors import InputError
 from batchfind.files import MAX_DEPTH
 from batchfind.report import Trial, load_report, replace_target, write_atomic
@@ -492,6 +495,29 @@ def test_dataloader_workers_past_a_few_per_cpu_are_not_started(write_config):
              "time the DataLoader")
     assert json.loads(result.stdout)["recommendation"]["loader"] == {"status": "skipped", "error": error}
     assert f"warning: the DataLoader was not timed: {error}" in result.stderr
+
+
+
+def test_a_dataloader_that_fails_names_the_dataset_and_item_in_one_line(write_config):
+    path = write_config(MLP + "data: {kind: 'fixtures:NoWorkers', workers: 1}\n"
+                        "probe: {device: cpu, max_batch: 2, warmup_steps: 0, steps: 1, min_time_s: 0, max_time_s: 0}\n")
+    result = runner.invoke(app, ["probe", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    loader = json.loads(result.stdout)["recommendation"]["loader"]
+    # Not the worker's traceback: the error inside it, and where it ran.
+    assert loader["status"] == "input" and "\n" not in loader["error"]
+    assert re.fullmatch(r"data: item \d+ of the NoWorkers dataset raised OSError: the file handle was opened in another "
+                        r"process \(in DataLoader worker process 0\)", loader["error"])
+    assert f"warning: the DataLoader timing failed: {loader['error']}\n" in result.stderr
+
+
+def test_items_that_change_format_past_those_read_fail_the_loader_naming_the_dataset(write_config):
+    cfg = load_config(write_config(MLP + "data: {kind: 'fixtures:Reshaped'}\n"))
+    batches = build_batches(cfg, torch.device("cpu"))
+    batches.batch(4)  # the trials' items come first, and are pairs
+    with pytest.raises(InputError, match="^data: items of the Reshaped dataset do not stack into a batch: "):
+        for _ in batches.loader(100, workers=0, pin_memory=False):
+            pass
 
 
 # ---- templates ------------------------------------------------------------------------------
