@@ -687,3 +687,13 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     ) or kind == "literal_error":
         message = f"{message} (got {value!r})"
     return f"{where}: {message}"
+
+
+# Why a factory model's synthetic targets are floats though classes were given (`classes_unused`).
+FLOAT_TARGETS = "with train.loss mse the synthetic targets are floats"
+
+
+def classes_unused(cfg: Config) -> bool:
+    """Whether `data.num_classes` goes unused: the mse loss asks for float targets."""
+    data = cfg.data
+    return cfg.train.loss == "mse" and data.kind == "synthetic" and data.inputs is None and data.num_classes is not None

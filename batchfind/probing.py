@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from . import __version__, curve, noise, search
-from .config import CNNModel, Config, DataConfig, MLPModel, TransformerModel
+from .config import FLOAT_TARGETS, CNNModel, Config, DataConfig, MLPModel, TransformerModel, classes_unused
 from .errors import BatchfindError, InputError, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
@@ -764,8 +764,10 @@ _OWN_SHAPES = {MLPModel: "model.in_features and model.classes",
 
 
 def _unused_warnings(config: Config, facts: dict) -> list[str]:
-    """Settings given that nothing used: a size for data that has its own, optimizer settings for a
-    model that builds its own optimizers, and a learning-rate rule with no batch the rate was tuned for."""
+    """Settings given that nothing used: a size for data that has its own, classes for float
+    targets, a loss or output field for a model that computes its own loss, optimizer settings for
+    a model that builds its own optimizers, and a learning-rate rule with no batch the rate was
+    tuned for."""
     warnings = []
     if "size" in config.data.model_fields_set and config.data.kind != "synthetic":
         warnings.append(f"data.size: not used; the {config.data.kind} data's own length ({facts['dataset_len']}) "
@@ -781,11 +783,21 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
         if ignored:
             warnings.append(f"{', '.join('data.' + key for key in ignored)}: not used; the builtin "
                             f"{config.model.name}'s synthetic samples follow {own}")
-    unused = sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs"} & config.train.model_fields_set)
+    elif own is None and classes_unused(config):
+        warnings.append(f"data.num_classes: not used; {FLOAT_TARGETS}")
+    train = config.train
+    if facts.get("own_loss"):
+        scoring = [key for key in ("output", "loss") if key in train.model_fields_set]
+        if scoring:
+            warnings.append(f"{', '.join('train.' + key for key in scoring)}: not used; the model's output has its "
+                            "own `loss`, and that is what trains")
+    unused = [f"train.{key}" for key in sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs",
+                                                "reference_batch"} & train.model_fields_set)]
+    unused += ["recommend.lr_rule"] if "lr_rule" in config.recommend.model_fields_set else []
     if facts.get("own_optimizers") and unused:
-        warnings.append(f"{', '.join('train.' + key for key in unused)}: not used; the LightningModule's "
-                        "configure_optimizers builds its optimizers (and no learning rate is scaled for it)")
-    elif "lr_rule" in config.recommend.model_fields_set and config.train.reference_batch is None:
+        warnings.append(f"{', '.join(unused)}: not used; the LightningModule's configure_optimizers builds its "
+                        "optimizers (and no learning rate is scaled for it)")
+    elif "lr_rule" in config.recommend.model_fields_set and train.reference_batch is None:
         warnings.append(f"recommend.lr_rule: {config.recommend.lr_rule} scales train.lr from the batch it was tuned "
                         "for, train.reference_batch, which is not set: no learning rate is given")
     return warnings

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import devices, parallel
-from .config import Config, TransformerModel
+from .config import FLOAT_TARGETS, Config, TransformerModel, classes_unused
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
 from .errors import InputError, debugging, described, unwrapped
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
@@ -98,7 +98,7 @@ class Session:
             self.batches = build_batches(config, self.device, self.learned["scan"] if self.learned else None)
         batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         with one_thread(self.device), running(f"model.name: {config.model.name}'s step on two samples"):
-            check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
+            own_loss = check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
             if rank:
                 torch.manual_seed(rank["rank"])  # and draws its own random samples
             self.step = make_step(self.model, config.train, self.device)
@@ -123,6 +123,7 @@ class Session:
             "batchnorm": batchnorm,
             # A LightningModule's configure_optimizers, not train.optimizer and train.lr.
             "own_optimizers": isinstance(self.step, LightningStep),
+            "own_loss": own_loss,  # the model's output carried its own loss
             "smallest_batch": smallest,
             "backend": backend,
             "learned": {"scan": self.batches.scan, "smallest_batch": smallest},  # for the workers after this one
@@ -253,12 +254,13 @@ def start_threads(device: torch.device) -> None:
 
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device,
-              labels: bool = True) -> None:
+              labels: bool = True) -> bool:
     """Two samples (one, where the dataset has one) through the step without an update, so data
     that does not fit the model is an input error, not a trial error; with `labels`, the range of
     up to `LABEL_ITEMS` items' labels too. In training mode, as the trials run: a model may return
     other outputs in eval mode (Inception's auxiliary logits, a detector's losses). Two samples,
-    because a loss left per sample (`reduction="none"`) passes for a scalar with one."""
+    because a loss left per sample (`reduction="none"`) passes for a scalar with one. Returns
+    whether the model's output carried its own loss."""
     batch = batches.batch(min(2, len(batches)))
     train = config.train
     step = make_step(model, train, device)
@@ -271,14 +273,17 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             # A loss of one's own gets float targets (regression) unless classes are given.
             raise InputError(f"{exc}; its synthetic targets are floats: set data.num_classes for class "
                              "labels") from exc
+        if str(exc).startswith("train.loss: mse") and classes_unused(config):
+            raise InputError(f"{exc}; {FLOAT_TARGETS}, and data.num_classes is not used") from exc
         raise
     except Exception as exc:
         if devices.is_oom(exc):
             raise
         # Chained: under --debug the model's own frames show where it failed.
         if train.step:  # the user's own step: what it raised, whether or not in the model
+            floats = f"; {FLOAT_TARGETS}, and data.num_classes is not used" if classes_unused(config) else ""
             raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
-                             f"({describe_batch(batch)} into {config.model.name})") from exc
+                             f"({describe_batch(batch)} into {config.model.name}){floats}") from exc
         given = [name for name in train.forward_kwargs if f"argument '{name}'" in str(exc)]
         if isinstance(exc, TypeError) and given:
             # `unexpected keyword argument 'mask'`, `multiple values for argument 'x'`: not the data's doing.
@@ -288,6 +293,7 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}: "
             f"{one_line(exc)}{_fit_hint(exc, config)}"
         ) from exc
+    return getattr(step, "own_loss", False)  # a step of the user's own or a LightningModule's: theirs
 
 
 def _fit_hint(exc: Exception, config: Config) -> str:

@@ -219,6 +219,7 @@ class Step:
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
         self.stage = "forward"
+        self.own_loss = False  # whether the model's output carried the loss that trains (seen in `score`)
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return [make_optimizer(self.model, self.train)]
@@ -247,7 +248,11 @@ class Step:
         """The forward and the loss without training; problems raise. Class labels are checked
         against the output's classes (`labels_below`) before the loss can trip over them."""
         with torch.no_grad(), autocast(self.device, self.train.precision):
-            output, target = self.forward(batch)
+            try:
+                output, target = self.forward(batch)
+            except Exception:
+                self._labels_in_range(batch, labels_below)  # a label past the classes is what failed
+                raise
             scored = self._scored(output)
             if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
                     and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
@@ -268,6 +273,19 @@ class Step:
                     raise
                 # The data reached the model; what failed is a loss of the user's own.
                 raise InputError(f"train.loss: {self.train.loss} raised {type(exc).__name__}: {clipped(str(exc))}") from None
+
+    def _labels_in_range(self, batch: Any, labels_below: Callable[[int], None]) -> None:
+        """Where a model given its labels failed: its logits without them, to check the labels
+        against its classes (a label out of range fails inside the model's own loss, in its words)."""
+        if given_labels(batch) is None:
+            return
+        try:
+            output, _ = self.forward({k: v for k, v in batch.items() if k != "labels"})
+        except Exception:  # noqa: BLE001 - it fails without labels too: the first failure is the one to report
+            return
+        logits = field(output, "logits")
+        if isinstance(logits, torch.Tensor) and logits.dim():
+            labels_below(logits.shape[-1])
 
     def loss(self, batch: Any) -> torch.Tensor:
         return self.score(*self.forward(batch))
@@ -291,6 +309,7 @@ class Step:
     def score(self, output: Any, target: Any) -> torch.Tensor:
         own = field(output, "loss")
         if isinstance(own, torch.Tensor):
+            self.own_loss = True
             return scalar(own, "the model's output `loss`")
         scored = self._scored(output)
         if self.loss_fn is not None:
@@ -301,8 +320,8 @@ class Step:
                 "to score (such as logits), or give the model its labels so it computes its own loss"
             )
         if target is None:
-            if scored.dim() == 0 and (scored.requires_grad or not torch.is_grad_enabled()):
-                return scored  # a model given its labels that returns the loss itself (not a metric)
+            if scored.dim() == 0:
+                return trainable(scored, "the model's output")  # a model given its labels that returns the loss itself
             raise InputError(
                 f"the model's output (a tensor of shape {tuple(scored.shape)}) is not a loss and batches have "
                 "no target: name the target's key in train.target (dict batches), give the model its labels, "

@@ -235,6 +235,14 @@ CASES = {
     "key that YAML reads as a boolean": ("model: {name: 'fixtures:on_meta', kwargs: {on: 1}}\n", [],
                                          "config.yaml: model.kwargs: key True is not a string (YAML reads true, false, "
                                          "yes, no, on, off and numbers unquoted as such): quote it"),
+    "labels past the classes of a model's own loss": ("model: {name: 'fixtures:OwnLoss'}\ndata: {inputs: {x: {shape: [8]}, "
+                                                      "labels: {shape: [], dtype: int64, low: 4, high: 8}}}\n" + CPU, [],
+                                                      "data: labels range over [4, 7] but the model outputs 4 classes"),
+    "mse against classes": ("model: {name: 'fixtures:normed_mlp'}\ndata: {input_shape: [8], num_classes: 4}\n"
+                            "train: {loss: mse}\n" + CPU, [],
+                            "train.loss: mse of an output of shape (2, 4) against targets of shape (2,): they must have "
+                            "the same shape; with train.loss mse the synthetic targets are floats, and data.num_classes "
+                            "is not used"),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"

@@ -215,9 +215,10 @@ def test_a_model_given_its_labels_may_return_the_loss_as_a_bare_scalar(built):
     with torch.no_grad():
         expected = float(model(**batch))
     assert trains(step, batch, model) == pytest.approx(expected, rel=1e-5)
-    # A scalar that no gradient reaches (an accuracy) is no loss.
+    # A scalar that no gradient reaches (an accuracy, or a loss made under no_grad) trains nothing.
     cfg, model, batches = built("model: {name: 'zoo:ScoresItself', kwargs: {accuracy: true}}\n" + inputs)
-    with pytest.raises(InputError, match=r"output \(a tensor of shape \(\)\) is not a loss"):
+    with pytest.raises(InputError, match=r"^the model's output does not depend on the model's trainable parameters "
+                                         r"\(no grad_fn"):
         make_step(model, cfg.train, CPU)(batches.batch(4))
     # Logits without a target are no loss, and the error shows what came back.
     cfg, model, batches = built("model: {name: 'zoo:ScoresItself'}\ndata: {inputs: {x: {shape: [8]}}}\n")
@@ -572,16 +573,31 @@ def test_mse_takes_one_value_per_sample_as_b_by_1_and_refuses_shapes_it_would_br
 def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     pytest.importorskip("lightning")
     text = (MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4", "'zoo:lightning_classifier'")
-            + "train: {lr: 0.5, reference_batch: 4}\n" + PROBE)
+            + "train: {lr: 0.5, reference_batch: 4}\nrecommend: {lr_rule: sqrt}\n" + PROBE)
     code, out, err = probe(write_config, text)
     assert code == 0, err
     report = json.loads(out)
     # Its Adam at 0.01 from configure_optimizers, not train.lr under SGD's linear rule, is what trains.
     assert [t["lr"] for t in report["trials"]] == [None] * len(report["trials"]) and report["recommendation"]["lr"] is None
-    assert any(w.startswith("train.lr: not used; the LightningModule's configure_optimizers") for w in report["warnings"])
+    unused = "train.lr, train.reference_batch, recommend.lr_rule: not used; the LightningModule's configure_optimizers"
+    assert any(w.startswith(unused) for w in report["warnings"])
     # `validate` says so too, before any probe.
     checked = CliRunner().invoke(app, ["validate", str(write_config(text))])
-    assert checked.exit_code == 0 and "warning: train.lr: not used; the LightningModule's" in checked.stderr
+    assert checked.exit_code == 0 and f"warning: {unused}" in checked.stderr
+
+
+@pytest.mark.parametrize("text, warning", [
+    ("model: {name: 'fixtures:OwnLoss'}\ndata: {inputs: {x: {shape: [8]}, labels: {shape: [], dtype: int64, high: 4}}}\n"
+     "train: {output: logits, loss: mse}\n",
+     "train.output, train.loss: not used; the model's output has its own `loss`, and that is what trains"),
+    ("model: {name: 'fixtures:normed_mlp', kwargs: {classes: 1}}\ndata: {input_shape: [8], num_classes: 4}\n"
+     "train: {loss: mse}\n",
+     "data.num_classes: not used; with train.loss mse the synthetic targets are floats"),
+], ids=["scoring for a model that scores itself", "classes for float targets"])
+def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
+    checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
+    assert checked.exit_code == 0, checked.output
+    assert f"warning: {warning}\n" in checked.stderr
 
 
 def test_a_position_written_in_quotes_is_told_to_be_a_number():
