@@ -33,10 +33,13 @@ _OOM_FRAGMENTS = (
     "std::bad_alloc",  # C++ code whose allocation failed, then aborted
     "alloc_cpu.cpp",
     "could not create a primitive",  # oneDNN when its scratch allocation fails under a cap
-    "std::bad_alloc",
     "Cannot allocate memory",
     "Thread creation failed",  # libgomp, when a cap leaves no room for its threads' stacks
 )
+
+
+# oneDNN's words for a kernel it does not have (an fp16 LSTM on a CPU), at any size: not memory.
+UNSUPPORTED = "could not create a primitive descriptor"
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -44,10 +47,11 @@ def is_oom(exc: BaseException) -> bool:
 
     if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
         return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc)
-        return any(fragment in text for fragment in _OOM_FRAGMENTS)
-    return False
+    return isinstance(exc, RuntimeError) and _allocation_failed(str(exc))
+
+
+def _allocation_failed(text: str) -> bool:
+    return UNSUPPORTED not in text and any(fragment in text for fragment in _OOM_FRAGMENTS)
 
 
 def resolve_device(spec: str, local_rank: int | None = None):
@@ -371,4 +375,4 @@ def energy_meter(device) -> Callable[[], float] | None:
 
 def looks_like_oom(text: str) -> bool:
     """For a worker that died: does its last word look like an allocation failure?"""
-    return "MemoryError" in text or "OutOfMemoryError" in text or any(f in text for f in _OOM_FRAGMENTS)
+    return "MemoryError" in text or "OutOfMemoryError" in text or _allocation_failed(text)

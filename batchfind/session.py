@@ -279,6 +279,9 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
     except Exception as exc:
         if devices.is_oom(exc):
             raise
+        if devices.UNSUPPORTED in str(exc) and train.precision != "fp32":
+            raise InputError(f"train.precision: {train.precision}: this device has no kernel for one of "
+                             f"{config.model.name}'s layers at that precision: {one_line(exc)}") from exc
         # Chained: under --debug the model's own frames show where it failed.
         if train.step:  # the user's own step: what it raised, whether or not in the model
             floats = f"; {FLOAT_TARGETS}, and data.num_classes is not used" if classes_unused(config) else ""

@@ -11,8 +11,9 @@ import contextlib
 import functools
 import inspect
 import numbers
+import types
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
             raise InputError(f"train.optimizer: {train.optimizer} returned an optimizer that holds none of the "
                              "model's parameters")
         return optimizer
-    sparse = [name or "the model" for name, m in model.named_modules()
+    sparse = [name or type(m).__name__ for name, m in model.named_modules()
               if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
     if sparse and (train.optimizer != "sgd" or train.weight_decay):
         # Found here, not as an error of the first step at every size.
@@ -404,7 +405,8 @@ class CustomStep:
 
     def gradients(self, batch: Any) -> None:
         # The user's step runs as written, but its optimizer neither updates nor clears gradients.
-        self._run(batch, _Frozen(self.optimizer))
+        with _frozen(self.optimizer) as optimizer:
+            self._run(batch, optimizer)
 
     def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
         loss = self.fn(self.model, batch, optimizer)
@@ -419,20 +421,25 @@ class CustomStep:
         self.model.zero_grad(set_to_none=True)
 
 
-class _Frozen:
-    """An optimizer whose `step` and `zero_grad` do nothing; everything else is the real one's."""
+@contextlib.contextmanager
+def _frozen(optimizer: torch.optim.Optimizer) -> Iterator[torch.optim.Optimizer]:
+    """The optimizer itself, its `step` and `zero_grad` doing nothing while inside: a closure given
+    to `step` (LBFGS's) still runs once, for the gradient it computes. Still the real object, so
+    torch takes it (a scheduler built on it checks that it is an Optimizer, and wraps its `step`)."""
+    def step(self: Any, closure: Callable[[], Any] | None = None) -> Any:
+        return closure() if closure is not None else None
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self._optimizer = optimizer
-
-    def step(self, *args: Any, **kwargs: Any) -> None:
+    def zero_grad(self: Any, set_to_none: bool = True) -> None:
         return None
 
-    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
+    optimizer.step = types.MethodType(step, optimizer)
+    optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
+    try:
+        yield optimizer
+    finally:
+        # The class's own again, with whatever wrapped these (a scheduler's counter).
+        for name in ("step", "zero_grad"):
+            optimizer.__dict__.pop(name, None)
 
 
 def make_step(model: nn.Module, train: TrainConfig, device: torch.device) -> Step | CustomStep:

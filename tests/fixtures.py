@@ -443,3 +443,15 @@ class OwnLoss(nn.Module):
     def forward(self, x, labels=None):
         logits = self.linear(x)
         return {"logits": logits, **({} if labels is None else {"loss": nn.functional.cross_entropy(logits, labels)})}
+
+
+class Recurrent(nn.Module):
+    """An LSTM over a sequence of feature vectors, classified from its last step."""
+
+    def __init__(self, features: int = 4, classes: int = 3):
+        super().__init__()
+        self.lstm = nn.LSTM(features, 8, batch_first=True)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])

@@ -243,6 +243,25 @@ def test_oom_classification():
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_oom(ValueError("out of memory"))  # only runtime errors carry allocator messages
     assert looks_like_oom("Traceback ... MemoryError") and not looks_like_oom("ValueError: bad")
+    # oneDNN without a kernel for a layer (an fp16 LSTM on a CPU) fails at any size: no memory is short.
+    unsupported = "could not create a primitive descriptor for the LSTM forward propagation primitive"
+    assert not is_oom(RuntimeError(unsupported)) and not looks_like_oom(f"RuntimeError: {unsupported}")
+
+
+def test_a_layer_without_a_kernel_at_the_precision_names_the_precision(write_config):
+    lstm = torch.nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            lstm(torch.zeros(1, 2, 4))
+    except RuntimeError as exc:
+        assert "could not create a primitive descriptor" in str(exc), exc
+    else:
+        pytest.skip("this torch has an fp16 LSTM on a CPU")
+    cfg, model, batches = built(write_config, "model: {name: 'fixtures:Recurrent'}\n"
+                                "data: {input_shape: [5, 4], num_classes: 3}\ntrain: {precision: fp16}")
+    with pytest.raises(InputError, match=r"^train.precision: fp16: this device has no kernel for one of "
+                                         r"fixtures:Recurrent's layers at that precision: RuntimeError: could not"):
+        check_fit(model, batches, cfg, CPU)
 
 
 def test_each_step_gets_its_own_batch_containers(write_config):

@@ -390,6 +390,22 @@ def test_a_step_that_returns_no_loss_is_bad_input(built):
         check_fit(model, batches, cfg, CPU)
 
 
+@pytest.mark.parametrize("spec", ["train: {step: 'zoo:closure_step', optimizer: 'torch.optim:LBFGS'}",
+                                  "train: {step: 'zoo:scheduled_step', optimizer: adam}"],
+                         ids=["optimizer that calls a closure", "scheduler built on the optimizer"])
+def test_a_step_of_your_own_gets_a_real_optimizer_that_does_not_update(built, spec):
+    # The gradient alone (set-up's check, the noise scale): torch's own code still takes the optimizer.
+    cfg, model, batches = built(MLP_PAIRS + spec + "\n")
+    check_fit(model, batches, cfg, CPU)
+    step = make_step(model, cfg.train, CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    norms = gradient_sq_norms(model, batches.sample, 8, 2, step.gradients)
+    assert len(norms) == 2 and all(n > 0 for n in norms), "the closure ran and computed a gradient"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert "step" not in vars(step.optimizer), "the optimizer's own step is back"
+    trains(step, batches.batch(4), model)
+
+
 def test_a_step_that_fails_in_its_own_code_is_named_not_blamed_on_the_data(built):
     cfg, model, batches = built(MLP_PAIRS + "train: {step: 'zoo:fails_in_its_own_code'}\n")
     with pytest.raises(InputError) as info:

@@ -96,6 +96,30 @@ def fails_in_its_own_code(model, batch, optimizer):
     raise ValueError("the scheduler is not set")
 
 
+def closure_step(model, batch, optimizer):
+    """LBFGS's way: the optimizer calls a closure that computes the loss and its gradient."""
+    x, y = batch
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return optimizer.step(closure)
+
+
+_schedulers: dict = {}
+
+
+def scheduled_step(model, batch, optimizer):
+    """A step that builds a learning-rate scheduler on the optimizer it is given, once."""
+    scheduler = _schedulers.setdefault(id(optimizer), torch.optim.lr_scheduler.StepLR(optimizer, 10))
+    loss = clipped_step(model, batch, optimizer)
+    scheduler.step()
+    return loss
+
+
 def reports_the_loss(model, batch, optimizer):
     """A step as training loops often end one: the loss as a Python number."""
     return clipped_step(model, batch, optimizer).item()
