@@ -83,6 +83,16 @@ def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer
     return optimizers
 
 
+def _update_hint(exc: Exception) -> str:
+    text = str(exc)
+    if "closure" in text:
+        return "; an optimizer that calls a closure (LBFGS) needs a step of your own that passes one: train.step"
+    if "unscale FP16 gradients" in text:
+        return ("; train.precision fp16 scales gradients, and torch refuses those of parameters held in float16: "
+                "keep the parameters float32 (autocast computes in fp16), or use bf16")
+    return ""
+
+
 def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "mse":
         if output.shape != target.shape:
@@ -234,10 +244,21 @@ class Step:
         self.stage = "backward"
         self.scaler.scale(loss).backward()
         self.stage = "optimizer step"
-        for optimizer in self.optimizers:
-            self.scaler.step(optimizer)
-        self.scaler.update()
+        try:
+            for optimizer in self.optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        except Exception as exc:
+            if devices.is_oom(exc):
+                raise
+            # The update reads parameters and gradients, not the batch: it fails at every size alike.
+            raise InputError(f"{self.optimizer_source}: its step raised {described(exc)}{_update_hint(exc)}") from exc
         return loss.detach()
+
+    @property
+    def optimizer_source(self) -> str:
+        """Where the optimizers come from, as a failure of theirs names it."""
+        return f"train.optimizer: {self.train.optimizer}"
 
     def gradients(self, batch: Any) -> None:
         """The gradient of the loss on `batch`, added to the parameters' `.grad`; no update."""
@@ -334,6 +355,10 @@ class Step:
 class LightningStep(Step):
     """A LightningModule's own step: `training_step` gives the loss, `configure_optimizers` the
     optimizers, stepped the way Lightning's automatic optimization does."""
+
+    @property
+    def optimizer_source(self) -> str:
+        return f"model.name: {type(self.model).__name__}'s configure_optimizers"
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         if not getattr(self.model, "automatic_optimization", True):

@@ -455,3 +455,8 @@ class Recurrent(nn.Module):
 
     def forward(self, x):
         return self.head(self.lstm(x)[0][:, -1])
+
+
+def half_linear(features: int = 8, classes: int = 4) -> nn.Module:
+    """Parameters held in float16, as a model converted with .half() holds them."""
+    return nn.Linear(features, classes).half()

@@ -243,6 +243,19 @@ CASES = {
                             "train.loss: mse of an output of shape (2, 4) against targets of shape (2,): they must have "
                             "the same shape; with train.loss mse the synthetic targets are floats, and data.num_classes "
                             "is not used"),
+    "optimizer that needs a closure": (MLP + "train: {optimizer: 'torch.optim:LBFGS'}\n" + CPU, ["-q"],
+                                       "train.optimizer: torch.optim:LBFGS: its step raised TypeError: LBFGS.step() "
+                                       "missing 1 required positional argument: 'closure'; an optimizer that calls a "
+                                       "closure (LBFGS) needs a step of your own that passes one: train.step"),
+    "factory optimizer and sparse gradients": ("model: {name: 'fixtures:SparseBag'}\ndata: {input_shape: [5], input_dtype: "
+                                               "int64, vocab_size: 50, num_classes: 4}\ntrain: {optimizer: "
+                                               "'torch.optim:AdamW'}\n" + CPU, ["-q"],
+                                               "train.optimizer: torch.optim:AdamW: its step raised RuntimeError: Adam "
+                                               "does not support sparse gradients"),
+    "fp16 scaling of float16 parameters": ("model: {name: 'fixtures:half_linear'}\ndata: {input_shape: [8], num_classes: 4}\n"
+                                           "train: {precision: fp16}\n" + CPU, ["-q"],
+                                           "train.optimizer: sgd: its step raised ValueError: Attempting to unscale FP16 "
+                                           "gradients.; train.precision fp16 scales gradients"),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
