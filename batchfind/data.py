@@ -146,6 +146,7 @@ class Batches:
         # past those the trials and set-up's scan read.
         return DataLoader(
             _Read(self.dataset, self.describe), batch_size=size, shuffle=True, drop_last=True, num_workers=workers,
+            persistent_workers=workers > 0,  # an epoch's end starts no workers anew in the timed steps
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
             collate_fn=functools.partial(stacked, padded=self.lengths is not None, target=self.target,
                                          describe=self.describe),

@@ -309,8 +309,11 @@ def measure_loader(
     dataset_len: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Steps fed by the DataLoader: the whole step, and the part spent waiting for the batch."""
+    """Steps fed by the DataLoader: the whole step, and the part spent waiting for the batch.
+    Whatever `warmup` says, the steps that wait for the loader's workers to start are not timed:
+    one batch from each (or one, without workers)."""
     total_ms, wait_ms = [], []
+    warmup = max(warmup, loader.num_workers, 1)
     batches = _forever(loader)
     for i in range(warmup + steps):
         devices.sync(device)

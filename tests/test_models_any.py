@@ -266,6 +266,17 @@ def test_gpt2_trains_on_a_dataset_of_token_dicts(built):
     assert result["status"] == "ok" and len(result["step_ms"]["samples"]) == 2
 
 
+def test_the_loader_timing_leaves_out_the_batches_that_wait_for_its_workers_to_start(built):
+    cfg, model, batches = built(MLP_PAIRS)
+    for workers, drawn in ((0, 3), (2, 4)):  # one warm-up batch, or one from each worker, then the two timed
+        calls = []
+        loader = batches.loader(4, workers=workers, pin_memory=False)
+        result = measure_loader(lambda b: calls.append(b) or torch.zeros(()), loader, 4, warmup=0, steps=2,
+                                dataset_len=len(batches), device=CPU)
+        assert len(calls) == drawn and len(result["step_ms"]["samples"]) == 2
+        assert loader.persistent_workers == (workers > 0)  # no workers started anew at an epoch's end
+
+
 def test_bert_probe_from_yaml_runs_every_size(write_config):
     pytest.importorskip("transformers")
     code, out, err = probe(write_config, BERT_SYNTHETIC + PROBE)
