@@ -282,6 +282,9 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         if devices.UNSUPPORTED in str(exc) and train.precision != "fp32":
             raise InputError(f"train.precision: {train.precision}: this device has no kernel for one of "
                              f"{config.model.name}'s layers at that precision: {one_line(exc)}") from exc
+        if any(words in str(exc) for words in _NO_GPU) and device.type != "cuda":
+            raise InputError(f"model.name: {config.model.name} moves tensors to a GPU itself, and this probe runs on "
+                             f"{device}: {one_line(exc)}; let it use its inputs' device, or probe on a GPU") from exc
         # Chained: under --debug the model's own frames show where it failed.
         if train.step:  # the user's own step: what it raised, whether or not in the model
             floats = f"; {FLOAT_TARGETS}, and data.num_classes is not used" if classes_unused(config) else ""
@@ -297,6 +300,10 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             f"{one_line(exc)}{_fit_hint(exc, config)}"
         ) from exc
     return getattr(step, "own_loss", False)  # a step of the user's own or a LightningModule's: theirs
+
+
+# torch's words when code asks for CUDA that is not there: a CPU build, a machine without the driver or a GPU.
+_NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
 
 
 def _fit_hint(exc: Exception, config: Config) -> str:

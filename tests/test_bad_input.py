@@ -256,6 +256,10 @@ CASES = {
                                            "train: {precision: fp16}\n" + CPU, ["-q"],
                                            "train.optimizer: sgd: its step raised ValueError: Attempting to unscale FP16 "
                                            "gradients.; train.precision fp16 scales gradients"),
+    "model that moves its inputs to cuda itself": ("model: {name: 'fixtures:OnCuda'}\ndata: {input_shape: [8], "
+                                                   "num_classes: 4}\n" + CPU, [],
+                                                   "model.name: fixtures:OnCuda moves tensors to a GPU itself, and this "
+                                                   "probe runs on cpu: "),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
