@@ -312,6 +312,8 @@ def _fit_hint(exc: Exception, config: Config) -> str:
     text = str(exc)
     if isinstance(exc, TypeError) and "required" in text and "argument" in text:
         return "; an argument the batches do not hold can be set in train.forward_kwargs"
+    if isinstance(exc, TypeError) and "positional argument" in text and "were given" in text:
+        return "; a model that takes its inputs as one argument is called so with train.call: single"
     if isinstance(exc, IndexError) and isinstance(config.model, TransformerModel):
         return (f"; the transformer takes token ids from 0 to below model.vocab_size ({config.model.vocab_size}) "
                 f"and sequences up to model.seq_len ({config.model.seq_len}) long")

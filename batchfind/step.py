@@ -8,6 +8,7 @@ default one (any nn.Module), a LightningModule's own, or the user's `train.step`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import numbers
@@ -181,6 +182,11 @@ def field(output: Any, name: str | int) -> Any:
 def _kind(output: Any) -> str:
     if isinstance(output, Mapping):
         return f"{type(output).__name__} with fields {', '.join(map(str, output))}"
+    # A NamedTuple's names, or a dataclass's: what `train.output` can name.
+    names = getattr(output, "_fields", None) or (
+        [f.name for f in dataclasses.fields(output)] if dataclasses.is_dataclass(output) else None)
+    if names:
+        return f"{type(output).__name__} with fields {', '.join(names)}"
     if isinstance(output, (tuple, list)):
         return f"a {type(output).__name__} of {len(output)}"
     return type(output).__name__

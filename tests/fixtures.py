@@ -1,5 +1,6 @@
 """Factories that config files in the tests name as `fixtures:...`; they run inside worker processes."""
 
+import collections
 import os
 import signal
 import sys
@@ -470,3 +471,35 @@ class OnCuda(nn.Linear):
 
     def forward(self, x):
         return super().forward(x.to("cuda")).cpu()
+
+
+Out = collections.namedtuple("Out", ["logits", "features"])
+
+
+class Named(nn.Linear):
+    """Returns a NamedTuple of its logits and features."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__(features, classes)
+
+    def forward(self, x):
+        return Out(super().forward(x), x)
+
+
+class Triples(Pairs):
+    """(a, b, target) items: two inputs."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x, 2 * x, y
+
+
+class TakesOne(nn.Linear):
+    """Takes its two inputs as one argument, a pair."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__(features, classes)
+
+    def forward(self, inputs):
+        a, b = inputs
+        return super().forward(a + b)

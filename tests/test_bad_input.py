@@ -260,6 +260,13 @@ CASES = {
                                                    "num_classes: 4}\n" + CPU, [],
                                                    "model.name: fixtures:OnCuda moves tensors to a GPU itself, and this "
                                                    "probe runs on cpu: "),
+    "output field a NamedTuple lacks": ("model: {name: 'fixtures:Named'}\ndata: {kind: 'fixtures:Pairs'}\n"
+                                        "train: {output: logit}\n" + CPU, [],
+                                        "train.output: the model returned Out with fields logits, features: no field "
+                                        "'logit'"),
+    "inputs as one argument": ("model: {name: 'fixtures:TakesOne'}\ndata: {kind: 'fixtures:Triples'}\n" + CPU, [],
+                               "TakesOne.forward() takes 2 positional arguments but 3 were given; a model that takes "
+                               "its inputs as one argument is called so with train.call: single"),
     "items on the meta device": (MLP + "data: {kind: 'fixtures:MetaItems'}\n" + CPU, [],
                                  "data: items of the MetaItems dataset hold tensors on the meta device"),
     "forward argument the model does not take": (MLP + "data: {kind: 'fixtures:Pairs'}\n"
