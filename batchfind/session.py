@@ -307,8 +307,8 @@ _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No
 
 
 def _fit_hint(exc: Exception, config: Config) -> str:
-    """What to change, where the failure says it: an argument the batches lack, or token ids or
-    lengths past what the builtin transformer's embeddings hold."""
+    """What to change, where the failure says it: an argument the batches lack, inputs that a model
+    takes as one argument, or token ids or lengths past what the builtin transformer's embeddings hold."""
     text = str(exc)
     if isinstance(exc, TypeError) and "required" in text and "argument" in text:
         return "; an argument the batches do not hold can be set in train.forward_kwargs"

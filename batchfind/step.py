@@ -255,8 +255,9 @@ class Step:
                 self.scaler.step(optimizer)
             self.scaler.update()
         except Exception as exc:
-            if devices.is_oom(exc):
-                raise
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if devices.is_oom(exc) or distributed:
+                raise  # ranks: a peer lost mid-update is the group's to name, not the config's
             # The update reads parameters and gradients, not the batch: it fails at every size alike.
             raise InputError(f"{self.optimizer_source}: its step raised {described(exc)}{_update_hint(exc)}") from exc
         return loss.detach()
@@ -364,7 +365,7 @@ class LightningStep(Step):
 
     @property
     def optimizer_source(self) -> str:
-        return f"model.name: {type(self.model).__name__}'s configure_optimizers"
+        return "model.name: the LightningModule's configure_optimizers()"
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         if not getattr(self.model, "automatic_optimization", True):

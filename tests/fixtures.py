@@ -377,7 +377,14 @@ def labelled_cross_entropy(output, target):
     return nn.functional.cross_entropy(output, target)
 
 
-class Broken(nn.Linear):
+class Linear(nn.Linear):
+    """nn.Linear with the features and classes the configs' data has, so a config can name it bare."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__(features, classes)
+
+
+class Broken(Linear):
     """A model whose class redefines one of nn.Module's own methods (`method`) so that it raises."""
 
     def __init__(self, method: str, features: int = 8, classes: int = 4):
@@ -463,11 +470,8 @@ def half_linear(features: int = 8, classes: int = 4) -> nn.Module:
     return nn.Linear(features, classes).half()
 
 
-class OnCuda(nn.Linear):
+class OnCuda(Linear):
     """Moves its input to a GPU itself, as code written for one machine does."""
-
-    def __init__(self, features: int = 8, classes: int = 4):
-        super().__init__(features, classes)
 
     def forward(self, x):
         return super().forward(x.to("cuda")).cpu()
@@ -476,11 +480,8 @@ class OnCuda(nn.Linear):
 Out = collections.namedtuple("Out", ["logits", "features"])
 
 
-class Named(nn.Linear):
+class Named(Linear):
     """Returns a NamedTuple of its logits and features."""
-
-    def __init__(self, features: int = 8, classes: int = 4):
-        super().__init__(features, classes)
 
     def forward(self, x):
         return Out(super().forward(x), x)
@@ -494,11 +495,8 @@ class Triples(Pairs):
         return x, 2 * x, y
 
 
-class TakesOne(nn.Linear):
+class TakesOne(Linear):
     """Takes its two inputs as one argument, a pair."""
-
-    def __init__(self, features: int = 8, classes: int = 4):
-        super().__init__(features, classes)
 
     def forward(self, inputs):
         a, b = inputs
