@@ -730,9 +730,13 @@ def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
                         f"one optimizer step would take {target / samples:.3g} epochs")
     loader = rec.loader
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
+        cpus = _cpus()
+        # Workers past the CPUs only take turns with each other and with the step.
+        remedy = ("raise data.workers or speed up loading" if loader["workers"] < cpus else
+                  f"speed up loading: more workers than the {plural(cpus, 'CPU')} here would only take turns")
         warnings.append(
             f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
-            f"DataLoader ({plural(loader['workers'], 'worker')}); raise data.workers or speed up loading"
+            f"DataLoader ({plural(loader['workers'], 'worker')}); {remedy}"
         )
     elif loader and loader.get("status") == "skipped":
         warnings.append(f"the DataLoader was not timed: {loader.get('error')}")
@@ -860,12 +864,20 @@ def _largest_input(data: DataConfig) -> tuple[str, int] | None:
     return None
 
 
+def _non_finite(trials: list[Trial]) -> list[str]:
+    """One line for every size whose loss was not finite: at every size it is the model, not the batch."""
+    ran = {t.batch_size for t in trials if t.fits}
+    sizes = sorted({t.batch_size for t in trials if t.fits and t.loss_finite is False})
+    if not sizes:
+        return []
+    if len(sizes) == len(ran):
+        return [f"the loss was not finite (NaN or inf) at every size that ran ({sizes[0]} to {sizes[-1]}): "
+                "look at the model, its loss and train.lr, not the batch size"]
+    return [f"batch {', '.join(map(str, sizes))}: the loss was not finite (NaN or inf); not recommended"]
+
+
 def _warnings(trials: list[Trial], limit) -> list[str]:
-    warnings = [
-        f"batch {t.batch_size}: the loss was not finite (NaN or inf); it is not recommended"
-        for t in trials
-        if t.fits and not t.loss_finite
-    ]
+    warnings = _non_finite(trials)
     contradicted = [t for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom]
     if contradicted:
         # Near the edge a CPU's memory differs between processes, either way round.
@@ -878,7 +890,8 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
         )
     doubled = [t for t in trials if t.phase == "double"]
     for t in trials:
-        if t.status == "error":
+        if t.status == "error" and not (limit.batch_size is None and t is trials[0]):
+            # (Where even the first size failed, the error's own last line says so.)
             # Not the memory edge: a bug, or a crash, at this size.
             # Where nothing fitted before it, nothing says a larger size would.
             ended = bool(doubled) and t is doubled[-1] and any(d.fits for d in doubled)

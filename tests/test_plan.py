@@ -690,11 +690,29 @@ def test_an_error_says_larger_sizes_may_fit_only_past_a_size_that_fitted():
 
     bug = "ValueError: a bug in the model"
     first = [Trial(batch_size=1, status="error", phase="double", error=bug)]
-    assert said(first) == [f"batch 1 failed with an error, not for lack of memory: {bug}"]
+    assert said(first) == []  # the CLI's last line names it: said once
+    fresh = [Trial(batch_size=1, status="ok", phase="double", samples_per_s=10.0),
+             Trial(batch_size=1, status="error", phase="verify", fresh_process=True, error=bug)]
+    assert said(fresh) == [f"batch 1 failed with an error, not for lack of memory: {bug}"]
     later = [Trial(batch_size=1, status="ok", phase="double", samples_per_s=10.0),
              Trial(batch_size=2, status="error", phase="double", error=bug)]
     assert said(later) == [f"batch 2 failed with an error, not for lack of memory: {bug}; the probe stopped there, "
                            "so larger sizes may fit"]
+
+
+def test_a_loss_that_is_never_finite_is_said_once():
+    def said(trials):
+        return [w for w in probing._warnings(trials, limit_of(trials)) if "not finite" in w]
+
+    def ran(size, finite, phase="double"):
+        return Trial(batch_size=size, status="ok", phase=phase, samples_per_s=10.0 * size, loss_finite=finite)
+
+    some = [ran(1, True), ran(2, False), ran(4, False), ran(4, False, "verify")]
+    assert said(some) == ["batch 2, 4: the loss was not finite (NaN or inf); not recommended"]
+    every = [ran(1, False), ran(2, False), ran(4, False, "verify")]
+    assert said(every) == ["the loss was not finite (NaN or inf) at every size that ran (1 to 4): "
+                           "look at the model, its loss and train.lr, not the batch size"]
+    assert said([ran(1, True), ran(2, None)]) == []  # not measured is not non-finite
 
 
 def test_a_limit_left_unconfirmed_says_why():
@@ -725,3 +743,18 @@ def test_a_target_batch_below_one_step_or_past_the_dataset_says_so():
     # More than the whole dataset in every optimizer step.
     assert said(1000, 2, 500, samples=10) == ["recommend.target_batch 1000 is more than the dataset (10 samples): one "
                                               "optimizer step would take 100 epochs"]
+
+
+@pytest.mark.parametrize("workers, cpus, remedy", [
+    (1, 2, "raise data.workers or speed up loading"),
+    (2, 2, "speed up loading: more workers than the 2 CPUs here would only take turns"),
+])
+def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, remedy):
+    from batchfind.report import Recommendation
+
+    monkeypatch.setattr(probing, "_cpus", lambda: cpus)
+    rec = Recommendation(batch_size=32, reason="", accumulation_steps=1, global_batch_size=32,
+                         loader={"status": "ok", "workers": workers, "data_share": 0.6})
+    assert probing._advice_warnings(rec, {}, None) == [
+        f"input-bound: at batch 32 60% of each step waits for the DataLoader "
+        f"({workers} worker{'s' * (workers > 1)}); {remedy}"]
