@@ -57,7 +57,8 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     partial = _cut_short(new)
     changes = []
     if checked:
-        changes.append(_checked_size(base, new))
+        checked_size = _checked_size(base, new)
+        changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and same_cap))
     else:
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
         judged = same_cap and (not partial or _failed_by(new, base.limit.batch_size))

@@ -234,6 +234,10 @@ class InputSpec(_Section):
         return self
 
 
+# Samples in an epoch of synthetic data where `data.size` leaves it out.
+SYNTHETIC_DEFAULT_SIZE = 50_000
+
+
 class DataConfig(_Section):
     kind: str = "synthetic"
     # Samples in one epoch for synthetic data; the dataset's length otherwise.
@@ -277,6 +281,8 @@ class DataConfig(_Section):
     def _needs_path(self) -> "DataConfig":
         if self.kind in ("tensors", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind} needs data.path")
+        if self.kind == "synthetic" and self.size is None:
+            self.size = SYNTHETIC_DEFAULT_SIZE  # filled in, so that the report says what an epoch was
         # A path or arguments beside synthetic data mean a `kind` left out; they would be ignored.
         unread = [k for k in ("path", "kwargs") if self.kind == "synthetic" and getattr(self, k)]
         if unread:
@@ -466,6 +472,20 @@ class Config(_Section):
     # fields the command line set ("probe.min_batch" -> "--min-batch"), which they name instead.
     _source: Path | None = PrivateAttr(None)
     _options: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _loss_fits_builtin_samples(self) -> "Config":
+        # A builtin model's synthetic samples follow the model: under mse, one float per sample.
+        model, data = self.model, self.data
+        if self.train.loss != "mse" or data.kind != "synthetic" or data.inputs is not None:
+            return self
+        if isinstance(model, TransformerModel):
+            raise ValueError("train.loss: mse: the builtin transformer predicts tokens (its synthetic targets are "
+                             "token ids): use cross_entropy")
+        if isinstance(model, (MLPModel, CNNModel)) and model.classes != 1:
+            raise ValueError(f"train.loss: mse: the builtin {model.name}'s synthetic targets are one float per sample, "
+                             f"and it gives model.classes ({model.classes}) outputs: set model.classes: 1")
+        return self
 
     def named(self, error: InputError) -> InputError:
         """`error` naming this config's file first, unless it names a file or an option already, or

@@ -25,7 +25,6 @@ from .errors import InputError, described
 from .models import call_factory, raised
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SYNTHETIC_DEFAULT_SIZE = 50_000
 # Items of a factory dataset inspected for their length; more would slow every start.
 SCAN_LIMIT = 10_000
 # Padded targets are ignored by cross-entropy.
@@ -318,7 +317,7 @@ def _field(where: str) -> str:
 def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None = None) -> Batches:
     data = cfg.data
     if data.kind == "synthetic":
-        return Batches(None, synthetic_spec(cfg), data.size or SYNTHETIC_DEFAULT_SIZE, device)
+        return Batches(None, synthetic_spec(cfg), data.size, device)
     if data.kind == "tensors":
         dataset = load_tensors(data.path)
     elif data.kind == "imagefolder":

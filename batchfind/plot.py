@@ -69,6 +69,12 @@ def figure(report: Report, source: str | None = None):
     measured = [s for s in sizes if fitting[s].peak_bytes is not None]
     bottom.plot(measured, [fitting[s].peak_bytes / GiB for s in measured], "o-", color="tab:green",
                 label="peak memory")
+    # On a CPU the limit caps the data segment, not the resident set (which holds code and files
+    # too): the sizes where that peak was taken, so that the limit line has its match.
+    counted = [s for s in sizes if fitting[s].capped_peak_bytes not in (None, fitting[s].peak_bytes)]
+    if counted:
+        bottom.plot(counted, [fitting[s].capped_peak_bytes / GiB for s in counted], "s--", color="darkgreen",
+                    markersize=4, label="what the limit counts")
     failed = [t for t in report.trials if t.status in MEMORY_FAILURES and t.peak_bytes is not None]
     if failed:
         bottom.plot([t.batch_size for t in failed], [t.peak_bytes / GiB for t in failed], "x", color="tab:red",
@@ -121,17 +127,19 @@ def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
     """The edge search, one column per trial in the order run, each labelled with its size."""
     places = range(len(search))
     for i, t in zip(places, search):
-        if t.peak_bytes is None:
+        # Near the edge, what the limit counts is what decides (a brand-new process always has it).
+        peak = t.capped_peak_bytes or t.peak_bytes
+        if peak is None:
             continue
         ok = t.fits
-        axis.plot(i, t.peak_bytes / GiB, "o" if ok else "x", color="tab:green" if ok else "tab:red",
+        axis.plot(i, peak / GiB, "o" if ok else "x", color="tab:green" if ok else "tab:red",
                   markersize=8 if ok else 9, label="fits" if ok else "out of memory (peak before)")
     if limit_bytes:
         axis.axhline(limit_bytes / GiB, color="tab:red", linestyle=":", label="memory limit")
     axis.set_xticks(list(places), labels=[f"{t.batch_size}\n{t.phase}" for t in search], fontsize="small")
     axis.set_xlim(-0.5, len(search) - 0.5)
     axis.set_title("searching the edge, in order", fontsize="medium")
-    axis.set_ylabel("peak memory (GiB)")
+    axis.set_ylabel("peak of what the limit counts (GiB)")
     axis.set_xlabel("batch size tried")
     axis.grid(True, axis="y", alpha=0.3)
 

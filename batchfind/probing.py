@@ -777,6 +777,10 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
         warnings.append(f"data.size: not used; the {config.data.kind} data's own length ({facts['dataset_len']}) "
                         "sets the steps per epoch")
     data = config.data
+    loading = sorted({"workers", "pin_memory"} & data.model_fields_set)
+    if loading and data.kind == "synthetic":
+        warnings.append(f"{', '.join('data.' + key for key in loading)}: not used; synthetic data is made on the "
+                        "device, and no DataLoader is timed")
     own = _OWN_SHAPES.get(type(config.model))
     if own and data.kind == "synthetic" and data.inputs is None:
         # A builtin model's random samples take their shapes from the model; a custom loss still

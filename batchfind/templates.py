@@ -110,12 +110,12 @@ _TEMPLATES: dict[str, tuple[str, dict[str, list[Row]]]] = {
             ("kwargs", {"in_features": 16, "out_features": 4}, "passed to it"),
         ],
         "data": [
-            ("kind", "synthetic", "or package.module:callable returning a map-style Dataset of (input, target)"),
-            ("kwargs", {}, "passed to a data callable"),
+            ("kind", "synthetic", "or package.module:callable returning a map-style Dataset of (input, target),"
+             " then workers: N for its DataLoader"),
+            ("kwargs", {}, "for a data callable: passed to it"),
             ("size", 10000, "synthetic: samples per epoch"),
             ("input_shape", [16], "synthetic: one sample's input"),
             ("num_classes", 4, "synthetic: targets are class indices below this"),
-            ("workers", 4, "DataLoader workers for the loader timing (file and callable data)"),
         ],
         **_common("adamw", 0.0003, 32),
     }),

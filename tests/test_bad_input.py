@@ -71,6 +71,12 @@ CASES = {
     "unknown device": (MLP + "probe: {device: tpu}\n", [], "probe.device: expected auto, cpu, cuda or cuda:N"),
     "unknown optimizer": (MLP + "train: {optimizer: lamb}\n", [], "train.optimizer: must be 'sgd', 'adam'"),
     "unknown loss": (MLP + "train: {loss: hinge}\n", [], "train.loss: must be 'cross_entropy' or 'mse'"),
+    "mse for a builtin's classes": (MLP + "train: {loss: mse}\n", [],
+                                    "train.loss: mse: the builtin mlp's synthetic targets are one float per sample, "
+                                    "and it gives model.classes (4) outputs: set model.classes: 1"),
+    "mse for tokens": ("model: {name: transformer}\ntrain: {loss: mse}\n", [],
+                       "train.loss: mse: the builtin transformer predicts tokens (its synthetic targets are token "
+                       "ids): use cross_entropy"),
     "unknown precision": (MLP + "train: {precision: fp8}\n", [], "train.precision: must be 'fp32', 'bf16' or 'fp16'"),
     "unknown model": ("model: {name: resnet}\n", [], "model.name: expected one of mlp, cnn, transformer"),
     "unknown data kind": (MLP + "data: {kind: parquet}\n", [], "data.kind: expected one of synthetic, tensors"),

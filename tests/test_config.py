@@ -29,6 +29,9 @@ def test_defaults_and_types(write_config):
     assert isinstance(cfg.model, CNNModel)
     assert cfg.probe.device == "auto" and cfg.probe.memory_limit is None
     assert cfg.train.optimizer == "sgd" and cfg.data.kind == "synthetic"
+    # What an epoch of synthetic data was is filled in (the report's config says it); a dataset's own length is not.
+    assert cfg.data.size == 50_000
+    assert load_config(write_config("model: {name: cnn}\ndata: {kind: tensors, path: x.pt}\n")).data.size is None
 
 
 def test_toml_and_sizes(write_config):

@@ -250,13 +250,25 @@ def test_compare_judges_a_run_cut_short_only_by_the_sizes_it_reached(real_report
 def test_compare_does_not_judge_a_limit_under_another_memory_limit(real_report, tmp_path):
     _, report, _ = real_report
     capped = copy.deepcopy(report)
-    capped["environment"]["memory_limit_bytes"] = (report["environment"]["memory_limit_bytes"] or 2 << 30) // 2
+    capped_bytes = (report["environment"]["memory_limit_bytes"] or 2 << 30) // 2
+    capped["environment"]["memory_limit_bytes"] = capped_bytes
     capped["limit"]["batch_size"] = report["limit"]["batch_size"] // 2
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", capped)])
     assert result.exit_code == 0 and "different memory limits: the limit moves with them" in result.stderr
     # The same drop under the same cap is a regression.
     capped["environment"] = report["environment"]
     result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "b.json", capped)])
+    assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
+    # So for a check of the base's limit that failed: under another cap, no regression; under the same, one.
+    size = report["limit"]["batch_size"]
+    failed = dict(copy.deepcopy(report), trials=[dict(report["trials"][-1], batch_size=size, status="oom",
+                                                      phase="verify", samples_per_s=None)],
+                  limit=dict(report["limit"], batch_size=None), stopped_because=None)
+    failed["environment"] = dict(report["environment"], memory_limit_bytes=capped_bytes)
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "c.json", failed)])
+    assert result.exit_code == 0 and not re.search(r"limit .*regressed", result.stdout), result.stdout
+    failed["environment"] = report["environment"]
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "c.json", failed)])
     assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
 
 

@@ -620,7 +620,9 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     ("model: {name: 'fixtures:normed_mlp', kwargs: {classes: 1}}\ndata: {input_shape: [8], num_classes: 4}\n"
      "train: {loss: mse}\n",
      "data.num_classes: not used; with train.loss mse the synthetic targets are floats"),
-], ids=["scoring for a model that scores itself", "classes for float targets"])
+    ("model: {name: mlp}\ndata: {workers: 4, pin_memory: false}\n",
+     "data.pin_memory, data.workers: not used; synthetic data is made on the device, and no DataLoader is timed"),
+], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data"])
 def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
     checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
     assert checked.exit_code == 0, checked.output

@@ -14,6 +14,7 @@ from batchfind.render import print_report, step_text, table, trial_notes
 from batchfind.report import Environment, Limit, Recommendation, Report, StepTimes, Trial
 
 MiB = 1024**2
+GiB = 1024**3
 LIMIT = 2048 * MiB
 
 # A cnn-small probe under a 2 GiB cap on a 2-core CPU (README's example): (batch, status, phase,
@@ -160,6 +161,38 @@ def test_without_a_status_column_failures_name_their_status():
     report.trials[3] = dataclasses.replace(report.trials[3], error="no result within 300 s; worker stopped")
     assert trial_notes(report)[3] == "no result within 300 s; worker stopped"
     assert trial_notes(report, with_status=True)[3] == "[yellow]timeout[/]: no result within 300 s; worker stopped"
+
+
+def test_the_plot_draws_what_the_limit_counts_beside_the_limit():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from batchfind.plot import figure
+
+    base = make_report()
+    # A CPU's resident peak holds code and files the data segment (what the cap counts) does not.
+    trials = [dataclasses.replace(t, capped_peak_bytes=t.peak_bytes - 300 * MiB if t.peak_bytes else None)
+              for t in base.trials]
+    fig = figure(dataclasses.replace(base, trials=trials))
+    try:
+        _, bottom, search = fig.axes
+        lines = {line.get_label(): line for line in bottom.get_lines()}
+        fitting = {t.batch_size: t for t in trials if t.fits}
+        counted = lines["what the limit counts"]
+        assert list(counted.get_xdata()) == sorted(fitting)
+        assert list(counted.get_ydata()) == [fitting[s].capped_peak_bytes / GiB for s in sorted(fitting)]
+        searched = [t for t in trials if t.phase != "double"]
+        drawn = [line.get_ydata()[0] for line in search.get_lines() if line.get_label() != "memory limit"]
+        assert drawn == [t.capped_peak_bytes / GiB for t in searched]
+    finally:
+        plt.close(fig)
+    # Where the two are the same measure (a GPU's reserved bytes), one line.
+    same = [dataclasses.replace(t, capped_peak_bytes=t.peak_bytes) for t in base.trials]
+    fig = figure(dataclasses.replace(base, trials=same))
+    try:
+        assert "what the limit counts" not in {line.get_label() for line in fig.axes[1].get_lines()}
+    finally:
+        plt.close(fig)
 
 
 def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
