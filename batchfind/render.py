@@ -262,12 +262,14 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
         if limit.safe_batch_size is not None and limit.safe_batch_size < limit.batch_size:
             console.print(f"fits on every run: {limit.safe_batch_size} (memory here varies by up to "
                           f"{format_size(limit.variation_bytes)} between runs; larger sizes may fail on a later run)")
-    if report.memory_model and limit.first_oom is not None:
+    if report.memory_model and limit.batch_size is not None:
         m = report.memory_model
+        # Where nothing ran out of memory the edge lies past every size run: an estimate, no more.
+        beyond = "" if limit.first_oom is not None else f" (an estimate: no size up to {limit.batch_size} ran out)"
         console.print(
             f"memory model: {format_size(int(m['fixed_bytes']))} + {format_size(int(m['per_sample_bytes']))} × batch, "
             f"ceiling {format_size(m['ceiling_bytes'])} (from the {_CEILING_FROM.get(m['ceiling_from'], m['ceiling_from'])}) "
-            f"→ predicted edge {m['predicted_edge']}"
+            f"→ predicted edge {m['predicted_edge']}{beyond}"
         )
     if report.stopped_because:
         console.print(f"stopped: {report.stopped_because}")

@@ -410,3 +410,15 @@ def test_a_terminal_said_to_be_zero_columns_wide_still_gets_output(monkeypatch):
     console = _console()
     console.print("recommended batch: 32")
     assert console.width > 0 and "recommended batch: 32" in sys.stdout.getvalue()
+
+
+def test_the_memory_model_is_shown_as_an_estimate_where_nothing_ran_out():
+    model = {"fixed_bytes": 400 * MiB, "per_sample_bytes": MiB, "ceiling_bytes": 2048 * MiB, "ceiling_from": "limit",
+             "points": 4, "predicted_edge": 1648}
+    stopped = dataclasses.replace(make_report(), memory_model=model, limit=Limit(1024, None, verified=True),
+                                  stopped_because="reached max_batch (1024)")
+    line = next(line for line in rendered(stopped, 300).splitlines() if line.startswith("memory model:"))
+    assert line == ("memory model: 400.0 MiB + 1.0 MiB × batch, ceiling 2.0 GiB (from the limit) → predicted edge "
+                    "1648 (an estimate: no size up to 1024 ran out)")
+    edge = dataclasses.replace(stopped, limit=Limit(1002, 1003, verified=True))
+    assert "→ predicted edge 1648\n" in rendered(edge, 300)
