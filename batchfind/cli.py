@@ -588,7 +588,8 @@ def check(
             sys.stdout.write(text + "\n")
         if trial is not None:
             if not (quiet and trial.fits):  # a failure says why, under --quiet too
-                typer.echo(trial_line(trial), err=as_json)
+                env = report.environment
+                typer.echo(trial_line(trial, env.memory_limit_bytes or env.memory_total_bytes), err=as_json)
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:

@@ -65,11 +65,21 @@ def rate_text(per_s: float | None) -> str:
     return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
-def trial_line(trial: Trial) -> str:
-    """One line per finished trial, for progress on stderr."""
+def of_limit(trial: Trial, limit_bytes: int | None) -> str | None:
+    """The trial's peak as a share of the limit (`96%`), of what the limit counts where that is
+    known (a CPU's data segment, not its resident set, which holds code and files too): the same
+    measure the headroom is judged by."""
+    counted = trial.capped_peak_bytes or trial.peak_bytes
+    return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else None
+
+
+def trial_line(trial: Trial, limit_bytes: int | None = None) -> str:
+    """One line per finished trial, for progress on stderr; with the limit, how much of it the peak took."""
     if trial.fits:
+        share = of_limit(trial, limit_bytes)
         return (f"batch {trial.batch_size}: ok, {step_text(trial)} ms/step, "
-                f"{rate_text(trial.samples_per_s)} samples/s, peak {format_size(trial.peak_bytes)}")
+                f"{rate_text(trial.samples_per_s)} samples/s, peak {format_size(trial.peak_bytes)}"
+                + (f" ({share} of the {format_size(limit_bytes)} limit)" if share else ""))
     error = clean_error(trial.error) if trial.error else None
     return f"batch {trial.batch_size}: {trial.status}" + (f" — {error}" if error else "")
 
@@ -143,10 +153,7 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
     best = max((t.samples_per_s for t in trials if t.samples_per_s), default=0)
 
     def share(t: Trial) -> str:
-        # Of what the limit counts where that is known (a CPU's data segment, not its resident set,
-        # which holds code and files too): the same measure the headroom is judged by.
-        counted = t.capped_peak_bytes or t.peak_bytes
-        return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else "-"
+        return of_limit(t, limit_bytes) or "-"
 
     columns = [_Column("batch/device" if dist else "batch", [str(t.batch_size) for t in trials])]
     if "status" not in compact:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,8 +112,10 @@ def test_check_exit_codes(write_config):
         "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"
         "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
     )
-    ok = runner.invoke(app, ["check", str(path), "--batch", "16"])
+    ok = runner.invoke(app, ["check", str(path), "--batch", "16", "--memory-limit", "3GiB"])
     assert ok.exit_code == 0 and "batch 16: ok" in ok.stdout
+    # How close to the limit it came, for a CI job to read.
+    assert re.search(r", peak \S+ \S+ \(\d+% of the 3\.0 GiB limit\)$", ok.stdout.strip()), ok.stdout
     oom = runner.invoke(app, ["check", str(path), "--batch", "32", "--json"])
     assert oom.exit_code == 3 and json.loads(oom.stdout)["trials"][0]["status"] == "oom"
     # --quiet: a batch that fits says nothing; one that does not still says why.
