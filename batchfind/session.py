@@ -354,7 +354,7 @@ def check_labels(batches: Batches, classes: int, config: Config) -> None:
     low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if low < 0 or high >= classes:
         raise InputError(f"data: {'labels' if named else 'targets'} range over [{low}, {high}] but the model outputs "
-                         f"{classes} classes")
+                         f"{classes} class{'es' if classes != 1 else ''}")
 
 
 def setup_failure(exc: BaseException) -> dict[str, Any]:

@@ -122,6 +122,22 @@ def class_dim(output: torch.Tensor, target: Any) -> int:
     return 1 if second and (not last or output.dim() > 3) else -1
 
 
+def label_classes(logits: Any, labels: Any, own_loss: bool = False) -> int | None:
+    """How many classes integer `labels` index in `logits`, where the two shapes say so (classes
+    last, or second as in a segmentation map); None where they do not: a model computing its own
+    loss may resize its logits to its labels (a segmentation model's smaller map) or, with one
+    output, score integer labels as numbers (regression)."""
+    if not (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)) or labels.is_floating_point():
+        return None
+    if logits.dim() < 2:
+        return None
+    dim = class_dim(logits, labels)
+    layout = logits.shape[:1] + logits.shape[2:] if dim == 1 else logits.shape[:-1]
+    if labels.shape != layout or (own_loss and logits.shape[dim] == 1):
+        return None
+    return logits.shape[dim]
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -283,16 +299,14 @@ class Step:
                 self._labels_in_range(batch, labels_below)  # a label past the classes is what failed
                 raise
             scored = self._scored(output)
-            if (self.train.loss == "cross_entropy" and field(output, "loss") is None and isinstance(scored, torch.Tensor)
-                    and isinstance(target, torch.Tensor) and not target.is_floating_point() and scored.dim()):
-                labels_below(scored.shape[class_dim(scored, target)])
-            elif field(output, "loss") is not None and given_labels(batch) is not None:
-                # A model that takes its labels and computes its own loss (Hugging Face's): its
-                # logits' last dimension is its classes (or vocabulary). Its loss indexes by label:
-                # one out of range in an item the two samples missed would fail the first trial.
-                logits = field(output, "logits")
-                if isinstance(logits, torch.Tensor) and logits.dim():
-                    labels_below(logits.shape[-1])
+            own = field(output, "loss") is not None
+            # A model that takes its labels and computes its own loss (Hugging Face's) indexes its
+            # logits by label too: one out of range in an item the two samples missed would fail
+            # the first trial.
+            classes = (label_classes(field(output, "logits"), given_labels(batch), own_loss=True) if own
+                       else label_classes(scored, target) if self.train.loss == "cross_entropy" else None)
+            if classes is not None:
+                labels_below(classes)
             try:
                 self.score(output, target)
             except InputError:
@@ -312,9 +326,9 @@ class Step:
             output, _ = self.forward({k: v for k, v in batch.items() if k != "labels"})
         except Exception:  # noqa: BLE001 - it fails without labels too: the first failure is the one to report
             return
-        logits = field(output, "logits")
-        if isinstance(logits, torch.Tensor) and logits.dim():
-            labels_below(logits.shape[-1])
+        classes = label_classes(field(output, "logits"), given_labels(batch), own_loss=True)
+        if classes is not None:
+            labels_below(classes)
 
     def loss(self, batch: Any) -> torch.Tensor:
         return self.score(*self.forward(batch))

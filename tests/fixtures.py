@@ -453,6 +453,28 @@ class OwnLoss(nn.Module):
         return {"logits": logits, **({} if labels is None else {"loss": nn.functional.cross_entropy(logits, labels)})}
 
 
+class SmallMaps(nn.Module):
+    """A segmentation model with its own loss whose maps are a quarter of its labels' size a side
+    (it upsamples them to score), as Hugging Face's SegFormer does: more classes than a map's
+    width read as the last dimension would not say how many; or, with `regression`, one
+    output scoring integer labels as numbers (`problem_type: regression`)."""
+
+    def __init__(self, classes: int = 3, regression: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1 if regression else classes, 4, stride=4)
+        self.regression = regression
+
+    def forward(self, pixels, labels=None):
+        logits = self.conv(pixels)
+        if self.regression:
+            logits = logits.mean((2, 3))
+            loss = None if labels is None else nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+        else:
+            loss = None if labels is None else nn.functional.cross_entropy(
+                nn.functional.interpolate(logits, size=labels.shape[-2:]), labels)
+        return {"logits": logits, **({} if loss is None else {"loss": loss})}
+
+
 class Recurrent(nn.Module):
     """An LSTM over a sequence of feature vectors, classified from its last step."""
 

@@ -636,3 +636,28 @@ def test_a_position_written_in_quotes_is_told_to_be_a_number():
     with pytest.raises(InputError, match=r"the model returned a tuple of 2: no field '1' \(a position is a number: output: 1\)"):
         step._scored((torch.zeros(1), torch.zeros(1)))
     assert Step(torch.nn.Linear(2, 2), TrainConfig.model_validate({"output": 1}), CPU)._scored((1, 2)) == 2
+
+
+@pytest.mark.parametrize("kwargs, labels", [("{classes: 6}", "shape: [16, 16], dtype: int64, high: 6"),
+                                            ("{regression: true}", "shape: [], dtype: int64, high: 10")],
+                         ids=["maps smaller than their labels", "integer labels scored as numbers"])
+def test_a_model_scoring_its_own_labels_is_held_to_no_class_count_its_shapes_do_not_give(write_config, kwargs,
+                                                                                          labels):
+    text = (f"model: {{name: 'fixtures:SmallMaps', kwargs: {kwargs}}}\n"
+            f"data: {{inputs: {{pixels: {{shape: [3, 16, 16]}}, labels: {{{labels}}}}}}}\n")
+    checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_label_classes_reads_the_class_dimension_only_where_the_shapes_give_it():
+    from batchfind.step import label_classes
+
+    labels = torch.zeros(2, dtype=torch.long)
+    assert label_classes(torch.zeros(2, 5), labels) == 5
+    assert label_classes(torch.zeros(2, 7, 5), torch.zeros(2, 7, dtype=torch.long)) == 5  # tokens
+    assert label_classes(torch.zeros(2, 5, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)) == 5  # maps
+    assert label_classes(torch.zeros(2, 5, 2, 2), torch.zeros(2, 8, 8, dtype=torch.long)) is None  # resized to score
+    assert label_classes(torch.zeros(2, 1), labels) == 1  # cross-entropy over one class: labels must be 0
+    assert label_classes(torch.zeros(2, 1), labels, own_loss=True) is None  # a model's own regression
+    assert label_classes(torch.zeros(2, 5), labels.float()) is None
+    assert label_classes(torch.zeros(2, 5), None) is None
