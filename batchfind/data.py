@@ -71,13 +71,20 @@ def _rebuilt(like: tuple | list, parts: list) -> tuple | list:
     return type(like)(*parts) if hasattr(like, "_fields") else type(like)(parts)
 
 
-def describe_batch(batch: Any) -> str:
+def describe_batch(batch: Any, target: str | None = None, call: str = "auto") -> str:
     """Shapes and dtypes of a batch for error messages: `inputs (1, 8) torch.float32, targets ...`
-    for a pair, `{input_ids: (1, 16) torch.int64, ...}` for anything else."""
+    for a pair, `{input_ids: (1, 16) torch.int64, ...}` for anything else. A dict's `target` key is
+    told apart from what the model got, and `call: positional` says in which order it got them."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
         x, y = batch
         return f"inputs {tuple(x.shape)} {x.dtype}, targets {tuple(y.shape)} {y.dtype}"
-    return "batch " + _structure(batch)
+    if not isinstance(batch, Mapping):
+        return "batch " + _structure(batch)
+    inputs = {k: v for k, v in batch.items() if k != target}
+    text = "batch " + _structure(inputs)
+    if call == "positional":
+        text += f" as model({', '.join(map(str, inputs))})"
+    return text + (f", target {target} {_structure(batch[target])}" if target in batch else "")
 
 
 def _structure(value: Any) -> str:

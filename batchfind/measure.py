@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import devices
+from .config import MAX_STEPS
 from .data import to_device
 
 
@@ -308,14 +309,17 @@ def measure_loader(
     steps: int,
     dataset_len: int,
     device: torch.device,
+    min_time_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Steps fed by the DataLoader: the whole step, and the part spent waiting for the batch.
-    Whatever `warmup` says, the steps that wait for the loader's workers to start are not timed:
-    one batch from each (or one, without workers)."""
+    """Steps fed by the DataLoader: the whole step, and the part spent waiting for the batch; at
+    least `steps` timed and `min_time_s` of them (a few steps of milliseconds would take one stall
+    of a busy machine for the loader's). Whatever `warmup` says, the steps that wait for the
+    loader's workers to start are not timed: one batch from each (or one, without workers)."""
     total_ms, wait_ms = [], []
     warmup = max(warmup, loader.num_workers, 1)
     batches = _forever(loader)
-    for i in range(warmup + steps):
+    i = 0
+    while i < warmup + steps or (sum(total_ms) < min_time_s * 1000 and len(total_ms) < MAX_STEPS):
         devices.sync(device)
         start = time.perf_counter()
         b = to_device(next(batches), device)
@@ -325,6 +329,7 @@ def measure_loader(
         if i >= warmup:
             total_ms.append((time.perf_counter() - start) * 1000)
             wait_ms.append((fetched - start) * 1000)
+        i += 1
     total, wait = step_stats(total_ms), step_stats(wait_ms)
     median_s = total["median"] / 1000
     return {

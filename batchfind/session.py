@@ -217,7 +217,9 @@ class Session:
         world = self.rank["world_size"] if self.rank else 1
         loader = self.batches.loader(batch_size, data.workers, data.pin_memory)
         # Each rank reads its own share of an epoch and the ranks step together: count them all.
+        # Ranks step together (their gradients meet): a step count of each rank's own would part them.
         result = measure_loader(self.step, loader, batch_size, warmup=probe.warmup_steps, steps=probe.steps,
+                                min_time_s=0.0 if self.rank else probe.min_time_s,
                                 dataset_len=len(self.batches) // world, device=self.device)
         if result["samples_per_s"] is not None:
             result["samples_per_s"] *= world
@@ -296,7 +298,8 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             raise InputError(f"train.forward_kwargs: {given[0]}: {config.model.name} refused it: "
                              f"{one_line(exc)}") from exc
         raise InputError(
-            f"data and model do not fit together: {describe_batch(batch)} into {config.model.name}: "
+            f"data and model do not fit together: {describe_batch(batch, train.target, train.call)} into "
+            f"{config.model.name}: "
             f"{one_line(exc)}{_fit_hint(exc, config)}"
         ) from exc
     return getattr(step, "own_loss", False)  # a step of the user's own or a LightningModule's: theirs

@@ -358,10 +358,12 @@ class Step:
         if self.loss_fn is not None:
             return scalar(self.loss_fn(scored, target) if target is not None else self.loss_fn(scored), f"train.loss {self.train.loss}")
         if not isinstance(scored, torch.Tensor):
-            raise InputError(
-                f"the model returned {_kind(scored)}: not a tensor and no loss; set train.output to the field "
-                "to score (such as logits), or give the model its labels so it computes its own loss"
-            )
+            # Scoring a field needs a target too: where batches hold none, both settings are the fix.
+            scoring = ("set train.output to the field to score (such as logits)" if target is not None else
+                       "set train.output to the field to score (such as logits) and train.target to the key of "
+                       "the batches that holds its target")
+            raise InputError(f"the model returned {_kind(scored)}: not a tensor and no loss; {scoring}, or give the "
+                             "model its labels so it computes its own loss")
         if target is None:
             if scored.dim() == 0:
                 return trainable(scored, "the model's output")  # a model given its labels that returns the loss itself

@@ -277,6 +277,18 @@ def test_the_loader_timing_leaves_out_the_batches_that_wait_for_its_workers_to_s
         assert loader.persistent_workers == (workers > 0)  # no workers started anew at an epoch's end
 
 
+def test_the_loader_timing_runs_its_minimum_time_as_throughput_trials_do(built):
+    import time
+
+    cfg, model, batches = built(MLP_PAIRS)
+    loader = batches.loader(4, workers=0, pin_memory=False)
+    # Each step takes at least 10 ms: 50 ms of them is reached by the fifth, never before the second.
+    result = measure_loader(lambda b: time.sleep(0.01) or torch.zeros(()), loader, 4, warmup=0, steps=2,
+                            dataset_len=len(batches), device=CPU, min_time_s=0.05)
+    samples = result["step_ms"]["samples"]
+    assert 2 <= len(samples) <= 5 and sum(samples) >= 50
+
+
 def test_bert_probe_from_yaml_runs_every_size(write_config):
     pytest.importorskip("transformers")
     code, out, err = probe(write_config, BERT_SYNTHETIC + PROBE)
@@ -484,7 +496,8 @@ def test_a_lightning_module_with_two_optimizers_is_refused_as_lightning_refuses_
 @pytest.mark.parametrize(
     "text, message",
     [
-        (BERT_SYNTHETIC.replace("    labels: {", "    label: {"), "the model returned SequenceClassifierOutput with fields logits: not a tensor and no loss; set train.output"),
+        (BERT_SYNTHETIC.replace("    labels: {", "    label: {"), "the model returned SequenceClassifierOutput with fields logits: not a tensor and no loss; set train.output "
+         "to the field to score (such as logits) and train.target to the key of the batches that holds its target"),
         (BERT_SYNTHETIC + "  target: label\n", "train.target: batches have no key 'label' (they have input_ids, attention_mask, labels)"),
         (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (2, 12) torch.int64"),
         ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
@@ -661,3 +674,26 @@ def test_label_classes_reads_the_class_dimension_only_where_the_shapes_give_it()
     assert label_classes(torch.zeros(2, 1), labels, own_loss=True) is None  # a model's own regression
     assert label_classes(torch.zeros(2, 5), labels.float()) is None
     assert label_classes(torch.zeros(2, 5), None) is None
+
+
+def test_an_error_describes_what_the_model_got_apart_from_the_target():
+    from batchfind.data import describe_batch
+
+    batch = {"y": torch.zeros(2, 3), "x": torch.zeros(2, 8), "labels": torch.zeros(2, dtype=torch.long)}
+    assert describe_batch(batch) == ("batch {y: (2, 3) torch.float32, x: (2, 8) torch.float32, "
+                                     "labels: (2,) torch.int64}")
+    assert describe_batch(batch, "labels") == ("batch {y: (2, 3) torch.float32, x: (2, 8) torch.float32}, "
+                                               "target labels (2,) torch.int64")
+    # Called positionally, the order the model got them in is what a swapped pair shows.
+    assert describe_batch(batch, "labels", "positional") == (
+        "batch {y: (2, 3) torch.float32, x: (2, 8) torch.float32} as model(y, x), target labels (2,) torch.int64")
+    assert describe_batch((torch.zeros(2, 8), torch.zeros(2))) == "inputs (2, 8) torch.float32, targets (2,) torch.float32"
+
+
+def test_a_model_output_with_no_loss_is_told_what_scoring_it_needs():
+    from batchfind.config import TrainConfig
+
+    step = Step(torch.nn.Linear(2, 2), TrainConfig(), CPU)
+    output = {"logits": torch.zeros(2, 3)}
+    with pytest.raises(InputError, match=r"no loss; set train.output to the field to score \(such as logits\), or "):
+        step.score(output, torch.zeros(2, dtype=torch.long))  # the target is there: only the field is missing
