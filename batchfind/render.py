@@ -273,6 +273,10 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
         m = report.memory_model
         # Where nothing ran out of memory the edge lies past every size run: an estimate, no more.
         beyond = "" if limit.first_oom is not None else f" (an estimate: no size up to {limit.batch_size} ran out)"
+        share = (report.dataset_len or 0) // (report.distributed.world_size if report.distributed else 1)
+        if limit.first_oom is None and share and m["predicted_edge"] > share:
+            beyond = (f" (an estimate, past the {share} samples of the dataset a device gets: memory is not what "
+                      "bounds the batch)")
         console.print(
             f"memory model: {format_size(int(m['fixed_bytes']))} + {format_size(int(m['per_sample_bytes']))} × batch, "
             f"ceiling {format_size(m['ceiling_bytes'])} (from the {_CEILING_FROM.get(m['ceiling_from'], m['ceiling_from'])}) "

@@ -420,5 +420,9 @@ def test_the_memory_model_is_shown_as_an_estimate_where_nothing_ran_out():
     line = next(line for line in rendered(stopped, 300).splitlines() if line.startswith("memory model:"))
     assert line == ("memory model: 400.0 MiB + 1.0 MiB × batch, ceiling 2.0 GiB (from the limit) → predicted edge "
                     "1648 (an estimate: no size up to 1024 ran out)")
+    small = dataclasses.replace(stopped, dataset_len=1024)
+    assert rendered(small, 300).count("predicted edge 1648 (an estimate, past the 1024 samples of the dataset a device "
+                                      "gets: memory is not what bounds the batch)") == 1
+    assert "(an estimate: no size up to 1024 ran out)" in rendered(dataclasses.replace(stopped, dataset_len=None), 300)
     edge = dataclasses.replace(stopped, limit=Limit(1002, 1003, verified=True))
     assert "→ predicted edge 1648\n" in rendered(edge, 300)
