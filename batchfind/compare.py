@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .config import SYNTHETIC_DEFAULT_SIZE
 from .report import Report, Trial, latest_timed
+from .sizes import format_size
+
+# Between two runs under the default memory limit (a share of the RAM free at the start) on one
+# machine: at most this share apart.
+DEFAULT_CAP_DRIFT = 0.10
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,11 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     # A check runs one size and recommends nothing: its limit and recommendation say only whether
     # that size still fits.
     checked = _checked(base) or _checked(new)
-    # Under another memory limit the limit moves with it: shown, but no regression.
-    same_cap = base.environment.memory_limit_bytes == new.environment.memory_limit_bytes
+    # Under less memory the limit drops with it: shown, but no regression. Under more memory, or
+    # under the default cap in both (a share of the RAM free at the start, a little different in
+    # every run), a lower limit is one.
+    same_cap = _same_cap(base, new)
+    excused = not same_cap and (new.environment.memory_limit_bytes or 0) < (base.environment.memory_limit_bytes or 0)
     # A new report cut short (interrupted, out of time) never reached the sizes past its limit: its
     # limit is lower only where it ran out of memory at a size the base fitted, and its
     # recommendation saw only part of the curve.
@@ -58,10 +67,10 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     changes = []
     if checked:
         checked_size = _checked_size(base, new)
-        changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and same_cap))
+        changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and not excused))
     else:
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
-        judged = same_cap and (not partial or _failed_by(new, base.limit.batch_size))
+        judged = not excused and (not partial or _failed_by(new, base.limit.batch_size))
         changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged))
         recommended = _change("recommended batch", base.recommendation.batch_size,
                               new.recommendation.batch_size, True, max_regression)
@@ -90,14 +99,33 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         warnings.append(f"different distribution: {_ranks(base)} vs {_ranks(new)}: sizes are per device, "
                         "samples/s count every rank")
     if not same_cap:
-        warnings.append("different memory limits: the limit moves with them and is not judged; peaks near it "
-                        "may differ too")
+        caps = " vs ".join(format_size(r.environment.memory_limit_bytes) if r.environment.memory_limit_bytes
+                           else "none" for r in (base, new))
+        judged_or_not = "is not judged where it dropped under less memory" if excused else "is judged"
+        warnings.append(f"different memory limits ({caps}): the limit moves with them and {judged_or_not}; peaks "
+                        "near it may differ too")
     # The model's fields first: what was probed matters more than how.
-    differing = sorted(_differences(base.config, new.config), key=lambda key: not key.startswith("model."))
+    differing = sorted(_differences(_filled(base.config), _filled(new.config)), key=lambda key: not key.startswith("model."))
     if differing:
         more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
         warnings.append(f"different configs ({', '.join(differing[:5])}{more}): compare with care")
     return Comparison(changes, max_regression, warnings)
+
+
+def _same_cap(base: Report, new: Report) -> bool:
+    """The same memory limit: the same bytes, or the default in both (no `probe.memory_limit`) and
+    within 10% (the same machine, a little more or less RAM free)."""
+    caps = [r.environment.memory_limit_bytes for r in (base, new)]
+    if caps[0] == caps[1]:
+        return True
+    default = all(_section(r.config, "probe").get("memory_limit") is None for r in (base, new))
+    return default and None not in caps and abs(caps[0] - caps[1]) <= DEFAULT_CAP_DRIFT * max(caps)
+
+
+def _section(config: dict, name: str) -> dict:
+    # A report's config is what the user wrote, read back: a section may be anything.
+    section = config.get(name) if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 def _checked_size(base: Report, new: Report) -> Change:
@@ -139,6 +167,15 @@ def _incomplete(report: Report) -> str | None:
 def _ranks(report: Report) -> str:
     d = report.distributed
     return f"{d.strategy} × {d.world_size}" if d else "one process"
+
+
+def _filled(config: dict) -> dict:
+    """A report's config with the synthetic epoch filled in where a report from before it was
+    (`data.size: null`): the same config either way."""
+    data = _section(config, "data")
+    if data.get("kind", "synthetic") == "synthetic" and data.get("size") is None and isinstance(config, dict):
+        return {**config, "data": {**data, "size": SYNTHETIC_DEFAULT_SIZE}}
+    return config
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -13,7 +13,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import devices
-from .config import MAX_STEPS
 from .data import to_device
 
 
@@ -319,7 +318,7 @@ def measure_loader(
     warmup = max(warmup, loader.num_workers, 1)
     batches = _forever(loader)
     i = 0
-    while i < warmup + steps or (sum(total_ms) < min_time_s * 1000 and len(total_ms) < MAX_STEPS):
+    while i < warmup + steps or (sum(total_ms) < min_time_s * 1000 and len(total_ms) < StepPlan.max_steps):
         devices.sync(device)
         start = time.perf_counter()
         b = to_device(next(batches), device)

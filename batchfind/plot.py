@@ -127,7 +127,8 @@ def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
     """The edge search, one column per trial in the order run, each labelled with its size."""
     places = range(len(search))
     for i, t in zip(places, search):
-        # Near the edge, what the limit counts is what decides (a brand-new process always has it).
+        # Near the edge what the limit counts decides: drawn where known (every brand-new process
+        # has it; a long-lived worker's trial below its earlier peak does not).
         peak = t.capped_peak_bytes or t.peak_bytes
         if peak is None:
             continue
@@ -139,7 +140,7 @@ def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
     axis.set_xticks(list(places), labels=[f"{t.batch_size}\n{t.phase}" for t in search], fontsize="small")
     axis.set_xlim(-0.5, len(search) - 0.5)
     axis.set_title("searching the edge, in order", fontsize="medium")
-    axis.set_ylabel("peak of what the limit counts (GiB)")
+    axis.set_ylabel("peak memory (GiB)")
     axis.set_xlabel("batch size tried")
     axis.grid(True, axis="y", alpha=0.3)
 

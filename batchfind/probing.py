@@ -677,7 +677,9 @@ def _run(
         warnings=list(dict.fromkeys(_warnings(trials, limit) + _budget_warnings(stopped, limit)
                                     + _load_warnings(trials) + notes + outcome.warnings
                                     + _length_warnings(facts.get("input_lengths"))
-                                    + _advice_warnings(recommendation, facts, config.recommend.target_batch) + _strategy_warnings(config, topo)
+                                    + _advice_warnings(recommendation, facts, config.recommend.target_batch,
+                                                      topo.world_size // topo.nodes if topo else 1)
+                                    + _strategy_warnings(config, topo)
                                     + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
@@ -717,7 +719,8 @@ def _budget_warnings(stopped: str | None, limit) -> list[str]:
             "tried, and larger sizes may fit"]
 
 
-def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
+def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) -> list[str]:
+    """`ranks_here`: the ranks on this machine, each with its own DataLoader workers."""
     warnings = []
     if target and rec.accumulation_steps == 1 and (rec.global_batch_size or 0) > target:
         # Accumulation only adds steps: one step of this batch already passes the batch asked for.
@@ -731,8 +734,8 @@ def _advice_warnings(rec, facts: dict, target: int | None) -> list[str]:
     loader = rec.loader
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
         cpus = _cpus()
-        # Workers past the CPUs only take turns with each other and with the step.
-        remedy = ("raise data.workers or speed up loading" if loader["workers"] < cpus else
+        # Workers past the CPUs (every rank's here) only take turns with each other and with the step.
+        remedy = ("raise data.workers or speed up loading" if loader["workers"] * ranks_here < cpus else
                   f"speed up loading: more workers than the {plural(cpus, 'CPU')} here would only take turns")
         warnings.append(
             f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
@@ -895,8 +898,8 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
     doubled = [t for t in trials if t.phase == "double"]
     for t in trials:
         if t.status == "error" and not (limit.batch_size is None and t is trials[0]):
-            # (Where even the first size failed, the error's own last line says so.)
-            # Not the memory edge: a bug, or a crash, at this size.
+            # Not the memory edge: a bug, or a crash, at this size. (Where even the first size
+            # failed, the command's last line says so, and says it once.)
             # Where nothing fitted before it, nothing says a larger size would.
             ended = bool(doubled) and t is doubled[-1] and any(d.fits for d in doubled)
             error = clipped(t.error or "no message", 200)

@@ -216,8 +216,9 @@ class Session:
         data, probe = self.config.data, self.config.probe
         world = self.rank["world_size"] if self.rank else 1
         loader = self.batches.loader(batch_size, data.workers, data.pin_memory)
-        # Each rank reads its own share of an epoch and the ranks step together: count them all.
-        # Ranks step together (their gradients meet): a step count of each rank's own would part them.
+        # Each rank reads its own share of an epoch and the ranks step together (their gradients
+        # meet): count them all, and time a fixed number of steps, which a clock of each rank's
+        # own would make differ.
         result = measure_loader(self.step, loader, batch_size, warmup=probe.warmup_steps, steps=probe.steps,
                                 min_time_s=0.0 if self.rank else probe.min_time_s,
                                 dataset_len=len(self.batches) // world, device=self.device)

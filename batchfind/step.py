@@ -133,7 +133,9 @@ def label_classes(logits: Any, labels: Any, own_loss: bool = False) -> int | Non
         return None
     dim = class_dim(logits, labels)
     layout = logits.shape[:1] + logits.shape[2:] if dim == 1 else logits.shape[:-1]
-    if labels.shape != layout or (own_loss and logits.shape[dim] == 1):
+    # Our loss takes a sequence's targets flattened too (compute_loss); a model's own, who knows.
+    flattened = not own_loss and dim == -1 and labels.dim() == 1 and labels.numel() == layout.numel()
+    if (labels.shape != layout and not flattened) or (own_loss and logits.shape[dim] == 1):
         return None
     return logits.shape[dim]
 
@@ -358,10 +360,10 @@ class Step:
         if self.loss_fn is not None:
             return scalar(self.loss_fn(scored, target) if target is not None else self.loss_fn(scored), f"train.loss {self.train.loss}")
         if not isinstance(scored, torch.Tensor):
-            # Scoring a field needs a target too: where batches hold none, both settings are the fix.
-            scoring = ("set train.output to the field to score (such as logits)" if target is not None else
-                       "set train.output to the field to score (such as logits) and train.target to the key of "
-                       "the batches that holds its target")
+            # Scoring a field needs a target too: where batches hold none, say how they get one.
+            scoring = "set train.output to the field to score (such as logits)" + (
+                "" if target is not None else
+                " and give the batches a target (train.target names its key in dict batches; or (input, target) items)")
             raise InputError(f"the model returned {_kind(scored)}: not a tensor and no loss; {scoring}, or give the "
                              "model its labels so it computes its own loss")
         if target is None:

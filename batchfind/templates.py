@@ -16,14 +16,15 @@ Row = tuple[str, Any, str]
 _EXAMPLES = {"max_batch": 1024, "memory_limit": "2GiB", "nproc_per_node": 8, "target_batch": 1024}
 
 
-def _common(optimizer: str, lr: float, reference: int) -> dict[str, list[Row]]:
+def _common(optimizer: str, lr: float, reference: int,
+            losses: str = "cross_entropy | mse (float targets: one output per sample, classes: 1)") -> dict[str, list[Row]]:
     return {
         "train": [
             ("optimizer", optimizer, "sgd | adam | adamw | rmsprop"),
             ("lr", lr, "the learning rate tuned at reference_batch"),
             ("reference_batch", reference, "with it, every batch size gets its scaled learning rate"),
             ("weight_decay", 0.0, ""),
-            ("loss", "cross_entropy", "cross_entropy | mse"),
+            ("loss", "cross_entropy", losses),
             ("precision", "fp32", "fp32 | bf16 | fp16 (autocast)"),
         ],
         "probe": [
@@ -99,7 +100,7 @@ _TEMPLATES: dict[str, tuple[str, dict[str, list[Row]]]] = {
             ("kind", "synthetic", "or a package.module:factory returning (tokens, targets) items"),
             ("size", 100000, "sequences per epoch"),
         ],
-        **_common("adamw", 0.0003, 64),
+        **_common("adamw", 0.0003, 64, "cross_entropy: the next token is a class"),
     }),
     # The placeholders run as they are (a linear layer from torch on synthetic data), so the file
     # validates before it is edited; the comments say what to put in their place.
@@ -117,7 +118,7 @@ _TEMPLATES: dict[str, tuple[str, dict[str, list[Row]]]] = {
             ("input_shape", [16], "synthetic: one sample's input"),
             ("num_classes", 4, "synthetic: targets are class indices below this"),
         ],
-        **_common("adamw", 0.0003, 32),
+        **_common("adamw", 0.0003, 32, "cross_entropy | mse | package.module:function(output, target)"),
     }),
 }
 

@@ -247,29 +247,47 @@ def test_compare_judges_a_run_cut_short_only_by_the_sizes_it_reached(real_report
         assert not re.search(r"recommended batch .*regressed", result.stdout), result.stdout
 
 
-def test_compare_does_not_judge_a_limit_under_another_memory_limit(real_report, tmp_path):
+def test_compare_does_not_judge_a_limit_under_less_memory(real_report, tmp_path):
     _, report, _ = real_report
+    base = write(tmp_path / "a.json", report)
+    cap = report["environment"]["memory_limit_bytes"]  # the default: a share of the RAM free at the start
     capped = copy.deepcopy(report)
-    capped_bytes = (report["environment"]["memory_limit_bytes"] or 2 << 30) // 2
-    capped["environment"]["memory_limit_bytes"] = capped_bytes
+    capped["environment"]["memory_limit_bytes"] = cap // 2
     capped["limit"]["batch_size"] = report["limit"]["batch_size"] // 2
-    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", capped)])
-    assert result.exit_code == 0 and "different memory limits: the limit moves with them" in result.stderr
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
+    assert result.exit_code == 0 and "different memory limits" in result.stderr and "is not judged" in result.stderr
     # The same drop under the same cap is a regression.
     capped["environment"] = report["environment"]
-    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "b.json", capped)])
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
     assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
-    # So for a check of the base's limit that failed: under another cap, no regression; under the same, one.
+
+    # So for a check of the base's limit that failed: excused under less memory only.
     size = report["limit"]["batch_size"]
     failed = dict(copy.deepcopy(report), trials=[dict(report["trials"][-1], batch_size=size, status="oom",
                                                       phase="verify", samples_per_s=None)],
                   limit=dict(report["limit"], batch_size=None), stopped_because=None)
-    failed["environment"] = dict(report["environment"], memory_limit_bytes=capped_bytes)
-    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "c.json", failed)])
+
+    def compared(new_cap: int):
+        failed["environment"] = dict(report["environment"], memory_limit_bytes=new_cap)
+        return runner.invoke(app, ["compare", base, write(tmp_path / "c.json", failed)])
+
+    result = compared(cap // 2)
     assert result.exit_code == 0 and not re.search(r"limit .*regressed", result.stdout), result.stdout
-    failed["environment"] = report["environment"]
-    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), write(tmp_path / "c.json", failed)])
-    assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
+    for more in (cap, cap * 2, cap + cap // 500):  # the same; more memory; the default's drift between runs
+        result = compared(more)
+        assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), (more, result.stdout)
+    assert "different memory limits" not in result.stderr  # the default cap in both, 0.2% apart
+
+
+def test_compare_reads_a_synthetic_epoch_left_null_as_its_default(real_report, tmp_path):
+    _, report, _ = real_report
+    older = copy.deepcopy(report)
+    assert older["config"]["data"]["size"] == 64  # TINY's
+    older["config"]["data"]["size"] = None
+    newer = copy.deepcopy(older)
+    newer["config"]["data"]["size"] = 50_000
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", older), write(tmp_path / "b.json", newer)])
+    assert result.exit_code == 0 and "different configs" not in result.stderr, result.stderr
 
 
 def test_compare_refuses_a_report_missing_a_part_or_with_a_batch_below_1(real_report, tmp_path):

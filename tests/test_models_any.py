@@ -497,7 +497,8 @@ def test_a_lightning_module_with_two_optimizers_is_refused_as_lightning_refuses_
     "text, message",
     [
         (BERT_SYNTHETIC.replace("    labels: {", "    label: {"), "the model returned SequenceClassifierOutput with fields logits: not a tensor and no loss; set train.output "
-         "to the field to score (such as logits) and train.target to the key of the batches that holds its target"),
+         "to the field to score (such as logits) and give the batches a target (train.target names its key in dict "
+         "batches; or (input, target) items)"),
         (BERT_SYNTHETIC + "  target: label\n", "train.target: batches have no key 'label' (they have input_ids, attention_mask, labels)"),
         (BERT_SYNTHETIC.replace("input_ids:", "ids:"), "data and model do not fit together: batch {ids: (2, 12) torch.int64"),
         ("model: {name: mlp, in_features: 8}\ndata: {kind: 'zoo:Tokens', kwargs: {longest: 8, shortest: 8}}\n",
@@ -668,6 +669,8 @@ def test_label_classes_reads_the_class_dimension_only_where_the_shapes_give_it()
     labels = torch.zeros(2, dtype=torch.long)
     assert label_classes(torch.zeros(2, 5), labels) == 5
     assert label_classes(torch.zeros(2, 7, 5), torch.zeros(2, 7, dtype=torch.long)) == 5  # tokens
+    assert label_classes(torch.zeros(2, 7, 5), torch.zeros(14, dtype=torch.long)) == 5  # flattened, as our loss takes
+    assert label_classes(torch.zeros(2, 7, 5), torch.zeros(14, dtype=torch.long), own_loss=True) is None
     assert label_classes(torch.zeros(2, 5, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)) == 5  # maps
     assert label_classes(torch.zeros(2, 5, 2, 2), torch.zeros(2, 8, 8, dtype=torch.long)) is None  # resized to score
     assert label_classes(torch.zeros(2, 1), labels) == 1  # cross-entropy over one class: labels must be 0
@@ -695,5 +698,8 @@ def test_a_model_output_with_no_loss_is_told_what_scoring_it_needs():
 
     step = Step(torch.nn.Linear(2, 2), TrainConfig(), CPU)
     output = {"logits": torch.zeros(2, 3)}
-    with pytest.raises(InputError, match=r"no loss; set train.output to the field to score \(such as logits\), or "):
+    with pytest.raises(InputError) as raised:
         step.score(output, torch.zeros(2, dtype=torch.long))  # the target is there: only the field is missing
+    assert str(raised.value) == ("the model returned dict with fields logits: not a tensor and no loss; set "
+                                 "train.output to the field to score (such as logits), or give the model its labels "
+                                 "so it computes its own loss")

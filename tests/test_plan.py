@@ -745,16 +745,17 @@ def test_a_target_batch_below_one_step_or_past_the_dataset_says_so():
                                               "optimizer step would take 100 epochs"]
 
 
-@pytest.mark.parametrize("workers, cpus, remedy", [
-    (1, 2, "raise data.workers or speed up loading"),
-    (2, 2, "speed up loading: more workers than the 2 CPUs here would only take turns"),
+@pytest.mark.parametrize("workers, cpus, ranks, remedy", [
+    (1, 2, 1, "raise data.workers or speed up loading"),
+    (2, 2, 1, "speed up loading: more workers than the 2 CPUs here would only take turns"),
+    (2, 8, 4, "speed up loading: more workers than the 8 CPUs here would only take turns"),  # each rank has its own
 ])
-def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, remedy):
+def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, ranks, remedy):
     from batchfind.report import Recommendation
 
     monkeypatch.setattr(probing, "_cpus", lambda: cpus)
     rec = Recommendation(batch_size=32, reason="", accumulation_steps=1, global_batch_size=32,
                          loader={"status": "ok", "workers": workers, "data_share": 0.6})
-    assert probing._advice_warnings(rec, {}, None) == [
+    assert probing._advice_warnings(rec, {}, None, ranks) == [
         f"input-bound: at batch 32 60% of each step waits for the DataLoader "
         f"({workers} worker{'s' * (workers > 1)}); {remedy}"]

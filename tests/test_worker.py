@@ -355,6 +355,8 @@ def test_noise_scale_and_dataloader_timing_at_the_recommended_size(write_config)
     loader = rec.loader
     assert loader["status"] == "ok" and loader["workers"] == 1 and loader["batch_size"] == rec.batch_size
     assert 0 <= loader["data_share"] <= 1 and loader["step_ms"]["median"] >= loader["data_wait_ms"]["median"]
+    timed = loader["step_ms"]["samples"]  # min_time_s (0.5 s) of them, or the most a trial takes
+    assert len(timed) >= 3 and (sum(timed) >= 500 or len(timed) == 100), timed
     scale = rec.noise_scale
     assert scale["status"] == "ok" and scale["batches"] == 12
     assert scale["big_batch"] > scale["small_batch"] >= 2
