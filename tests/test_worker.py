@@ -324,7 +324,8 @@ def test_variable_length_data_is_probed_with_the_longest_items(write_config, tmp
     report = probe(load_config(write_config(
         "model: {name: transformer, vocab_size: 64, d_model: 16, heads: 2, layers: 1, seq_len: 40}\n"
         f"data: {{kind: 'fixtures:Sentences', kwargs: {{n: 30, longest: 40, log: '{log}'}}}}\n"
-        "probe: {warmup_steps: 0, steps: 1, device: cpu, max_batch: 4, refine: false}\n"
+        # No minimum time: the DataLoader's timed steps then read a few batches, not 0.5 s of them.
+        "probe: {warmup_steps: 0, steps: 1, min_time_s: 0, device: cpu, max_batch: 4, refine: false}\n"
     )))
     assert report.input_lengths == {"longest": 40, "shortest": 5, "scanned": 30, "total": 30}
     assert report.limit.batch_size == 4 and report.limit.verified
