@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
@@ -59,7 +60,7 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     # under the default cap in both (a share of the RAM free at the start, a little different in
     # every run), a lower limit is one.
     same_cap = _same_cap(base, new)
-    excused = not same_cap and (new.environment.memory_limit_bytes or 0) < (base.environment.memory_limit_bytes or 0)
+    excused = not same_cap and _cap(new) < _cap(base)
     # A new report cut short (interrupted, out of time) never reached the sizes past its limit: its
     # limit is lower only where it ran out of memory at a size the base fitted, and its
     # recommendation saw only part of the curve.
@@ -99,8 +100,7 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         warnings.append(f"different distribution: {_ranks(base)} vs {_ranks(new)}: sizes are per device, "
                         "samples/s count every rank")
     if not same_cap:
-        caps = " vs ".join(format_size(r.environment.memory_limit_bytes) if r.environment.memory_limit_bytes
-                           else "none" for r in (base, new))
+        caps = " vs ".join(format_size(_cap(r)) if math.isfinite(_cap(r)) else "not known" for r in (base, new))
         judged_or_not = "is not judged where it dropped under less memory" if excused else "is judged"
         warnings.append(f"different memory limits ({caps}): the limit moves with them and {judged_or_not}; peaks "
                         "near it may differ too")
@@ -115,11 +115,17 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
 def _same_cap(base: Report, new: Report) -> bool:
     """The same memory limit: the same bytes, or the default in both (no `probe.memory_limit`) and
     within 10% (the same machine, a little more or less RAM free)."""
-    caps = [r.environment.memory_limit_bytes for r in (base, new)]
+    caps = [_cap(r) for r in (base, new)]
     if caps[0] == caps[1]:
         return True
     default = all(_section(r.config, "probe").get("memory_limit") is None for r in (base, new))
-    return default and None not in caps and abs(caps[0] - caps[1]) <= DEFAULT_CAP_DRIFT * max(caps)
+    return default and math.isfinite(max(caps)) and abs(caps[0] - caps[1]) <= DEFAULT_CAP_DRIFT * max(caps)
+
+
+def _cap(report: Report) -> float:
+    """The memory a report's trials could use: its limit, or the whole device (a GPU without one)."""
+    env = report.environment
+    return env.memory_limit_bytes or env.memory_total_bytes or math.inf
 
 
 def _section(config: dict, name: str) -> dict:

@@ -273,7 +273,8 @@ def test_compare_does_not_judge_a_limit_under_less_memory(real_report, tmp_path)
 
     result = compared(cap // 2)
     assert result.exit_code == 0 and not re.search(r"limit .*regressed", result.stdout), result.stdout
-    for more in (cap, cap * 2, cap + cap // 500):  # the same; more memory; the default's drift between runs
+    # No limit (a GPU's whole card; here the RAM, more than the cap); the same; more; the default's drift.
+    for more in (None, cap, cap * 2, cap + cap // 500):
         result = compared(more)
         assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), (more, result.stdout)
     assert "different memory limits" not in result.stderr  # the default cap in both, 0.2% apart
