@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -325,6 +326,10 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
         raise InputError(f"{option}: cannot write in folder {target.parent}: {exc.strerror or exc}") from None
 
 
+# How often a terminal's status line counts the seconds of set-up (a compiled model's: half a minute).
+SETUP_TICK_S = 1.0
+
+
 @contextmanager
 def _progress(console, quiet: bool):
     """Callbacks for a probe's progress: a line per trial, and on a terminal a status line that
@@ -339,12 +344,24 @@ def _progress(console, quiet: bool):
     def stamp() -> str:
         return f"[dim]{time.monotonic() - started:6.1f}s[/dim]"
 
+    trials_began = threading.Event()
+    lock = threading.Lock()  # a tick of set-up's count never lands after the first trial's line
+
+    def count_setup() -> None:
+        while not trials_began.wait(SETUP_TICK_S):
+            with lock:
+                if not trials_began.is_set():
+                    live.update(f"starting the workers (torch, the model, the data) · "
+                                f"{time.monotonic() - started:.0f} s")
+
     def on_start(size: int, phase: str) -> None:
         verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:",
                 "remeasure": "measuring again:"}[phase]
         console.print(f"{stamp()} {verb} batch {size} …")
         if live:
-            live.update(f"batch {size} · trial {done + 1} · starting")
+            with lock:
+                trials_began.set()
+                live.update(f"batch {size} · trial {done + 1} · starting")
 
     def on_end(trial) -> None:
         from rich.markup import escape
@@ -365,7 +382,13 @@ def _progress(console, quiet: bool):
         yield on_start, on_end, None
         return
     with live:
-        yield on_start, on_end, on_step
+        ticker = threading.Thread(target=count_setup, daemon=True)
+        ticker.start()
+        try:
+            yield on_start, on_end, on_step
+        finally:
+            trials_began.set()
+            ticker.join()
 
 
 def _is_stdout(path: Path) -> bool:

@@ -426,3 +426,36 @@ def test_the_memory_model_is_shown_as_an_estimate_where_nothing_ran_out():
     assert "(an estimate: no size up to 1024 ran out)" in rendered(dataclasses.replace(stopped, dataset_len=None), 300)
     edge = dataclasses.replace(stopped, limit=Limit(1002, 1003, verified=True))
     assert "→ predicted edge 1648\n" in rendered(edge, 300)
+
+
+def test_a_terminal_counts_the_seconds_of_set_up_until_the_first_trial(monkeypatch):
+    import time
+
+    from batchfind import cli
+
+    class Status:
+        def __init__(self):
+            self.texts = []
+
+        def update(self, text):
+            self.texts.append(text)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    status = Status()
+    console = type("Terminal", (), {"is_terminal": True, "status": lambda self, text: status,
+                                    "print": lambda self, text: None})()
+    monkeypatch.setattr(cli, "SETUP_TICK_S", 0.01)
+    with cli._progress(console, quiet=False) as (on_start, _, _):
+        deadline = time.monotonic() + 30  # a tick is due every 10 ms; this only bounds a stalled machine
+        while not status.texts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert status.texts and re.fullmatch(r"starting the workers \(torch, the model, the data\) · \d+ s",
+                                             status.texts[0]), status.texts
+        on_start(1, "double")
+        time.sleep(0.05)  # five ticks' time: none of them may say set-up again
+    assert status.texts[-1] == "batch 1 · trial 1 · starting", status.texts[-3:]
