@@ -611,8 +611,7 @@ def check(
             sys.stdout.write(text + "\n")
         if trial is not None:
             if not (quiet and trial.fits):  # a failure says why, under --quiet too
-                env = report.environment
-                typer.echo(trial_line(trial, env.memory_limit_bytes or env.memory_total_bytes), err=as_json)
+                typer.echo(trial_line(trial, report.environment.usable_bytes), err=as_json)
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:

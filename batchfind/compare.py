@@ -124,8 +124,7 @@ def _same_cap(base: Report, new: Report) -> bool:
 
 def _cap(report: Report) -> float:
     """The memory a report's trials could use: its limit, or the whole device (a GPU without one)."""
-    env = report.environment
-    return env.memory_limit_bytes or env.memory_total_bytes or math.inf
+    return report.environment.usable_bytes or math.inf
 
 
 def _section(config: dict, name: str) -> dict:

@@ -39,7 +39,7 @@ def title(report: Report, source: str | None = None) -> str:
     what = f"{source}: {what}" if source and what else source or what or "batchfind"
     device = env.device_name or env.device
     ranks = f"{dist.world_size} × {device} ({dist.strategy})" if dist else device
-    limit = env.memory_limit_bytes or env.memory_total_bytes
+    limit = env.usable_bytes
     per = " per device" if dist else ""
     return f"{what} · {ranks} · limit {format_size(limit)}{per}" if limit else f"{what} · {ranks}"
 
@@ -79,7 +79,7 @@ def figure(report: Report, source: str | None = None):
     if failed:
         bottom.plot([t.batch_size for t in failed], [t.peak_bytes / GiB for t in failed], "x", color="tab:red",
                     markersize=9, linestyle="none", label="out of memory (peak before)")
-    limit_bytes = report.environment.memory_limit_bytes or report.environment.memory_total_bytes
+    limit_bytes = report.environment.usable_bytes
     if limit_bytes:
         bottom.axhline(limit_bytes / GiB, color="tab:red", linestyle=":", label="memory limit")
     bottom.set_ylabel("peak memory (GiB)")

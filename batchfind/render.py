@@ -97,7 +97,7 @@ class _Column:
 
 def _title(report: Report) -> str:
     env, dist = report.environment, report.distributed
-    limit = format_size(env.memory_limit_bytes or env.memory_total_bytes)
+    limit = format_size(env.usable_bytes)
     if dist:
         nodes = f", {dist.nodes} nodes" if dist.nodes > 1 else ""
         return (f"batchfind · {dist.world_size} × {env.device_name or env.device} ({dist.strategy}{nodes}) · "
@@ -148,7 +148,7 @@ def _columns(report: Report, compact: set[str]) -> list[_Column]:
     """The table's columns, less what `compact` (names from COMPACT_STEPS) gives up or merges."""
     trials = report.trials
     env, dist = report.environment, report.distributed
-    limit_bytes = env.memory_limit_bytes or env.memory_total_bytes
+    limit_bytes = env.usable_bytes
     world = dist.world_size if dist else 1
     best = max((t.samples_per_s for t in trials if t.samples_per_s), default=0)
 

@@ -252,6 +252,11 @@ class Environment:
     python: str | None = None
     platform: str | None = None
 
+    @property
+    def usable_bytes(self) -> int | None:
+        """The memory the trials could use: the limit, or the whole device (a GPU without one)."""
+        return self.memory_limit_bytes or self.memory_total_bytes
+
 
 @dataclass(frozen=True)
 class Distributed:
