@@ -394,7 +394,7 @@ class ProbeConfig(_Section):
     max_batch: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     # Search between the last power of two that fits and the first that does not, to the exact size.
     refine: bool = True
-    # Refined sizes are multiples of this (8 suits tensor cores).
+    # Refined sizes and the cap tried last are multiples of this (8 suits tensor cores).
     multiple_of: PositiveInt = 1
     # Throughput trials: unmeasured steps, then at least `steps` measured ones and at least
     # `min_time_s` of them (short steps are repeated until the time is reached). At most

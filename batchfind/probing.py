@@ -280,6 +280,10 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         cap = (f"probe.max_batch: {high}" if p.max_batch and p.max_batch < per_rank
                else f"data: {plural(dataset_len, 'sample')}{_ranks(world)}")
         raise InputError(f"{cap}, but {_smallest_why(facts)}")
+    # The cap itself is tried last: where it is no multiple of `multiple_of`, the largest one
+    # below it is (a size the user could train with, as refined sizes are).
+    if (rounded := high // p.multiple_of * p.multiple_of) >= first:
+        high = rounded
     outcome = PlanResult()
     if first > p.min_batch:
         outcome.warnings.append(f"{_smallest_why(facts)}; the probe started at {first}")
@@ -683,7 +687,7 @@ def _run(
                                     + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
-                                                 prober.world_size),
+                                                 prober.world_size, config.probe.multiple_of),
         wall_s=time.monotonic() - started,
         distributed=Distributed(
             strategy=config.probe.strategy, world_size=topo.world_size, nodes=topo.nodes,
@@ -692,7 +696,8 @@ def _run(
     )
 
 
-def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None, world: int) -> str | None:
+def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None, world: int,
+                 multiple_of: int = 1) -> str | None:
     doubled = [t for t in trials if t.phase == "double"]
     if not doubled:
         return None
@@ -704,9 +709,13 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
                  key=lambda t: t.batch_size, default=None)
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"
-    if dataset_len and last.batch_size == dataset_len // world:
+    # A cap the doubling tried rounded down to a multiple of `multiple_of`.
+    def reached(cap: int | None) -> bool:
+        return cap is not None and cap - multiple_of < last.batch_size <= cap
+
+    if dataset_len and reached(dataset_len // world):
         return f"reached the dataset size ({dataset_len})"
-    if last.batch_size == max_batch:
+    if reached(max_batch):
         return f"reached max_batch ({max_batch})"
     return "done"
 

@@ -221,6 +221,19 @@ def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
     assert (2048, "double", "oom") in [(t.batch_size, t.phase, t.status) for t in sim.trials]
 
 
+def test_a_cap_that_is_no_multiple_of_multiple_of_is_tried_rounded_down():
+    # max_batch 100 with multiple_of 8: the last size tried is 96, a size the user could train with,
+    # and that is what stopped the doubling.
+    sim = SimDevice(1708, max_batch=100, multiple_of=8, **GPU)
+    limit = sim.run()
+    assert [t.batch_size for t in sim.trials if t.phase == "double"][-2:] == [64, 96]
+    assert limit.batch_size == 96 and limit.first_oom is None
+    assert probing._why_stopped(sim.trials, None, 100, 1, 8) == "reached max_batch (100)"
+    # A cap below the multiple is tried as it is.
+    sim = SimDevice(1708, max_batch=6, multiple_of=8, **GPU)
+    assert sim.run().batch_size == 6
+
+
 class Flattening(SimDevice):
     """Peaks that grow a twentieth as fast past 1024 samples: the line through the doubling's sizes
     puts 2048 far past the limit, where it fits."""
