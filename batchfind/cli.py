@@ -748,8 +748,9 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
         loss = f"loss {trial.loss:.4g}" if trial.loss is not None else "[yellow]the loss was not finite[/yellow]"
         # The path as text, not markup, and no terminal control characters in it.
         shown = escape(str(config) if str(config).isprintable() else repr(str(config)))
+        optimizer = f", {report.optimizer}" if report.optimizer else ""
         _console().print(
-            f"{shown}: valid — {report.config['model']['name']} ({report.parameters:,} parameters), "
+            f"{shown}: valid — {report.config['model']['name']} ({report.parameters:,} parameters{optimizer}), "
             f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, "
             f"one training step on CPU ran ({loss})"
         )

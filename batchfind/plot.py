@@ -30,12 +30,14 @@ def require_matplotlib():
 
 
 def title(report: Report, source: str | None = None) -> str:
-    """What was probed, where, under which limit: `cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC · limit 2.0 GiB`."""
+    """What was probed, where, under which limit: `cnn-small.yaml: cnn, SGD, fp32 · AMD EPYC · limit 2.0 GiB`."""
     env, dist, config = report.environment, report.distributed, report.config
     # A report's config is what the user wrote, read back: a section may be anything.
     model_section, train = (config.get(key) if isinstance(config.get(key), dict) else {} for key in ("model", "train"))
     model = model_section.get("name")
-    what = ", ".join(str(v) for v in (model, train.get("optimizer"), train.get("precision")) if v)
+    # The optimizer the trials stepped (a LightningModule's own), else the config's name for it.
+    optimizer = report.optimizer or train.get("optimizer")
+    what = ", ".join(str(v) for v in (model, optimizer, train.get("precision")) if v)
     what = f"{source}: {what}" if source and what else source or what or "batchfind"
     device = env.device_name or env.device
     ranks = f"{dist.world_size} × {device} ({dist.strategy})" if dist else device

@@ -672,6 +672,7 @@ def _run(
         config=prober.raw,
         dataset_len=facts.get("dataset_len"),
         parameters=facts.get("parameters"),
+        optimizer=facts.get("optimizer"),
         input_lengths=facts.get("input_lengths"),
         trials=trials,
         limit=limit,

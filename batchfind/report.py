@@ -288,13 +288,17 @@ class Report:
     memory_model: MemoryLine | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
     requirements: list[Requirement] = field(default_factory=list)
     distributed: Distributed | None = None  # null for a single-process probe
+    # The class of the optimizer the trials stepped (`AdamW`): train.optimizer's, or a LightningModule's
+    # own from configure_optimizers. Null in reports written before it was added.
+    optimizer: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         # Envelope first: readers see what they are looking at before the details.
-        order = ["schema_version", "tool", "environment", "distributed", "config", "dataset_len", "parameters", "input_lengths", "trials", "limit",
-                 "memory_model", "recommendation", "requirements", "warnings", "interrupted", "stopped_because", "wall_s"]
+        order = ["schema_version", "tool", "environment", "distributed", "config", "dataset_len", "parameters",
+                 "optimizer", "input_lengths", "trials", "limit", "memory_model", "recommendation", "requirements",
+                 "warnings", "interrupted", "stopped_because", "wall_s"]
         return {key: data[key] for key in order}
 
     def to_json(self) -> str:

@@ -123,6 +123,7 @@ class Session:
             "batchnorm": batchnorm,
             # A LightningModule's configure_optimizers, not train.optimizer and train.lr.
             "own_optimizers": isinstance(self.step, LightningStep),
+            "optimizer": ", ".join(type(o).__name__ for o in self.step.optimizers),
             "own_loss": own_loss,  # the model's output carried its own loss
             "smallest_batch": smallest,
             "backend": backend,

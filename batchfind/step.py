@@ -447,6 +447,7 @@ class CustomStep:
         self.model, self.train, self.device = model, train, device
         self.fn = _function(train.step, "train.step")
         self.optimizer = still([make_optimizer(model, train)])[0]
+        self.optimizers = [self.optimizer]
         self.stage = "train.step"
 
     def __call__(self, batch: Any) -> torch.Tensor:

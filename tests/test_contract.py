@@ -333,7 +333,7 @@ def test_compare_reads_version_1_baselines(real_report, tmp_path):
     _, report, _ = real_report
     old = copy.deepcopy(report)
     old["schema_version"] = 1
-    del old["distributed"]
+    del old["distributed"], old["optimizer"]
     for part in [*old["trials"], old["recommendation"]]:
         del part["global_batch_size"]
         part.pop("ranks", None)
@@ -342,8 +342,12 @@ def test_compare_reads_version_1_baselines(real_report, tmp_path):
     result = runner.invoke(app, ["compare", base, write(tmp_path / "v2.json", report)])
     assert result.exit_code == 0, result.stderr
     loaded = load_report(base)
-    assert loaded.distributed is None and [t.global_batch_size for t in loaded.trials] == [
+    assert loaded.distributed is None and loaded.optimizer is None and [t.global_batch_size for t in loaded.trials] == [
         t["batch_size"] for t in report["trials"]]
+    # A version 2 report written before `optimizer` was added reads with it null.
+    assert report["optimizer"] == "SGD"
+    earlier = {key: value for key, value in report.items() if key != "optimizer"}
+    assert load_report(write(tmp_path / "earlier.json", earlier)).optimizer is None
 
 
 def test_compare_rejects_what_is_not_a_report(tmp_path):

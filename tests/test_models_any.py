@@ -620,11 +620,14 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     report = json.loads(out)
     # Its Adam at 0.01 from configure_optimizers, not train.lr under SGD's linear rule, is what trains.
     assert [t["lr"] for t in report["trials"]] == [None] * len(report["trials"]) and report["recommendation"]["lr"] is None
+    # The report names the optimizer that stepped, which the config's train.optimizer is not.
+    assert report["optimizer"] == "Adam" and report["config"]["train"]["optimizer"] != "adam"
     unused = "train.lr, train.reference_batch, recommend.lr_rule: not used; the LightningModule's configure_optimizers"
     assert any(w.startswith(unused) for w in report["warnings"])
     # `validate` says so too, before any probe.
     checked = CliRunner().invoke(app, ["validate", str(write_config(text))])
     assert checked.exit_code == 0 and f"warning: {unused}" in checked.stderr
+    assert " parameters, Adam), " in checked.stdout
 
 
 @pytest.mark.parametrize("text, warning", [

@@ -218,6 +218,12 @@ def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
         assert len(fig.legends) == 1 and all(axis.get_legend() is None for axis in fig.axes)
     finally:
         plt.close(fig)
+    # The optimizer the trials stepped, where the report names it (a LightningModule's own).
+    fig = figure(dataclasses.replace(report, optimizer="Adam"), "lit.yaml")
+    try:
+        assert fig.get_suptitle().startswith("lit.yaml: cnn, Adam, fp32 · ")
+    finally:
+        plt.close(fig)
     # A `$` pair in the config's name would be matplotlib mathtext, and `\foo` no symbol it knows.
     fig = figure(report, "cost$\\foo$.yaml")
     try:
