@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import traceback
 from typing import Any, Callable, Iterator
@@ -294,6 +295,12 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             floats = f"; {FLOAT_TARGETS}, and data.num_classes is not used" if classes_unused(config) else ""
             raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
                              f"({describe_batch(batch)} into {config.model.name}){floats}") from exc
+        unset = _UNSET_SETTING.search(str(exc)) if isinstance(exc, AttributeError) else None
+        if unset:
+            # A Hugging Face model built from a config that lacks what its forward reads (T5's
+            # decoder_start_token_id, to shift labels right): the model's doing, whatever the data.
+            raise InputError(f"model.name: {config.model.name} reads {unset.group(2)} from its {unset.group(1)}, "
+                             f"which does not set it: set it where the model is built ({one_line(exc)})") from exc
         given = [name for name in train.forward_kwargs if f"argument '{name}'" in str(exc)]
         if isinstance(exc, TypeError) and given:
             # `unexpected keyword argument 'mask'`, `multiple values for argument 'x'`: not the data's doing.
@@ -306,6 +313,9 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         ) from exc
     return getattr(step, "own_loss", False)  # a step of the user's own or a LightningModule's: theirs
 
+
+# A setting a model's configuration object lacks, in the AttributeError of the forward that read it.
+_UNSET_SETTING = re.compile(r"'(\w*Config)' object has no attribute '(\w+)'")
 
 # torch's words when code asks for CUDA that is not there: a CPU build, a machine without the driver or a GPU.
 _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")

@@ -507,9 +507,13 @@ def test_a_lightning_module_with_two_optimizers_is_refused_as_lightning_refuses_
         # Items 0 and 1 have labels 0 and 1, in range: the model's own loss would fail a later batch.
         (BERT + "data: {kind: 'zoo:Tokens', kwargs: {classes: 9, longest: 12}}\n",
          "data: labels range over [0, 8] but the model outputs 3 classes"),
+        # Not the data's doing: the model's configuration lacks what its forward reads.
+        ("model: {name: 'zoo:ReadsItsConfig'}\ndata: {input_shape: [8], num_classes: 4}\n",
+         "model.name: zoo:ReadsItsConfig reads scale from its TinyConfig, which does not set it: set it where the "
+         "model is built (AttributeError: 'TinyConfig' object has no attribute 'scale')"),
     ],
     ids=["output with no loss", "missing target key", "missing input name", "dict where a pair was expected",
-         "a dataset that raises", "labels past a model's own classes"],
+         "a dataset that raises", "labels past a model's own classes", "a setting the model's config lacks"],
 )
 def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_config, text, message):
     if "transformers" in text:

@@ -63,6 +63,22 @@ class ScoresItself(nn.Module):
         return (logits.argmax(1) == y).float().mean() if self.accuracy else nn.functional.cross_entropy(logits, y)
 
 
+class TinyConfig:
+    """A model's configuration object, as Hugging Face models keep theirs."""
+
+
+class ReadsItsConfig(nn.Module):
+    """A forward that reads a setting its configuration object does not set (a T5 built from a
+    T5Config without decoder_start_token_id, under transformers 5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.linear = TinyConfig(), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.linear(x) * self.config.scale
+
+
 def grouped_adamw(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01):
     """Parameter groups: no weight decay on biases and norms (so it takes the model, not its parameters)."""
     decay = [p for p in model.parameters() if p.dim() > 1]
