@@ -80,8 +80,11 @@ def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | Non
     the variation is worth half the limit or more. A size among `trials` that ran first in a
     brand-new process with its peak leaving the variation free is safe: the answer is never below
     it (what a size measured outranks where a line puts it). Where the line decides, the size is a
-    multiple of `multiple_of`, as refined sizes are."""
-    if limit is None or not variation or not explains(model, first_oom, variation):
+    multiple of `multiple_of`, as refined sizes are. Where nothing failed (a probe its time budget
+    or an interruption stopped), a model that puts the edge at the limit or below says the same as a
+    failure just above it would."""
+    failed = first_oom if first_oom is not None or limit is None else limit + 1
+    if limit is None or not variation or not explains(model, failed, variation):
         return limit
     allowance = variation / model.per_sample_bytes
     if model.predicted_edge < limit - allowance or 2 * allowance >= limit:
@@ -126,7 +129,8 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     if resident is None:
         return None
     learned = _learned(trials, "peak_bytes")
-    if learned is not None:
+    # A failure past the limit in force (one allocation larger than all of it) ran out at the limit.
+    if learned is not None and not (ceiling_bytes and learned[1] == "failure" and learned[0] > ceiling_bytes):
         return MemoryModel(*resident[:2], learned[0], resident[2], learned[1])
     if ceiling_bytes:
         return MemoryModel(*resident[:2], ceiling_bytes, resident[2], "limit")

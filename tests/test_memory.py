@@ -54,6 +54,14 @@ def test_a_failure_in_a_fresh_process_sets_the_ceiling():
     assert fit(trials, ceiling_bytes=None).ceiling_bytes == 1014 * MiB
 
 
+def test_a_failure_past_the_whole_limit_leaves_the_limit_as_the_ceiling():
+    # Resident peaks only (each size below a peak its worker reached before), and one allocation of
+    # 4 TiB that failed: memory ran out at the 1 GiB limit, not at 4 TiB.
+    trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [T(16, "oom", 340 * MiB, 2**42)]
+    model = fit(trials, ceiling_bytes=1024 * MiB)
+    assert model.ceiling_bytes == 1024 * MiB and model.ceiling_from == "limit"
+
+
 def test_a_failure_that_stopped_early_does_not_put_the_ceiling_below_what_ran():
     # Batch 16 failed in its first forward pass, before the peak a full step reaches at 12.
     trials = [T(4, "ok", 330 * MiB, fresh_process=True), T(12, "ok", 340 * MiB, fresh_process=True),
@@ -181,6 +189,10 @@ def test_the_safe_size_leaves_the_variation_free_below_a_model_that_explains_the
     assert safe_size(model, 360, 368, 10 * MiB, multiple_of=8) == 352  # refined sizes are multiples of 8
     # The size that failed is below the model's edge: something else stopped it.
     assert safe_size(model, 300, 301, 10 * MiB) == 300
+    # Nothing failed (a time budget or an interruption stopped the probe) and the model puts the
+    # edge at the limit: as near the edge as a failure above it would say; far below it, the limit.
+    assert safe_size(model, 362, None, 10 * MiB) == 357
+    assert safe_size(model, 64, None, 10 * MiB) == 64
 
 
 def test_a_model_contradicted_by_a_fresh_run_leaves_the_limit():
