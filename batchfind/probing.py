@@ -855,16 +855,22 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
 
 
 def _nothing_fits(message: str, data: DataConfig) -> str:
+    import psutil
+
     # Python, torch and the model come first; under a small cap any of them may be what ran out.
     # The allocator's words cut short, so the advice after them stays whole.
-    text = (f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
-            "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the ")
+    text = f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
+    raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
     largest = _largest_input(data)
     failed = failed_allocation(message)
     if largest and failed and 2 * largest[1] >= failed:
         # An allocation no larger than set-up's check of two samples: the data's size, not the model's.
-        return text + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
-    return text + "model smaller"
+        return text + raise_limit + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
+    if failed and failed > (ram := psutil.virtual_memory().total):
+        # No limit holds it: raising one cannot help.
+        return text + (f"that one allocation ({format_size(failed)}) is more than all of this machine's memory "
+                       f"({format_size(ram)}): look at what the model allocates for two samples")
+    return text + raise_limit + "model smaller"
 
 
 # Bytes per element of the dtypes synthetic inputs may take.

@@ -476,6 +476,14 @@ def test_a_setup_that_runs_out_on_its_samples_blames_the_data(shape, dtype, fail
     assert probing._nothing_fits("MemoryError", data).endswith("or make the model smaller")  # size not given
 
 
+def test_a_setup_that_runs_out_on_one_allocation_larger_than_the_machine_says_no_limit_helps():
+    data = load_config_text(MLP).data
+    message = f"RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate {2**42} bytes."
+    line = probing._nothing_fits(message, data)
+    assert line.endswith("look at what the model allocates for two samples") and "(4.0 TiB) is more than all" in line
+    assert "raise the memory limit" not in line
+
+
 def test_a_synthetic_sample_larger_than_the_limit_is_named(write_config):
     path = write_config("model: {name: 'torch.nn:Linear', kwargs: {in_features: 100000, out_features: 4}}\n"
                         "data: {inputs: {x: {shape: [100000, 100000]}}}\ntrain: {loss: 'fixtures:detached_loss'}\n"
