@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -328,6 +328,9 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
 
 # How often a terminal's status line counts the seconds of set-up (a compiled model's: half a minute).
 SETUP_TICK_S = 1.0
+# Elsewhere (a CI log, a pipe) a line says set-up is still under way this often, so a set-up that
+# hangs is not ten minutes of silence; a set-up that fails sooner still ends in its one line.
+SETUP_NOTE_S = 60.0
 
 
 @contextmanager
@@ -346,21 +349,25 @@ def _progress(console, quiet: bool):
 
     trials_began = threading.Event()
     lock = threading.Lock()  # a tick of set-up's count never lands after the first trial's line
+    setting_up = "starting the workers (torch, the model, the data)"
 
     def count_setup() -> None:
-        while not trials_began.wait(SETUP_TICK_S):
+        while not trials_began.wait(SETUP_TICK_S if live else SETUP_NOTE_S):
             with lock:
-                if not trials_began.is_set():
-                    live.update(f"starting the workers (torch, the model, the data) · "
-                                f"{time.monotonic() - started:.0f} s")
+                if trials_began.is_set():
+                    break
+                if live:
+                    live.update(f"{setting_up} · {time.monotonic() - started:.0f} s")
+                else:
+                    console.print(f"{stamp()} still {setting_up} …")
 
     def on_start(size: int, phase: str) -> None:
         verb = {"double": "probing", "refine": "refining:", "verify": "verifying in a fresh process:",
                 "remeasure": "measuring again:"}[phase]
-        console.print(f"{stamp()} {verb} batch {size} …")
-        if live:
-            with lock:
-                trials_began.set()
+        with lock:
+            trials_began.set()
+            console.print(f"{stamp()} {verb} batch {size} …")
+            if live:
                 live.update(f"batch {size} · trial {done + 1} · starting")
 
     def on_end(trial) -> None:
@@ -374,18 +381,14 @@ def _progress(console, quiet: bool):
         console.print(f"{stamp()} {escape(trial_line(trial))}")
 
     def on_step(event: dict) -> None:
-        if live:
-            live.update(f"batch {event['batch_size']} · trial {done + 1} · step {event['step']} of at least "
-                        f"{event['steps']} · {time.monotonic() - started:.0f} s so far")
+        live.update(f"batch {event['batch_size']} · trial {done + 1} · step {event['step']} of at least "
+                    f"{event['steps']} · {time.monotonic() - started:.0f} s so far")
 
-    if live is None:
-        yield on_start, on_end, None
-        return
-    with live:
-        ticker = threading.Thread(target=count_setup, daemon=True)
+    ticker = threading.Thread(target=count_setup, daemon=True)
+    with live if live else nullcontext():
         ticker.start()
         try:
-            yield on_start, on_end, on_step
+            yield on_start, on_end, on_step if live else None
         finally:
             trials_began.set()
             ticker.join()
