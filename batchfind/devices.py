@@ -250,6 +250,36 @@ class CappedPeak:
         return peak if cap == resource.RLIM_INFINITY else min(peak, cap)
 
 
+class PastTheCap(MemoryError):
+    """A trial whose resident memory rose past the CPU's cap in memory the cap does not count."""
+
+
+# Resident memory the cap does not count may grow this much in a trial (a library's pages read in
+# for a kernel not run before), as a share of the cap, or at least `UNCOUNTED_MIN_BYTES`.
+UNCOUNTED_SHARE = 0.1
+UNCOUNTED_MIN_BYTES = 64 * 1024**2
+
+
+def uncounted(device) -> int | None:
+    """CPU: resident bytes that RLIMIT_DATA does not count (file pages, shared memory) now."""
+    status = {} if device.type == "cuda" else _vm_status()
+    return status["RssFile"] + status["RssShmem"] if {"RssFile", "RssShmem"} <= status.keys() else None
+
+
+def check_cap(device, peak: int, uncounted_before: int | None) -> None:
+    """CPU: raise `PastTheCap` where a trial's resident peak went past the cap by more than the
+    memory it does not count held before, with some slack. RLIMIT_DATA counts the heap and
+    private mappings: shared memory (an anonymous shared mapping, /dev/shm) escapes it, and a
+    size that fits only by escaping the cap does not fit the budget it keeps."""
+    cap = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    if uncounted_before is None or cap == resource.RLIM_INFINITY:
+        return
+    beyond = peak - uncounted_before - cap
+    if beyond > max(UNCOUNTED_SHARE * cap, UNCOUNTED_MIN_BYTES):
+        raise PastTheCap(f"resident memory reached {format_size(peak)}, {format_size(beyond)} past the "
+                         f"{format_size(cap)} limit in memory the limit does not count (shared memory or mapped files)")
+
+
 def data_segment(device) -> int | None:
     """CPU: the data segment now, what RLIMIT_DATA counts (None on GPU or without /proc)."""
     return None if device.type == "cuda" else _vm_status().get("VmData")
@@ -288,10 +318,11 @@ def memory_ceiling(device, limit: int | None) -> int | None:
 
 
 def _vm_status() -> dict[str, int]:
-    """The Vm* lines of /proc/self/status in bytes (empty where there is no /proc)."""
+    """The Vm* and Rss* lines of /proc/self/status in bytes (empty where there is no /proc)."""
     try:
         with open("/proc/self/status") as f:
-            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k.startswith("Vm")}
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)
+                    if k.startswith(("Vm", "Rss"))}
     except OSError:
         return {}
 
