@@ -33,6 +33,8 @@ Purpose = Literal["throughput", "fit"]
 # What a report read back may hold where a time, a rate or a size was measured: never below zero.
 Measured = Annotated[float, Ge(0)]
 Bytes = Annotated[int, Ge(0)]
+Count = Annotated[int, Ge(0)]  # steps, samples, parameters
+Size = Annotated[int, Ge(1)]  # a batch size, a number of ranks or of accumulation steps
 # A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
 RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
@@ -52,16 +54,16 @@ class StepTimes:
 class RankTrial:
     """One rank's part of a distributed trial."""
 
-    rank: int
+    rank: Count
     status: RankStatus
-    peak_bytes: int | None = None
-    step_ms: float | None = None  # median
+    peak_bytes: Bytes | None = None
+    step_ms: Measured | None = None  # median
     error: str | None = None
 
 
 @dataclass(frozen=True)
 class Trial:
-    batch_size: Annotated[int, Ge(1)]  # per device
+    batch_size: Size  # per device
     status: Status
     step_ms: StepTimes | None = None
     samples_per_s: Measured | None = None
@@ -76,7 +78,7 @@ class Trial:
     loss: float | None = None
     loss_finite: bool | None = None
     error: str | None = None
-    failed_alloc_bytes: int | None = None  # oom: the allocation that failed, when the message says
+    failed_alloc_bytes: Bytes | None = None  # oom: the allocation that failed, when the message says
     fresh_process: bool = False  # the first trial of a brand-new worker process
     # CPU, a later trial of a worker: how much more of the data segment the worker held when the
     # trial began than after its first trial (memory earlier trials left behind, which a brand-new
@@ -84,22 +86,22 @@ class Trial:
     # reused (glibc only).
     retained_bytes: int | None = None
     retained_free_bytes: int | None = None
-    joules_per_sample: float | None = None  # GPU with NVML energy counters only
+    joules_per_sample: Measured | None = None  # GPU with NVML energy counters only
     # While the steps were measured, the share of all CPUs' time that other processes ran, and that
     # a hypervisor gave to other machines (steal): a busy machine's steps are slower and noisier.
     # Null for distributed trials (the ranks are each other's load).
-    other_cpu_share: float | None = None
-    steal_share: float | None = None
+    other_cpu_share: Measured | None = None
+    steal_share: Measured | None = None
     # Derived, not measured: the learning rate scaled to the global batch, accumulation steps to
     # the target batch, and the global batch: batch_size × world size × accumulation steps.
-    lr: float | None = None
-    accumulation_steps: int | None = None
-    global_batch_size: int | None = None
+    lr: Measured | None = None
+    accumulation_steps: Size | None = None
+    global_batch_size: Size | None = None
     phase: Phase = "double"  # double: powers of two; refine: the exact edge; verify: a fresh re-run
     purpose: Purpose = "throughput"
-    steps: int | None = None  # steps run, warm-up included
-    settling_steps: int | None = None  # measured steps left out, still settling after the warm-up
-    wall_s: float | None = None
+    steps: Count | None = None  # steps run, warm-up included
+    settling_steps: Count | None = None  # measured steps left out, still settling after the warm-up
+    wall_s: Measured | None = None
     ranks: list[RankTrial] | None = None  # distributed: every rank's status, peak and step
 
     @property
@@ -140,15 +142,15 @@ MEMORY_FAILURES = ("oom", "killed", "timeout")
 
 @dataclass(frozen=True)
 class Limit:
-    batch_size: int | None  # the largest batch that ran, below every size that failed
-    first_oom: int | None  # the smallest size that failed for memory (oom, killed, timeout)
+    batch_size: Size | None  # the largest batch that ran, below every size that failed
+    first_oom: Size | None  # the smallest size that failed for memory (oom, killed, timeout)
     verified: bool = False  # batch_size ran its measured steps in a brand-new process
-    predicted_batch_size: int | None = None  # the memory model's edge, for comparison
+    predicted_batch_size: Count | None = None  # the memory model's edge, for comparison
     refined: bool = False  # the edge between powers of two was searched to the exact size
     # The largest size expected to fit on every run: batch_size less the run-to-run variation of
     # memory the edge allows for (`variation_bytes`: on CPU a share of where memory ran out; 0 on GPU).
-    safe_batch_size: int | None = None
-    variation_bytes: int | None = None
+    safe_batch_size: Size | None = None
+    variation_bytes: Bytes | None = None
 
 
 # The nested objects below stay plain dicts, also when a report is read back; these types give the
@@ -206,22 +208,22 @@ class NotMeasured(TypedDict, total=False):
 
 class MemoryLine(TypedDict, total=False):
     fixed_bytes: float
-    per_sample_bytes: float
-    ceiling_bytes: int
-    points: int
+    per_sample_bytes: Measured
+    ceiling_bytes: Bytes
+    points: Count
     ceiling_from: Literal["limit", "failure", "fits"]
-    predicted_edge: int
+    predicted_edge: Count
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    batch_size: int | None
+    batch_size: Size | None
     reason: str
-    fastest_batch_size: int | None = None
-    largest_batch_size: int | None = None
-    lr: float | None = None  # scaled to the global batch
-    accumulation_steps: int | None = None
-    global_batch_size: int | None = None  # batch_size × world size × accumulation steps
+    fastest_batch_size: Size | None = None
+    largest_batch_size: Size | None = None
+    lr: Measured | None = None  # scaled to the global batch
+    accumulation_steps: Size | None = None
+    global_batch_size: Size | None = None  # batch_size × world size × accumulation steps
     noisy: bool = False  # the recommended size's throughput is uncertain by more than the tolerance
     noise_scale: Union[NoiseScaleEstimate, NotMeasured, None] = None  # the gradient noise scale, when asked for
     loader: Union[LoaderTiming, NotMeasured, None] = None  # steps through the DataLoader at batch_size, for file data
@@ -246,9 +248,9 @@ class Environment:
     torch_version: str | None
     device: str | None
     device_name: str | None
-    memory_total_bytes: int | None
-    memory_limit_bytes: int | None
-    threads: int | None = None
+    memory_total_bytes: Bytes | None
+    memory_limit_bytes: Bytes | None
+    threads: Size | None = None
     python: str | None = None
     platform: str | None = None
 
@@ -263,8 +265,8 @@ class Distributed:
     """How a distributed probe ran: every trial's batch_size is per device."""
 
     strategy: Literal["ddp", "fsdp"]
-    world_size: int
-    nodes: int
+    world_size: Size
+    nodes: Size
     backend: str | None  # nccl on GPU, gloo on CPU
     launcher: Literal["batchfind", "torchrun"]
 
@@ -274,8 +276,8 @@ class Report:
     tool: dict[str, str]
     environment: Environment
     config: dict[str, Any]
-    dataset_len: int | None
-    parameters: int | None  # the model's parameter count
+    dataset_len: Count | None
+    parameters: Count | None  # the model's parameter count
     # Items of varying length: {longest, shortest, scanned, total}; batches use the longest.
     input_lengths: dict[str, int] | None
     trials: list[Trial]
@@ -284,7 +286,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
     stopped_because: str | None = None
-    wall_s: float | None = None
+    wall_s: Measured | None = None
     memory_model: MemoryLine | None = None  # fixed_bytes + per_sample_bytes × batch, ceiling_bytes
     requirements: list[Requirement] = field(default_factory=list)
     distributed: Distributed | None = None  # null for a single-process probe

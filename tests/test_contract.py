@@ -291,6 +291,30 @@ def test_compare_reads_a_synthetic_epoch_left_null_as_its_default(real_report, t
     assert result.exit_code == 0 and "different configs" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("where, value, field", [
+    (("limit", "batch_size"), -3, "limit.batch_size: must be greater than or equal to 1"),
+    (("limit", "first_oom"), 0, "limit.first_oom: must be greater than or equal to 1"),
+    (("recommendation", "batch_size"), 0, "recommendation.batch_size: must be greater than or equal to 1"),
+    (("wall_s",), -10, "wall_s: must be greater than or equal to 0"),
+    (("trials", 0, "wall_s"), -1, "trials.0.wall_s: must be greater than or equal to 0"),
+    (("trials", 0, "steps"), -1, "trials.0.steps: must be greater than or equal to 0"),
+    (("environment", "memory_limit_bytes"), -5, "environment.memory_limit_bytes: must be greater than or equal to 0"),
+    (("dataset_len",), -1, "dataset_len: must be greater than or equal to 0"),
+    (("parameters",), -1, "parameters: must be greater than or equal to 0"),
+])
+def test_compare_and_plot_refuse_a_negative_size_count_or_time(real_report, tmp_path, where, value, field):
+    _, report, _ = real_report
+    broken = copy.deepcopy(report)
+    part = broken
+    for key in where[:-1]:
+        part = part[key]
+    part[where[-1]] = value
+    path = write(tmp_path / "broken.json", broken)
+    for command in (["compare", path, path], ["plot", path, "-o", str(tmp_path / "p.png")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and f"broken.json: {field}" in result.stderr, (command, result.stderr)
+
+
 def test_compare_refuses_a_report_missing_a_part_or_with_a_batch_below_1(real_report, tmp_path):
     _, report, _ = real_report
     negative = copy.deepcopy(report)
