@@ -394,6 +394,12 @@ def _progress(console, quiet: bool):
             ticker.join()
 
 
+def _if_slow(status: str) -> str:
+    """Near the memory edge a step past the timeout is usually thrashing; steps that are only slow
+    need more time."""
+    return "; if its steps are only slow, raise probe.trial_timeout_s" if status == "timeout" else ""
+
+
 def _is_stdout(path: Path) -> bool:
     """Whether `path` is this process's standard output (`/dev/stdout`, `/dev/fd/1`, the file it
     is redirected to)."""
@@ -564,9 +570,9 @@ def probe(
             from rich.markup import escape
 
             first = report.trials[0]
-            slow = "; if its steps are only slow, raise probe.trial_timeout_s" if first.status == "timeout" else ""
             console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] even batch {first.batch_size} "
-                          f"failed ({first.status}): {escape(clipped(first.error or 'no message', 600))}{slow}")
+                          f"failed ({first.status}): {escape(clipped(first.error or 'no message', 600))}"
+                          f"{_if_slow(first.status)}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")
@@ -614,7 +620,7 @@ def check(
             sys.stdout.write(text + "\n")
         if trial is not None:
             if not (quiet and trial.fits):  # a failure says why, under --quiet too
-                typer.echo(trial_line(trial, report.environment.usable_bytes), err=as_json)
+                typer.echo(trial_line(trial, report.environment.usable_bytes) + _if_slow(trial.status), err=as_json)
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:

@@ -105,6 +105,9 @@ def test_quiet_still_says_why_the_smallest_batch_failed(write_config, how, code,
     result = runner.invoke(app, ["probe", str(path), "--quiet", "--min-batch", "4"])
     assert result.exit_code == code
     assert result.stdout == "" and result.stderr.strip() == line
+    # `check` of that size says the same in its result line.
+    checked = runner.invoke(app, ["check", str(path), "--batch", "4", "--quiet"])
+    assert checked.exit_code == code and checked.stdout.strip().endswith(line.split("): ", 1)[1]), checked.output
 
 
 def test_check_exit_codes(write_config):
