@@ -305,7 +305,7 @@ def test_an_interrupt_repeated_at_once_is_ignored_and_an_ignored_one_stays_so(mo
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_while_the_cli_loads_is_an_interrupt_not_a_traceback(monkeypatch):
+def test_an_interrupt_while_the_cli_loads_is_exit_130_not_a_traceback(monkeypatch):
     import builtins
 
     from batchfind.__main__ import main
@@ -318,9 +318,28 @@ def test_ctrl_c_while_the_cli_loads_is_an_interrupt_not_a_traceback(monkeypatch)
         return real(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    with pytest.raises(SystemExit) as info:
-        main()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() takes SIGTERM as an interrupt
     assert info.value.code == 130
+    # SIGTERM in that moment too (a cancelled CI job), in a process of its own: without the
+    # handler it would end the process that receives it.
+    code = (
+        "import builtins, os, signal\n"
+        "from batchfind.__main__ import main\n"
+        "real = builtins.__import__\n"
+        "def hook(name, globals=None, locals=None, fromlist=(), level=0):\n"
+        "    if level == 1 and name == 'cli':\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(name, globals, locals, fromlist, level)\n"
+        "builtins.__import__ = hook\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_a_probe_stopped_by_its_time_budget_says_larger_sizes_may_fit(write_config):
