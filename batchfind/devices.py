@@ -254,30 +254,32 @@ class PastTheCap(MemoryError):
     """A trial whose resident memory rose past the CPU's cap in memory the cap does not count."""
 
 
-# Resident memory the cap does not count may grow this much in a trial (a library's pages read in
-# for a kernel not run before), as a share of the cap, or at least `UNCOUNTED_MIN_BYTES`.
+# Shared memory a trial holds past the cap is forgiven up to this share of the cap, or at least
+# `UNCOUNTED_MIN_BYTES`: resident memory read at different moments is not exact.
 UNCOUNTED_SHARE = 0.1
 UNCOUNTED_MIN_BYTES = 64 * 1024**2
 
 
-def uncounted(device) -> int | None:
-    """CPU: resident bytes that RLIMIT_DATA does not count (file pages, shared memory) now."""
+def uncounted(device) -> tuple[int, int] | None:
+    """CPU: resident bytes that RLIMIT_DATA does not count now: (file pages, shared memory)."""
     status = {} if device.type == "cuda" else _vm_status()
-    return status["RssFile"] + status["RssShmem"] if {"RssFile", "RssShmem"} <= status.keys() else None
+    return (status["RssFile"], status["RssShmem"]) if {"RssFile", "RssShmem"} <= status.keys() else None
 
 
-def check_cap(device, peak: int, uncounted_before: int | None) -> None:
-    """CPU: raise `PastTheCap` where a trial's resident peak went past the cap by more than the
-    memory it does not count held before, with some slack. RLIMIT_DATA counts the heap and
-    private mappings: shared memory (an anonymous shared mapping, /dev/shm) escapes it, and a
-    size that fits only by escaping the cap does not fit the budget it keeps."""
+def check_cap(device, peak: int, before: tuple[int, int] | None) -> None:
+    """CPU: raise `PastTheCap` where a trial's resident peak went past the cap in shared memory.
+    RLIMIT_DATA counts the heap and private mappings: shared memory (an anonymous shared mapping,
+    /dev/shm) escapes it, and a size that fits only by escaping the cap does not fit the budget
+    the cap keeps. File pages the trial read in (a dataset's memory-mapped items, a library's code)
+    are page cache the kernel can drop: they do not count."""
     cap = resource.getrlimit(resource.RLIMIT_DATA)[0]
-    if uncounted_before is None or cap == resource.RLIM_INFINITY:
+    now = uncounted(device)
+    if before is None or now is None or cap == resource.RLIM_INFINITY:
         return
-    beyond = peak - uncounted_before - cap
+    beyond = peak - max(before[0], now[0]) - before[1] - cap
     if beyond > max(UNCOUNTED_SHARE * cap, UNCOUNTED_MIN_BYTES):
         raise PastTheCap(f"resident memory reached {format_size(peak)}, {format_size(beyond)} past the "
-                         f"{format_size(cap)} limit in memory the limit does not count (shared memory or mapped files)")
+                         f"{format_size(cap)} limit in shared memory, which the limit does not count")
 
 
 def data_segment(device) -> int | None:
