@@ -250,38 +250,6 @@ class CappedPeak:
         return peak if cap == resource.RLIM_INFINITY else min(peak, cap)
 
 
-class PastTheCap(MemoryError):
-    """A trial whose resident memory rose past the CPU's cap in memory the cap does not count."""
-
-
-# Shared memory a trial holds past the cap is forgiven up to this share of the cap, or at least
-# `UNCOUNTED_MIN_BYTES`: resident memory read at different moments is not exact.
-UNCOUNTED_SHARE = 0.1
-UNCOUNTED_MIN_BYTES = 64 * 1024**2
-
-
-def uncounted(device) -> tuple[int, int] | None:
-    """CPU: resident bytes that RLIMIT_DATA does not count now: (file pages, shared memory)."""
-    status = {} if device.type == "cuda" else _vm_status()
-    return (status["RssFile"], status["RssShmem"]) if {"RssFile", "RssShmem"} <= status.keys() else None
-
-
-def check_cap(device, peak: int, before: tuple[int, int] | None) -> None:
-    """CPU: raise `PastTheCap` where a trial's resident peak went past the cap in shared memory.
-    RLIMIT_DATA counts the heap and private mappings: shared memory (an anonymous shared mapping,
-    /dev/shm) escapes it, and a size that fits only by escaping the cap does not fit the budget
-    the cap keeps. File pages the trial read in (a dataset's memory-mapped items, a library's code)
-    are page cache the kernel can drop: they do not count."""
-    cap = resource.getrlimit(resource.RLIMIT_DATA)[0]
-    now = uncounted(device)
-    if before is None or now is None or cap == resource.RLIM_INFINITY:
-        return
-    beyond = peak - max(before[0], now[0]) - before[1] - cap
-    if beyond > max(UNCOUNTED_SHARE * cap, UNCOUNTED_MIN_BYTES):
-        raise PastTheCap(f"resident memory reached {format_size(peak)}, {format_size(beyond)} past the "
-                         f"{format_size(cap)} limit in shared memory, which the limit does not count")
-
-
 def data_segment(device) -> int | None:
     """CPU: the data segment now, what RLIMIT_DATA counts (None on GPU or without /proc)."""
     return None if device.type == "cuda" else _vm_status().get("VmData")
@@ -320,11 +288,10 @@ def memory_ceiling(device, limit: int | None) -> int | None:
 
 
 def _vm_status() -> dict[str, int]:
-    """The Vm* and Rss* lines of /proc/self/status in bytes (empty where there is no /proc)."""
+    """The Vm* lines of /proc/self/status in bytes (empty where there is no /proc)."""
     try:
         with open("/proc/self/status") as f:
-            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)
-                    if k.startswith(("Vm", "Rss"))}
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k.startswith("Vm")}
     except OSError:
         return {}
 

@@ -1,7 +1,6 @@
 """Factories that config files in the tests name as `fixtures:...`; they run inside worker processes."""
 
 import collections
-import mmap
 import os
 import signal
 import sys
@@ -22,17 +21,15 @@ class _FailInBackward(torch.autograd.Function):
 
 
 class Trap(nn.Module):
-    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs, NaNs
-    or holds shared memory for a moment.
+    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs.
 
     With `rank`, only that rank of a distributed probe misbehaves.
     """
 
-    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom", rank: int | None = None,
-                 shared_bytes: int = 0):
+    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom", rank: int | None = None):
         super().__init__()
         self.linear = nn.Linear(features, classes)
-        self.at, self.how, self.rank, self.shared_bytes = at, how, rank, shared_bytes
+        self.at, self.how, self.rank = at, how, rank
 
     def forward(self, x):
         if self.rank is not None and torch.distributed.get_rank() != self.rank:
@@ -54,10 +51,6 @@ class Trap(nn.Module):
                 return self.linear(x) * float("nan")
             if self.how == "backward_oom":
                 return _FailInBackward.apply(self.linear(x))
-            if self.how == "shared":  # `shared_bytes` of shared memory, which RLIMIT_DATA does not count
-                mapping = mmap.mmap(-1, self.shared_bytes)
-                torch.frombuffer(mapping, dtype=torch.uint8).fill_(1)
-                mapping.close()
         return self.linear(x)
 
 

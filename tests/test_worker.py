@@ -249,43 +249,6 @@ def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input
     assert [t["status"] for t in json.loads(result.stdout)["trials"]] == ["oom"]
 
 
-def test_a_size_that_fits_only_in_memory_the_limit_does_not_count_does_not_fit(write_config, worker_data_bytes):
-    # Shared memory escapes RLIMIT_DATA: at batch 4 the model maps as much again as the whole cap.
-    cap = worker_data_bytes + 256 * MiB
-    path = write_config(f"model: {{name: 'fixtures:Trap', kwargs: {{how: shared, at: 4, shared_bytes: {cap}}}}}\n"
-                        "data: {input_shape: [8], num_classes: 4}\n"
-                        f"probe: {{device: cpu, memory_limit: {cap}, warmup_steps: 0, steps: 1}}")
-    checked = CliRunner().invoke(app, ["check", str(path), "--batch", "4", "--json"])
-    trial = json.loads(checked.stdout)["trials"][0]
-    assert checked.exit_code == 3 and trial["status"] == "oom", checked.output
-    assert re.fullmatch(r"resident memory reached .+ past the .+ limit in shared memory, which the limit does not "
-                        r"count", trial["error"]), trial["error"]
-    assert trial["peak_bytes"] > cap
-    # Below the size that maps it, the same model fits.
-    assert CliRunner().invoke(app, ["check", str(path), "--batch", "2"]).exit_code == 0
-
-
-def test_file_pages_a_trial_reads_in_do_not_count_against_the_cap(monkeypatch):
-    import resource
-
-    import torch
-
-    from batchfind import devices
-
-    cap, cpu = 1024 * MiB, torch.device("cpu")
-    monkeypatch.setattr(resource, "getrlimit", lambda which: (cap, cap))
-    # A memory-mapped dataset read 800 MiB of pages in: page cache, which the kernel can drop.
-    monkeypatch.setattr(devices, "uncounted", lambda device: (900 * MiB, 0))
-    devices.check_cap(cpu, cap + 900 * MiB, (100 * MiB, 0))
-    # The same peak with the file pages where they were: 800 MiB of shared memory, since let go.
-    monkeypatch.setattr(devices, "uncounted", lambda device: (100 * MiB, 0))
-    with pytest.raises(devices.PastTheCap, match=r"800\.0 MiB past the 1\.0 GiB limit in shared memory"):
-        devices.check_cap(cpu, cap + 900 * MiB, (100 * MiB, 0))
-    # Within the slack (a tenth of the cap), or on a device without the counts: nothing.
-    devices.check_cap(cpu, cap + 200 * MiB, (100 * MiB, 0))
-    devices.check_cap(cpu, cap + 900 * MiB, None)
-
-
 def test_a_model_too_big_for_the_limit_is_nothing_fits_and_still_a_report(write_config, worker_data_bytes, tmp_path):
     # 4 layers of 8192 x 8192 float32 weights: 1 GiB, in a cap with room for a quarter of it.
     cap = worker_data_bytes + 256 * MiB
