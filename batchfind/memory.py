@@ -128,9 +128,8 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     resident = _line(trials, "peak_bytes", kinds_differ)
     if resident is None:
         return None
-    learned = _learned(trials, "peak_bytes")
-    # A failure past the limit in force (one allocation larger than all of it) ran out at the limit.
-    if learned is not None and not (ceiling_bytes and learned[1] == "failure" and learned[0] > ceiling_bytes):
+    learned = _learned(trials, "peak_bytes", ceiling_bytes)
+    if learned is not None:
         return MemoryModel(*resident[:2], learned[0], resident[2], learned[1])
     if ceiling_bytes:
         return MemoryModel(*resident[:2], ceiling_bytes, resident[2], "limit")
@@ -196,12 +195,15 @@ def fresh_equivalent(trial: Measured) -> int:
     return trial.capped_peak_bytes - (trial.retained_bytes or 0) + int(free * REUSED_FREE_HEAP)
 
 
-def _learned(trials: list[Measured], field: str) -> tuple[int, str] | None:
+def _learned(trials: list[Measured], field: str, ceiling_bytes: int | None = None) -> tuple[int, str] | None:
     """Where memory ran out in a failed trial (its peak plus the allocation that failed), and
     "failure"; a failure in a brand-new process says more than one in a long-lived worker. A peak
     that ran shows the ceiling to be at least that high: a failure that read less (a fake, or a
     peak read while other mappings moved) leaves the ceiling at that peak, and "fits"."""
-    failures = [t for t in trials if t.status == "oom" and getattr(t, field) and t.failed_alloc_bytes]
+    failures = [t for t in trials if t.status == "oom" and getattr(t, field) and t.failed_alloc_bytes
+                # One allocation larger than the whole limit in force says where the model asks too
+                # much, not where memory runs out.
+                and not (ceiling_bytes and t.failed_alloc_bytes > ceiling_bytes)]
     failures = [t for t in failures if t.fresh_process] or failures
     learned = min((getattr(t, field) + t.failed_alloc_bytes for t in failures), default=None)
     if learned is None:

@@ -710,9 +710,9 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
                  key=lambda t: t.batch_size, default=None)
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"
-    # A cap the doubling tried rounded down to a multiple of `multiple_of`.
+    # The cap, or the multiple of `multiple_of` below it that the doubling tried in its place.
     def reached(cap: int | None) -> bool:
-        return cap is not None and cap - multiple_of < last.batch_size <= cap
+        return cap is not None and last.batch_size in (cap, cap // multiple_of * multiple_of)
 
     if dataset_len and reached(dataset_len // world):
         return f"reached the dataset size ({dataset_len})"
@@ -866,8 +866,8 @@ def _nothing_fits(message: str, data: DataConfig) -> str:
     if largest and failed and 2 * largest[1] >= failed:
         # An allocation no larger than set-up's check of two samples: the data's size, not the model's.
         return text + raise_limit + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
-    if failed and failed > (ram := psutil.virtual_memory().total):
-        # No limit holds it: raising one cannot help.
+    if failed and "CUDA" not in message and failed > (ram := psutil.virtual_memory().total):
+        # No limit holds it on this machine's CPU: raising one cannot help.
         return text + (f"that one allocation ({format_size(failed)}) is more than all of this machine's memory "
                        f"({format_size(ram)}): look at what the model allocates for two samples")
     return text + raise_limit + "model smaller"

@@ -482,6 +482,10 @@ def test_a_setup_that_runs_out_on_one_allocation_larger_than_the_machine_says_no
     line = probing._nothing_fits(message, data)
     assert line.endswith("look at what the model allocates for two samples") and "(4.0 TiB) is more than all" in line
     assert "raise the memory limit" not in line
+    # A GPU's memory is not the machine's RAM: a limit on a larger card may well hold it.
+    cuda = f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {2**42 / 2**30:.2f} GiB"
+    assert probing._nothing_fits(cuda, data).endswith("raise the memory limit (probe.memory_limit, or --memory-limit "
+                                                      "on probe and check), or make the model smaller")
 
 
 def test_a_synthetic_sample_larger_than_the_limit_is_named(write_config):

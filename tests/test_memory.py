@@ -60,6 +60,11 @@ def test_a_failure_past_the_whole_limit_leaves_the_limit_as_the_ceiling():
     trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [T(16, "oom", 340 * MiB, 2**42)]
     model = fit(trials, ceiling_bytes=1024 * MiB)
     assert model.ceiling_bytes == 1024 * MiB and model.ceiling_from == "limit"
+    # An ordinary failure whose resident peak (library pages included) and allocation pass the limit
+    # still says where memory ran out.
+    trials = line(300 * MiB, 2 * MiB, [1, 2, 4, 8]) + [T(16, "oom", 1000 * MiB, 100 * MiB)]
+    model = fit(trials, ceiling_bytes=1024 * MiB)
+    assert model.ceiling_bytes == 1100 * MiB and model.ceiling_from == "failure"
 
 
 def test_a_failure_that_stopped_early_does_not_put_the_ceiling_below_what_ran():
