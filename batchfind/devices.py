@@ -250,6 +250,51 @@ class CappedPeak:
         return peak if cap == resource.RLIM_INFINITY else min(peak, cap)
 
 
+class PastTheCap(MemoryError):
+    """A CPU trial that held shared memory past the cap, which does not count it."""
+
+
+# Shared memory a trial may hold past the cap, as a share of the cap or at least
+# `SHARED_MIN_BYTES`: what is read at different moments is not exact.
+SHARED_SHARE = 0.1
+SHARED_MIN_BYTES = 64 * 1024**2
+
+
+def shared_memory(device) -> tuple[int, int] | None:
+    """CPU: shared memory now, this process's resident share of it (`RssShmem`) and the machine's
+    (`Shmem`); None on GPU or without /proc."""
+    if device.type == "cuda":
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            own = next((line for line in f if line.startswith("RssShmem:")), None)
+        with open("/proc/meminfo") as f:
+            machine = next((line for line in f if line.startswith("Shmem:")), None)
+    except OSError:
+        return None
+    if own is None or machine is None:
+        return None
+    return int(own.split()[1]) * 1024, int(machine.split()[1]) * 1024
+
+
+def check_shared(device, before: tuple[int, int] | None, data_peak: int | None) -> None:
+    """CPU: raise `PastTheCap` where a trial made and holds shared memory (an anonymous shared
+    mapping, /dev/shm) that takes it past the cap. RLIMIT_DATA counts the heap and private mappings
+    only, and a size that fits only by escaping the cap does not fit the budget the cap keeps. The
+    process's and the machine's shared memory must both have grown: a file of a tmpfs that the
+    trial mapped was in the machine's memory before, and a memory-mapped dataset's pages are page
+    cache, in neither."""
+    cap = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    after = shared_memory(device)
+    if before is None or after is None or cap == resource.RLIM_INFINITY:
+        return
+    grew = min(after[0] - before[0], after[1] - before[1])
+    slack = max(SHARED_SHARE * cap, SHARED_MIN_BYTES)
+    if grew > slack and (data_peak or 0) + grew > cap + slack:
+        raise PastTheCap(f"the steps hold {format_size(grew)} of shared memory, which the {format_size(cap)} limit "
+                         f"does not count, beside {format_size(data_peak or 0)} that it does")
+
+
 def data_segment(device) -> int | None:
     """CPU: the data segment now, what RLIMIT_DATA counts (None on GPU or without /proc)."""
     return None if device.type == "cuda" else _vm_status().get("VmData")

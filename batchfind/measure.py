@@ -201,6 +201,7 @@ def measure(
     `on_step(done, planned)` is told after each step, warm-up included (`planned` is the least
     number of steps the plan runs)."""
     devices.reset_peak(device)
+    shared = devices.shared_memory(device)
     b = batch(batch_size)
     planned = plan.warmup + plan.min_steps
     losses = []
@@ -241,6 +242,8 @@ def measure(
         joules = energy() - joules_before if energy else None
     host = load.read()
     peak, peak_allocated = devices.read_peak(device)
+    capped = meter.read()
+    devices.check_shared(device, shared, capped if capped is not None else devices.data_segment(device))
     last_loss = float(losses[-1])
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     steps = len(losses)
@@ -259,7 +262,7 @@ def measure(
         "epoch_s": math.ceil(dataset_len / batch_size) * median_s,
         "peak_bytes": peak,
         "peak_allocated_bytes": peak_allocated,
-        "capped_peak_bytes": meter.read(),
+        "capped_peak_bytes": capped,
         "loss": last_loss if math.isfinite(last_loss) else None,
         "loss_finite": finite,
         "joules_per_sample": joules / (len(times_ms) * batch_size) if joules is not None else None,

@@ -152,8 +152,11 @@ class Session:
             if debugging():
                 traceback.print_exc()
         except Exception as exc:  # noqa: BLE001 - every failure becomes the request's status
-            where = f"in {self.step.stage}: " if self.step.stage else ""
-            result = {"status": "error", "error": where + one_line(exc)}
+            if isinstance(exc, devices.PastTheCap):  # after the steps ran: no stage of theirs failed
+                error = str(exc)
+            else:
+                error = (f"in {self.step.stage}: " if self.step.stage else "") + one_line(exc)
+            result = {"status": "error", "error": error}
             if devices.is_oom(exc):
                 # How far memory got before it ran out teaches the memory model where the ceiling is.
                 result.update(status="oom", peak_bytes=devices.read_peak(self.device)[0],

@@ -1,6 +1,7 @@
 """Factories that config files in the tests name as `fixtures:...`; they run inside worker processes."""
 
 import collections
+import mmap
 import os
 import signal
 import sys
@@ -21,15 +22,18 @@ class _FailInBackward(torch.autograd.Function):
 
 
 class Trap(nn.Module):
-    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs or NaNs.
+    """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs, NaNs
+    or holds `shared_bytes` of shared memory.
 
     With `rank`, only that rank of a distributed probe misbehaves.
     """
 
-    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom", rank: int | None = None):
+    def __init__(self, features: int = 8, classes: int = 4, at: int = 1 << 30, how: str = "oom", rank: int | None = None,
+                 shared_bytes: int = 0):
         super().__init__()
         self.linear = nn.Linear(features, classes)
-        self.at, self.how, self.rank = at, how, rank
+        self.at, self.how, self.rank, self.shared_bytes = at, how, rank, shared_bytes
+        self.shared = None
 
     def forward(self, x):
         if self.rank is not None and torch.distributed.get_rank() != self.rank:
@@ -51,6 +55,9 @@ class Trap(nn.Module):
                 return self.linear(x) * float("nan")
             if self.how == "backward_oom":
                 return _FailInBackward.apply(self.linear(x))
+            if self.how == "shared" and self.shared is None:  # held, as a buffer in shared memory would be
+                self.shared = mmap.mmap(-1, self.shared_bytes)
+                torch.frombuffer(self.shared, dtype=torch.uint8).fill_(1)
         return self.linear(x)
 
 

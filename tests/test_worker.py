@@ -249,6 +249,44 @@ def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input
     assert [t["status"] for t in json.loads(result.stdout)["trials"]] == ["oom"]
 
 
+def test_a_size_that_fits_only_in_shared_memory_the_limit_does_not_count_does_not_fit(write_config, worker_data_bytes):
+    # RLIMIT_DATA does not count shared memory: at batch 4 the model holds as much again as the cap.
+    cap = worker_data_bytes + 256 * MiB
+    path = write_config(f"model: {{name: 'fixtures:Trap', kwargs: {{how: shared, at: 4, shared_bytes: {cap}}}}}\n"
+                        "data: {input_shape: [8], num_classes: 4}\n"
+                        f"probe: {{device: cpu, memory_limit: {cap}, warmup_steps: 0, steps: 1}}")
+    checked = CliRunner().invoke(app, ["check", str(path), "--batch", "4", "--json"])
+    assert checked.exit_code == 3, checked.output
+    trial = json.loads(checked.stdout)["trials"][0]
+    assert trial["status"] == "oom" and re.fullmatch(
+        r"the steps hold \S+ \S+ of shared memory, which the \S+ \S+ limit does not count, beside \S+ \S+ that it "
+        r"does", trial["error"]), trial
+    # Below the size that makes it, the same model fits.
+    assert CliRunner().invoke(app, ["check", str(path), "--batch", "2"]).exit_code == 0
+
+
+def test_only_shared_memory_the_trial_made_counts_against_the_cap(monkeypatch):
+    import resource
+
+    import torch
+
+    from batchfind import devices
+
+    cap, cpu = 1024 * MiB, torch.device("cpu")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (cap, cap))
+
+    def check(own: int, machine: int, data: int) -> None:
+        monkeypatch.setattr(devices, "shared_memory", lambda device: (own, machine))
+        devices.check_shared(cpu, (0, 0), data)
+
+    with pytest.raises(devices.PastTheCap, match=r"hold 800\.0 MiB of shared memory, which the 1\.0 GiB limit"):
+        check(800 * MiB, 800 * MiB, 900 * MiB)
+    check(800 * MiB, 0, 900 * MiB)  # a tmpfs file mapped in: the machine held it already
+    check(800 * MiB, 800 * MiB, 100 * MiB)  # with the data segment, still under the cap
+    check(80 * MiB, 80 * MiB, 1000 * MiB)  # within the slack, a tenth of the cap
+    devices.check_shared(cpu, None, 1000 * MiB)  # nothing to compare with (no /proc)
+
+
 def test_a_model_too_big_for_the_limit_is_nothing_fits_and_still_a_report(write_config, worker_data_bytes, tmp_path):
     # 4 layers of 8192 x 8192 float32 weights: 1 GiB, in a cap with room for a quarter of it.
     cap = worker_data_bytes + 256 * MiB
