@@ -263,18 +263,15 @@ SHARED_MIN_BYTES = 64 * 1024**2
 def shared_memory(device) -> tuple[int, int] | None:
     """CPU: shared memory now, this process's resident share of it (`RssShmem`) and the machine's
     (`Shmem`); None on GPU or without /proc."""
-    if device.type == "cuda":
+    own = None if device.type == "cuda" else _vm_status().get("RssShmem")
+    if own is None:
         return None
     try:
-        with open("/proc/self/status") as f:
-            own = next((line for line in f if line.startswith("RssShmem:")), None)
         with open("/proc/meminfo") as f:
             machine = next((line for line in f if line.startswith("Shmem:")), None)
     except OSError:
         return None
-    if own is None or machine is None:
-        return None
-    return int(own.split()[1]) * 1024, int(machine.split()[1]) * 1024
+    return None if machine is None else (own, int(machine.split()[1]) * 1024)
 
 
 def check_shared(device, before: tuple[int, int] | None, data_peak: int | None) -> None:
@@ -333,10 +330,11 @@ def memory_ceiling(device, limit: int | None) -> int | None:
 
 
 def _vm_status() -> dict[str, int]:
-    """The Vm* lines of /proc/self/status in bytes (empty where there is no /proc)."""
+    """The Vm* and Rss* lines of /proc/self/status in bytes (empty where there is no /proc)."""
     try:
         with open("/proc/self/status") as f:
-            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k.startswith("Vm")}
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)
+                    if k.startswith(("Vm", "Rss"))}
     except OSError:
         return {}
 
