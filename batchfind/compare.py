@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
-from .report import Report, Trial, latest_timed
+from .report import Report, Trial, config_section, latest_timed
 from .sizes import format_size
 
 # Between two runs under the default memory limit (a share of the RAM free at the start) on one
@@ -118,19 +118,13 @@ def _same_cap(base: Report, new: Report) -> bool:
     caps = [_cap(r) for r in (base, new)]
     if caps[0] == caps[1]:
         return True
-    default = all(_section(r.config, "probe").get("memory_limit") is None for r in (base, new))
+    default = all(config_section(r.config, "probe").get("memory_limit") is None for r in (base, new))
     return default and math.isfinite(max(caps)) and abs(caps[0] - caps[1]) <= DEFAULT_CAP_DRIFT * max(caps)
 
 
 def _cap(report: Report) -> float:
     """The memory a report's trials could use: its limit, or the whole device (a GPU without one)."""
     return report.environment.usable_bytes or math.inf
-
-
-def _section(config: dict, name: str) -> dict:
-    # A report's config is what the user wrote, read back: a section may be anything.
-    section = config.get(name) if isinstance(config, dict) else None
-    return section if isinstance(section, dict) else {}
 
 
 def _checked_size(base: Report, new: Report) -> Change:
@@ -177,7 +171,7 @@ def _ranks(report: Report) -> str:
 def _filled(config: dict) -> dict:
     """A report's config with the synthetic epoch filled in where a report from before it was
     (`data.size: null`): the same config either way."""
-    data = _section(config, "data")
+    data = config_section(config, "data")
     if data.get("kind", "synthetic") == "synthetic" and data.get("size") is None and isinstance(config, dict):
         return {**config, "data": {**data, "size": SYNTHETIC_DEFAULT_SIZE}}
     return config

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report, Trial, latest_timed, write_atomic
+from .report import MEMORY_FAILURES, Report, Trial, config_section, latest_timed, write_atomic
 from .sizes import format_size
 
 GiB = 1024**3
@@ -32,8 +32,7 @@ def require_matplotlib():
 def title(report: Report, source: str | None = None) -> str:
     """What was probed, where, under which limit: `cnn-small.yaml: cnn, SGD, fp32 · AMD EPYC · limit 2.0 GiB`."""
     env, dist, config = report.environment, report.distributed, report.config
-    # A report's config is what the user wrote, read back: a section may be anything.
-    model_section, train = (config.get(key) if isinstance(config.get(key), dict) else {} for key in ("model", "train"))
+    model_section, train = (config_section(config, key) for key in ("model", "train"))
     model = model_section.get("name")
     # The optimizer the trials stepped (a LightningModule's own), else the config's name for it.
     optimizer = report.optimizer or train.get("optimizer")

@@ -307,6 +307,13 @@ class Report:
         return json.dumps(finite(self.to_dict()), indent=2, allow_nan=False)
 
 
+def config_section(config: Any, name: str) -> dict:
+    """A section of a report's config, or {}: the config is what the user wrote, read back, and a
+    section may be anything."""
+    section = config.get(name) if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def finite(value: Any) -> Any:
     """`value` with every NaN or infinite float as None: JSON has no such numbers, and in a report
     they can only mean "not measured" (a config cannot hold them; validation refuses them)."""
