@@ -23,6 +23,7 @@ import typer
 from . import __version__
 from .errors import BatchfindError, InputError, clipped, debugging, plain
 from .report import MEMORY_FAILURES
+from .templates import TEMPLATE_NAMES, render
 
 app = typer.Typer(
     help="Find the batch size to train with on this machine.",
@@ -43,11 +44,7 @@ class RequireOn(str, Enum):
     limit = "limit"
 
 
-class Template(str, Enum):
-    mlp = "mlp"
-    cnn = "cnn"
-    gpt = "gpt"
-    custom = "custom"
+Template = Enum("Template", {name: name for name in TEMPLATE_NAMES}, type=str)
 
 
 class Strategy(str, Enum):
@@ -413,14 +410,15 @@ def _check_image(path: Path | None, option: str) -> None:
     from .plot import FORMATS, image_format
 
     if path is not None and image_format(path) is None:
-        raise InputError(f"{option}: {path.name}: expected a {', '.join('.' + f for f in FORMATS)} file "
+        *others, last = ("." + f for f in FORMATS)
+        raise InputError(f"{option}: {path.name}: expected a {', '.join(others)} or {last} file "
                          "(the format follows the name)")
 
 
-def _not_stdout(output: Path | None, as_json: bool) -> None:
-    """With --json the report already goes to standard output: a second copy there is no JSON."""
+def _not_stdout(output: Path | None, as_json: bool, option: str = "--output") -> None:
+    """With --json the report already goes to standard output: anything more there is no JSON."""
     if as_json and output is not None and _is_stdout(output):
-        raise InputError(f"--output: {output} is standard output, where --json already writes the report")
+        raise InputError(f"{option}: {output} is standard output, where --json already writes the report")
 
 
 def _emit(report, as_json: bool, output: Path | None, quiet: bool = False) -> None:
@@ -544,6 +542,7 @@ def probe(
         _check_output(output, keep=(config, cfg.data.path))
         _not_stdout(output, as_json)
         _check_output(plot_file, "--plot", keep=(config, cfg.data.path, output))
+        _not_stdout(plot_file, as_json, "--plot")
         _check_image(plot_file, "--plot")
         if require_on is not None and require_batch is None:
             raise InputError("--require-on: says what --require-batch checks; give --require-batch N too")
@@ -563,12 +562,14 @@ def probe(
             if follower:  # rank 0 prints and writes the report: every rank holds the same one
                 raise typer.Exit(_exit_code(report))
             _emit(report, as_json, output, quiet)
+        from rich.markup import escape
+
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
             _draw(report, plot_file, "--plot", source=config.name)
+        elif plot_file is not None:
+            console.print(f"no plot: no batch size ran, so {escape(str(plot_file))} was not written")
         if report.limit.batch_size is None and code in (1, 3):  # the line that says why, under --quiet too
-            from rich.markup import escape
-
             first = report.trials[0]
             console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] even batch {first.batch_size} "
                           f"failed ({first.status}): {escape(clipped(first.error or 'no message', 600))}"
@@ -610,8 +611,7 @@ def check(
         with _interrupt_once():  # SIGTERM too ends the check with its report written
             report = run_check(cfg, batch)
             trial = None if report.interrupted else report.trials[0]
-            code = (EXIT_INTERRUPTED if trial is None
-                    else 0 if trial.fits else 3 if trial.status in MEMORY_FAILURES else 1)
+            code = _exit_code(report)
             if _follower() is not None:  # rank 0 speaks for all
                 raise typer.Exit(code)
             text = report.to_json()
@@ -620,7 +620,9 @@ def check(
             sys.stdout.write(text + "\n")
         if trial is not None:
             if not (quiet and trial.fits):  # a failure says why, under --quiet too
-                typer.echo(trial_line(trial, report.environment.usable_bytes) + _if_slow(trial.status), err=as_json)
+                # Beside a report on stdout (--json, or -o /dev/stdout) it goes to stderr: stdout stays JSON.
+                typer.echo(trial_line(trial, report.environment.usable_bytes) + _if_slow(trial.status),
+                           err=as_json or (output is not None and _is_stdout(output)))
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
         if failed is not None:
@@ -718,18 +720,17 @@ def init(
     path: Annotated[
         Path, typer.Argument(metavar="PATH", help="Where to write the config.", parser=_path)
     ] = Path("batchfind.yaml"),
-    template: Annotated[Template, typer.Option(help="Which starting point.")] = Template.cnn,
+    template: Annotated[Template, typer.Option(help="Which starting point.")] = Template["cnn"],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     debug: Debug = False,
 ) -> None:
     """Write a commented config to start from."""
     with _errors(debug):
         from .report import replace_target, write_atomic
-        from .templates import render
 
         _check_output(path, "PATH")
         if path.suffix.lower() == ".json":  # read as JSON, which has no comments
-            raise InputError(f"PATH: {path}: a template is a commented config, YAML or TOML; name it .yaml or .toml")
+            raise InputError(f"{path}: a template is a commented config, YAML or TOML; name it .yaml or .toml")
         if path.exists() and replace_target(path) is not None and not force:  # /dev/stdout clobbers nothing
             raise InputError(f"{path}: exists; pass --force to overwrite it")
         try:

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
-from .report import Report, Trial, config_section, latest_timed
+from .report import Report, busy, config_section, first_fitting, latest_timed
 from .sizes import format_size
 
 # Between two runs under the default memory limit (a share of the RAM free at the start) on one
@@ -36,10 +36,6 @@ class Comparison:
         return any(c.regressed for c in self.changes)
 
 
-def _last_ok_by_size(report: Report) -> dict[int, Trial]:
-    return {t.batch_size: t for t in report.trials if t.fits}
-
-
 def _change(metric: str, base: float | None, new: float | None, higher_is_better: bool, bound: float) -> Change:
     if base is not None and new is None and higher_is_better:
         return Change(metric, base, new, None, higher_is_better, True)  # it no longer fits at all
@@ -61,22 +57,27 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     # every run), a lower limit is one.
     same_cap = _same_cap(base, new)
     excused = not same_cap and _cap(new) < _cap(base)
-    # A new report cut short (interrupted, out of time) never reached the sizes past its limit: its
-    # limit is lower only where it ran out of memory at a size the base fitted, and its
-    # recommendation saw only part of the curve.
+    # A new report cut short (interrupted, out of time) never reached the sizes past its limit, nor
+    # did one that stopped at a cap (max_batch, the dataset's size) before any size failed: its
+    # limit is lower only where a size the base fitted failed in it. One cut short also saw only
+    # part of the curve: its recommendation is not judged.
     partial = _cut_short(new)
+    unbounded = partial or new.limit.first_oom is None
     changes = []
     if checked:
         checked_size = _checked_size(base, new)
         changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and not excused))
     else:
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
-        judged = not excused and (not partial or _failed_by(new, base.limit.batch_size))
+        judged = not excused and (not unbounded or _failed_by(new, base.limit.batch_size))
         changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged))
         recommended = _change("recommended batch", base.recommendation.batch_size,
                               new.recommendation.batch_size, True, max_regression)
-        changes.append(dataclasses.replace(recommended, regressed=recommended.regressed and not partial))
-    old, now = _last_ok_by_size(base), _last_ok_by_size(new)
+        # A size the base could not tell apart from its fastest is as good a choice by the base's
+        # own measure.
+        tied = _within(new.recommendation.batch_size, base.recommendation.interval)
+        changes.append(dataclasses.replace(recommended, regressed=recommended.regressed and not (partial or tied)))
+    old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
     for size in sorted(old.keys() & now.keys()):
@@ -87,6 +88,10 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
                                max_regression))
     warnings = [f"the {which} report {_incomplete(report)}" for which, report in (("base", base), ("new", new))
                 if _incomplete(report)]
+    for which, report in (("base", base), ("new", new)):
+        if load := busy(report.trials):
+            warnings.append(f"the {which} report was timed on a busy machine ({load[0]}): its throughput, and the "
+                            "batch it recommends, may differ from run to run")
     if not old.keys() & now.keys():
         warnings.append("no batch size ran in both reports: no throughput or peak memory is compared")
     devices = [(r.environment.device, r.environment.device_name) for r in (base, new)]
@@ -143,12 +148,17 @@ def _checked(report: Report) -> bool:
     return bool(report.trials) and all(t.phase == "verify" for t in report.trials)
 
 
+def _within(size: int | None, interval: list[int] | None) -> bool:
+    return size is not None and bool(interval) and interval[0] <= size <= interval[-1]
+
+
 def _cut_short(report: Report) -> bool:
     return report.interrupted or (report.stopped_because or "").startswith("time budget")
 
 
 def _failed_by(report: Report, size: int | None) -> bool:
-    """Whether a batch of `size` or less failed in `report` (out of memory, killed, timed out)."""
+    """Whether a batch of `size` or less failed in `report`, in any way: out of memory, killed,
+    timed out, or an error (a size that trained before and now raises regressed as surely)."""
     return size is not None and any(not t.fits and t.batch_size <= size for t in report.trials)
 
 

@@ -60,12 +60,12 @@ class _Section(BaseModel):
         if kinds & {int, float} and not kinds & {bool, Any}:
             what = "a name or a number" if str in kinds else "a number"
             if isinstance(value, bool) or listed:
-                raise ValueError(f"expected {what}, not a boolean (got {value!r})")
+                raise ValueError(f"expected {what}, not a boolean (got {_as_written(value)})")
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
                 hint = _number_hint(value, (info.context or {}).get("yaml", False))
-                raise ValueError(f"expected {what}, not text (got {value!r}{hint})")
+                raise ValueError(f"expected {what}, not text (got {_as_written(value)}{hint})")
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
-            raise ValueError(f"expected true or false (got {value!r})")
+            raise ValueError(f"expected true or false (got {_as_written(value)})")
         return value
 
 
@@ -127,7 +127,7 @@ def _depth(value: Any) -> Any:
     if dim(value) or isinstance(value, list) and value and all(dim(v) for v in value):
         return value
     raise ValueError(f"expected a positive number of blocks per stage, or a non-empty list of them "
-                     f"(got {value!r})")
+                     f"(got {_as_written(value)})")
 
 
 class MLPModel(_Section):
@@ -192,7 +192,7 @@ class FactoryModel(_Section):
     def _is_factory(cls, value: str) -> str:
         if not FACTORY.match(value):
             raise ValueError(
-                f"expected one of {', '.join(BUILTIN_MODELS)} or package.module:factory (got {value!r})"
+                f"expected one of {', '.join(BUILTIN_MODELS)} or package.module:factory (got {_as_written(value)})"
             )
         return value
 
@@ -223,10 +223,17 @@ class InputSpec(_Section):
 
     @model_validator(mode="after")
     def _integer_range(self) -> "InputSpec":
+        if "float" in self.dtype and {"low", "high"} & self.model_fields_set:
+            raise ValueError(f"low and high are for integer and bool inputs; a {self.dtype} input is drawn from "
+                             "a standard normal")
         if self.dtype.startswith("int") and self.high is None:
             raise ValueError(f"an {self.dtype} input needs `high` (values are drawn from [low, high))")
-        if self.high is not None and self.high <= self.low:
-            raise ValueError(f"high ({self.high}) must be > low ({self.low})")
+        high = 2 if self.dtype == "bool" and self.high is None else self.high
+        if high is not None and high <= self.low:
+            default = ", a bool input's default" if self.high is None else ""
+            raise ValueError(f"high ({high}{default}) must be > low ({self.low})")
+        if self.dtype == "bool" and not (0 <= self.low and high <= 2):
+            raise ValueError(f"a bool input's [low, high) must lie within [0, 2) (got [{self.low}, {high}))")
         bits = {"int64": 63, "int32": 31}.get(self.dtype)
         if bits and not (-2**bits <= self.low and self.high < 2**bits):
             raise ValueError(f"an {self.dtype} input's [low, high) must lie within [-2**{bits}, 2**{bits} - 1) "
@@ -273,7 +280,7 @@ class DataConfig(_Section):
     def _known_kind(cls, value: str) -> str:
         if value not in DATA_KINDS and not FACTORY.match(value):
             raise ValueError(
-                f"expected one of {', '.join(DATA_KINDS)} or package.module:factory (got {value!r})"
+                f"expected one of {', '.join(DATA_KINDS)} or package.module:factory (got {_as_written(value)})"
             )
         return value
 
@@ -287,7 +294,8 @@ class DataConfig(_Section):
         unread = [k for k in ("path", "kwargs") if self.kind == "synthetic" and getattr(self, k)]
         if unread:
             raise ValueError(f"data.{' and data.'.join(unread)} given, but data.kind is synthetic, which does not "
-                             "read them: set data.kind to tensors, imagefolder or package.module:factory")
+                             f"read {'them' if len(unread) > 1 else 'it'}: set data.kind to tensors, imagefolder or "
+                             "package.module:factory")
         if self.inputs is not None:
             if self.kind != "synthetic":
                 raise ValueError(f"data.inputs describes synthetic data; data.kind is {self.kind}")
@@ -301,7 +309,7 @@ class DataConfig(_Section):
 def _builtin_or_factory(value: str, builtins: tuple[str, ...], what: str) -> str:
     if value not in builtins and not FACTORY.match(value):
         names = ", ".join(repr(b) for b in builtins[:-1]) + f" or {builtins[-1]!r}"
-        raise ValueError(f"must be {names}, or package.module:{what} (got {value!r})")
+        raise ValueError(f"must be {names}, or package.module:{what} (got {_as_written(value)})")
     return value
 
 
@@ -348,13 +356,13 @@ class TrainConfig(_Section):
         # One line for the field, not one per type it may take (a boolean has a line of its own).
         if value is None or isinstance(value, (str, int)):
             return value
-        raise ValueError(f"expected a field name or an index (got {value!r})")
+        raise ValueError(f"expected a field name or an index (got {_as_written(value)})")
 
     @field_validator("step")
     @classmethod
     def _step(cls, value: str | None) -> str | None:
         if value is not None and not FACTORY.match(value):
-            raise ValueError(f"expected package.module:function (got {value!r})")
+            raise ValueError(f"expected package.module:function (got {_as_written(value)})")
         return value
 
     @model_validator(mode="after")
@@ -386,6 +394,10 @@ class TrainConfig(_Section):
 MAX_STEPS = 1000
 
 
+# Eleven days and a half: a trial still running then is hung.
+MAX_TIMEOUT_S = 1e6
+
+
 class ProbeConfig(_Section):
     _TEXT = frozenset({"memory_limit", "time_budget_s"})
 
@@ -404,7 +416,7 @@ class ProbeConfig(_Section):
     min_time_s: NonNegativeFloat = 0.5
     # ... then more steps while the median step time's interval is wider than half the
     # recommendation's tolerance, up to this many seconds of measured steps per trial (steps
-    # still settling do not count; a trial takes at most twice this).
+    # still settling do not count; past `steps`, a trial takes at most twice this).
     max_time_s: NonNegativeFloat = 1.0
     # Fit checks near the edge: steps that reach the steady-state peak (optimizer state appears at
     # the first optimizer step, so the second step holds it).
@@ -413,8 +425,9 @@ class ProbeConfig(_Section):
     memory_limit: int | None = None
     # Stop starting new trials after this long; null (or inf) for no budget.
     time_budget_s: PositiveFloat | None = 600.0
-    # A trial (setup and steps) that takes longer is stopped and reported as a timeout.
-    trial_timeout_s: PositiveFloat = 300.0
+    # A trial (setup and steps) that takes longer is stopped and reported as a timeout. Bounded: the
+    # ranks' rendezvous hands it to a C++ clock, which overflows on huge values.
+    trial_timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] = 300.0
     # Ranks on this machine, each with its own device and the same per-device batch (under
     # torchrun, torchrun says instead). null: one process, no distributed wrapper.
     nproc_per_node: PositiveInt | None = None
@@ -425,7 +438,7 @@ class ProbeConfig(_Section):
     @classmethod
     def _device(cls, value: str) -> str:
         if not DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N (got {value!r})")
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N (got {_as_written(value)})")
         return value
 
     @field_validator("time_budget_s", mode="before")
@@ -705,8 +718,17 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number") or kind.endswith(
         ("_type", "_parsing", "_from_float")
     ) or kind == "literal_error":
-        message = f"{message} (got {value!r})"
+        message = f"{message} (got {_as_written(value)})"
     return f"{where}: {message}"
+
+
+def _as_written(value: Any) -> str:
+    """A value as a config file writes it: `true` and `null`, not Python's True and None."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, list):
+        return f"[{', '.join(map(_as_written, value))}]"
+    return repr(value)
 
 
 # Why a factory model's synthetic targets are floats though classes were given (`classes_unused`).

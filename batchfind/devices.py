@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-
+import os
 import platform
 import re
 import resource
@@ -98,6 +98,11 @@ def device_facts(device) -> dict[str, Any]:
         "device_name": cpu_name(),
         "memory_total_bytes": psutil.virtual_memory().total,
     }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_name() -> str:

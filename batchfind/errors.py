@@ -2,6 +2,7 @@
 
 import os
 import re
+from typing import Any
 
 
 class BatchfindError(Exception):
@@ -30,6 +31,20 @@ def clipped(text: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
+def printable(value: Any) -> Any:
+    """`value` (text, or the keys and text in a JSON value) with control characters written as
+    escapes, line breaks and tabs kept: an escape sequence in a model's message or in a report's
+    field would recolour, move or clear the terminal it is shown on."""
+    if isinstance(value, str):
+        return value if value.isprintable() else "".join(
+            c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
+
+
 def plural(n: int, noun: str) -> str:
     """`1 sample`, `2 samples`: a message that counts says it in words that agree."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -49,11 +64,11 @@ def unwrapped(message: str) -> str:
     return f"{last.split(': ', 1)[-1]} ({found.group(1)})"
 
 
-def described(exc: BaseException, most: int = 300) -> str:
-    """An exception as `Type: the first line of its message`, cut to `most` characters. The user's
+def described(exc: BaseException) -> str:
+    """An exception as `Type: the first line of its message`, cut to `clipped`'s length. The user's
     code raised it: a message whose `str` itself fails says so instead of failing here."""
     try:
-        text = clipped(unwrapped(str(exc)), most)
+        text = clipped(unwrapped(str(exc)))
     except Exception:  # noqa: BLE001 - anything the user's __str__ raises
         text = "(its message could not be read)"
     return f"{type(exc).__name__}: {text}".strip(": ")

@@ -119,9 +119,8 @@ class Group:
         return None if None in held else sum(held)
 
     def close(self) -> None:
-        # A finished worker holds nothing worth waiting for: killing it frees its memory at once.
         for worker in self.workers.values():
-            worker.close(kill=True)
+            worker.close()
         self.workers = {}
 
     def _gather(self, timeout_s: float) -> list[dict[str, Any]]:
@@ -235,8 +234,7 @@ def _most(replies: list[dict[str, Any]], key: str) -> int | None:
 
 
 def _least(replies: list[dict[str, Any]], key: str) -> int | None:
-    values = [r[key] for r in replies if r.get(key) is not None]
-    return min(values) if values else None
+    return min((r[key] for r in replies if r.get(key) is not None), default=None)
 
 
 def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int) -> dict[str, Any]:
@@ -252,13 +250,12 @@ def merge_trial(replies: list[dict[str, Any]], batch_size: int, dataset_len: int
         return replies[0]
     world = len(replies)
     failed = _first_failure(replies)
-    peaks = [r["peak_bytes"] for r in replies if r.get("peak_bytes") is not None]
     merged: dict[str, Any] = {
         "batch_size": batch_size,
         "status": failed["status"] if failed else "ok",
         "error": f"{_who(failed)}: {failed.get('error')}" if failed else None,
         "failed_alloc_bytes": failed.get("failed_alloc_bytes") if failed else None,
-        "peak_bytes": max(peaks) if peaks else None,
+        "peak_bytes": _most(replies, "peak_bytes"),
         "peak_allocated_bytes": _most(replies, "peak_allocated_bytes"),
         "capped_peak_bytes": _most(replies, "capped_peak_bytes"),
         "purpose": replies[0].get("purpose"),

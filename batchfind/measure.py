@@ -117,10 +117,11 @@ class StepPlan:
     `min_steps` and `min_time_s` of measured steps are reached (torch.utils.benchmark's blocked
     autorange), so a step of milliseconds is timed many times and a step of seconds only
     `min_steps` times; then on while the median's interval is wider than `precision` (relative
-    half-width) and another step fits in `max_time_s`. `max_steps` bounds the number of steps.
-    Where the time is bounded (`max_time_s`), steps still settling (`settling`) count as warm-up:
-    the trial goes on until the steps after them meet the same bounds, or until it has taken
-    twice `max_time_s` (or `min_time_s`, if longer), give or take a step, whichever comes first.
+    half-width) and another step fits in `max_time_s`. The `min_steps` always run, however long
+    they take; past them `max_steps` bounds the number of steps. Where the time is bounded
+    (`max_time_s`), steps still settling (`settling`) count as warm-up: past `min_steps` the trial
+    goes on until the steps after them meet the same bounds, or until it has taken twice
+    `max_time_s` (or `min_time_s`, if longer), give or take a step, whichever comes first.
 
     With a `bar_ms`, a throughput trial stops as soon as it has run a fit check's `fit_steps` if its
     quickest measured step took that long or longer (`outclassed`): its size could not change the

@@ -48,8 +48,6 @@ def call_factory(spec: str, kwargs: dict[str, Any], field: str, *args: Any, kwar
     """Import `package.module:attr` and call it with `args` and `kwargs`, whose `_target_` mappings
     are built first; failures name the config field (`kwargs_field`: default the section's kwargs)."""
     target = resolve(spec, field)
-    if not callable(target):
-        raise InputError(f"{field}: {spec} is not callable")
     kwargs_field = kwargs_field or field.rsplit(".", 1)[0] + ".kwargs"
     built = {key: instantiate(value, f"{kwargs_field}.{key}") for key, value in kwargs.items()}
     return run_user_code(f"{field}: {spec}(**kwargs)", target, *args, **built)
@@ -114,8 +112,8 @@ def _import(module_name: str, field: str) -> Any:
         announce(None)
 
 
-def resolve(spec: str, field: str) -> Any:
-    """The object named `package.module:attr`, or `package.module.attr` as Hydra's `_target_` has it."""
+def resolve(spec: str, field: str) -> Callable[..., Any]:
+    """The callable named `package.module:attr`, or `package.module.attr` as Hydra's `_target_` has it."""
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
     else:  # the longest importable prefix is the module
@@ -142,6 +140,8 @@ def resolve(spec: str, field: str) -> Any:
         if not hasattr(target, part):
             raise InputError(f"{field}: module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
+    if not callable(target):
+        raise InputError(f"{field}: {spec} is not callable")
     return target
 
 

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 from .errors import InputError
-from .report import MEMORY_FAILURES, Report, Trial, config_section, latest_timed, write_atomic
+from .report import MEMORY_FAILURES, Report, Trial, config_section, first_fitting, latest_timed, write_atomic
 from .sizes import format_size
 
 GiB = 1024**3
@@ -49,8 +49,7 @@ def figure(report: Report, source: str | None = None):
     """Throughput with its p10–p90 spread and peak memory over batch size (the doubling sizes
     labelled on a log axis), and, when the edge was searched, every trial of that search in order."""
     plt = require_matplotlib()
-    # The last run at a size is the one that counts (a verification supersedes the first).
-    fitting = {t.batch_size: t for t in report.trials if t.fits}
+    fitting = first_fitting(report.trials)
     if not fitting:
         raise InputError("plot: the report has no batch size that ran")
     sizes = sorted(fitting)
@@ -130,7 +129,7 @@ def _search_panel(axis, search: list[Trial], limit_bytes: int | None) -> None:
     for i, t in zip(places, search):
         # Near the edge what the limit counts decides: drawn where known (every brand-new process
         # has it; a long-lived worker's trial below its earlier peak does not).
-        peak = t.capped_peak_bytes or t.peak_bytes
+        peak = t.counted_peak_bytes
         if peak is None:
             continue
         ok = t.fits

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
-import statistics
 import time
 from typing import Callable
 
@@ -15,8 +13,9 @@ from .config import FLOAT_TARGETS, CNNModel, Config, DataConfig, MLPModel, Trans
 from .errors import BatchfindError, InputError, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
-from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, latest_timed, timed
+from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, timed
 from .sizes import format_size
+from .devices import usable_cpus
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
 from .worker import SetupFailed
@@ -37,9 +36,6 @@ WORKERS_PER_CPU = 4
 # (cnn-small's 2048: 2.2-3.8 s) and tell the search nothing the limit in force does not, and the
 # search's brand-new processes prove where memory runs out.
 PAST_LIMIT = 1.25
-# Above this share of all CPUs' time taken by other processes (or a hypervisor's other machines)
-# while throughput was timed, the machine was busy.
-BUSY_SHARE = 0.1
 # The share of RAM left free with a standby idle beside a worker at its CPU memory cap.
 STANDBY_RESERVE = 0.05
 
@@ -91,7 +87,7 @@ class Prober:
         self.trials: list[Trial] = []
         self.start_s: float | None = None  # how long the first worker took to be ready
         self.learned: dict | None = None
-        self.phase = "double"
+        self.phase = "verify" if fits_only else "double"  # a plan of fit checks is a check
         self.prepared = False  # standbys have been asked for: brand-new processes are coming
         self.last_fresh = False  # the next brand-new process is expected to be the last
 
@@ -244,16 +240,11 @@ def probe(
     on_trial_start: Callable[[int, str], None] | None = None,
     on_trial_end: Callable[[Trial], None] | None = None,
     on_progress: Callable[[dict], None] | None = None,
-    memory_model: bool = True,
 ) -> Report:
     """Double up to the first failure, find the exact edge near the memory model's prediction, and
-    prove it in brand-new processes.
-
-    `memory_model=False` searches the edge by bisection (for comparison). Ctrl-C returns the partial
-    report with `interrupted` set.
+    prove it in brand-new processes. Ctrl-C returns the partial report with `interrupted` set.
     """
-    return _run(config, lambda prober, facts, keep_going: plan(prober, facts, keep_going, memory_model),
-                on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress,
+    return _run(config, plan, on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress,
                 standby_first=True)
 
 
@@ -480,7 +471,7 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
     extras: dict = {}
     if size is None:
         return extras
-    workers, cpus = config.data.workers, _cpus()
+    workers, cpus = config.data.workers, usable_cpus()
     if facts["data"] != "synthetic" and workers > WORKERS_PER_CPU * cpus:
         extras["loader"] = {"status": "skipped", "error": f"data.workers: {workers} is more than {WORKERS_PER_CPU} "
                             f"per CPU ({plural(cpus, 'CPU')} here): set at most {WORKERS_PER_CPU * cpus} to time the DataLoader"}
@@ -497,7 +488,10 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
             extras["noise_scale"] = {"status": "skipped", "error": f"needs a batch of at least 4 that fits (limit {big})"}
             return extras
         reply = prober.ask({"op": "noise", "small": small, "big": big, "batches": NOISE_BATCHES})
-        if reply.get("status") == "ok":
+        if reply.get("status") == "ok" and not all(map(math.isfinite, reply["small"] + reply["big"])):
+            extras["noise_scale"] = {"status": "error", "error": "the gradients were not finite (NaN or infinity) "
+                                                                 f"at batch {small} or {big}"}
+        elif reply.get("status") == "ok":
             # Across ranks the gradient is averaged over every rank's batch: the global batch.
             world = prober.world_size
             scale = noise.estimate(small * world, reply["small"], big * world, reply["big"])
@@ -505,11 +499,6 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
         else:
             extras["noise_scale"] = {"status": reply.get("status"), "error": reply.get("error")}
     return extras
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (a container's or taskset's share, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _edge(model: MemoryModel | None) -> int | None:
@@ -543,13 +532,7 @@ def _verify(prober, keep_going: Callable[[], bool]) -> None:
                 multiple_of=prober.config.probe.multiple_of, closing=prober.closing, keep_going=keep_going)
 
 
-def check(
-    config: Config,
-    batch_size: int,
-    *,
-    on_trial_start: Callable[[int, str], None] | None = None,
-    on_trial_end: Callable[[Trial], None] | None = None,
-) -> Report:
+def check(config: Config, batch_size: int) -> Report:
     """Run one batch size in a brand-new process, the fit check a probe proves its limit with: does
     it still fit?"""
 
@@ -559,11 +542,10 @@ def check(
             raise InputError(f"--batch: {batch_size}{_ranks(world)} is larger than the dataset ({plural(facts['dataset_len'], 'sample')})")
         if batch_size < facts.get("smallest_batch", 1):
             raise InputError(f"--batch: {batch_size}, but {_smallest_why(facts)}")
-        prober.phase = "verify"
         prober.trial(batch_size, "fit")
         return PlanResult()
 
-    return _run(config, check_plan, on_trial_start, on_trial_end, _topology(config), batch_size, fits_only=True)
+    return _run(config, check_plan, None, None, _topology(config), batch_size, fits_only=True)
 
 
 def validate(config: Config) -> Report:
@@ -626,7 +608,7 @@ def _run(
             # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
             # batch that ran out of memory, so `-o` and `--json` still get one.
             prober.trials.append(Trial(batch_size=first, status=exc.status, fresh_process=True,
-                                       purpose="fit", error=_nothing_fits(exc.message, config.data)))
+                                       purpose="fit", phase=prober.phase, error=_nothing_fits(exc.message, config.data)))
         if facts:
             outcome = plan(prober, facts, keep_going)
             # Advice requests add no trials, so the decision made before them stands.
@@ -743,7 +725,7 @@ def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) 
                         f"one optimizer step would take {target / samples:.3g} epochs")
     loader = rec.loader
     if loader and loader.get("status") == "ok" and (loader.get("data_share") or 0) > INPUT_BOUND_SHARE:
-        cpus = _cpus()
+        cpus = usable_cpus()
         # Workers past the CPUs (every rank's here) only take turns with each other and with the step.
         remedy = ("raise data.workers or speed up loading" if loader["workers"] * ranks_here < cpus else
                   f"speed up loading: more workers than the {plural(cpus, 'CPU')} here would only take turns")
@@ -787,7 +769,9 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
     tuned for."""
     warnings = []
     if "size" in config.data.model_fields_set and config.data.kind != "synthetic":
-        warnings.append(f"data.size: not used; the {config.data.kind} data's own length ({facts['dataset_len']}) "
+        # Set-up that did not finish (nothing fit, an interrupt) never read the data's length.
+        length = f" ({facts['dataset_len']})" if facts.get("dataset_len") is not None else ""
+        warnings.append(f"data.size: not used; the {config.data.kind} data's own length{length} "
                         "sets the steps per epoch")
     data = config.data
     loading = sorted({"workers", "pin_memory"} & data.model_fields_set)
@@ -825,18 +809,11 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
 
 
 def _load_warnings(trials: list[Trial]) -> list[str]:
-    """Whether the machine was busy while throughput was timed: the median over those trials."""
-    loads = [t for t in timed(trials) if t.other_cpu_share is not None and t.steal_share is not None]
-    if not loads:
+    load = busy(trials)
+    if load is None:
         return []
-    other = statistics.median(t.other_cpu_share for t in loads)
-    steal = statistics.median(t.steal_share for t in loads)
-    busy = ([f"other processes used {other:.0%} of the CPUs"] if other > BUSY_SHARE else []) + (
-        [f"the hypervisor gave {steal:.0%} of their time to other machines (steal)"] if steal > BUSY_SHARE else [])
-    if not busy:
-        return []
-    return [f"{' and '.join(busy)} while throughput was timed (median of {len(loads)} trials): steps ran slower "
-            "and noisier than on a quiet machine, and the recommendation may change from run to run"]
+    return [f"{load[0]} while throughput was timed (median of {load[1]} trials): steps ran slower and noisier "
+            "than on a quiet machine, and the recommendation may change from run to run"]
 
 
 def _length_warnings(lengths: dict[str, int] | None) -> list[str]:

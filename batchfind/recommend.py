@@ -146,7 +146,7 @@ def recommend(
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.
     roomy = [t for t in by_size.values()
-             if not limit_bytes or (t.capped_peak_bytes or t.peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
+             if not limit_bytes or (t.counted_peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
     headroom_kept = bool(roomy)
     if not roomy:
         roomy = list(by_size.values())

@@ -69,7 +69,7 @@ def of_limit(trial: Trial, limit_bytes: int | None) -> str | None:
     """The trial's peak as a share of the limit (`96%`), of what the limit counts where that is
     known (a CPU's data segment, not its resident set, which holds code and files too): the same
     measure the headroom is judged by."""
-    counted = trial.capped_peak_bytes or trial.peak_bytes
+    counted = trial.counted_peak_bytes
     return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else None
 
 
@@ -302,7 +302,7 @@ def _compared(metric: str, value: float | None) -> str:
 
 def print_comparison(result, console: Console, notes: Console | None = None) -> None:
     """The comparison on `console`, its warnings on `notes` (stderr), else on `console` too."""
-    title = f"batchfind compare · regression bound {result.max_regression:.0%}"
+    title = f"batchfind compare · regression bound {result.max_regression * 100:.3g}%"  # 0.5% is not 0%
     rows = []
     for c in result.changes:
         change = f"{c.change:+.1%}" if c.change is not None else "-"

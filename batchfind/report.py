@@ -7,6 +7,7 @@ import json
 import math
 import os
 import stat
+import statistics
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -107,6 +108,12 @@ class Trial:
     @property
     def fits(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def counted_peak_bytes(self) -> int | None:
+        """The peak of what the memory limit counts where known (a CPU's data segment, a GPU's
+        reserved bytes), else the resident peak, which also holds code and files on a CPU."""
+        return self.capped_peak_bytes or self.peak_bytes
 
     @property
     def spread(self) -> float:
@@ -293,7 +300,7 @@ class Report:
     # The class of the optimizer the trials stepped (`AdamW`): train.optimizer's, or a LightningModule's
     # own from configure_optimizers. Null in reports written before it was added.
     optimizer: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION  # `SCHEMA_VERSION`, stated to a report's schema
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -336,6 +343,35 @@ def latest_timed(trials: list[Trial]) -> dict[int, Trial]:
     """The latest throughput measurement at each size: a re-measure supersedes the first, and a
     later fit check (a verification) does not."""
     return {t.batch_size: t for t in timed(trials)}
+
+
+# Above this share of all CPUs' time taken by other processes (or a hypervisor's other machines)
+# while throughput was timed, the machine was busy.
+BUSY_SHARE = 0.1
+
+
+def busy(trials: list[Trial]) -> tuple[str, int] | None:
+    """What kept the machine busy while throughput was timed (the median over those trials) and over
+    how many trials, or None where it was quiet or nobody measured."""
+    loads = [t for t in timed(trials) if t.other_cpu_share is not None and t.steal_share is not None]
+    if not loads:
+        return None
+    other = statistics.median(t.other_cpu_share for t in loads)
+    steal = statistics.median(t.steal_share for t in loads)
+    parts = ([f"other processes used {other:.0%} of the CPUs"] if other > BUSY_SHARE else []) + (
+        [f"the hypervisor gave {steal:.0%} of their time to other machines (steal)"] if steal > BUSY_SHARE else [])
+    return (" and ".join(parts), len(loads)) if parts else None
+
+
+def first_fitting(trials: list[Trial]) -> dict[int, Trial]:
+    """The first run that fitted at each size: its peak is that size's. On a CPU a size run again
+    later ran in a worker holding what larger sizes left behind (cnn-small's 8: 355 MiB at first,
+    464 MiB re-measured after 64)."""
+    first: dict[int, Trial] = {}
+    for t in trials:
+        if t.fits:
+            first.setdefault(t.batch_size, t)
+    return first
 
 
 def check_requirements(
@@ -503,7 +539,7 @@ def load_report(path: Path) -> Report:
     """A report written by batchfind, validated against the schema; problems name the file and field."""
     from pydantic import TypeAdapter, ValidationError
 
-    from .errors import InputError
+    from .errors import InputError, printable
 
     from .files import MAX_REPORT_BYTES, check_shape, read_text
 
@@ -515,6 +551,7 @@ def load_report(path: Path) -> Report:
     except RecursionError:
         raise InputError(f"{path}: not a JSON report: nested too deeply to parse") from None
     check_shape(data, Path(path), max_values=None)
+    data = printable(data)  # what compare and plot show of it stays text
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON report: expected an object at the top level (got {_json_kind(data)})")
     if data.get("schema_version") == 1:
@@ -522,12 +559,15 @@ def load_report(path: Path) -> Report:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {data.get('schema_version')!r})")
     try:
-        return TypeAdapter(Report).validate_python(data)
+        # Strict, as JSON Schema reads it: "no" is no boolean and "64" no size (lax validation
+        # would read an interrupted report marked "interrupted": "no" as a whole probe).
+        return TypeAdapter(Report).validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         # In JSON's words: a report is JSON, and the dataclass behind a part is no name to its reader.
-        kinds = {"dataclass_type": "an object", "list_type": "an array"}
+        kinds = {"dataclass_type": "an object", "list_type": "an array", "int_type": "an integer",
+                 "bool_type": "a boolean", "float_type": "a number", "string_type": "a string"}
         message = ("required" if first["type"] == "missing"
                    else f"expected {kinds[first['type']]} (got {_json_kind(first['input'])})" if first["type"] in kinds
                    else plain(first["msg"]))

@@ -25,8 +25,10 @@ class Session:
     """`rank` is None for a plain probe; for a distributed one, this worker's place among the ranks.
 
     Built in two stages so a standby worker can be started early: the constructor imports, checks
-    the config and builds the model in host memory; `start()` touches the device (memory cap,
-    weights, data, the first forward). A standby waits between the two, costing its peers nothing.
+    the config and, outside a distributed probe, builds the model in host memory; `start()` touches
+    the device (memory cap, weights, data, the first forward). A standby waits between the two,
+    costing its peers nothing. A rank builds its model in `start()`, once it has joined the others
+    (`parallel.wrap` puts it on the device the way the job trains it).
     """
 
     def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None,
@@ -82,7 +84,7 @@ class Session:
             limit = devices.apply_memory_limit(self.device, probe.memory_limit,
                                                share=rank["local_world_size"] if rank else 1)
         if rank and self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank["local_world_size"]))
+            torch.set_num_threads(max(1, devices.usable_cpus() // rank["local_world_size"]))
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
         if rank:
             torch.manual_seed(0)  # every rank starts from the same weights

@@ -231,13 +231,6 @@ def trainable(loss: torch.Tensor, subject: str) -> torch.Tensor:
     return loss
 
 
-def _function(spec: str, name: str) -> Callable:
-    target = resolve(spec, name)
-    if not callable(target):
-        raise InputError(f"{name}: {spec} is not callable")
-    return target
-
-
 class Step:
     """One training step on a batch, returning the (detached) loss.
 
@@ -250,7 +243,7 @@ class Step:
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
         self.optimizers = still(self._optimizers())
-        self.loss_fn = None if train.builtin_loss else _function(train.loss, "train.loss")
+        self.loss_fn = None if train.builtin_loss else resolve(train.loss, "train.loss")
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
         self.stage = "forward"
@@ -445,7 +438,7 @@ class CustomStep:
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
-        self.fn = _function(train.step, "train.step")
+        self.fn = resolve(train.step, "train.step")
         self.optimizer = still([make_optimizer(model, train)])[0]
         self.optimizers = [self.optimizer]
         self.stage = "train.step"

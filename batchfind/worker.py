@@ -3,8 +3,8 @@
 The parent speaks JSON lines with a child running `_serve`: one setup request (the config, and
 the child's rank in a distributed probe), then one request per batch size; the child answers on its
 original stdout and sends everything else (the user's prints, warnings) to stderr, which the parent
-keeps for error messages (under --debug, passes on as it comes). While a trial runs the child also
-sends `progress` events, one per step. A standby child (`"standby": true`) builds the model and then
+keeps for error messages (and under --debug also passes on as it comes). While a trial runs the
+child also sends `progress` events, one per step. A standby child (`"standby": true`) builds the model and then
 waits for a `start` request before it touches the device. Waiting, timeouts and stopping hung
 children are the group's job (`group.py`), which may wait on several children at once.
 """
@@ -18,11 +18,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from .devices import looks_like_oom
-from .errors import debugging
+from .errors import debugging, printable
 
 
 class SetupFailed(Exception):
@@ -40,9 +41,11 @@ class Worker:
     def __init__(self, setup: dict[str, Any], fits_only: bool = False):
         """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator is
         set for that: `steady_allocator`)."""
-        # What the user's code prints is kept for the error of a worker that dies, and shown as it
-        # comes under --debug.
-        self._stderr = None if debugging() else tempfile.TemporaryFile()
+        # What the user's code prints is kept for the error of a worker that dies (its last words
+        # say whether an allocation failed), and under --debug also shown as it comes.
+        self._stderr = tempfile.TemporaryFile()
+        self._kept = threading.Lock()
+        echo, stderr = os.pipe() if debugging() else (None, self._stderr)
         # Asking torch whether a GPU exists must not create a CUDA context in a standby.
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
@@ -54,13 +57,18 @@ class Worker:
             [sys.executable, "-c", _BOOT, home],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=self._stderr,
+            stderr=stderr,
             env=env,
             # Its own process group, so processes it starts (DataLoader workers, a user's factory's)
             # end with it.
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        self._echo = None
+        if echo is not None:
+            os.close(stderr)
+            self._echo = threading.Thread(target=self._show, args=(echo,), daemon=True)
+            self._echo.start()
         self._buffer = b""
         self.running: str | None = None  # what of the user's code the child runs now, if it said
         self.send(setup)
@@ -93,7 +101,7 @@ class Worker:
         if not chunk:
             return [self._ended()]
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        messages = [json.loads(line) for line in lines]
+        messages = [printable(json.loads(line)) for line in lines]
         for message in messages:
             if message.get("event") == "user code":
                 self.running = message["running"]
@@ -130,34 +138,22 @@ class Worker:
             self._proc.kill()
         self._proc.wait()
 
-    def end_input(self) -> None:
-        """The child's loop ends at the end of its input."""
+    def close(self) -> None:
+        """Kill the child and whatever it started: a worker that is done holds nothing worth waiting
+        for, and killing it frees its memory at once."""
         try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
-
-    def close(self, kill: bool = False, wait_s: float = 5.0) -> None:
-        """End the child: at the end of its input, or at once (`kill`) when it is not worth waiting for.
-        Whatever it started is killed with it."""
-        try:
-            if not kill and self._proc.poll() is None:
-                self.end_input()
-                try:
-                    self._proc.wait(timeout=wait_s)
-                except subprocess.TimeoutExpired:
-                    pass
             self._kill()
         finally:
-            for stream in filter(None, (self._proc.stdin, self._proc.stdout, self._stderr)):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            with self._kept:
+                for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
 
     def _ended(self) -> dict[str, Any]:
         code = self._proc.wait()
-        tail = self._stderr_tail()
+        tail = printable(self._stderr_tail())
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -176,11 +172,27 @@ class Worker:
         return {"status": status, "error": f"worker {how}{said}"}
 
     def _stderr_tail(self, lines: int = 3) -> str:
-        if self._stderr is None:  # shown already
-            return ""
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip().splitlines()
+        if self._echo is not None:
+            self._echo.join(timeout=1.0)  # its last words may still be in the pipe
+        with self._kept:
+            self._stderr.seek(0)
+            text = self._stderr.read().decode(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
+
+    def _show(self, echo: int) -> None:
+        """Under --debug: what the child writes to stderr, passed on to this process's as it comes,
+        and kept as without --debug."""
+        with open(echo, "rb", buffering=0) as pipe:
+            for chunk in iter(lambda: pipe.read(65536), b""):
+                try:
+                    os.write(2, chunk)
+                except OSError:
+                    pass  # nowhere to show it; still kept
+                with self._kept:
+                    if self._stderr.closed:
+                        return
+                    self._stderr.seek(0, os.SEEK_END)
+                    self._stderr.write(chunk)
 
 
 # glibc serves allocations at or above a threshold with their own mappings, returned to the system

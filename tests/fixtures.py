@@ -21,9 +21,19 @@ class _FailInBackward(torch.autograd.Function):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake, in backward)")
 
 
+class _NaNInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
 class Trap(nn.Module):
     """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs, NaNs
-    or holds `shared_bytes` of shared memory.
+    (in its output, or only in its gradients) or holds `shared_bytes` of shared memory.
 
     With `rank`, only that rank of a distributed probe misbehaves.
     """
@@ -51,10 +61,14 @@ class Trap(nn.Module):
                 time.sleep(3600)
             if self.how == "error":
                 raise ValueError("a bug in the model")
+            if self.how == "escape":  # a message that would clear the terminal it is shown on
+                raise ValueError("\x1b[2Ja bug in the model")
             if self.how == "nan":
                 return self.linear(x) * float("nan")
             if self.how == "backward_oom":
                 return _FailInBackward.apply(self.linear(x))
+            if self.how == "nan_grad":  # a finite loss whose gradients are not
+                return torch.nan_to_num(_NaNInBackward.apply(self.linear(x)))
             if self.how == "shared" and self.shared is None:  # held, as a buffer in shared memory would be
                 self.shared = mmap.mmap(-1, self.shared_bytes)
                 torch.frombuffer(self.shared, dtype=torch.uint8).fill_(1)

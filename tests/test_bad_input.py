@@ -122,10 +122,22 @@ CASES = {
                                         "1.0e5 as text: write 1.0e+5)"),
     "integer input beyond int32": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: int32, high: 3000000000}}}\n",
                                    [], "data.inputs.x: an int32 input's [low, high) must lie within [-2**31, 2**31 - 1)"),
+    "bool input above its default high": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: bool, low: 3}}}\n",
+                                          [], "data.inputs.x: high (2, a bool input's default) must be > low (3)"),
+    "bool input beyond 0 and 1": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], dtype: bool, high: 3}}}\n",
+                                  [], "data.inputs.x: a bool input's [low, high) must lie within [0, 2) (got [0, 3))"),
+    "range for a float input": ("model: {name: mlp}\ndata: {inputs: {x: {shape: [3], low: 1}}}\n", [],
+                                "data.inputs.x: low and high are for integer and bool inputs; a float32 input is "
+                                "drawn from a standard normal"),
+    "boolean for a number, shown as written": ("model: {name: mlp}\nprobe: {steps: true}\n", [],
+                                               "probe.steps: expected a number, not a boolean (got true)"),
+    "null for a section, shown as written": ("model: null\n", [], "model: must be a valid dictionary (got null)"),
+    "trial timeout beyond any clock": (MLP + "probe: {trial_timeout_s: 1.0e+300}\n", [],
+                                       "probe.trial_timeout_s: must be less than or equal to 1000000"),
     "target batch beyond any dataset": (MLP + CPU, ["--target-batch", "1" + "0" * 30],
                                         "--target-batch: must be less than or equal to 9007199254740992"),
     "data path without a kind": ("model: {name: mlp}\ndata: {path: data.pt}\n", [],
-                                 "data: data.path given, but data.kind is synthetic, which does not read them"),
+                                 "data: data.path given, but data.kind is synthetic, which does not read it"),
     "data arguments without a kind": ("model: {name: mlp}\ndata: {kwargs: {n: 3}}\n", [],
                                       "data: data.kwargs given, but data.kind is synthetic"),
     "empty dataset": (MLP + "data: {kind: 'fixtures:Pairs', kwargs: {n: 0}}\n" + CPU, [],
@@ -362,6 +374,19 @@ def test_debug_shows_the_traceback_of_a_failed_trial(tmp_path):
         assert run.stdout.strip() == "batch 8: error — in forward: ValueError: a bug in the model"
         assert ("Traceback (most recent call last)" in run.stderr) is shown, run.stderr
         assert ('tests/fixtures.py", line' in run.stderr and "in forward" in run.stderr) is shown, run.stderr
+
+
+def test_debug_shows_what_a_worker_said_and_still_reads_its_last_words(tmp_path):
+    # A worker that dies of a failed allocation ran out of memory, with --debug as without it.
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: 'fixtures:crashes', kwargs: {how: bad_alloc}}\n"
+                      "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu}\n")
+    for debug in ([], ["--debug"]):
+        run = subprocess.run([sys.executable, "-m", "batchfind", "check", str(config), "--batch", "4", *debug],
+                             capture_output=True, text=True)
+        assert run.returncode == 3, run.stdout + run.stderr
+        assert run.stdout.startswith("batch 4: oom — ") and "std::bad_alloc" in run.stdout, run.stdout
+        assert ("terminate called after throwing" in run.stderr) is bool(debug), run.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -10,6 +10,7 @@ import time
 import types
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from batchfind.cli import app
@@ -69,6 +70,8 @@ def test_probe_table_marks_the_recommendation(write_config):
         # Two copies of the report on standard output are no JSON.
         (["check", "{cfg}", "--batch", "4", "--json", "-o", "/dev/stdout"],
          "--output: /dev/stdout is standard output, where --json already writes the report"),
+        (["probe", "{cfg}", "--json", "--plot", "/dev/stdout"],
+         "--plot: /dev/stdout is standard output, where --json already writes the report"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(write_config, args, message):
@@ -91,6 +94,24 @@ def test_nothing_fits_exits_3(write_config):
     assert "nothing fits" in result.stderr
 
 
+def test_nothing_fits_with_a_size_for_data_that_has_its_own(write_config, tmp_path):
+    # Set-up ran out of memory building the model: the warning that data.size is not used cannot
+    # name the data's length, which set-up never read.
+    torch.save({"inputs": torch.randn(64, 8), "targets": torch.randint(0, 4, (64,))}, tmp_path / "d.pt")
+    path = write_config(
+        "model: {name: 'fixtures:crashes', kwargs: {how: bad_alloc}}\n"
+        f"data: {{kind: tensors, path: '{tmp_path / 'd.pt'}', size: 32}}\n"
+        "probe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    for command, phase in ((["probe", str(path), "--json"], "double"), (["check", str(path), "--batch", "4", "--json"], "verify")):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 3, result.output
+        report = json.loads(result.stdout)
+        assert "data.size: not used; the tensors data's own length sets" in report["warnings"][-1]
+        # A check's one trial is a check's (what `compare` tells a check by) even when set-up failed.
+        assert [(t["status"], t["phase"]) for t in report["trials"]] == [("oom", phase)]
+
+
 @pytest.mark.parametrize("how, code, line", [
     ("error", 1, "error: even batch 4 failed (error): in forward: ValueError: a bug in the model"),
     ("hang", 3, "nothing fits: even batch 4 failed (timeout): no result within 2 s; worker stopped; if its steps are only slow, "
@@ -108,6 +129,19 @@ def test_quiet_still_says_why_the_smallest_batch_failed(write_config, how, code,
     # `check` of that size says the same in its result line.
     checked = runner.invoke(app, ["check", str(path), "--batch", "4", "--quiet"])
     assert checked.exit_code == code and checked.stdout.strip().endswith(line.split("): ", 1)[1]), checked.output
+
+
+def test_a_check_that_writes_its_report_to_stdout_keeps_stdout_json(write_config):
+    # The line that says why a batch failed goes to stderr there, as under --json.
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    run = subprocess.run([sys.executable, "-m", "batchfind", "check", str(path), "--batch", "32", "-o", "/dev/stdout",
+                          "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 3, run.stderr
+    assert json.loads(run.stdout)["trials"][0]["status"] == "oom"
+    assert run.stderr.startswith("batch 32: oom"), run.stderr
 
 
 def test_check_exit_codes(write_config):

@@ -139,6 +139,19 @@ def test_fsdp_shards_the_repeated_blocks_innermost_first(write_config):
 # ---- real ranks over gloo -------------------------------------------------------------------
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to leave one out")
+def test_a_cpu_rank_takes_its_threads_from_the_cpus_it_may_run_on(write_config):
+    # Under taskset or a container's cpuset, threads for CPUs it may not use would only take turns.
+    config = write_config("model: {name: mlp, in_features: 8, classes: 4}\ndata: {size: 64}\n"
+                          "probe: {device: cpu, nproc_per_node: 1, warmup_steps: 0, steps: 1}\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-m", "batchfind", "check", str(config), "--batch", "2", "--json"],
+                         capture_output=True, text=True, env=env, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["distributed"]["world_size"] == 1 and report["environment"]["threads"] == 1
+
+
 @pytest.mark.slow
 def test_an_oom_in_backward_on_rank_1_stops_rank_0_and_both_move_on(write_config):
     # Rank 0 sits in DDP's gradient all-reduce waiting for rank 1, which ran out of memory in

@@ -373,6 +373,22 @@ def test_unnameable_data_paths_are_one_line(write_config, path):
     _one_line(runner.invoke(app, ["validate", str(config)]), f"{config}: data.path:")
 
 
+def test_control_characters_from_a_model_or_a_report_reach_no_terminal(write_config, tmp_path):
+    config = write_config("model: {name: 'fixtures:Trap', kwargs: {at: 4, how: escape}}\n"
+                          "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu}\n")
+    result = runner.invoke(app, ["check", str(config), "--batch", "4", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 1 and "\x1b" not in result.output
+    assert "ValueError: \\x1b[2Ja bug in the model" in result.stdout, result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    report["environment"]["device_name"] = "EPYC\x1b[2J"
+    report["config"]["model"]["\x1b]0;title\x07"] = 1
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(report))
+    result = runner.invoke(app, ["compare", str(tmp_path / "r.json"), str(hostile)])
+    assert "different devices" in result.stderr and "different configs" in result.stderr, result.stderr
+    assert "\x1b" not in result.output and "\x07" not in result.output and "EPYC\\x1b[2J" in result.stderr
+
+
 def test_plot_of_a_report_with_a_peak_not_measured(tmp_path):
     pytest.importorskip("matplotlib")
     report = fake_probe(load_config_text(MLP))  # its one trial has peak_bytes null

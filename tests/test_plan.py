@@ -766,7 +766,7 @@ def test_a_target_batch_below_one_step_or_past_the_dataset_says_so():
 def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, ranks, remedy):
     from batchfind.report import Recommendation
 
-    monkeypatch.setattr(probing, "_cpus", lambda: cpus)
+    monkeypatch.setattr(probing, "usable_cpus", lambda: cpus)
     rec = Recommendation(batch_size=32, reason="", accumulation_steps=1, global_batch_size=32,
                          loader={"status": "ok", "workers": workers, "data_share": 0.6})
     assert probing._advice_warnings(rec, {}, None, ranks) == [
