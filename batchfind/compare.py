@@ -76,7 +76,10 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         # A size the base could not tell apart from its fastest is as good a choice by the base's
         # own measure.
         tied = _within(new.recommendation.batch_size, base.recommendation.interval)
-        changes.append(dataclasses.replace(recommended, regressed=recommended.regressed and not (partial or tied)))
+        # Under less memory a recommendation above the new limit drops with the limit.
+        squeezed = excused and (base.recommendation.batch_size or 0) > (new.limit.batch_size or 0)
+        changes.append(dataclasses.replace(recommended,
+                                           regressed=recommended.regressed and not (partial or tied or squeezed)))
     old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)

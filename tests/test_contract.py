@@ -316,12 +316,17 @@ def test_compare_says_when_a_report_was_timed_on_a_busy_machine(real_report, tmp
 
 def test_compare_does_not_judge_a_limit_under_less_memory(real_report, tmp_path):
     _, report, _ = real_report
+    report = copy.deepcopy(report)
+    report["recommendation"] |= {"batch_size": report["limit"]["batch_size"], "interval": [report["limit"]["batch_size"]] * 2}
     base = write(tmp_path / "a.json", report)
     cap = report["environment"]["memory_limit_bytes"]  # the default: a share of the RAM free at the start
     capped = copy.deepcopy(report)
     capped["environment"]["memory_limit_bytes"] = cap // 2
     capped["limit"]["batch_size"] = report["limit"]["batch_size"] // 2
     capped["limit"]["first_oom"] = capped["limit"]["batch_size"] + 1  # an edge, not a cap
+    # A recommendation above the lower limit drops with it.
+    capped["recommendation"]["batch_size"] = capped["limit"]["batch_size"]
+    capped["recommendation"]["interval"] = [capped["limit"]["batch_size"]] * 2
     result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
     assert result.exit_code == 0 and "different memory limits" in result.stderr and "is not judged" in result.stderr
     # The same drop under the same cap is a regression.
