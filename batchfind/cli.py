@@ -21,7 +21,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import BatchfindError, InputError, clipped, debugging, plain
+from .errors import BatchfindError, InputError, clipped, debugging, plain, printable
 from .report import MEMORY_FAILURES
 from .templates import TEMPLATE_NAMES, render
 
@@ -567,8 +567,8 @@ def probe(
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
             _draw(report, plot_file, "--plot", source=config.name)
-        elif plot_file is not None:
-            console.print(f"no plot: no batch size ran, so {escape(str(plot_file))} was not written")
+        elif plot_file is not None and not quiet:
+            console.print(f"no plot: no batch size ran, so {escape(printable(str(plot_file)))} was not written")
         if report.limit.batch_size is None and code in (1, 3):  # the line that says why, under --quiet too
             first = report.trials[0]
             console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] even batch {first.batch_size} "

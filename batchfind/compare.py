@@ -71,15 +71,17 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
         judged = not excused and (not unbounded or _failed_by(new, base.limit.batch_size))
         changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged))
-        recommended = _change("recommended batch", base.recommendation.batch_size,
-                              new.recommendation.batch_size, True, max_regression)
+        before, now = base.recommendation.batch_size, new.recommendation.batch_size
+        recommended = _change("recommended batch", before, now, True, max_regression)
         # A size the base could not tell apart from its fastest is as good a choice by the base's
         # own measure.
-        tied = _within(new.recommendation.batch_size, base.recommendation.interval)
-        # Under less memory a recommendation above the new limit drops with the limit.
-        squeezed = excused and (base.recommendation.batch_size or 0) > (new.limit.batch_size or 0)
-        changes.append(dataclasses.replace(recommended,
-                                           regressed=recommended.regressed and not (partial or tied or squeezed)))
+        tied = _within(now, base.recommendation.interval)
+        # Where the new limit is not judged (less memory, or a cap before any failure), the
+        # recommendation is judged against what could be recommended below it.
+        if (excused or unbounded) and before is not None and new.limit.batch_size is not None:
+            before = min(before, new.limit.batch_size)
+        judged = _change("recommended batch", before, now, True, max_regression).regressed
+        changes.append(dataclasses.replace(recommended, regressed=judged and not (partial or tied)))
     old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)

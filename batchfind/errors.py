@@ -31,13 +31,16 @@ def clipped(text: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
+# Characters that steer a terminal or reorder the text around them: C0 and C1 controls (an escape
+# sequence recolours, moves or clears), and Unicode's bidirectional overrides and isolates.
+_STEERING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def printable(value: Any) -> Any:
-    """`value` (text, or the keys and text in a JSON value) with control characters written as
-    escapes, line breaks and tabs kept: an escape sequence in a model's message or in a report's
-    field would recolour, move or clear the terminal it is shown on."""
+    """`value` (text, or the keys and text in a JSON value) with the characters that steer a
+    terminal written as escapes (`\\x1b`); line breaks, tabs and all other text kept."""
     if isinstance(value, str):
-        return value if value.isprintable() else "".join(
-            c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in value)
+        return _STEERING.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
     if isinstance(value, dict):
         return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -302,7 +302,7 @@ def _compared(metric: str, value: float | None) -> str:
 
 def print_comparison(result, console: Console, notes: Console | None = None) -> None:
     """The comparison on `console`, its warnings on `notes` (stderr), else on `console` too."""
-    title = f"batchfind compare · regression bound {result.max_regression * 100:.3g}%"  # 0.5% is not 0%
+    title = f"batchfind compare · regression bound {result.max_regression * 100:.6g}%"  # 0.5% is not 0%
     rows = []
     for c in result.changes:
         change = f"{c.change:+.1%}" if c.change is not None else "-"

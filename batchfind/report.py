@@ -516,11 +516,13 @@ def _not_json(token: str) -> None:
     raise ValueError(f"{token} is not a JSON number")
 
 
-def _finite(token: str) -> float:
+def _finite(token: str) -> float | int:
     value = float(token)
     if not math.isfinite(value):  # 1e999: infinity, under another name
         raise ValueError(f"{clipped(token, 40)} is beyond any float")
-    return value
+    # JSON Schema reads 8.0 as an integer, and so does the strict reading here; a float field takes
+    # an int as it is.
+    return int(value) if value.is_integer() and abs(value) <= 2**53 else value
 
 
 def _bounded(token: str) -> int:

@@ -192,7 +192,9 @@ def test_compare_warns_across_devices_and_configs(real_report, tmp_path):
 
 
 def test_compare_says_when_a_report_is_not_a_whole_probe(real_report, tmp_path):
-    _, report, _ = real_report
+    report = copy.deepcopy(real_report[1])
+    for t in report["trials"]:  # as if the machine was quiet: a busy one is warned of as well
+        t |= {"other_cpu_share": 0.0, "steal_share": 0.0}
     base = write(tmp_path / "a.json", report)
     interrupted = copy.deepcopy(report) | {"interrupted": True}
     check = copy.deepcopy(report) | {"trials": [dict(report["trials"][0], phase="verify")]}
@@ -253,16 +255,18 @@ def test_compare_judges_a_run_cut_short_only_by_the_sizes_it_reached(real_report
 
 def test_compare_judges_a_limit_stopped_at_a_cap_only_by_what_failed_below_it(real_report, tmp_path):
     # A new report stopped at a lower max_batch (or a smaller dataset) before any size failed says
-    # only that its limit fits.
+    # only that its limit fits, and recommends what it can below it.
     _, report, _ = real_report
     base = copy.deepcopy(report)
     base["limit"]["batch_size"], base["limit"]["first_oom"] = 8, 9
+    base["recommendation"] |= {"batch_size": 8, "interval": [8, 8]}
     smallest = min(t["batch_size"] for t in report["trials"])
     capped = copy.deepcopy(report) | {"trials": [t for t in report["trials"] if t["batch_size"] == smallest],
                                       "stopped_because": f"reached max_batch ({smallest})"}
     capped["limit"]["batch_size"], capped["limit"]["first_oom"] = smallest, None
+    capped["recommendation"] |= {"batch_size": smallest, "interval": [smallest, smallest]}
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", base), write(tmp_path / "b.json", capped)])
-    assert result.exit_code == 0 and not re.search(r"limit .*regressed", result.stdout), result.stdout
+    assert result.exit_code == 0 and "regressed" not in result.stdout, result.stdout
     # The same limit with a failure just above it is the edge, lower than the base's.
     capped["limit"]["first_oom"] = smallest + 1
     capped["trials"] = capped["trials"] + [dict(capped["trials"][0], batch_size=smallest + 1, status="oom",
@@ -304,11 +308,11 @@ def test_compare_does_not_hold_a_recommendation_the_base_could_not_tell_apart_ag
 
 
 def test_compare_says_when_a_report_was_timed_on_a_busy_machine(real_report, tmp_path):
-    _, report, _ = real_report
-    busy = copy.deepcopy(report)
-    for t in busy["trials"]:
-        t |= {"other_cpu_share": 0.74, "steal_share": 0.0}
-    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "b.json", busy)])
+    quiet, busy = copy.deepcopy(real_report[1]), copy.deepcopy(real_report[1])
+    for trials, share in ((quiet["trials"], 0.0), (busy["trials"], 0.74)):
+        for t in trials:
+            t |= {"other_cpu_share": share, "steal_share": 0.0}
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", quiet), write(tmp_path / "b.json", busy)])
     assert ("warning: the new report was timed on a busy machine (other processes used 74% of the CPUs): its "
             "throughput, and the batch it recommends, may differ from run to run") in result.stderr, result.stderr
     assert "the base report was timed on a busy machine" not in result.stderr
@@ -324,11 +328,16 @@ def test_compare_does_not_judge_a_limit_under_less_memory(real_report, tmp_path)
     capped["environment"]["memory_limit_bytes"] = cap // 2
     capped["limit"]["batch_size"] = report["limit"]["batch_size"] // 2
     capped["limit"]["first_oom"] = capped["limit"]["batch_size"] + 1  # an edge, not a cap
-    # A recommendation above the lower limit drops with it.
+    # A recommendation above the lower limit drops with it, and is judged against the limit.
     capped["recommendation"]["batch_size"] = capped["limit"]["batch_size"]
     capped["recommendation"]["interval"] = [capped["limit"]["batch_size"]] * 2
     result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
     assert result.exit_code == 0 and "different memory limits" in result.stderr and "is not judged" in result.stderr
+    capped["recommendation"] |= {"batch_size": 1, "interval": [1, 1]}
+    result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
+    assert result.exit_code == 4 and re.search(r"recommended batch .*regressed", result.stdout), result.stdout
+    capped["recommendation"]["batch_size"] = capped["limit"]["batch_size"]
+    capped["recommendation"]["interval"] = [capped["limit"]["batch_size"]] * 2
     # The same drop under the same cap is a regression.
     capped["environment"] = report["environment"]
     result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", capped)])
@@ -463,11 +472,20 @@ def test_compare_rejects_what_is_not_a_report(tmp_path):
         assert result.exit_code == 2 and message in result.stderr
 
 
+def test_a_whole_number_written_with_a_point_is_an_integer_as_json_schema_reads_it(real_report, tmp_path):
+    report = copy.deepcopy(real_report[1])
+    report["trials"][0]["batch_size"] = float(report["trials"][0]["batch_size"])  # written as 1.0
+    jsonschema.validate(report, json_schema())
+    path = write(tmp_path / "a.json", report)
+    assert runner.invoke(app, ["compare", path, path]).exit_code == 0
+
+
 @pytest.mark.parametrize("where, value, message", [
     (("interrupted",), "no", "interrupted: expected a boolean (got a string)"),
     (("limit", "batch_size"), True, "limit.batch_size: expected an integer (got a boolean)"),
     (("trials", 0, "batch_size"), "64", "trials.0.batch_size: expected an integer (got a string)"),
     (("trials", 0, "loss_finite"), 1, "trials.0.loss_finite: expected a boolean (got a number)"),
+    (("trials", 0, "batch_size"), 1.5, "trials.0.batch_size: expected an integer (got a number)"),
 ])
 def test_compare_and_plot_read_a_report_as_its_schema_does(real_report, tmp_path, where, value, message):
     # Read loosely, an interrupted report marked "interrupted": "no" was judged as a whole probe.

@@ -389,6 +389,14 @@ def test_control_characters_from_a_model_or_a_report_reach_no_terminal(write_con
     assert "\x1b" not in result.output and "\x07" not in result.output and "EPYC\\x1b[2J" in result.stderr
 
 
+def test_only_what_steers_a_terminal_is_escaped():
+    from batchfind.errors import printable
+
+    assert printable("a\x1b[2Jb\x9bc\u202ed\re") == "a\\x1b[2Jb\\x9bc\\u202ed\\re"
+    kept = "line\nnext\ttab, non\u00a0breaking, 👩\u200d💻, 中文"
+    assert printable(kept) == kept
+
+
 def test_plot_of_a_report_with_a_peak_not_measured(tmp_path):
     pytest.importorskip("matplotlib")
     report = fake_probe(load_config_text(MLP))  # its one trial has peak_bytes null
