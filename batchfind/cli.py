@@ -346,7 +346,11 @@ def _progress(console, quiet: bool):
 
     trials_began = threading.Event()
     lock = threading.Lock()  # a tick of set-up's count never lands after the first trial's line
-    setting_up = "starting the workers (torch, the model, the data)"
+    from .distributed import launcher_rank
+
+    # Under torchrun the ranks' drivers meet before any worker starts, and may wait for one another.
+    setting_up = ("meeting the other ranks, then " if launcher_rank() is not None else "") + (
+        "starting the workers (torch, the model, the data)")
 
     def count_setup() -> None:
         while not trials_began.wait(SETUP_TICK_S if live else SETUP_NOTE_S):

@@ -467,20 +467,24 @@ def test_a_terminal_counts_the_seconds_of_set_up_until_the_first_trial(monkeypat
     assert status.texts[-1] == "batch 1 · trial 1 · starting", status.texts[-3:]
 
 
-def test_elsewhere_a_line_says_set_up_is_still_under_way(monkeypatch):
+@pytest.mark.parametrize("rank, doing", [(None, "starting the workers"),
+                                         (0, "meeting the other ranks, then starting the workers")])
+def test_elsewhere_a_line_says_set_up_is_still_under_way(monkeypatch, rank, doing):
     # A CI log or a pipe: no status line, so a set-up that hangs would be silence until its timeout.
+    # Under torchrun it may be the other ranks that are waited for.
     import time
 
-    from batchfind import cli
+    from batchfind import cli, distributed
 
     printed = []
     console = type("Log", (), {"is_terminal": False, "print": lambda self, text: printed.append(text)})()
     monkeypatch.setattr(cli, "SETUP_NOTE_S", 0.01)
+    monkeypatch.setattr(distributed, "launcher_rank", lambda: rank)
     with cli._progress(console, quiet=False) as (on_start, _, on_step):
         deadline = time.monotonic() + 30  # a note is due every 10 ms; this only bounds a stalled machine
         while not printed and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert printed and printed[0].endswith(" still starting the workers (torch, the model, the data) …"), printed
+        assert printed and printed[0].endswith(f" still {doing} (torch, the model, the data) …"), printed
         assert on_step is None  # steps are followed on a terminal only
         on_start(1, "double")
         time.sleep(0.05)  # five notes' time: none of them may come after the first trial's line
