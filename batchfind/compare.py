@@ -80,8 +80,8 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         # recommendation is judged against what could be recommended below it.
         if (excused or unbounded) and before is not None and new.limit.batch_size is not None:
             before = min(before, new.limit.batch_size)
-        judged = _change("recommended batch", before, now, True, max_regression).regressed
-        changes.append(dataclasses.replace(recommended, regressed=judged and not (partial or tied)))
+        dropped = _change("recommended batch", before, now, True, max_regression).regressed
+        changes.append(dataclasses.replace(recommended, regressed=dropped and not (partial or tied)))
     old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
