@@ -21,16 +21,6 @@ class _FailInBackward(torch.autograd.Function):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake, in backward)")
 
 
-class _NaNInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
-
-
 class Trap(nn.Module):
     """A linear classifier that misbehaves once the batch reaches `at`: raises OOM, dies, hangs, NaNs
     (in its output, or only in its gradients) or holds `shared_bytes` of shared memory.
@@ -68,7 +58,10 @@ class Trap(nn.Module):
             if self.how == "backward_oom":
                 return _FailInBackward.apply(self.linear(x))
             if self.how == "nan_grad":  # a finite loss whose gradients are not
-                return torch.nan_to_num(_NaNInBackward.apply(self.linear(x)))
+                out = self.linear(x)
+                if out.requires_grad:  # not in set-up's look at the shapes, under no_grad
+                    out.register_hook(lambda grad: grad * float("nan"))
+                return torch.nan_to_num(out)  # the weights go NaN; what they give stays finite
             if self.how == "shared" and self.shared is None:  # held, as a buffer in shared memory would be
                 self.shared = mmap.mmap(-1, self.shared_bytes)
                 torch.frombuffer(self.shared, dtype=torch.uint8).fill_(1)
