@@ -59,10 +59,19 @@ def bar(fraction: float, width: int = 10) -> str:
 
 
 def rate_text(per_s: float | None) -> str:
-    """Samples per second: whole numbers from 100 up, three significant digits below (0.412, 41.2)."""
+    """Samples per second: whole numbers from 100 up, three significant digits below (0.412, 41.2)
+    and past a trillion (a report read back may hold any number: 1e+300, not 301 digits)."""
     if per_s is None:
         return "-"
-    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
+    return f"{per_s:,.0f}" if 100 <= per_s < 1e12 else f"{per_s:.3g}"
+
+
+def change_text(change: float | None) -> str:
+    """A relative change as a percentage (`+5.0%`), in three significant digits past a million
+    percent."""
+    if change is None:
+        return "-"
+    return f"{change:+.1%}" if abs(change) < 1e4 else f"{change * 100:+.3g}%"
 
 
 def of_limit(trial: Trial, limit_bytes: int | None) -> str | None:
@@ -297,7 +306,9 @@ def _compared(metric: str, value: float | None) -> str:
         return "-"
     if metric.startswith("peak"):
         return format_size(int(value))
-    return rate_text(value) if metric.startswith("samples/s") else f"{value:,.0f}"
+    if metric.startswith("samples/s"):
+        return rate_text(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.0f}"  # a size, exactly
 
 
 def print_comparison(result, console: Console, notes: Console | None = None) -> None:
@@ -305,7 +316,7 @@ def print_comparison(result, console: Console, notes: Console | None = None) -> 
     title = f"batchfind compare · regression bound {result.max_regression * 100:.6g}%"  # 0.5% is not 0%
     rows = []
     for c in result.changes:
-        change = f"{c.change:+.1%}" if c.change is not None else "-"
+        change = change_text(c.change)
         verdict = "regressed" if c.regressed else "ok" if None not in (c.base, c.new) else "-"
         # The metric's name in the JSON counts bytes; the table shows them in MiB or GiB.
         metric = c.metric.replace("peak bytes", "peak memory")

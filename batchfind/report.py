@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Union, get_args
 
-from annotated_types import Ge
+from annotated_types import Ge, Gt, Le
 from typing_extensions import TypedDict
 
 from .errors import clipped, plain
+from .sizes import MAX_BYTES
 
 SCHEMA_VERSION = 2
 
@@ -31,11 +32,13 @@ Phase = Literal["double", "refine", "verify", "remeasure"]
 # throughput: warm-up, then measured steps until enough steps and time; fit: the steps that reach
 # the steady-state peak, to say whether a size fits (its step times are not precise enough to rank).
 Purpose = Literal["throughput", "fit"]
-# What a report read back may hold where a time, a rate or a size was measured: never below zero.
+# What a report read back may hold where a time, a rate or a size was measured: never below zero,
+# and counts no larger than torch's and the kernel's signed 64-bit ones.
 Measured = Annotated[float, Ge(0)]
-Bytes = Annotated[int, Ge(0)]
-Count = Annotated[int, Ge(0)]  # steps, samples, parameters
-Size = Annotated[int, Ge(1)]  # a batch size, a number of ranks or of accumulation steps
+Rate = Annotated[float, Gt(0)]  # samples/s of steps that ran
+Bytes = Annotated[int, Ge(0), Le(MAX_BYTES)]
+Count = Annotated[int, Ge(0), Le(MAX_BYTES)]  # steps, samples, parameters
+Size = Annotated[int, Ge(1), Le(MAX_BYTES)]  # a batch size, a number of ranks or of accumulation steps
 # A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
 RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
@@ -67,7 +70,7 @@ class Trial:
     batch_size: Size  # per device
     status: Status
     step_ms: StepTimes | None = None
-    samples_per_s: Measured | None = None
+    samples_per_s: Rate | None = None
     epoch_s: Measured | None = None  # estimated: steps per epoch × median step
     # GPU: allocator's peak reserved; CPU: process resident peak. For an oom: the peak before it.
     # Distributed: the worst rank's.

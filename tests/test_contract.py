@@ -383,8 +383,13 @@ def test_compare_reads_a_synthetic_epoch_left_null_as_its_default(real_report, t
     (("environment", "memory_limit_bytes"), -5, "environment.memory_limit_bytes: must be greater than or equal to 0"),
     (("dataset_len",), -1, "dataset_len: must be greater than or equal to 0"),
     (("parameters",), -1, "parameters: must be greater than or equal to 0"),
+    # A rate of steps that ran is above 0 (a zero would drop the size from the comparison), and
+    # nothing torch or the kernel counts passes a signed 64-bit integer.
+    (("trials", 0, "samples_per_s"), 0, "trials.0.samples_per_s: must be greater than 0"),
+    (("trials", 0, "peak_bytes"), 2**63, "trials.0.peak_bytes: must be less than or equal to 9223372036854775807"),
+    (("limit", "batch_size"), 2**63, "limit.batch_size: must be less than or equal to 9223372036854775807"),
 ])
-def test_compare_and_plot_refuse_a_negative_size_count_or_time(real_report, tmp_path, where, value, field):
+def test_compare_and_plot_refuse_a_size_count_or_time_out_of_range(real_report, tmp_path, where, value, field):
     _, report, _ = real_report
     broken = copy.deepcopy(report)
     part = broken

@@ -300,6 +300,23 @@ def test_compare_json_is_json_even_when_a_change_overflows(tmp_path):
     assert [c["change"] for c in changes if c["metric"] == "samples/s @ 1"] == [None]
 
 
+def test_compare_shows_numbers_of_any_size_in_a_cell(tmp_path):
+    """A report read back may hold any rate, and sizes up to 2**63 - 1: the table shows them
+    compactly and exactly, not as hundreds of digits or a float's rounding."""
+    base, new = fake_probe(load_config_text(MLP)), fake_probe(load_config_text(MLP))
+    paths = []
+    for name, report, speed, limit in (("a", base, 50.0, 8), ("b", new, 1e300, 2**63 - 1)):
+        trial = Trial(batch_size=1, status="ok", samples_per_s=speed, peak_bytes=1, loss_finite=True)
+        report = dataclasses.replace(report, trials=[trial], limit=dataclasses.replace(report.limit, batch_size=limit))
+        path = tmp_path / f"{name}.json"
+        path.write_text(report.to_json())
+        paths.append(str(path))
+    result = CliRunner().invoke(app, ["compare", *paths], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "9,223,372,036,854,775,807" in result.stdout and " 1e+300 " in result.stdout
+    assert "+2e+300%" in result.stdout and not re.search(r"\d{4}", result.stdout.replace(",", "").replace("9223372036854775807", ""))
+
+
 def test_a_report_with_nan_tokens_is_not_json(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(fake_probe(load_config_text(MLP)).to_json().replace('"dataset_len": 10', '"dataset_len": NaN'))
@@ -425,8 +442,10 @@ def test_plot_of_a_report_edited_by_hand_draws_or_is_one_line(tmp_path, median, 
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))
     result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "p.svg")])
-    if min(median, p10, p90, rate) < 0:
-        _one_line(result, "r.json: trials.0.", "must be greater than or equal to 0")
+    if min(median, p10, p90) < 0:
+        _one_line(result, "r.json: trials.0.step_ms.", "must be greater than or equal to 0")
+    elif rate <= 0:  # steps that ran go at some rate
+        _one_line(result, "r.json: trials.0.samples_per_s", "must be greater than 0")
     else:
         assert result.exit_code == 0, result.output
 
