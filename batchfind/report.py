@@ -19,7 +19,6 @@ from annotated_types import Ge, Gt, Le
 from typing_extensions import TypedDict
 
 from .errors import clipped, plain
-from .sizes import MAX_BYTES
 
 SCHEMA_VERSION = 2
 
@@ -33,12 +32,13 @@ Phase = Literal["double", "refine", "verify", "remeasure"]
 # the steady-state peak, to say whether a size fits (its step times are not precise enough to rank).
 Purpose = Literal["throughput", "fit"]
 # What a report read back may hold where a time, a rate or a size was measured: never below zero,
-# and counts no larger than torch's and the kernel's signed 64-bit ones.
+# and no count larger than torch's and the kernel's, which are signed 64-bit integers.
+INT64_MAX = 2**63 - 1
 Measured = Annotated[float, Ge(0)]
 Rate = Annotated[float, Gt(0)]  # samples/s of steps that ran
-Bytes = Annotated[int, Ge(0), Le(MAX_BYTES)]
-Count = Annotated[int, Ge(0), Le(MAX_BYTES)]  # steps, samples, parameters
-Size = Annotated[int, Ge(1), Le(MAX_BYTES)]  # a batch size, a number of ranks or of accumulation steps
+Bytes = Annotated[int, Ge(0), Le(INT64_MAX)]
+Count = Annotated[int, Ge(0), Le(INT64_MAX)]  # steps, samples, parameters
+Size = Annotated[int, Ge(1), Le(INT64_MAX)]  # a batch size, a number of ranks or of accumulation steps
 # A rank of a distributed trial may also be stopped: another rank failed first and it was waiting on it.
 RankStatus = Literal["ok", "oom", "killed", "timeout", "error", "stopped"]
 
