@@ -571,6 +571,8 @@ def probe(
         code = _exit_code(report)
         if plot_file is not None and report.limit.batch_size is not None:
             _draw(report, plot_file, "--plot", source=config.name)
+            if not quiet:
+                console.print(f"wrote {escape(printable(str(plot_file)))}")
         elif plot_file is not None and not quiet:
             console.print(f"no plot: no batch size ran, so {escape(printable(str(plot_file)))} was not written")
         if report.limit.batch_size is None and code in (1, 3):  # the line that says why, under --quiet too
@@ -629,6 +631,10 @@ def check(
                            err=as_json or (output is not None and _is_stdout(output)))
         else:
             typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
+        if not quiet:
+            from .render import print_warnings
+
+            print_warnings(report.warnings, _console(stderr=True))
         if failed is not None:
             raise failed
         raise typer.Exit(code)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
-from .report import Report, busy, config_section, first_fitting, latest_timed
+from .report import Report, Trial, busy, config_section, first_fitting, latest_timed
 from .sizes import format_size
 
 # Between two runs under the default memory limit (a share of the RAM free at the start) on one
@@ -85,18 +85,28 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
+    unlike = []  # sizes whose peaks came from different kinds of process on a CPU
     for size in sorted(old.keys() & now.keys()):
         if size in old_timed and size in now_timed:
             changes.append(_change(f"samples/s @ {size}", old_timed[size].samples_per_s,
                                    now_timed[size].samples_per_s, True, max_regression))
-        changes.append(_change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False,
-                               max_regression))
+        peak = _change(f"peak bytes @ {size}", old[size].peak_bytes, now[size].peak_bytes, False, max_regression)
+        # A CPU worker that ran smaller sizes first holds what they left; a brand-new process (a
+        # check, a probe's proof of its edge) does not: their peaks are shown, not judged.
+        if _unlike_processes(base, new, old[size], now[size]):
+            unlike.append(size)
+            peak = dataclasses.replace(peak, regressed=False)
+        changes.append(peak)
     warnings = [f"the {which} report {_incomplete(report)}" for which, report in (("base", base), ("new", new))
                 if _incomplete(report)]
     for which, report in (("base", base), ("new", new)):
         if load := busy(report.trials):
             warnings.append(f"the {which} report was timed on a busy machine ({load[0]}): its throughput, and the "
                             "batch it recommends, may differ from run to run")
+    if unlike:
+        sizes = ", ".join(map(str, unlike))
+        warnings.append(f"peak memory at {sizes}: one report ran it in a brand-new process, the other in a worker "
+                        "that ran smaller sizes first and holds what they left (a CPU): shown, not judged")
     if not old.keys() & now.keys():
         warnings.append("no batch size ran in both reports: no throughput or peak memory is compared")
     devices = [(r.environment.device, r.environment.device_name) for r in (base, new)]
@@ -120,6 +130,12 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
         warnings.append(f"different configs ({', '.join(differing[:5])}{more}): compare with care")
     return Comparison(changes, max_regression, warnings)
+
+
+def _unlike_processes(base: Report, new: Report, old: Trial, now: Trial) -> bool:
+    """Whether two runs of a size peaked in different kinds of process on a CPU. A GPU's peak
+    counters restart with each trial; a CPU process's peak counts what it already held."""
+    return "cpu" in (base.environment.device, new.environment.device) and old.fresh_process != now.fresh_process
 
 
 def _same_cap(base: Report, new: Report) -> bool:

@@ -156,6 +156,15 @@ class CNNModel(_Section):
     stem: Literal["cifar", "imagenet"] = "cifar"
     classes: Dim = 10
 
+    @model_validator(mode="after")
+    def _stages_agree(self) -> "CNNModel":
+        # A list of depths says how many stages there are: a `stages` beside it that says otherwise
+        # would be ignored.
+        if isinstance(self.depth, list) and "stages" in self.model_fields_set and self.stages != len(self.depth):
+            raise ValueError(f"stages ({self.stages}) must be the length of the depth list ({len(self.depth)}), "
+                             "or left out")
+        return self
+
     @property
     def blocks_per_stage(self) -> list[int]:
         return self.depth if isinstance(self.depth, list) else [self.depth] * self.stages

@@ -751,7 +751,7 @@ def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) 
 
 def _strategy_warnings(config: Config, topo: Topology | None) -> list[str]:
     if topo is None and "strategy" in config.probe.model_fields_set:
-        return [f"probe.strategy {config.probe.strategy} applies to several ranks; this probe ran one process "
+        return [f"probe.strategy {config.probe.strategy} applies to several ranks; this run was one process "
                 "without it (use --nproc-per-node N or torchrun)"]
     return []
 

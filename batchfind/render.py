@@ -293,10 +293,10 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
         )
     if report.stopped_because:
         console.print(f"stopped: {report.stopped_because}")
-    _warn(report.warnings, notes or console)
+    print_warnings(report.warnings, notes or console)
 
 
-def _warn(warnings: list[str], console: Console) -> None:
+def print_warnings(warnings: list[str], console: Console) -> None:
     for warning in warnings:
         console.print(f"[yellow]warning:[/yellow] {Text(warning).markup}")
 
@@ -336,5 +336,5 @@ def print_comparison(result, console: Console, notes: Console | None = None) -> 
         for metric, base, new, change, verdict in rows:
             change = f" ({change})" if change != "-" else ""
             console.print(f"{metric}: {base} → {new}{change} {colour.get(verdict, verdict)}")
-    _warn(result.warnings, notes or console)
+    print_warnings(result.warnings, notes or console)
     console.print("[red]regressed[/red]" if result.regressed else "no regression past the bound")

@@ -82,6 +82,9 @@ CASES = {
     "unknown data kind": (MLP + "data: {kind: parquet}\n", [], "data.kind: expected one of synthetic, tensors"),
     "heads do not divide": ("model: {name: transformer, d_model: 10, heads: 3}\n", [],
                             "d_model (10) must be divisible by heads (3)"),
+    # A list of depths gives the number of stages: a `stages` that disagrees would go unused.
+    "stages beside a depth list": ("model: {name: cnn, depth: [1, 1], stages: 3}\n", [],
+                                   "model: stages (3) must be the length of the depth list (2), or left out"),
     "tolerance out of range": (MLP + "recommend: {tolerance: 2}\n", [], "recommend.tolerance: must be less than 1"),
     "option min batch": (MLP, ["--min-batch", "0"], "--min-batch: must be greater than 0 (got 0)"),
     "option memory": (MLP, ["--memory-limit", "lots"], "--memory-limit: expected a size like 2GiB"),

@@ -162,6 +162,21 @@ def test_check_exit_codes(write_config):
     assert quiet.exit_code == 3 and "batch 32: oom" in quiet.stdout, quiet.output
 
 
+def test_a_check_shows_its_warnings_on_stderr(write_config):
+    # A strategy for several ranks in a one-process check: warned of in the report and on screen.
+    path = write_config(TINY.replace("device: cpu}", "device: cpu, strategy: ddp}"))
+    result = runner.invoke(app, ["check", str(path), "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert "batch 4: ok" in result.stdout
+    assert re.search(r"^warning: probe\.strategy ddp applies to several ranks; this run was one process",
+                     result.stderr, re.M), result.stderr
+    as_json = runner.invoke(app, ["check", str(path), "--batch", "4", "--json"])
+    assert json.loads(as_json.stdout)["warnings"][0].startswith("probe.strategy ddp")
+    assert "warning: probe.strategy" in as_json.stderr
+    quiet = runner.invoke(app, ["check", str(path), "--batch", "4", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == "", quiet.output
+
+
 def test_check_writes_its_report_to_a_file(write_config, tmp_path):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {at: 32}}\n"

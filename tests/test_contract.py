@@ -295,6 +295,30 @@ def test_compare_reads_each_sizes_peak_from_its_first_run(real_report, tmp_path)
     assert result.exit_code == 4 and f"peak memory @ {first['batch_size']}" in result.stdout, result.stdout
 
 
+def test_compare_shows_but_does_not_judge_cpu_peaks_from_different_kinds_of_process(real_report, tmp_path):
+    # A check runs its size in a brand-new process; a probe ran it in a worker holding what smaller
+    # sizes left. On a CPU the worker's peak is the higher one for that alone.
+    _, report, _ = real_report
+    assert report["environment"]["device"] == "cpu"
+    size = next(t for t in report["trials"] if t["status"] == "ok" and not t["fresh_process"])["batch_size"]
+    fresh = dict(next(t for t in report["trials"] if t["batch_size"] == size), phase="verify",
+                 fresh_process=True, purpose="fit")
+    check = copy.deepcopy(report) | {"trials": [fresh | {"peak_bytes": fresh["peak_bytes"] * 3 // 4}]}
+    check["limit"] |= {"batch_size": size, "first_oom": None}
+    a, b = write(tmp_path / "check.json", check), write(tmp_path / "probe.json", report)
+    result = runner.invoke(app, ["compare", a, b, "--json"])
+    assert result.exit_code == 0, result.stdout
+    peak = next(c for c in json.loads(result.stdout)["changes"] if c["metric"] == f"peak bytes @ {size}")
+    assert peak["change"] > 0.3 and peak["regressed"] is False, peak
+    assert f"warning: peak memory at {size}: one report ran it in a brand-new process" in result.stderr
+    # The same kind of process in both: judged.
+    grown = copy.deepcopy(check)
+    grown["trials"][0]["peak_bytes"] = fresh["peak_bytes"]
+    result = runner.invoke(app, ["compare", a, write(tmp_path / "grown.json", grown)])
+    assert result.exit_code == 4 and f"peak memory @ {size}" in result.stdout, result.stdout
+    assert "one report ran it in a brand-new process" not in result.stderr
+
+
 def test_compare_does_not_hold_a_recommendation_the_base_could_not_tell_apart_against_it(real_report, tmp_path):
     _, report, _ = real_report
     base = copy.deepcopy(report)
@@ -626,6 +650,17 @@ def test_plot_writes_the_format_its_file_names_and_refuses_one_it_cannot(real_re
     result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "plot.jpg")])
     assert result.exit_code == 2 and "--output: plot.jpg: expected a .png, .svg or .pdf file" in result.stderr
     assert not (tmp_path / "plot.jpg").exists()
+
+
+@pytest.mark.slow
+def test_a_probe_says_where_it_drew_its_plot(write_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, out = write_config(TINY), tmp_path / "p.svg"
+    result = runner.invoke(app, ["probe", str(path), "--max-batch", "2", "--plot", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_bytes().startswith(b"<?xml") and f"wrote {out}" in result.stderr, result.stderr
+    quiet = runner.invoke(app, ["probe", str(path), "--max-batch", "2", "--plot", str(out), "--quiet"])
+    assert quiet.exit_code == 0 and "wrote" not in quiet.output, quiet.output
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
