@@ -577,9 +577,13 @@ def probe(
             console.print(f"no plot: no batch size ran, so {escape(printable(str(plot_file)))} was not written")
         if report.limit.batch_size is None and code in (1, 3):  # the line that says why, under --quiet too
             first = report.trials[0]
-            console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] even batch {first.batch_size} "
-                          f"failed ({first.status}): {escape(clipped(first.error or 'no message', 600))}"
-                          f"{_if_slow(first.status)}")
+            from .probing import SETUP_RAN_OUT
+
+            # Set-up that ran out of memory never ran the batch: the message says so itself.
+            failed = "" if (first.error or "").startswith(SETUP_RAN_OUT) else \
+                f"even batch {first.batch_size} failed ({first.status}): "
+            console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] {failed}"
+                          f"{escape(clipped(first.error or 'no message', 600))}{_if_slow(first.status)}")
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ {_number(failed.required)})")

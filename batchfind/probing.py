@@ -831,12 +831,16 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
     return BatchfindError(f"could not set up the probe ({exc.status}): {exc.message}")
 
 
+# How a report's only trial says that set-up, not a batch, ran out of memory.
+SETUP_RAN_OUT = "setting up (Python, torch, the model) ran out of memory before any batch ran"
+
+
 def _nothing_fits(message: str, data: DataConfig) -> str:
     import psutil
 
     # Python, torch and the model come first; under a small cap any of them may be what ran out.
     # The allocator's words cut short, so the advice after them stays whole.
-    text = f"setting up (Python, torch, the model) ran out of memory before any batch ran: {clipped(message, 200)}; "
+    text = f"{SETUP_RAN_OUT}: {clipped(message, 200)}; "
     raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
     largest = _largest_input(data)
     failed = failed_allocation(message)
