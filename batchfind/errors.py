@@ -31,20 +31,35 @@ def clipped(text: str, most: int = 300) -> str:
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
+# Halves of a character with no other half: what Python makes of bytes that are not UTF-8 (in a
+# file's name), which no UTF-8 output or strict JSON reader takes.
+_SURROGATES = "\ud800-\udfff"
+_UNPAIRED = re.compile(f"[{_SURROGATES}]")
 # Characters that steer a terminal or reorder the text around them: C0 and C1 controls (an escape
-# sequence recolours, moves or clears), and Unicode's bidirectional overrides and isolates.
-_STEERING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# sequence recolours, moves or clears), and Unicode's bidirectional overrides and isolates; and
+# the unpaired halves, which a terminal cannot be sent at all.
+_STEERING = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069{_SURROGATES}]")
 
 
 def printable(value: Any) -> Any:
     """`value` (text, or the keys and text in a JSON value) with the characters that steer a
     terminal written as escapes (`\\x1b`); line breaks, tabs and all other text kept."""
+    return _escaped(value, _STEERING)
+
+
+def encodable(value: Any) -> Any:
+    """`value` (text, or the keys and text in a JSON value) with unpaired surrogates written as
+    escapes (`\\udcef`): JSON that any reader takes, and batchfind reads back."""
+    return _escaped(value, _UNPAIRED)
+
+
+def _escaped(value: Any, pattern: re.Pattern) -> Any:
     if isinstance(value, str):
-        return _STEERING.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+        return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
     if isinstance(value, dict):
-        return {printable(k): printable(v) for k, v in value.items()}
+        return {_escaped(k, pattern): _escaped(v, pattern) for k, v in value.items()}
     if isinstance(value, list):
-        return [printable(v) for v in value]
+        return [_escaped(v, pattern) for v in value]
     return value
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Iterator, Literal, Union, get_args
 from annotated_types import Ge, Gt, Le
 from typing_extensions import TypedDict
 
-from .errors import clipped, plain
+from .errors import clipped, encodable, plain
 
 SCHEMA_VERSION = 2
 
@@ -314,7 +314,7 @@ class Report:
         return {key: data[key] for key in order}
 
     def to_json(self) -> str:
-        return json.dumps(finite(self.to_dict()), indent=2, allow_nan=False)
+        return json.dumps(encodable(finite(self.to_dict())), indent=2, allow_nan=False)
 
 
 def config_section(config: Any, name: str) -> dict:
@@ -408,8 +408,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        _take_mode(Path(tmp), target)
         yield Path(tmp)
+        # Once written: a read-only file's mode on the temporary would refuse the writing.
+        _take_mode(Path(tmp), target)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)

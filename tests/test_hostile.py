@@ -26,7 +26,7 @@ from batchfind.config import load_config
 from batchfind.data import build_batches
 from batchfind.errors import InputError
 from batchfind.files import MAX_DEPTH
-from batchfind.report import Trial, load_report, replace_target, write_atomic
+from batchfind.report import Trial, atomic_path, load_report, replace_target, write_atomic
 from test_fuzz import fake_probe
 
 runner = CliRunner()
@@ -77,6 +77,18 @@ def test_files_are_replaced_atomically_keeping_mode_and_links(tmp_path_factory, 
         assert stat.S_IMODE(target.stat().st_mode) == mode
     assert path.is_symlink() == (kind is _link)
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == []  # no temporary left
+
+
+def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path):
+    # Its mode goes on the temporary once written: on before, it refused a user other than root
+    # the writing, after the whole run, and the report was lost.
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    target.chmod(0o444)
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.stat().st_mode & stat.S_IWUSR
+        tmp.write_text("new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o444
 
 
 @pytest.mark.parametrize("special", ["fifo", "pipe", "devnull"])
@@ -275,6 +287,28 @@ def test_a_report_never_holds_bare_nan(value):
     text = dataclasses.replace(report, trials=[trial]).to_json()
     data = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the report"))
     assert data["trials"][0]["loss"] == (value if math.isfinite(value) else None)
+
+
+@EXAMPLES
+@given(text=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))  # one: two may pair into a character
+def test_a_report_with_text_that_is_no_utf8_reads_back(tmp_path_factory, text):
+    # A data file in a folder whose name is not UTF-8 (`na\xefve/`: Python reads it as
+    # `na\udcefve`), or a model's error with such a character: the report was written with an
+    # escape that strict JSON readers refuse, and compare and plot refused batchfind's own report.
+    report = fake_probe(load_config_text(MLP))
+    trial = Trial(batch_size=2, status="error", error=f"in forward: {text}", fresh_process=False)
+    report = dataclasses.replace(report, trials=report.trials + [trial],
+                                 config={**report.config, "data": {"kind": "tensors", "path": f"/tmp/na{text}ve/d.pt"}})
+    path = tmp_path_factory.mktemp("u") / "r.json"
+    path.write_text(report.to_json())
+    path.read_text().encode("utf-8")  # whole characters only
+    read = load_report(path)
+    assert read.trials[1].error == "in forward: " + text.encode("unicode_escape").decode("ascii")
+    result = runner.invoke(app, ["compare", str(path), str(path)])
+    assert result.exit_code == 0, result.output
+    # One written with the escapes as they were: read too, the halves shown as escapes.
+    path.write_text(json.dumps(report.to_dict()))
+    assert load_report(path).config["data"]["path"] == "/tmp/na" + text.encode("unicode_escape").decode() + "ve/d.pt"
 
 
 def load_config_text(text):
