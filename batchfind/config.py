@@ -95,21 +95,33 @@ def _types(annotation: Any) -> set:
     return {get_origin(annotation)}.union(*map(_types, args)) if args else {annotation}
 
 
-def _finite_kwargs(value: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments are copied into the report: every float in them must be finite."""
+# What YAML can make that JSON cannot hold, by what wrote it.
+_NOT_JSON = {bytes: "binary data (!!binary)", set: "a set (!!set)", tuple: "pairs (!!omap or !!pairs)"}
+
+
+def _json_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments are copied into the report, which is JSON: every float in them finite,
+    every key text, and nothing JSON has no kind for (dates are written as text)."""
     stack: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
     while stack:
         where, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{where}: must be a finite number (got {item})")
+        if isinstance(item, tuple(_NOT_JSON)):
+            kind = next(name for cls, name in _NOT_JSON.items() if isinstance(item, cls))
+            raise ValueError(f"{where}: expected text, a number, true or false, null, a list or a mapping (got {kind})")
         if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValueError(f"{where}: key {key!r} is not text (YAML reads true, false, yes, no, on, off, "
+                                     "null and numbers unquoted as such): quote it")
             stack.extend((f"{where}.{k}", v) for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
     return value
 
 
-FiniteKwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
+JsonKwargs = Annotated[dict[str, Any], AfterValidator(_json_kwargs)]
 # A model dimension or a sample's shape: what torch can index (a larger one overflows inside torch,
 # far from the field that set it).
 MAX_DIM = 2**31 - 1
@@ -194,7 +206,7 @@ class FactoryModel(_Section):
     """Any `package.module:callable` returning an nn.Module, called with `kwargs`."""
 
     name: str
-    kwargs: FiniteKwargs = {}
+    kwargs: JsonKwargs = {}
 
     @field_validator("name")
     @classmethod
@@ -271,7 +283,7 @@ class DataConfig(_Section):
     # Synthetic named inputs: batches are dicts of these (with the model's labels among them).
     inputs: dict[str, InputSpec] | None = None
     # Keyword arguments for a `module:factory` dataset.
-    kwargs: FiniteKwargs = {}
+    kwargs: JsonKwargs = {}
     # The DataLoader whose steps are timed for file and factory data (the recommended size).
     workers: NonNegativeInt = 0
     pin_memory: bool | None = None  # default: on for CUDA
@@ -326,7 +338,7 @@ class TrainConfig(_Section):
     # A builtin name, or package.module:factory called with the parameters (or the model) and
     # `optimizer_kwargs`.
     optimizer: str = "sgd"
-    optimizer_kwargs: FiniteKwargs = {}
+    optimizer_kwargs: JsonKwargs = {}
     optimizer_takes: Literal["parameters", "model"] = "parameters"
     lr: PositiveFloat = 0.1
     weight_decay: NonNegativeFloat = 0.0
@@ -342,7 +354,7 @@ class TrainConfig(_Section):
     # model(**x); positional: a dict's values as model(*values); single: model(inputs) always.
     call: Literal["auto", "positional", "single"] = "auto"
     # Keyword arguments every forward call gets beside the batch (`use_cache: false`).
-    forward_kwargs: FiniteKwargs = {}
+    forward_kwargs: JsonKwargs = {}
     # package.module:function(model, batch, optimizer) -> loss: the whole step, replacing ours.
     step: str | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -560,10 +560,11 @@ def load_report(path: Path) -> Report:
     data = printable(data)  # what compare and plot show of it stays text
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON report: expected an object at the top level (got {_json_kind(data)})")
-    if data.get("schema_version") == 1:
+    version = data.get("schema_version")
+    if version == 1 and type(version) is int:  # true == 1 in Python, not in JSON
         data = _from_v1(data)
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {data.get('schema_version')!r})")
+    if data.get("schema_version") != SCHEMA_VERSION or type(data.get("schema_version")) is not int:
+        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {json.dumps(data.get('schema_version'))})")
     try:
         # Strict, as JSON Schema reads it: "no" is no boolean and "64" no size (lax validation
         # would read an interrupted report marked "interrupted": "no" as a whole probe).

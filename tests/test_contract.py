@@ -493,7 +493,9 @@ def test_compare_rejects_what_is_not_a_report(tmp_path):
     (tmp_path / "big.json").write_text('{"schema_version": 2, "dataset_len": 1' + "0" * 400 + "}")
     (tmp_path / "list.json").write_text("[]")
     (tmp_path / "null.json").write_text("null")
+    (tmp_path / "true.json").write_text('{"schema_version": true}')  # Python's 1, not JSON's
     for name, message in (("x.json", "x.json: "), ("y.json", "not a JSON report"), ("z.json", "no such file"),
+                          ("true.json", "true.json: schema_version: expected 2 or 1 (got true)"),
                           ("inf.json", "1e999 is beyond any float"), ("big.json", "0… is beyond any float"),
                           ("list.json", "list.json: not a JSON report: expected an object at the top level (got an array)"),
                           ("null.json", "null.json: not a JSON report: expected an object at the top level (got null)")):

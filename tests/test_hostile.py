@@ -248,6 +248,25 @@ def test_a_non_finite_float_in_the_config_is_one_line(tmp_path_factory, value, w
     assert str(caught.value).startswith(f"{path}: {where}") and "finite" in str(caught.value)
 
 
+@pytest.mark.parametrize("where", ["model.kwargs", "data.kwargs", "train.optimizer_kwargs"])
+@pytest.mark.parametrize("value, message", [
+    ("{x: !!binary /w==}", "x: expected text, a number, true or false, null, a list or a mapping (got binary data"),
+    ("{x: [1, {y: !!set {a}}]}", "x[1].y: expected text, a number, true or false, null, a list or a mapping (got a set"),
+    ("{x: !!pairs [a: .inf]}", "x[0]: expected text, a number, true or false, null, a list or a mapping (got pairs"),
+    ("{x: {.nan: 1}}", "x: key nan is not text"),
+    ("{x: {2: b}}", "x: key 2 is not text"),
+])
+def test_what_json_cannot_hold_in_kwargs_is_one_line(write_config, where, value, message):
+    # Binary data made the report's writing fail after the run (UnicodeDecodeError); a NaN key
+    # or a set went into it as "None" or null.
+    section, key = where.split(".")
+    model = "model: {name: 'fixtures:Trap'" + (f", kwargs: {value}}}\n" if section == "model" else "}\n")
+    path = write_config(model if section == "model" else model + f"{section}: {{{key}: {value}}}\n")
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: {where}: {message}"), caught.value
+
+
 def _toml(raw):
     def value(v):
         if isinstance(v, float):
