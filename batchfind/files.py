@@ -55,12 +55,14 @@ def read_text(path: Path, limit: int, what: str) -> str:
         raise InputError(f"{_show(path)}: not UTF-8 text (byte {exc.start}), expected {what}") from None
 
 
-def check_shape(value: Any, path: Path, max_values: int | None = MAX_VALUES) -> None:
-    """Refuse data nested deeper than MAX_DEPTH or holding more than `max_values` values, counting
-    each use of a YAML alias (which may also refer to itself) as the copy it becomes later. JSON
-    has no aliases: its size bound is the file's."""
+def check_shape(value: Any, path: Path, max_values: int | None = MAX_VALUES,
+                max_text: int | None = MAX_CONFIG_BYTES) -> None:
+    """Refuse data nested deeper than MAX_DEPTH, or holding more than `max_values` values or
+    `max_text` characters of text, counting each use of a YAML alias (which may also refer to
+    itself) as the copy it becomes later: in the report, a megabyte of text used a thousand times
+    is a gigabyte. JSON has no aliases: its size bound is the file's."""
     stack = [(value, 1)]
-    count = 0
+    count = text = 0
     while stack:
         item, depth = stack.pop()
         count += 1
@@ -68,6 +70,12 @@ def check_shape(value: Any, path: Path, max_values: int | None = MAX_VALUES) -> 
             raise InputError(f"{_show(path)}: more than {max_values} values once YAML aliases are expanded")
         if depth > MAX_DEPTH:
             raise InputError(f"{_show(path)}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, str):
+            text += len(item)
+        elif isinstance(item, dict):
+            text += sum(len(key) for key in item if isinstance(key, str))
+        if max_text is not None and text > max_text:
+            raise InputError(f"{_show(path)}: more than {max_text >> 20} MiB of text once YAML aliases are expanded")
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):

@@ -556,7 +556,7 @@ def load_report(path: Path) -> Report:
         raise InputError(f"{path}: not a JSON report: {exc}") from None
     except RecursionError:
         raise InputError(f"{path}: not a JSON report: nested too deeply to parse") from None
-    check_shape(data, Path(path), max_values=None)
+    check_shape(data, Path(path), max_values=None, max_text=None)
     data = printable(data)  # what compare and plot show of it stays text
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON report: expected an object at the top level (got {_json_kind(data)})")

@@ -418,6 +418,15 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_config, levels):
         _one_line(runner.invoke(app, ["validate", str(path)]), "YAML aliases")
 
 
+def test_yaml_aliases_of_long_text_are_refused_before_they_reach_the_report(write_config):
+    # 500 uses of 900 KB: under a thousand values, and a 450 MB report.
+    long = "x" * 900_000
+    path = write_config(f"model: {{name: 'fixtures:Trap', kwargs: {{s: &s '{long}', l: [{', '.join(['*s'] * 500)}]}}}}\n")
+    _one_line(runner.invoke(app, ["validate", str(path)]), "more than 1 MiB of text once YAML aliases are expanded")
+    few = write_config(f"model: {{name: 'fixtures:Trap', kwargs: {{s: &s '{'x' * 1000}', l: [*s, *s]}}}}\n")
+    assert load_config(few).model.kwargs["l"] == ["x" * 1000] * 2  # a config may use aliases
+
+
 def test_a_yaml_alias_that_holds_itself_is_refused(write_config):
     _one_line(runner.invoke(app, ["validate", str(write_config(MLP + "data: {kwargs: {a: &a [*a]}}\n"))]),
               "nested more than")
