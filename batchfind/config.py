@@ -33,7 +33,9 @@ from .sizes import parse_size
 
 # \Z, not $: `$` also matches before a final newline, and "cpu\n" is not a device.
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)\Z")
+# torch keeps a device's index in 8 bits (cuda:128 wraps to cuda:-128), and reads no leading
+# zeros; `\d` would take other scripts' digits.
+DEVICE = re.compile(r"^(auto|cpu|cuda(:(0|[1-9][0-9]?|1[01][0-9]|12[0-7]))?)\Z")
 BUILTIN_MODELS = ("mlp", "cnn", "transformer")
 DATA_KINDS = ("synthetic", "tensors", "imagefolder")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -415,6 +417,9 @@ class TrainConfig(_Section):
 MAX_STEPS = 1000
 
 
+# Ranks on one machine: one per GPU, or per core of the largest CPUs (each rank is a process).
+MAX_RANKS = 1024
+
 # Eleven days and a half: a trial still running then is hung.
 MAX_TIMEOUT_S = 1e6
 
@@ -432,7 +437,7 @@ class ProbeConfig(_Section):
     # Throughput trials: unmeasured steps, then at least `steps` measured ones and at least
     # `min_time_s` of them (short steps are repeated until the time is reached). At most
     # `MAX_STEPS`: every step's time is kept and its statistics recomputed after each step.
-    warmup_steps: NonNegativeInt = 2
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 2
     steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 5
     min_time_s: NonNegativeFloat = 0.5
     # ... then more steps while the median step time's interval is wider than half the
@@ -441,7 +446,7 @@ class ProbeConfig(_Section):
     max_time_s: NonNegativeFloat = 1.0
     # Fit checks near the edge: steps that reach the steady-state peak (optimizer state appears at
     # the first optimizer step, so the second step holds it).
-    fit_steps: Annotated[int, Field(ge=2)] = 2
+    fit_steps: Annotated[int, Field(ge=2, le=MAX_STEPS)] = 2
     # CPU: the worker's RAM cap (default: 80% of available RAM). GPU: none unless given.
     memory_limit: int | None = None
     # Stop starting new trials after this long; null (or inf) for no budget.
@@ -451,7 +456,7 @@ class ProbeConfig(_Section):
     trial_timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] = 300.0
     # Ranks on this machine, each with its own device and the same per-device batch (under
     # torchrun, torchrun says instead). null: one process, no distributed wrapper.
-    nproc_per_node: PositiveInt | None = None
+    nproc_per_node: Annotated[int, Field(gt=0, le=MAX_RANKS)] | None = None
     # How the ranks train: ddp (a replica per rank) or fsdp (sharded parameters and optimizer state).
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
@@ -459,7 +464,7 @@ class ProbeConfig(_Section):
     @classmethod
     def _device(cls, value: str) -> str:
         if not DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N (got {_as_written(value)})")
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, N from 0 to 127 (got {_as_written(value)})")
         return value
 
     @field_validator("time_budget_s", mode="before")

@@ -89,6 +89,14 @@ CASES = {
     "option min batch": (MLP, ["--min-batch", "0"], "--min-batch: must be greater than 0 (got 0)"),
     "option memory": (MLP, ["--memory-limit", "lots"], "--memory-limit: expected a size like 2GiB"),
     "option device": (MLP, ["--device", "gpu0"], "--device: expected auto, cpu, cuda or cuda:N"),
+    # torch keeps 8 bits of a device's index (cuda:128 is cuda:-128) and reads only ASCII digits.
+    "device index past torch's": (MLP, ["--device", "cuda:128"], "--device: expected auto, cpu, cuda or cuda:N, "
+                                  "N from 0 to 127 (got 'cuda:128')"),
+    "device index in other digits": (MLP, ["--device", "cuda:\u0663"], "--device: expected auto, cpu, cuda or cuda:N"),
+    "warm-up steps past the bound": (MLP, ["--warmup", "100000000"], "--warmup: must be less than or equal to 1000"),
+    "fit steps past the bound": (MLP, ["--fit-steps", "1001"], "--fit-steps: must be less than or equal to 1000"),
+    "ranks past the bound": (MLP, ["--nproc-per-node", "99999999999999999999999"],
+                             "--nproc-per-node: must be less than or equal to 1024"),
     "option not a number": (MLP, ["--max-batch", "many"], "Invalid value for '--max-batch'"),
     "output folder missing": (MLP, ["-o", "/no/such/dir/r.json"], "--output: folder /no/such/dir does not exist"),
     "output is a folder": (MLP, ["-o", "{dir}"], "is a directory, expected a file path"),
@@ -165,7 +173,7 @@ CASES = {
     "duplicate key": (MLP + "probe: {steps: 3}\nprobe: {device: cpu}\n", [], "duplicate key 'probe' at line 3"),
     "duplicate nested key": (MLP + "train: {lr: 0.1, lr: 0.2}\n", [], "duplicate key 'lr' at line 2"),
     "device with a newline": (MLP + 'probe: {device: "cpu\\n"}\n', [],
-                              "probe.device: expected auto, cpu, cuda or cuda:N (got 'cpu\\n')"),
+                              "probe.device: expected auto, cpu, cuda or cuda:N, N from 0 to 127 (got 'cpu\\n')"),
     "factory with a newline": ('model: {name: "fixtures:Trap\\n"}\n', [], "model.name: expected one of mlp"),
     "memory limit of 400 digits": (MLP, ["--memory-limit", "9" * 400], "--memory-limit: must be at most"),
     "memory limit huge integer": (MLP + f"probe: {{memory_limit: {10**30}}}\n", [],
