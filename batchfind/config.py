@@ -128,6 +128,19 @@ JsonKwargs = Annotated[dict[str, Any], AfterValidator(_json_kwargs)]
 # far from the field that set it).
 MAX_DIM = 2**31 - 1
 Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
+# Values in one sample: 4 TiB of float32, past any machine; a batch of shapes whose bytes pass
+# 2**63 overflows inside torch, an error that names no field.
+MAX_SAMPLE_VALUES = 2**40
+
+
+def _sample_size(shape: list[int]) -> list[int]:
+    if math.prod(shape) > MAX_SAMPLE_VALUES:
+        raise ValueError(f"{shape} holds {math.prod(shape):.3g} values a sample: more than any machine holds "
+                         f"(at most 2**40)")
+    return shape
+
+
+Shape = Annotated[list[Dim], AfterValidator(_sample_size)]
 # Samples in an epoch: epoch estimates stay exact in a float.
 MAX_SAMPLES = 2**53
 
@@ -239,7 +252,7 @@ ModelConfig = Annotated[
 class InputSpec(_Section):
     """One named synthetic input: its shape per sample, dtype and, for integers, the range [low, high)."""
 
-    shape: list[Dim] = []
+    shape: Shape = []
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
     low: int = 0
     high: int | None = None
@@ -277,10 +290,10 @@ class DataConfig(_Section):
     # imagefolder: images are resized to image_size x image_size.
     image_size: Dim | None = None
     # Synthetic data for a factory model: what one sample looks like.
-    input_shape: list[Dim] | None = None
+    input_shape: Shape | None = None
     input_dtype: Literal["float32", "int64"] = "float32"
     vocab_size: Dim | None = None
-    target_shape: list[Dim] = []
+    target_shape: Shape = []
     num_classes: Dim | None = None
     # Synthetic named inputs: batches are dicts of these (with the model's labels among them).
     inputs: dict[str, InputSpec] | None = None

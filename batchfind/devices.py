@@ -35,6 +35,7 @@ _OOM_FRAGMENTS = (
     "could not create a primitive",  # oneDNN when its scratch allocation fails under a cap
     "Cannot allocate memory",
     "Thread creation failed",  # libgomp, when a cap leaves no room for its threads' stacks
+    "Storage size calculation overflowed",  # a tensor of more than 2**63 bytes: no memory holds it
 )
 
 

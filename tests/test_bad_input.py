@@ -82,6 +82,12 @@ CASES = {
     "unknown data kind": (MLP + "data: {kind: parquet}\n", [], "data.kind: expected one of synthetic, tensors"),
     "heads do not divide": ("model: {name: transformer, d_model: 10, heads: 3}\n", [],
                             "d_model (10) must be divisible by heads (3)"),
+    # Storage for a batch of two would overflow inside torch, an error naming no field.
+    "sample too large": ("model: {name: 'fixtures:Trap'}\ndata: {input_shape: [2147483647, 2147483647]}\n", [],
+                         "data.input_shape: [2147483647, 2147483647] holds 4.61e+18 values a sample: more than any "
+                         "machine holds (at most 2**40)"),
+    "input too large": ("model: {name: 'fixtures:Trap'}\ndata: {inputs: {x: {shape: [1048576, 1048577]}}}\n", [],
+                        "data.inputs.x.shape: [1048576, 1048577] holds 1.1e+12 values a sample"),
     # A list of depths gives the number of stages: a `stages` that disagrees would go unused.
     "stages beside a depth list": ("model: {name: cnn, depth: [1, 1], stages: 3}\n", [],
                                    "model: stages (3) must be the length of the depth list (2), or left out"),
