@@ -341,7 +341,7 @@ def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None
             )
     try:
         length = len(dataset)
-    except (Exception, SystemExit) as exc:  # a __len__ of the user's own
+    except BaseException as exc:  # noqa: BLE001 - a __len__ of the user's own
         raise InputError(f"data.kind: the length of {data.kind}'s dataset raised {raised(exc)}") from exc
     if length == 0:
         raise InputError(f"data: the {data.kind} dataset is empty")

@@ -63,7 +63,7 @@ def run_user_code(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) 
     with running(what):
         try:
             return fn(*args, **kwargs)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever the user's code raises
             if isinstance(exc, MemoryError) or devices.is_oom(exc):
                 raise  # what it builds does not fit: nothing fits, not bad input
             raise InputError(f"{what} raised {raised(exc)}{trainer_hint(exc)}") from exc
@@ -106,7 +106,7 @@ def _import(module_name: str, field: str) -> Any:
         return importlib.import_module(module_name)
     except ImportError:
         raise
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever the user's code raises
         raise InputError(f"{field}: importing {module_name!r} raised {raised(exc)}") from exc
     finally:
         announce(None)

@@ -81,7 +81,13 @@ def crashes(how: str = "segv"):
     if how == "bad_alloc":  # as C++ code whose allocation failed under a memory cap ends
         print("terminate called after throwing an instance of 'std::bad_alloc'", file=sys.stderr, flush=True)
         os.abort()
+    if how == "base":
+        raise Stray("stray")
     raise KeyboardInterrupt  # raised by the code itself: a worker ignores Ctrl-C
+
+
+class Stray(BaseException):
+    """Raised past `except Exception`, as some libraries' cancellations are."""
 
 
 def hangs(**kwargs):

@@ -119,6 +119,8 @@ CASES = {
                       "model.name: fixtures:crashes(**kwargs) ended the worker (exited with code 7)"),
     "factory interrupts": ("model: {name: 'fixtures:crashes', kwargs: {how: interrupt}}\n" + CPU, [],
                            "model.name: fixtures:crashes(**kwargs) raised KeyboardInterrupt"),
+    "factory raises past Exception": ("model: {name: 'fixtures:crashes', kwargs: {how: base}}\n" + CPU, [],
+                                      "model.name: fixtures:crashes(**kwargs) raised Stray: stray"),
     "dataset factory crashes": (MLP + "data: {kind: 'fixtures:crashes'}\n" + CPU, [],
                                 "data.kind: fixtures:crashes(**kwargs) ended the worker (killed by SIGSEGV)"),
     "factory returns no model": ("model: {name: 'fixtures:not_a_model'}\n" + CPU, [],
