@@ -45,6 +45,10 @@ def title(report: Report, source: str | None = None) -> str:
     return f"{what} · {ranks} · limit {format_size(limit)}{per}" if limit else f"{what} · {ranks}"
 
 
+# The largest value an axis draws: its margins and ticks overflow floats on the way to 1.8e308.
+MAX_DRAWN = 1e300
+
+
 def figure(report: Report, source: str | None = None):
     """Throughput with its p10–p90 spread and peak memory over batch size (the doubling sizes
     labelled on a log axis), and, when the edge was searched, every trial of that search in order."""
@@ -63,7 +67,12 @@ def figure(report: Report, source: str | None = None):
 
     # Throughput from throughput trials only: a fit check's two steps are no measure of it.
     timed = [t for _, t in sorted(latest_timed(report.trials).items()) if t.step_ms]
-    top.errorbar([t.batch_size for t in timed], [t.samples_per_s for t in timed], yerr=_spread(timed),
+    spread = _spread(timed)
+    highest = max((t.samples_per_s + above for t, above in zip(timed, spread[1])), default=0.0)
+    if not highest <= MAX_DRAWN:  # a report edited by hand
+        raise InputError(f"plot: throughput up to {highest:.3g} samples/s (with its p10–p90 spread) is past what "
+                         f"an axis can draw ({MAX_DRAWN:.0e})")
+    top.errorbar([t.batch_size for t in timed], [t.samples_per_s for t in timed], yerr=spread,
                  fmt="o-", color="tab:blue", capsize=3, label="samples/s (bars: p10–p90 step time)")
     top.set_ylabel("samples/s")
     measured = [s for s in sizes if fitting[s].peak_bytes is not None]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -490,11 +490,13 @@ def test_plot_of_a_report_with_a_peak_not_measured(tmp_path):
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-9, 9) | st.text(max_size=3),
                            lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner,
                                                                                        max_size=2), max_leaves=4)
-times = st.floats(-10, 1e6, allow_nan=False)
+times = st.floats(-10, 1e6, allow_nan=False) | st.floats(allow_nan=False, allow_infinity=False)
 
 
 @given(median=times, p10=times, p90=times, rate=times, model=json_values, train=json_values)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(median=1.0, p10=1.0, p90=1.0, rate=1e308, model=None, train=None)
+@example(median=10.0, p10=1e-300, p90=20.0, rate=50.0, model=None, train=None)  # a spread past any float
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_plot_of_a_report_edited_by_hand_draws_or_is_one_line(tmp_path, median, p10, p90, rate, model, train):
     pytest.importorskip("matplotlib")
     report = json.loads(fake_probe(load_config_text(MLP)).to_json())
@@ -508,6 +510,9 @@ def test_plot_of_a_report_edited_by_hand_draws_or_is_one_line(tmp_path, median, 
         _one_line(result, "r.json: trials.0.step_ms.", "must be greater than or equal to 0")
     elif rate <= 0:  # steps that ran go at some rate
         _one_line(result, "r.json: trials.0.samples_per_s", "must be greater than 0")
+    elif result.exit_code == 2:  # numbers no axis can draw: a rate near the largest float, or its spread
+        _one_line(result, "plot: throughput up to", "past what an axis can draw")
+        assert (rate * max(1.0, median / p10) if p10 > 0 else rate) > 1e299, (rate, median, p10)
     else:
         assert result.exit_code == 0, result.output
 
