@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -311,6 +312,11 @@ def _check_output(path: Path | None, option: str = "--output", keep: tuple[Path 
     if target is None:  # a device, a FIFO, /dev/stdout: written in place
         if not os.access(path, os.W_OK):
             raise InputError(f"{option}: {path} is not writable")
+        try:  # a terminal's device opens only where there is one (/dev/tty, with no controlling terminal)
+            if stat.S_ISCHR(os.stat(path).st_mode):
+                os.close(os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK))
+        except OSError as exc:
+            raise InputError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
         return
     if not target.parent.is_dir():
         raise InputError(f"{option}: folder {target.parent} does not exist")
@@ -634,7 +640,7 @@ def check(
                 typer.echo(trial_line(trial, report.environment.usable_bytes) + _if_slow(trial.status),
                            err=as_json or (output is not None and _is_stdout(output)))
         else:
-            typer.echo(f"stopped: interrupted before batch {batch} ran", err=True)
+            typer.echo(f"stopped: interrupted before batch {batch} finished", err=True)
         if not quiet:
             from .render import print_warnings
 

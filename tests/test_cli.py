@@ -255,13 +255,15 @@ def test_a_cancelled_check_writes_its_report_and_exits_130(write_config, tmp_pat
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # a cancelled CI job
     try:
-        stdout, _ = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("still running 30 s after SIGTERM")
     assert proc.returncode == 130
     report = json.loads(out.read_text())
     assert report["interrupted"] is True and report["trials"] == []
+    # It may have begun: the batch did not finish.
+    assert "stopped: interrupted before batch 8 finished" in stderr.decode(), stderr
     assert json.loads(stdout) == report  # --json: the pipe gets the same report
 
 

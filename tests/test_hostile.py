@@ -79,6 +79,16 @@ def test_files_are_replaced_atomically_keeping_mode_and_links(tmp_path_factory, 
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == []  # no temporary left
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/tty"), reason="no /dev/tty here")
+def test_a_terminal_that_is_not_there_is_found_before_the_run(write_config):
+    # A process in a session of its own has no controlling terminal: /dev/tty does not open.
+    run = subprocess.run([sys.executable, "-m", "batchfind", "check", str(write_config(MLP)), "--batch", "2",
+                          "-o", "/dev/tty"], capture_output=True, text=True, start_new_session=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: --output: cannot write /dev/tty: "), run.stderr
+    assert "batch 2" not in run.stdout + run.stderr  # before the run, not after it
+
+
 def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path):
     # Its mode goes on the temporary once written: on before, it refused a user other than root
     # the writing, after the whole run, and the report was lost.
