@@ -22,7 +22,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import BatchfindError, InputError, clipped, debugging, plain, printable
+from .errors import BatchfindError, InputError, StoppedByInput, clipped, debugging, plain, printable
 from .report import MEMORY_FAILURES
 from .templates import TEMPLATE_NAMES, render
 
@@ -565,8 +565,13 @@ def probe(
         console = _console(stderr=True)
         follower = _follower() is not None
         with _interrupt_once():
-            with _progress(console, quiet or follower) as (on_start, on_end, on_step):
-                report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
+            try:
+                with _progress(console, quiet or follower) as (on_start, on_end, on_step):
+                    report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
+            except StoppedByInput as exc:  # what ran before the bad input was found is written first
+                if not follower:
+                    _emit(exc.report, as_json, output, quiet)
+                raise InputError(str(exc)) from None
             report = dataclasses.replace(report, requirements=check_requirements(
                 report, batch=require_batch, on=(require_on or RequireOn.recommended).value, throughput=require_throughput))
             if follower:  # rank 0 prints and writes the report: every rank holds the same one

@@ -17,6 +17,15 @@ class InputError(BatchfindError):
     exit_code = 2
 
 
+class StoppedByInput(InputError):
+    """Bad input found after trials had run (a dataset item that raises): the `report` of what ran,
+    marked as cut short, to be written before the error is told."""
+
+    def __init__(self, message: str, report: Any):
+        super().__init__(message)
+        self.report = report
+
+
 def debugging() -> bool:
     """Tracebacks instead of one-line errors: `--debug`, or BATCHFIND_DEBUG set to anything but
     empty, 0, false, no or off."""

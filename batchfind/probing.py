@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import __version__, curve, noise, search
 from .config import FLOAT_TARGETS, CNNModel, Config, DataConfig, MLPModel, TransformerModel, classes_unused
-from .errors import BatchfindError, InputError, clipped, plural
+from .errors import BatchfindError, InputError, StoppedByInput, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, timed
@@ -599,6 +599,7 @@ def _run(
 
     extras: dict = {}
     decision = None
+    halted = None
     try:
         try:
             facts = prober.start()
@@ -625,9 +626,13 @@ def _run(
     except BaseException as exc:
         if prober.agreement:  # the other drivers would wait for this one until their timeout
             prober.agreement.abandon(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, InputError):
-            raise config.named(exc) from exc
-        raise
+        if not isinstance(exc, InputError):
+            raise
+        halted = config.named(exc)
+        if not any(t.fits for t in prober.trials):
+            raise halted from exc
+        # Found after sizes ran (a dataset item that raises): what they measured is kept.
+        interrupted, stopped = True, f"bad input: {halted}"
     finally:
         prober.shutdown()
         if prober.agreement:
@@ -638,7 +643,7 @@ def _run(
     trials, limit, recommendation, notes = decision or _decide(prober.trials, outcome, config, facts, prober.world_size)
     recommendation = dataclasses.replace(recommendation, **extras)
     model = outcome.model
-    return Report(
+    report = Report(
         tool={"name": "batchfind", "version": __version__},
         environment=Environment(
             torch_version=facts.get("torch_version"),
@@ -677,6 +682,9 @@ def _run(
             backend=facts.get("backend"), launcher=topo.launcher,
         ) if topo else None,
     )
+    if halted is not None:
+        raise StoppedByInput(str(halted), report)
+    return report
 
 
 def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None, world: int,

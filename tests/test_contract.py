@@ -585,6 +585,22 @@ def test_a_dataset_item_that_raises_in_a_trial_is_bad_input(write_config):
         f"error: {path}: data: item 10005 of the BreaksAt dataset raised ValueError: item 10005 is corrupt\n"), result.stderr
 
 
+@pytest.mark.slow
+def test_a_dataset_item_that_raises_after_sizes_ran_keeps_what_they_measured(write_config, tmp_path):
+    # The doubling reaches item 10005 only at the dataset's whole size: the sizes before it stand.
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:BreaksAt'}\n"
+                        "probe: {device: cpu, warmup_steps: 0, steps: 1, min_time_s: 0, max_time_s: 0}\n")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["probe", str(path), "--json", "-o", str(out)])
+    error = f"error: {path}: data: item 10005 of the BreaksAt dataset raised ValueError: item 10005 is corrupt"
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == error, result.stderr
+    report = json.loads(out.read_text())
+    assert json.loads(result.stdout) == report
+    assert report["interrupted"] is True and report["stopped_because"] == "bad input: " + error.removeprefix("error: ")
+    assert [t["batch_size"] for t in report["trials"] if t["phase"] == "double"][-1] == 8192
+    assert report["limit"]["batch_size"] == 8192 and report["limit"]["verified"] is False
+
+
 def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):
     path = write_config("model: {name: mlp}\ndata: {size: 10}\nrecommend: {lr_rule: sqrt}\n")
     result = runner.invoke(app, ["validate", str(path)])
