@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Report", "check", "load_config", "probe"]
+__all__ = ["InputError", "Report", "StoppedByInput", "check", "load_config", "probe"]
 
 
 def __getattr__(name: str):
@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from . import probing
 
         return getattr(probing, name)
+    if name in ("InputError", "StoppedByInput"):
+        from . import errors
+
+        return getattr(errors, name)
     if name == "Report":
         from .report import Report
 

@@ -599,6 +599,11 @@ def test_a_dataset_item_that_raises_after_sizes_ran_keeps_what_they_measured(wri
     assert report["interrupted"] is True and report["stopped_because"] == "bad input: " + error.removeprefix("error: ")
     assert [t["batch_size"] for t in report["trials"] if t["phase"] == "double"][-1] == 8192
     assert report["limit"]["batch_size"] == 8192 and report["limit"]["verified"] is False
+    import batchfind  # from Python: the error, holding the same report
+
+    with pytest.raises(batchfind.StoppedByInput) as caught:
+        batchfind.probe(batchfind.load_config(path))
+    assert isinstance(caught.value, batchfind.InputError) and caught.value.report.limit.batch_size == 8192
 
 
 def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):
