@@ -569,8 +569,11 @@ def probe(
                 with _progress(console, quiet or follower) as (on_start, on_end, on_step):
                     report = run_probe(cfg, on_trial_start=on_start, on_trial_end=on_end, on_progress=on_step)
             except StoppedByInput as exc:  # what ran before the bad input was found is written first
-                if not follower:
-                    _emit(exc.report, as_json, output, quiet)
+                try:
+                    if not follower:
+                        _emit(exc.report, as_json, output, quiet)
+                except InputError as unwritten:  # a full disk: both are told, one line each
+                    raise InputError(f"{exc}\n{unwritten}") from None
                 raise InputError(str(exc)) from None
             report = dataclasses.replace(report, requirements=check_requirements(
                 report, batch=require_batch, on=(require_on or RequireOn.recommended).value, throughput=require_throughput))
@@ -773,6 +776,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
 
         from .config import load_config
         from .probing import validate as run_validate
+        from .render import print_warnings
 
         report = run_validate(load_config(config))
         if report.interrupted:
@@ -789,8 +793,7 @@ def validate(config: ConfigArg, debug: Debug = False) -> None:
             f"{report.dataset_len:,} sample{'' if report.dataset_len == 1 else 's'}, "
             f"one training step on CPU ran ({loss})"
         )
-        for warning in report.warnings:
-            typer.echo(f"warning: {warning}", err=True)
+        print_warnings(report.warnings, _console(stderr=True))
 
 
 @app.command(short_help="Draw throughput and peak memory against batch size to a PNG, SVG or PDF.")
@@ -810,7 +813,10 @@ def plot(
         report = load_report(report_file)
         if not any(t.fits for t in report.trials):
             raise InputError(f"{report_file}: no batch size ran in this report: there is nothing to plot")
-        _draw(report, output, "--output")
+        try:
+            _draw(report, output, "--output")
+        except InputError as exc:  # a value in the report that cannot be drawn: the file it is in
+            raise InputError(f"{report_file}: {exc}") from None
         typer.echo(f"wrote {output}", err=True)
 
 

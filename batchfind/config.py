@@ -114,9 +114,11 @@ def _json_kwargs(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{where}: expected text, a number, true or false, null, a list or a mapping (got {kind})")
         if isinstance(item, dict):
             for key in item:
-                if not isinstance(key, str):
-                    raise ValueError(f"{where}: key {key!r} is not text (YAML reads true, false, yes, no, on, off, "
-                                     "null and numbers unquoted as such): quote it")
+                # Whole numbers are keys JSON writes as text (`id2label: {0: cat}`, as the worker reads
+                # them); a boolean (`on:`), a float (`.nan`) or null is a key no one meant.
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    raise ValueError(f"{where}: key {key!r} is neither text nor a whole number (YAML reads true, "
+                                     "false, yes, no, on, off, null and decimals unquoted as such): quote it")
             stack.extend((f"{where}.{k}", v) for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
@@ -134,9 +136,8 @@ MAX_SAMPLE_VALUES = 2**40
 
 
 def _sample_size(shape: list[int]) -> list[int]:
-    if math.prod(shape) > MAX_SAMPLE_VALUES:
-        raise ValueError(f"{shape} holds {math.prod(shape):.3g} values a sample: more than any machine holds "
-                         f"(at most 2**40)")
+    if math.prod(shape) > MAX_SAMPLE_VALUES:  # an int: no float to overflow, however many dimensions
+        raise ValueError("a sample of this shape holds more than 2**40 values: more than any machine holds")
     return shape
 
 
@@ -190,6 +191,8 @@ class CNNModel(_Section):
         if isinstance(self.depth, list) and "stages" in self.model_fields_set and self.stages != len(self.depth):
             raise ValueError(f"stages ({self.stages}) must be the length of the depth list ({len(self.depth)}), "
                              "or left out")
+        if isinstance(self.depth, list):
+            self.stages = len(self.depth)  # what the report says, and a config made from it agrees
         return self
 
     @property
@@ -477,7 +480,8 @@ class ProbeConfig(_Section):
     @classmethod
     def _device(cls, value: str) -> str:
         if not DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, N from 0 to 127 (got {_as_written(value)})")
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, N from 0 to 127 without leading zeros "
+                             f"(got {_as_written(value)})")
         return value
 
     @field_validator("time_budget_s", mode="before")

@@ -25,6 +25,9 @@ class StoppedByInput(InputError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self):  # pickled whole, across a process pool
+        return type(self), (str(self), self.report)
+
 
 def debugging() -> bool:
     """Tracebacks instead of one-line errors: `--debug`, or BATCHFIND_DEBUG set to anything but

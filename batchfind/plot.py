@@ -68,10 +68,11 @@ def figure(report: Report, source: str | None = None):
     # Throughput from throughput trials only: a fit check's two steps are no measure of it.
     timed = [t for _, t in sorted(latest_timed(report.trials).items()) if t.step_ms]
     spread = _spread(timed)
-    highest = max((t.samples_per_s + above for t, above in zip(timed, spread[1])), default=0.0)
-    if not highest <= MAX_DRAWN:  # a report edited by hand
-        raise InputError(f"plot: throughput up to {highest:.3g} samples/s (with its p10–p90 spread) is past what "
-                         f"an axis can draw ({MAX_DRAWN:.0e})")
+    for t, above in zip(timed, spread[1]):
+        if not t.samples_per_s + above <= MAX_DRAWN:  # a report edited by hand
+            raise InputError(f"trials.{report.trials.index(t)}.samples_per_s: {t.samples_per_s:.3g} samples/s, up to "
+                             f"{t.samples_per_s + above:.3g} with its p10–p90 spread, is past what an axis can draw "
+                             f"({MAX_DRAWN:.0e})")
     top.errorbar([t.batch_size for t in timed], [t.samples_per_s for t in timed], yerr=spread,
                  fmt="o-", color="tab:blue", capsize=3, label="samples/s (bars: p10–p90 step time)")
     top.set_ylabel("samples/s")

@@ -912,6 +912,6 @@ def _warnings(trials: list[Trial], limit) -> list[str]:
                             + ("; the probe stopped there, so larger sizes may fit" if ended else ""))
     if limit.batch_size is not None and not limit.verified:
         errored = any(t.status == "error" and t.fresh_process and t.batch_size == limit.batch_size for t in trials)
-        why = "its check there failed with an error, above" if errored else "time budget or interrupt"
+        why = "its check there failed with an error, above" if errored else "time budget, interrupt or bad input"
         warnings.append(f"the limit {limit.batch_size} was not confirmed in a fresh process ({why})")
     return warnings

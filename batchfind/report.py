@@ -561,10 +561,13 @@ def load_report(path: Path) -> Report:
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON report: expected an object at the top level (got {_json_kind(data)})")
     version = data.get("schema_version")
-    if version == 1 and type(version) is int:  # true == 1 in Python, not in JSON
+    if isinstance(version, bool):  # true == 1 in Python, not in JSON
+        version = None
+    if version == 1:
         data = _from_v1(data)
-    if data.get("schema_version") != SCHEMA_VERSION or type(data.get("schema_version")) is not int:
-        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {json.dumps(data.get('schema_version'))})")
+    elif version != SCHEMA_VERSION:
+        given = json.dumps(data.get("schema_version"))
+        raise InputError(f"{path}: schema_version: expected {SCHEMA_VERSION} or 1 (got {given})")
     try:
         # Strict, as JSON Schema reads it: "no" is no boolean and "64" no size (lax validation
         # would read an interrupted report marked "interrupted": "no" as a whole probe).

@@ -84,10 +84,13 @@ CASES = {
                             "d_model (10) must be divisible by heads (3)"),
     # Storage for a batch of two would overflow inside torch, an error naming no field.
     "sample too large": ("model: {name: 'fixtures:Trap'}\ndata: {input_shape: [2147483647, 2147483647]}\n", [],
-                         "data.input_shape: [2147483647, 2147483647] holds 4.61e+18 values a sample: more than any "
-                         "machine holds (at most 2**40)"),
+                         "data.input_shape: a sample of this shape holds more than 2**40 values: more than any "
+                         "machine holds"),
+    # Past 1e308 values a float of the product would overflow: the message counts in whole numbers.
+    "sample past any float": ("model: {name: 'fixtures:Trap'}\ndata: {input_shape: [" + ", ".join(["2147483647"] * 40)
+                              + "]}\n", [], "data.input_shape: a sample of this shape holds more than 2**40 values"),
     "input too large": ("model: {name: 'fixtures:Trap'}\ndata: {inputs: {x: {shape: [1048576, 1048577]}}}\n", [],
-                        "data.inputs.x.shape: [1048576, 1048577] holds 1.1e+12 values a sample"),
+                        "data.inputs.x.shape: a sample of this shape holds more than 2**40 values"),
     # A list of depths gives the number of stages: a `stages` that disagrees would go unused.
     "stages beside a depth list": ("model: {name: cnn, depth: [1, 1], stages: 3}\n", [],
                                    "model: stages (3) must be the length of the depth list (2), or left out"),
@@ -97,7 +100,7 @@ CASES = {
     "option device": (MLP, ["--device", "gpu0"], "--device: expected auto, cpu, cuda or cuda:N"),
     # torch keeps 8 bits of a device's index (cuda:128 is cuda:-128) and reads only ASCII digits.
     "device index past torch's": (MLP, ["--device", "cuda:128"], "--device: expected auto, cpu, cuda or cuda:N, "
-                                  "N from 0 to 127 (got 'cuda:128')"),
+                                  "N from 0 to 127 without leading zeros (got 'cuda:128')"),
     "device index in other digits": (MLP, ["--device", "cuda:\u0663"], "--device: expected auto, cpu, cuda or cuda:N"),
     "warm-up steps past the bound": (MLP, ["--warmup", "100000000"], "--warmup: must be less than or equal to 1000"),
     "fit steps past the bound": (MLP, ["--fit-steps", "1001"], "--fit-steps: must be less than or equal to 1000"),
@@ -181,7 +184,8 @@ CASES = {
     "duplicate key": (MLP + "probe: {steps: 3}\nprobe: {device: cpu}\n", [], "duplicate key 'probe' at line 3"),
     "duplicate nested key": (MLP + "train: {lr: 0.1, lr: 0.2}\n", [], "duplicate key 'lr' at line 2"),
     "device with a newline": (MLP + 'probe: {device: "cpu\\n"}\n', [],
-                              "probe.device: expected auto, cpu, cuda or cuda:N, N from 0 to 127 (got 'cpu\\n')"),
+                              "probe.device: expected auto, cpu, cuda or cuda:N, N from 0 to 127 without leading zeros "
+                              "(got 'cpu\\n')"),
     "factory with a newline": ('model: {name: "fixtures:Trap\\n"}\n', [], "model.name: expected one of mlp"),
     "memory limit of 400 digits": (MLP, ["--memory-limit", "9" * 400], "--memory-limit: must be at most"),
     "memory limit huge integer": (MLP + f"probe: {{memory_limit: {10**30}}}\n", [],

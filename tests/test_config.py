@@ -114,6 +114,13 @@ def test_a_boolean_is_not_taken_for_a_number(write_config, text, field):
     assert load_config(write_config("model: {name: transformer, causal: false}\nprobe: {refine: no}\n")).probe.refine is False
 
 
+def test_a_depth_list_sets_the_number_of_stages(write_config):
+    # The report's config, read back as a config, must agree with itself.
+    model = load_config(write_config("model: {name: cnn, depth: [3, 4, 6, 3]}\n")).model
+    assert model.stages == 4 and model.blocks_per_stage == [3, 4, 6, 3]
+    assert load_config(write_config(json.dumps({"model": model.model_dump()}), "again.json")).model == model
+
+
 def test_every_problem_is_listed(write_config):
     path = write_config("model: {name: cnn, width: 0, bogus: 1}\ntrain: {optimizer: lamb}\n")
     with pytest.raises(InputError) as info:

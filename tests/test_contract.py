@@ -604,6 +604,10 @@ def test_a_dataset_item_that_raises_after_sizes_ran_keeps_what_they_measured(wri
     with pytest.raises(batchfind.StoppedByInput) as caught:
         batchfind.probe(batchfind.load_config(path))
     assert isinstance(caught.value, batchfind.InputError) and caught.value.report.limit.batch_size == 8192
+    if os.path.exists("/dev/full"):  # a report that cannot be written: both are told
+        full = runner.invoke(app, ["probe", str(path), "-q", "-o", "/dev/full"])
+        assert full.exit_code == 2 and full.stderr.strip().splitlines()[-2:] == [
+            error, "error: --output: cannot write /dev/full: No space left on device"], full.stderr
 
 
 def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_config):
