@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import pickle
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +248,8 @@ def read_item(dataset: Dataset, index: int, describe: str) -> Any:
     except InputError:
         raise  # batchfind's own dataset (an image folder's file that does not decode) names what failed
     except Exception as exc:  # the user's dataset: a failure is bad input, in one line
+        if isinstance(exc, MemoryError) or devices.is_oom(exc):
+            raise  # an item too large for the memory limit: out of memory, as a batch too large is
         raise InputError(f"data: item {index} of the {describe} dataset raised {described(exc)}") from None
 
 
@@ -390,7 +394,9 @@ def load_tensors(path: Path) -> TensorDataset:
             if head != b"PK":  # numpy would take any other file for a pickle, and say so
                 raise InputError(f"data.path: {path} is not an .npz archive (numpy.savez writes one)")
             with np.load(path, allow_pickle=False) as npz:
-                loaded: Any = {k: torch.from_numpy(npz[k]) for k in npz.files}
+                # Only the two arrays read: another one (a large, or a compressed bomb) costs nothing.
+                wanted = ("inputs", "targets") if {"inputs", "targets"} <= set(npz.files) else npz.files
+                loaded: Any = {k: torch.from_numpy(npz[k]) for k in wanted}
         else:
             # torch.save writes a zip archive (a pickle before torch 1.6): anything else would be
             # refused as a pickle holding what is not a tensor.
@@ -408,6 +414,8 @@ def load_tensors(path: Path) -> TensorDataset:
         raise InputError(f"data.path: cannot load {path}: it holds {what}; only tensors, numbers and plain "
                          "containers are loaded (weights_only=True)") from None
     except Exception as exc:
+        if isinstance(exc, MemoryError) or devices.is_oom(exc):
+            raise  # the data does not fit in the memory limit: nothing fits, not a bad file
         raise InputError(f"data.path: cannot load {path}: {described(exc)}") from None
     if isinstance(loaded, dict):
         missing = {"inputs", "targets"} - loaded.keys()
@@ -457,17 +465,26 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
+        if path.exists() and not (path.is_file() or path.is_dir()):  # a FIFO: opened, it waits for a writer
+            raise InputError(f"data.path: {path} is not a regular file (a FIFO, a device or a socket)")
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB").resize((self.size, self.size))
                 pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:  # a bomb is refused, as no image
             raise InputError(f"data.path: cannot decode image {path}: {exc}") from None
         return pixels.view(self.size, self.size, 3).permute(2, 0, 1).float().div_(255), label
 
 
 def _must_be_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"data.path: {path}: no such file")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"data.path: {path}: no such file") from None
+    except OSError as exc:  # a loop of symbolic links, a folder that cannot be read
+        raise InputError(f"data.path: {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
         raise InputError(f"data.path: {path} is a directory, expected a .pt or .npz file")
+    if not stat.S_ISREG(mode):  # a FIFO would be read from forever, waiting for a writer
+        raise InputError(f"data.path: {path} is not a regular file (a FIFO, a device or a socket), expected a .pt "
+                         "or .npz file")

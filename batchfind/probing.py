@@ -859,6 +859,10 @@ def _nothing_fits(message: str, data: DataConfig) -> str:
         # No limit holds it on this machine's CPU: raising one cannot help.
         return text + (f"that one allocation ({format_size(failed)}) is more than all of this machine's memory "
                        f"({format_size(ram)}): look at what the model allocates for two samples")
+    if data.kind == "tensors" and data.path is not None and data.path.is_file():
+        # Set-up loads a tensors file whole: it may be the file, not the model, that does not fit.
+        return text + raise_limit + (f"model or the data smaller ({data.path}, {format_size(data.path.stat().st_size)} "
+                                     "on disk, is loaded whole)")
     return text + raise_limit + "model smaller"
 
 

@@ -5,7 +5,9 @@ import argparse
 import json
 import os
 import subprocess
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -326,6 +328,16 @@ CASES = {
     "image that does not decode": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
                                    "data: {kind: imagefolder, path: images}\n" + CPU, [],
                                    "config.yaml: data.path: cannot decode image"),
+    # Opened, a FIFO waits for a writer: the probe hung at set-up.
+    "tensor file that is a FIFO": (MLP + "data: {kind: tensors, path: fifo.pt}\n" + CPU, [],
+                                   "fifo.pt is not a regular file (a FIFO, a device or a socket), expected a .pt"),
+    "image that is a FIFO": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
+                             "data: {kind: imagefolder, path: fifo_images}\n" + CPU, [],
+                             "0.png is not a regular file (a FIFO, a device or a socket)"),
+    # Pillow's refusal of an image claiming 10^10 pixels is no OSError: it named no file.
+    "image that claims too many pixels": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, "
+                                          "classes: 2}\ndata: {kind: imagefolder, path: bomb_images}\n" + CPU, [],
+                                          "0.png: Image size (10000000000 pixels) exceeds limit"),
     "cuda without a gpu": (MLP + "probe: {device: cuda}\n", [], "probe.device: cuda requested but this torch sees no"),
     "cuda:7": (MLP + "probe: {device: 'cuda:7'}\n", [], "probe.device: cuda:7 requested"),
 }
@@ -344,6 +356,16 @@ def test_bad_input(name, tmp_path):
     torch.save({"inputs": torch.zeros(4, 8), "targets": torch.zeros(4, dtype=torch.long)}, tmp_path / "data.pt")
     (tmp_path / "images" / "cats").mkdir(parents=True)
     (tmp_path / "images" / "cats" / "0.png").write_bytes(b"\x89PNG not really")
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "fifo_images" / "cats").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo_images" / "cats" / "0.png")
+    (tmp_path / "bomb_images" / "cats").mkdir(parents=True)
+    # A PNG of 100000 × 100000 pixels and no pixel data: Pillow reads the size first.
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "bomb_images" / "cats" / "0.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", b"\x00\x01\x86\xa0" * 2 + b"\x08\x02\x00\x00\x00") + chunk(b"IEND", b""))
     args = [a.replace("{dir}", str(tmp_path)).replace("{config}", str(config)) for a in args]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative data paths resolve against the config anyway

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from batchfind.config import MAX_STEPS, load_config
-from batchfind.data import build_batches
+from batchfind.data import build_batches, read_item
 from batchfind.devices import CappedPeak, is_oom, looks_like_oom
 from batchfind.errors import InputError
 from batchfind.measure import CONFIDENCE, SETTLE_HALF, StepPlan, measure, median_interval, settling, step_stats
@@ -231,6 +231,18 @@ def test_segmentation_labels_are_checked_against_the_classes_channel(write_confi
     torch.manual_seed(0)
     with pytest.raises(InputError, match="the model outputs 3 classes"):
         check_fit(model, batches, cfg, CPU)
+
+
+def test_an_item_too_large_for_memory_is_out_of_memory_not_bad_input():
+    # A 12000 x 10000 image decoded under a cap: the batch runs out of memory, as a batch too large does.
+    class Huge(torch.utils.data.Dataset):
+        def __getitem__(self, i):
+            raise MemoryError() if i == 0 else RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    for index in (0, 1):
+        with pytest.raises((MemoryError, RuntimeError)) as caught:
+            read_item(Huge(), index, "Huge")
+        assert is_oom(caught.value)
 
 
 def test_oom_classification():

@@ -6,6 +6,7 @@ import re
 import select
 
 import jsonschema
+import numpy as np
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -250,6 +251,28 @@ def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input
     assert result.exit_code == 3, result.output
     assert "nothing fits: setting up (Python, torch, the model) ran out of memory before any batch ran" in result.stderr
     assert [t["status"] for t in json.loads(result.stdout)["trials"]] == ["oom"]
+
+
+def test_a_data_file_too_big_for_the_limit_is_nothing_fits_naming_the_file(write_config, worker_data_bytes, tmp_path):
+    # 512 MiB of inputs, compressed to under a MiB, loaded whole at set-up in a cap with room for half.
+    data = tmp_path / "big.npz"
+    np.savez_compressed(data, inputs=np.zeros((64, 2**21), dtype=np.float32), targets=np.zeros(64, dtype=np.int64))
+    path = write_config(f"model: {{name: mlp, in_features: {2**21}, hidden: 4, layers: 1, classes: 4}}\n"
+                        f"data: {{kind: tensors, path: {data}}}\n"
+                        f"probe: {{device: cpu, memory_limit: {worker_data_bytes + 256 * MiB}}}")
+    result = CliRunner().invoke(app, ["check", str(path), "--batch", "2"])
+    assert result.exit_code == 3, result.output  # it was "cannot load", exit 2: the file is fine
+    assert f"make the model or the data smaller ({data}, " in result.output and "is loaded whole)" in result.output
+
+
+def test_an_npz_file_is_read_for_its_two_arrays_only(write_config, tmp_path):
+    # An array of objects beside them (which numpy will not load without pickle) is not read.
+    data = tmp_path / "extra.npz"
+    np.savez(data, inputs=np.zeros((4, 8), dtype=np.float32), targets=np.zeros(4, dtype=np.int64),
+             notes=np.array([{"a": 1}], dtype=object))
+    path = write_config(f"model: {{name: mlp, in_features: 8, classes: 4}}\ndata: {{kind: tensors, path: {data}}}\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_size_that_fits_only_in_shared_memory_the_limit_does_not_count_does_not_fit(write_config, worker_data_bytes):
