@@ -103,7 +103,7 @@ _NOT_JSON = {bytes: "binary data (!!binary)", set: "a set (!!set)", tuple: "pair
 
 def _json_kwargs(value: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments are copied into the report, which is JSON: every float in them finite,
-    every key text, and nothing JSON has no kind for (dates are written as text)."""
+    every key text or a whole number, and nothing JSON has no kind for (dates are written as text)."""
     stack: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
     while stack:
         where, item = stack.pop()
