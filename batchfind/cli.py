@@ -813,15 +813,13 @@ def plot(
         report = load_report(report_file)
         if not any(t.fits for t in report.trials):
             raise InputError(f"{report_file}: no batch size ran in this report: there is nothing to plot")
-        try:
-            _draw(report, output, "--output")
-        except InputError as exc:  # a value in the report that cannot be drawn: the file it is in
-            raise InputError(f"{report_file}: {exc}") from None
+        _draw(report, output, "--output", read_from=report_file)
         typer.echo(f"wrote {output}", err=True)
 
 
-def _draw(report, path: Path, option: str, source: str | None = None) -> None:
-    """The plot, written to `path`; a file that cannot be written (a full disk) is bad input."""
+def _draw(report, path: Path, option: str, source: str | None = None, read_from: Path | None = None) -> None:
+    """The plot, written to `path`; a file that cannot be written (a full disk) is bad input, and so
+    is a value no axis can draw in a report `read_from` a file, which is named."""
     from .plot import plot as draw
 
     try:
@@ -830,6 +828,8 @@ def _draw(report, path: Path, option: str, source: str | None = None) -> None:
         pass  # `-o /dev/stdout | head -c 8`: its reader chose to stop
     except OSError as exc:
         raise InputError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
+    except InputError as exc:
+        raise InputError(f"{read_from}: {exc}" if read_from else str(exc)) from None
 
 
 def main() -> None:

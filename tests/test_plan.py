@@ -734,7 +734,7 @@ def test_a_limit_left_unconfirmed_says_why():
 
     ran = [Trial(batch_size=4, status="ok", phase="double", samples_per_s=10.0, fresh_process=True),
            Trial(batch_size=8, status="ok", phase="double", samples_per_s=10.0)]
-    assert said(ran) == ["the limit 8 was not confirmed in a fresh process (time budget or interrupt)"]
+    assert said(ran) == ["the limit 8 was not confirmed in a fresh process (time budget, interrupt or bad input)"]
     # Its fresh check ran, and failed with an error that says nothing of memory.
     check = Trial(batch_size=8, status="error", phase="verify", purpose="fit", fresh_process=True,
                   error="RuntimeError: a bug in the dataset")
