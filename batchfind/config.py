@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -601,7 +602,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise InputError("\n".join(clipped(line) for line in _lines(path, _causes(exc.errors()), given))) from None
     if config.data.path is not None and not config.data.path.is_absolute():
         # Data paths are relative to the config file, not to wherever batchfind was run.
-        config.data.path = (path.parent / config.data.path).resolve()
+        # Absolute, its links left for the loader to follow: a loop of them is its one-line error
+        # there (Path.resolve raises RuntimeError on one, before Python 3.13).
+        config.data.path = Path(os.path.abspath(path.parent / config.data.path))
     config._source = path
     config._options = {".".join(field): option for field, option in given.items()}
     return config

@@ -331,6 +331,8 @@ CASES = {
     # Opened, a FIFO waits for a writer: the probe hung at set-up.
     "tensor file that is a FIFO": (MLP + "data: {kind: tensors, path: fifo.pt}\n" + CPU, [],
                                    "fifo.pt is not a regular file (a FIFO, a device or a socket), expected a .pt"),
+    "tensor file in a loop of links": (MLP + "data: {kind: tensors, path: loop_a.pt}\n" + CPU, [],
+                                       "loop_a.pt: Too many levels of symbolic links"),
     "image that is a FIFO": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
                              "data: {kind: imagefolder, path: fifo_images}\n" + CPU, [],
                              "0.png is not a regular file (a FIFO, a device or a socket)"),
@@ -357,6 +359,8 @@ def test_bad_input(name, tmp_path):
     (tmp_path / "images" / "cats").mkdir(parents=True)
     (tmp_path / "images" / "cats" / "0.png").write_bytes(b"\x89PNG not really")
     os.mkfifo(tmp_path / "fifo.pt")
+    os.symlink("loop_b.pt", tmp_path / "loop_a.pt")
+    os.symlink("loop_a.pt", tmp_path / "loop_b.pt")
     (tmp_path / "fifo_images" / "cats").mkdir(parents=True)
     os.mkfifo(tmp_path / "fifo_images" / "cats" / "0.png")
     (tmp_path / "bomb_images" / "cats").mkdir(parents=True)
