@@ -138,7 +138,8 @@ MAX_SAMPLE_VALUES = 2**40
 
 def _sample_size(shape: list[int]) -> list[int]:
     if math.prod(shape) > MAX_SAMPLE_VALUES:  # an int: no float to overflow, however many dimensions
-        raise ValueError("a sample of this shape holds more than 2**40 values: more than any machine holds")
+        raise ValueError(f"a sample of this shape holds more than 2**{MAX_SAMPLE_VALUES.bit_length() - 1} values: "
+                         "more than any machine holds")
     return shape
 
 
