@@ -337,7 +337,6 @@ def test_a_report_with_text_that_is_no_utf8_reads_back(tmp_path_factory, text):
                                  config={**report.config, "data": {"kind": "tensors", "path": f"/tmp/na{text}ve/d.pt"}})
     path = tmp_path_factory.mktemp("u") / "r.json"
     path.write_text(report.to_json())
-    path.read_text().encode("utf-8")  # whole characters only
     read = load_report(path)
     assert read.trials[1].error == "in forward: " + text.encode("unicode_escape").decode("ascii")
     result = runner.invoke(app, ["compare", str(path), str(path)])
