@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import stat
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,11 @@ def load_tensors(path: Path) -> TensorDataset:
     try:
         with open(path, "rb") as f:
             head = f.read(2)
+        if head == b"PK" and not zipfile.is_zipfile(path):
+            # Either reader would take a zip archive cut short for something else (torch: a pickle
+            # holding objects).
+            raise InputError(f"data.path: {path} is a zip archive cut short (its directory at the end is missing): "
+                             "write it again")
         if path.suffix == ".npz":
             import numpy as np
 
@@ -433,7 +439,19 @@ def load_tensors(path: Path) -> TensorDataset:
                          f"(got shapes {tuple(inputs.shape)} and {tuple(targets.shape)})")
     if len(inputs) != len(targets):
         raise InputError(f"data.path: {path}: {len(inputs)} inputs but {len(targets)} targets")
-    return TensorDataset(inputs, targets)
+    for name, tensor in (("inputs", inputs), ("targets", targets)):
+        if tensor.dtype == torch.uint64:
+            raise InputError(f"data.path: {path}: {name} are uint64, which torch's operations do not take and int64 "
+                             "cannot always hold: save them as int64")
+    return TensorsFile(inputs, targets)
+
+
+class TensorsFile(TensorDataset):
+    """A tensors file's samples; uint16 and uint32 (token ids as many pipelines store them), which
+    few torch operations take, read as int64 sample by sample, as a training loop converts them."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t.long() if t.dtype in (torch.uint16, torch.uint32) else t for t in super().__getitem__(index))
 
 
 class ImageFolder(Dataset):

@@ -29,6 +29,11 @@ class StoppedByInput(InputError):
         return type(self), (str(self), self.report)
 
 
+# How set-up says that two of the data's samples, stacked into a batch, did not fit: the data's
+# size, not the model's (the worker raises it, the probe's advice reads it).
+STACKED_RAN_OUT = "two of the data's samples, stacked into a batch, ran out of memory"
+
+
 def debugging() -> bool:
     """Tracebacks instead of one-line errors: `--debug`, or BATCHFIND_DEBUG set to anything but
     empty, 0, false, no or off."""

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import __version__, curve, noise, search
 from .config import FLOAT_TARGETS, CNNModel, Config, DataConfig, MLPModel, TransformerModel, classes_unused
-from .errors import BatchfindError, InputError, StoppedByInput, clipped, plural
+from .errors import STACKED_RAN_OUT, BatchfindError, InputError, StoppedByInput, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
 from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, timed
@@ -852,10 +852,18 @@ def _nothing_fits(message: str, data: DataConfig) -> str:
     raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
     largest = _largest_input(data)
     failed = failed_allocation(message)
+    ram = psutil.virtual_memory().total
+    if STACKED_RAN_OUT in message:
+        # The batch is made before the model sees it: the data's size, whatever the model.
+        text = f"{SETUP_RAN_OUT}: {STACKED_RAN_OUT}" + (f" ({format_size(failed)} in one allocation)" if failed else "")
+        samples = f"samples of {data.path or data.kind} smaller"
+        if failed and "CUDA" not in message and failed > ram:
+            return text + f", more than all of this machine's memory ({format_size(ram)}): make the {samples}"
+        return text + "; " + raise_limit + samples
     if largest and failed and 2 * largest[1] >= failed:
         # An allocation no larger than set-up's check of two samples: the data's size, not the model's.
         return text + raise_limit + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
-    if failed and "CUDA" not in message and failed > (ram := psutil.virtual_memory().total):
+    if failed and "CUDA" not in message and failed > ram:
         # No limit holds it on this machine's CPU: raising one cannot help.
         return text + (f"that one allocation ({format_size(failed)}) is more than all of this machine's memory "
                        f"({format_size(ram)}): look at what the model allocates for two samples")

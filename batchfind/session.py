@@ -14,7 +14,7 @@ import torch
 from . import devices, parallel
 from .config import FLOAT_TARGETS, Config, TransformerModel, classes_unused
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
-from .errors import InputError, debugging, described, unwrapped
+from .errors import STACKED_RAN_OUT, InputError, debugging, described, unwrapped
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model, raised, run_user_code, running
@@ -271,7 +271,12 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
     other outputs in eval mode (Inception's auxiliary logits, a detector's losses). Two samples,
     because a loss left per sample (`reduction="none"`) passes for a scalar with one. Returns
     whether the model's output carried its own loss."""
-    batch = batches.batch(min(2, len(batches)))
+    try:
+        batch = batches.batch(min(2, len(batches)))
+    except Exception as exc:
+        if devices.is_oom(exc):
+            raise MemoryError(f"{STACKED_RAN_OUT}: {one_line(exc)}") from exc
+        raise
     train = config.train
     step = make_step(model, train, device)
     try:

@@ -101,6 +101,29 @@ def test_tensor_file_problems(write_config, tmp_path):
             build_batches(cfg, CPU)
 
 
+def test_unsigned_token_ids_read_as_int64_and_uint64_is_refused(write_config, tmp_path):
+    # Token ids as many pipelines store them: uint16 inputs and uint32 targets train once widened.
+    np.savez(tmp_path / "ids.npz", inputs=np.arange(40, dtype=np.uint16).reshape(10, 4) % 50,
+             targets=np.arange(10, dtype=np.uint32) % 3)
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 4, classes: 3}\n"
+                                              "data: {kind: tensors, path: ids.npz}")
+    x, y = batches.batch(4)
+    assert x.dtype == y.dtype == torch.int64 and y.tolist() == [0, 1, 2, 0]
+    torch.save({"inputs": torch.randn(6, 4), "targets": torch.zeros(6, dtype=torch.uint64)}, tmp_path / "u64.pt")
+    cfg = load_config(write_config("model: {name: mlp}\ndata: {kind: tensors, path: u64.pt}"))
+    with pytest.raises(InputError, match=r"u64.pt: targets are uint64, which torch's operations do not take"):
+        build_batches(cfg, CPU)
+
+
+@pytest.mark.parametrize("name", ["cut.pt", "cut.npz"])
+def test_a_zip_archive_cut_short_is_said_so(write_config, tmp_path, name):
+    torch.save({"inputs": torch.randn(6, 4), "targets": torch.zeros(6, dtype=torch.long)}, tmp_path / "whole.pt")
+    (tmp_path / name).write_bytes((tmp_path / "whole.pt").read_bytes()[:200])  # a copy that stopped early
+    cfg = load_config(write_config(f"model: {{name: mlp}}\ndata: {{kind: tensors, path: {name}}}"))
+    with pytest.raises(InputError, match=f"{name} is a zip archive cut short"):
+        build_batches(cfg, CPU)
+
+
 def test_imagefolder_decodes_and_resizes(write_config, tmp_path):
     from PIL import Image
 

@@ -24,9 +24,11 @@ from batchfind import distributed, probing
 from batchfind.cli import _check_output, app
 from batchfind.config import load_config
 from batchfind.data import build_batches
-from batchfind.errors import InputError
+from batchfind.errors import STACKED_RAN_OUT, InputError
 from batchfind.files import MAX_DEPTH
+from batchfind.models import build_model
 from batchfind.report import Trial, atomic_path, load_report, replace_target, write_atomic
+from batchfind.session import check_fit, setup_failure
 from test_fuzz import fake_probe
 
 runner = CliRunner()
@@ -575,7 +577,6 @@ def test_malformed_torchrun_variables_fail_in_one_line(monkeypatch, write_config
 def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
     import resource
 
-    from batchfind.session import setup_failure
 
     assert setup_failure(SystemError("error return without exception set"))["status"] == "error"  # no cap
     monkeypatch.setattr(resource, "getrlimit", lambda which: (200 << 20, 200 << 20))
@@ -600,6 +601,25 @@ def test_a_setup_that_runs_out_on_its_samples_blames_the_data(shape, dtype, fail
     message = f"RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate {failed} bytes."
     assert probing._nothing_fits(message, data).endswith("or make the " + blamed)
     assert probing._nothing_fits("MemoryError", data).endswith("or make the model smaller")  # size not given
+
+
+def test_samples_that_run_out_as_they_are_stacked_blame_the_data_not_the_model(write_config, tmp_path):
+    # Samples that are views of one value (stride 0): a small file, whose two samples stacked need 128 GiB.
+    torch.save({"inputs": torch.zeros(1, 1, 1).expand(2, 2**17, 2**17), "targets": torch.zeros(2, dtype=torch.long)},
+               tmp_path / "views.pt")
+    cfg = load_config(write_config("model: {name: mlp}\ndata: {kind: tensors, path: views.pt}"))
+    batches = build_batches(cfg, torch.device("cpu"))
+    with pytest.raises(MemoryError) as raised:
+        check_fit(build_model(cfg.model), batches, cfg, torch.device("cpu"))
+    line = probing._nothing_fits(setup_failure(raised.value)["error"], cfg.data)
+    assert line.startswith(probing.SETUP_RAN_OUT + ": two of the data's samples, stacked into a batch, ran out of "
+                           "memory (128.0 GiB in one allocation), more than all of this machine's memory"), line
+    assert line.endswith(f"make the samples of {tmp_path / 'views.pt'} smaller") and "model" not in line.split(":", 1)[1]
+    # Under a limit the machine could give, raising it is the other way out.
+    fits = probing._nothing_fits(f"MemoryError: {STACKED_RAN_OUT}: RuntimeError: DefaultCPUAllocator: can't "
+                                 "allocate memory: you tried to allocate 1000000 bytes.", cfg.data)
+    assert fits.endswith(f"raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or "
+                         f"make the samples of {tmp_path / 'views.pt'} smaller"), fits
 
 
 def test_a_setup_that_runs_out_on_one_allocation_larger_than_the_machine_says_no_limit_helps():
