@@ -856,7 +856,9 @@ def _nothing_fits(message: str, data: DataConfig) -> str:
     if STACKED_RAN_OUT in message:
         # The batch is made before the model sees it: the data's size, whatever the model.
         text = f"{SETUP_RAN_OUT}: {STACKED_RAN_OUT}" + (f" ({format_size(failed)} in one allocation)" if failed else "")
-        samples = f"samples of {data.path or data.kind} smaller"
+        named = data.path or (data.kind if data.kind != "synthetic" else None)
+        samples = (f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)" if largest
+                   else f"samples of {named} smaller" if named else "samples smaller")
         if failed and "CUDA" not in message and failed > ram:
             return text + f", more than all of this machine's memory ({format_size(ram)}): make the {samples}"
         return text + "; " + raise_limit + samples

@@ -640,7 +640,9 @@ def test_a_synthetic_sample_larger_than_the_limit_is_named(write_config):
                         "probe: {device: cpu, memory_limit: 4GiB}\n")
     result = runner.invoke(app, ["probe", str(path), "-q"])
     assert result.exit_code == 3, result.output
-    assert result.stderr.rstrip().endswith("or make the samples smaller (data.inputs.x holds 37.3 GiB per sample)")
+    line = result.stderr.rstrip()
+    assert "two of the data's samples, stacked into a batch, ran out of memory (74.5 GiB in one allocation)" in line
+    assert line.endswith("make the samples smaller (data.inputs.x holds 37.3 GiB per sample)"), line
 
 
 def test_dataloader_workers_past_a_few_per_cpu_are_not_started(write_config):
