@@ -685,9 +685,9 @@ def info(
 
 
 @app.command()
-def schema() -> None:
+def schema(debug: Debug = False) -> None:
     """Print the JSON Schema of the report."""
-    with _errors(False):
+    with _errors(debug):
         from .report import json_schema
 
         sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")

@@ -23,6 +23,7 @@ class Change:
     change: float | None  # relative: +0.05 is 5% more
     higher_is_better: bool
     regressed: bool
+    judged: bool = True  # False where it is shown but cannot regress (the warnings say why)
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,12 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
     changes = []
     if checked:
         checked_size = _checked_size(base, new)
-        changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and not excused))
+        changes.append(dataclasses.replace(checked_size, regressed=checked_size.regressed and not excused,
+                                           judged=not excused))
     else:
         limit = _change("limit", base.limit.batch_size, new.limit.batch_size, True, max_regression)
         judged = not excused and (not unbounded or _failed_by(new, base.limit.batch_size))
-        changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged))
+        changes.append(dataclasses.replace(limit, regressed=limit.regressed and judged, judged=judged))
         before, now = base.recommendation.batch_size, new.recommendation.batch_size
         recommended = _change("recommended batch", before, now, True, max_regression)
         # A size the base could not tell apart from its fastest is as good a choice by the base's
@@ -81,7 +83,8 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         if (excused or unbounded) and before is not None and new.limit.batch_size is not None:
             before = min(before, new.limit.batch_size)
         dropped = _change("recommended batch", before, now, True, max_regression).regressed
-        changes.append(dataclasses.replace(recommended, regressed=dropped and not (partial or tied)))
+        changes.append(dataclasses.replace(recommended, regressed=dropped and not (partial or tied),
+                                           judged=not partial))
     old, now = first_fitting(base.trials), first_fitting(new.trials)
     # Throughput only where both timed the size: a fit check's two steps are no measure of it.
     old_timed, now_timed = latest_timed(base.trials), latest_timed(new.trials)
@@ -95,7 +98,7 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         # check, a probe's proof of its edge) does not: their peaks are shown, not judged.
         if _unlike_processes(base, new, old[size], now[size]):
             unlike.append(size)
-            peak = dataclasses.replace(peak, regressed=False)
+            peak = dataclasses.replace(peak, regressed=False, judged=False)
         changes.append(peak)
     warnings = [f"the {which} report {_incomplete(report)}" for which, report in (("base", base), ("new", new))
                 if _incomplete(report)]

@@ -810,7 +810,8 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
     if facts.get("own_optimizers") and unused:
         warnings.append(f"{', '.join(unused)}: not used; the LightningModule's configure_optimizers builds its "
                         "optimizers (and no learning rate is scaled for it)")
-    elif "lr_rule" in config.recommend.model_fields_set and train.reference_batch is None:
+    elif config.recommend.lr_rule in ("linear", "sqrt") and train.reference_batch is None:
+        # Asked for by name: `auto` is the default (the templates write it out) and `none` scales nothing.
         warnings.append(f"recommend.lr_rule: {config.recommend.lr_rule} scales train.lr from the batch it was tuned "
                         "for, train.reference_batch, which is not set: no learning rate is given")
     return warnings

@@ -317,7 +317,8 @@ def print_comparison(result, console: Console, notes: Console | None = None) -> 
     rows = []
     for c in result.changes:
         change = change_text(c.change)
-        verdict = "regressed" if c.regressed else "ok" if None not in (c.base, c.new) else "-"
+        verdict = ("regressed" if c.regressed else "not judged" if not c.judged
+                   else "ok" if None not in (c.base, c.new) else "-")
         # The metric's name in the JSON counts bytes; the table shows them in MiB or GiB.
         metric = c.metric.replace("peak bytes", "peak memory")
         rows.append((metric, _compared(c.metric, c.base), _compared(c.metric, c.new), change, verdict))

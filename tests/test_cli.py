@@ -403,3 +403,13 @@ def test_a_probe_stopped_by_its_time_budget_says_larger_sizes_may_fit(write_conf
     assert report["limit"]["batch_size"] == 1 and report["limit"]["first_oom"] is None
     assert ("the time budget ran out before any size ran out of memory: 1 is the largest size tried, and larger "
             "sizes may fit") in report["warnings"]
+
+
+def test_every_command_takes_debug_after_it():
+    # The README's rule: `--debug` after the command or before it, for every command.
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    assert {name for name, command in commands.items() if "debug" not in {p.name for p in command.params}} == set()
+    result = runner.invoke(app, ["schema", "--debug"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["title"], result.output

@@ -309,8 +309,10 @@ def test_compare_shows_but_does_not_judge_cpu_peaks_from_different_kinds_of_proc
     result = runner.invoke(app, ["compare", a, b, "--json"])
     assert result.exit_code == 0, result.stdout
     peak = next(c for c in json.loads(result.stdout)["changes"] if c["metric"] == f"peak bytes @ {size}")
-    assert peak["change"] > 0.3 and peak["regressed"] is False, peak
+    assert peak["change"] > 0.3 and peak["regressed"] is False and peak["judged"] is False, peak
     assert f"warning: peak memory at {size}: one report ran it in a brand-new process" in result.stderr
+    row = next(line for line in result.stderr.splitlines() if f"peak memory @ {size} " in line)
+    assert "not judged" in row and " ok" not in row, row  # the table says so too, not "ok"
     # The same kind of process in both: judged.
     grown = copy.deepcopy(check)
     grown["trials"][0]["peak_bytes"] = fresh["peak_bytes"]
@@ -618,6 +620,10 @@ def test_validate_warns_of_a_learning_rate_rule_with_nothing_to_scale(write_conf
         "which is not set: no learning rate is given"), result.stderr
     path.write_text("model: {name: mlp}\ndata: {size: 10}\nrecommend: {lr_rule: sqrt}\ntrain: {reference_batch: 8}\n")
     assert runner.invoke(app, ["validate", str(path)]).stderr == ""
+    # The default written out (as every template writes it), and a rule that scales nothing: no warning.
+    for rule in ("auto", "none"):
+        path.write_text(f"model: {{name: mlp}}\ndata: {{size: 10}}\nrecommend: {{lr_rule: {rule}}}\n")
+        assert runner.invoke(app, ["validate", str(path)]).stderr == "", rule
 
 
 def test_validate_warns_of_a_size_for_data_that_has_its_own(write_config):
