@@ -51,6 +51,19 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and _allocation_failed(str(exc))
 
 
+def starved(exc: BaseException) -> bool:
+    """Under a RAM cap, a library that cannot be mapped, a thread that cannot start, or the
+    interpreter failing inside C code are the cap's doing, not a bug."""
+    import errno
+
+    if resource.getrlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY:
+        return False
+    text = str(exc).lower()
+    return (isinstance(exc, SystemError)
+            or isinstance(exc, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text)
+            or isinstance(exc, OSError) and exc.errno in (errno.ENOMEM, errno.EAGAIN))
+
+
 def _allocation_failed(text: str) -> bool:
     return UNSUPPORTED not in text and any(fragment in text for fragment in _OOM_FRAGMENTS)
 

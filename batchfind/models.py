@@ -131,6 +131,8 @@ def resolve(spec: str, field: str) -> Callable[..., Any]:
     try:
         target: Any = _import(module_name, field)
     except ImportError as exc:
+        if devices.starved(exc):
+            raise  # a library the memory limit leaves no room to map: the limit's doing, not the install's
         # A module of the user's own that is missing, not one it imports: say where it was looked for.
         where = ("; install it, or run from its folder or add that to PYTHONPATH (the config's folder is not "
                  "searched)"

@@ -389,25 +389,11 @@ def setup_failure(exc: BaseException) -> dict[str, Any]:
         return {"status": "input", "error": str(exc) + trace}
     if devices.is_oom(exc):
         return {"status": "oom", "error": one_line(exc) + trace}
-    if _starved(exc):
+    if devices.starved(exc):
         # The cause first: a long library path in the message is what gets cut short.
         return {"status": "oom", "error": "the memory limit leaves too little for Python and torch themselves: "
                                           f"{one_line(exc)}" + trace}
     return {"status": "error", "error": one_line(exc) + trace}
-
-
-def _starved(exc: BaseException) -> bool:
-    """Under a RAM cap, a library that cannot be mapped, a thread that cannot start, or the
-    interpreter failing inside C code are the cap's doing, not a bug."""
-    import errno
-    import resource
-
-    if resource.getrlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY:
-        return False
-    text = str(exc).lower()
-    return (isinstance(exc, SystemError)
-            or isinstance(exc, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text)
-            or isinstance(exc, OSError) and exc.errno in (errno.ENOMEM, errno.EAGAIN))
 
 
 def one_line(exc: BaseException) -> str:

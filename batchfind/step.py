@@ -104,6 +104,17 @@ def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch
                 raise InputError(f"train.loss: mse of an output of shape {tuple(output.shape)} against targets of shape "
                                  f"{tuple(target.shape)}: they must have the same shape")
         return F.mse_loss(output.float(), target.float())
+    if not (target.is_floating_point() or target.dtype in (torch.int64, torch.bool)):
+        target = target.long()  # int32 or uint8 labels, which cross-entropy refuses: as a training loop casts them
+    if output.dim() == 0:
+        raise InputError("train.loss: cross_entropy scores the model's output against the batches' targets, and the "
+                         "model returned a scalar: a model that computes its own loss returns it as the `loss` of a "
+                         "dict or output object")
+    if output.dim() >= 2 and output.shape[class_dim(output, target)] == 1:
+        # Softmax over one class is 1 whatever the model says: a loss of 0 with no gradient.
+        raise InputError(f"train.loss: cross_entropy over one class (the model's output has shape "
+                         f"{tuple(output.shape)}) is always 0 and trains nothing: use train.loss: mse for one value "
+                         "per sample, or give the model an output per class")
     if output.dim() > 2 and class_dim(output, target) == -1:
         # Sequence outputs (batch, time, classes): every position is a prediction.
         return F.cross_entropy(output.flatten(0, -2).float(), target.flatten())

@@ -594,3 +594,30 @@ def test_a_capped_peak_never_reads_above_the_cap_in_force(monkeypatch, cap, read
     limit = resource.RLIM_INFINITY if cap is None else cap
     monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, limit))
     assert CappedPeak(CPU).read() == read
+
+
+def test_cross_entropy_takes_narrow_integer_labels_and_refuses_what_cannot_train():
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, 2, 1, 2])
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # numpy's int32 labels, say
+        assert torch.equal(compute_loss(logits, labels.to(dtype), "cross_entropy"),
+                           compute_loss(logits, labels, "cross_entropy"))
+    with pytest.raises(InputError, match=r"cross_entropy over one class \(the model's output has shape \(4, 1\)\) "
+                                         r"is always 0 and trains nothing: use train.loss: mse"):
+        compute_loss(torch.randn(4, 1), torch.zeros(4, dtype=torch.long), "cross_entropy")
+    with pytest.raises(InputError, match="cross_entropy over one class"):  # float targets: soft labels over one
+        compute_loss(torch.randn(4, 1), torch.rand(4, 1), "cross_entropy")
+    with pytest.raises(InputError, match="the model returned a scalar: a model that computes its own loss returns"):
+        compute_loss(torch.tensor(0.5), labels, "cross_entropy")
+    # Sequences with classes last, maps with classes second: more than one class trains.
+    assert compute_loss(torch.randn(2, 5, 3), torch.randint(0, 3, (2, 5)), "cross_entropy") > 0
+    assert compute_loss(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)), "cross_entropy") > 0
+
+
+def test_validate_refuses_a_one_class_model_scored_with_cross_entropy(write_config):
+    from typer.testing import CliRunner
+
+    from batchfind.cli import app
+
+    result = CliRunner().invoke(app, ["validate", str(write_config("model: {name: mlp, classes: 1}\n"))])
+    assert result.exit_code == 2 and "cross_entropy over one class" in result.stderr, result.output

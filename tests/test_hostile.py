@@ -590,6 +590,26 @@ def test_setup_that_fails_under_a_tight_cap_is_out_of_memory(monkeypatch):
     assert "too little for Python and torch themselves" in line and line.endswith("or make the model smaller"), line
 
 
+def test_a_library_the_memory_limit_leaves_no_room_to_map_is_out_of_memory_not_a_bad_install(
+        tmp_path, monkeypatch):
+    import resource
+
+    from batchfind.models import resolve
+
+    # What a compiled library's import raises under a small RAM cap (transformers' regex at 150 MiB).
+    (tmp_path / "needs_a_library.py").write_text(
+        'raise ImportError("/site-packages/regex/_regex.so: failed to map segment from shared object")\n')
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(InputError, match="model.name: cannot import 'needs_a_library'"):
+        resolve("needs_a_library:Model", "model.name")  # no cap: the install's doing
+    monkeypatch.delitem(sys.modules, "needs_a_library", raising=False)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (150 << 20, 150 << 20))
+    with pytest.raises(ImportError) as raised:
+        resolve("needs_a_library:Model", "model.name")
+    failure = setup_failure(raised.value)
+    assert failure["status"] == "oom" and "the memory limit leaves too little for Python and torch" in failure["error"]
+
+
 @pytest.mark.parametrize("shape, dtype, failed, blamed", [
     ([100000, 100000], "float32", 80_000_000_000, "samples smaller (data.inputs.x holds 37.3 GiB per sample)"),
     ([100000, 100000], "bool", 20_000_000_000, "samples smaller (data.inputs.x holds 9.3 GiB per sample)"),
