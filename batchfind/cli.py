@@ -66,6 +66,8 @@ def _path(text: str) -> Path:
     readable)."""
     if not text:  # an unset shell variable, say: as a Path it would be ".", this folder
         raise typer.BadParameter("an empty path")
+    if text.endswith("/"):  # a folder's name: as a Path the slash goes, and `report.json/` would write report.json
+        raise typer.BadParameter(f"{text} ends in /, which names a folder: expected a file")
     return Path(text)
 
 
@@ -177,8 +179,8 @@ def _errors(debug: bool) -> Iterator[None]:
                 lines, trace = lines[:start], lines[start:]
         for line in trace:  # as Python prints one: its lines are no errors of their own
             typer.echo(f"{who}{line}", err=True)
-        for line in lines:
-            typer.echo(f"{who}error: {line}", err=True)
+        for line in lines:  # a file's name may hold escape sequences: shown, never sent to the terminal
+            typer.echo(f"{who}error: {printable(line)}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
@@ -260,7 +262,8 @@ REPEAT_S = 2.0
 
 @contextmanager
 def _interrupt_once() -> Iterator[None]:
-    """SIGTERM (a cancelled CI job, torchrun stopping its ranks) ends a probe as Ctrl-C does: with
+    """SIGTERM (a cancelled CI job, torchrun stopping its ranks) and SIGHUP (a closed terminal) end a
+    probe as Ctrl-C does: with
     the partial report written. A repeat within REPEAT_S is ignored: a quick double Ctrl-C would cut
     the writing short and lose the report; a later one still stops whatever is stuck. A signal the
     process was started ignoring (a job in the background) stays ignored."""
@@ -274,7 +277,7 @@ def _interrupt_once() -> Iterator[None]:
         first = now
         raise KeyboardInterrupt
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for sig, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(sig, interrupt)
@@ -851,7 +854,7 @@ def main() -> None:
             typer.echo(exc.format_message(), err=True)
         else:
             hint = f" (see {ctx.command_path if ctx else 'batchfind'} --help)" if "UsageError" in names else ""
-            typer.echo(f"error: {plain(exc.format_message())}{hint}", err=True)
+            typer.echo(f"error: {printable(plain(exc.format_message()))}{hint}", err=True)
         code = exc.exit_code
     try:
         out.check()

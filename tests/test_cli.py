@@ -203,7 +203,8 @@ def test_info_json():
 
 # Ctrl-C; a cancelled CI job or torchrun stopping; and each sent twice in quick succession, as an
 # impatient double Ctrl-C does: the second must not cut the report's writing short.
-@pytest.mark.parametrize("sig, times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2), (signal.SIGTERM, 2)])
+@pytest.mark.parametrize("sig, times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2), (signal.SIGTERM, 2),
+                                        (signal.SIGHUP, 1)])
 def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_path, sig, times):
     path = write_config(
         "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
@@ -369,28 +370,29 @@ def test_an_interrupt_while_the_cli_loads_is_exit_130_not_a_traceback(monkeypatc
         return real(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with pytest.raises(SystemExit) as info:
             main()
     finally:
-        signal.signal(signal.SIGTERM, previous)  # main() takes SIGTERM as an interrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # main() takes SIGTERM and SIGHUP as interrupts
     assert info.value.code == 130
     # SIGTERM in that moment too (a cancelled CI job), in a process of its own: without the
-    # handler it would end the process that receives it.
-    code = (
-        "import builtins, os, signal\n"
-        "from batchfind.__main__ import main\n"
-        "real = builtins.__import__\n"
-        "def hook(name, globals=None, locals=None, fromlist=(), level=0):\n"
-        "    if level == 1 and name == 'cli':\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    return real(name, globals, locals, fromlist, level)\n"
-        "builtins.__import__ = hook\n"
-        "main()\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    # handler it would end the process that receives it; and once loaded, while typer builds the
+    # command, before any command handles the signal.
+    hooks = {
+        "builtins.__import__": "def hook(name, globals=None, locals=None, fromlist=(), level=0):\n"
+                               "    if level == 1 and name == 'cli':\n"
+                               "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                               "    return real(name, globals, locals, fromlist, level)\n",
+        "typer.main.get_command": "def hook(app):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return real(app)\n",
+    }
+    for target, hook in hooks.items():
+        code = (f"import builtins, os, signal, sys, typer.main\nfrom batchfind.__main__ import main\nreal = {target}\n"
+                f"{hook}{target} = hook\nsys.argv = ['batchfind', 'info']\nmain()\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 130 and "Traceback" not in done.stderr, (target, done.stderr)
 
 
 def test_a_probe_stopped_by_its_time_budget_says_larger_sizes_may_fit(write_config):

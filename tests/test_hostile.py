@@ -741,3 +741,26 @@ def test_an_output_through_a_link_names_the_folder_it_leads_to(tmp_path, write_c
     link.symlink_to(tmp_path / "missing" / "r.json")
     result = runner.invoke(app, ["probe", str(write_config(MLP)), "-o", str(link)])
     assert result.exit_code == 2 and f"--output: folder {tmp_path / 'missing'} does not exist" in result.stderr
+
+
+def test_a_path_ending_in_a_slash_is_refused_and_nothing_is_written(write_config, tmp_path):
+    # As a Path the slash would go: `report.json/` would replace report.json, `plots/` become a PNG.
+    config = write_config(MLP)
+    (tmp_path / "report.json").write_text("the earlier report")
+    for args in (["validate", f"{config}/"], ["probe", str(config), "-o", f"{tmp_path}/report.json/"],
+                 ["init", f"{tmp_path}/new.yaml/"], ["plot", str(config), "-o", f"{tmp_path}/plots/"],
+                 ["compare", f"{tmp_path}/report.json/", str(config)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "ends in /, which names a folder: expected a file" in result.stderr, result.stderr
+    assert (tmp_path / "report.json").read_text() == "the earlier report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "report.json"]
+
+
+def test_escape_sequences_in_a_file_name_are_shown_not_sent_to_the_terminal(tmp_path):
+    named = tmp_path / "esc\x1b[2Jred.yaml"  # would clear the screen
+    named.write_text("probe: {steps: -1}\n")
+    for args in (["validate", str(named)], ["compare", str(tmp_path / "r\x1b[2J.json"), str(named)],
+                 ["plot", str(named), "-o", str(tmp_path / "x\x1b[2J.gif")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr, result.stderr
