@@ -28,17 +28,26 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether any rank says so: what every rank must then do alike (wrap the model the same way)."""
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def wrap(model: nn.Module, strategy: str, device: torch.device, find_unused: bool = False) -> nn.Module:
     """The model, built in host memory, on `device` the way the strategy puts it there.
 
-    DDP: a full replica per rank plus gradient buckets. FSDP: parameters, gradients and optimizer
+    DDP: a full replica per rank plus gradient buckets; `find_unused` where some parameters get no
+    gradient (it walks the graph after every forward for them). FSDP: parameters, gradients and optimizer
     state sharded across ranks, each repeated block gathered only while it runs; blocks move to
     the device one at a time, so a model that fits only when sharded still sets up.
     """
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=find_unused)
     from torch.distributed.device_mesh import init_device_mesh
 
     fully_shard = _fully_shard()

@@ -776,6 +776,11 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
     a model that builds its own optimizers, and a learning-rate rule with no batch the rate was
     tuned for."""
     warnings = []
+    if unused := facts.get("unused_parameters"):
+        named = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+        warnings.append(f"{plural(len(unused), 'trainable parameter')} of the model get no gradient ({named}): DDP "
+                        "ran with find_unused_parameters=True, as a training run under DDP must (or freeze them, which "
+                        "spares DDP its search for them after every forward)")
     if "size" in config.data.model_fields_set and config.data.kind != "synthetic":
         # Set-up that did not finish (nothing fit, an interrupt) never read the data's length.
         length = f" ({facts['dataset_len']})" if facts.get("dataset_len") is not None else ""

@@ -86,8 +86,13 @@ class Session:
         if rank and self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, devices.usable_cpus() // rank["local_world_size"]))
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
-        if rank:
+        ddp = bool(rank) and probe.strategy == "ddp"
+        if ddp:
             torch.manual_seed(0)  # every rank starts from the same weights
+            # Wrapped once set-up has seen which parameters get a gradient (below).
+            self.model = self._built().to(self.device)
+        elif rank:
+            torch.manual_seed(0)
             self.model = parallel.wrap(self._built(), probe.strategy, self.device)
         else:
             self._own("to", self.device)  # in place, as for any module
@@ -102,6 +107,10 @@ class Session:
         batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         with one_thread(self.device), running(f"model.name: {config.model.name}'s step on two samples"):
             own_loss = check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
+            unused: list[str] = []
+            if ddp:
+                unused = without_gradient(self.model, self.batches, config, self.device)
+                self.model = parallel.wrap(self.model, "ddp", self.device, parallel.any_rank(bool(unused), self.device))
             if rank:
                 torch.manual_seed(rank["rank"])  # and draws its own random samples
             self.step = make_step(self.model, config.train, self.device)
@@ -129,6 +138,7 @@ class Session:
             "optimizer": ", ".join(type(o).__name__ for o in self.step.optimizers),
             "own_loss": own_loss,  # the model's output carried its own loss
             "smallest_batch": smallest,
+            "unused_parameters": unused,  # DDP's: they made it look for them every step
             "backend": backend,
             "learned": {"scan": self.batches.scan, "smallest_batch": smallest},  # for the workers after this one
         }
@@ -261,6 +271,20 @@ def start_threads(device: torch.device) -> None:
     if device.type == "cpu":
         # Enough elements that every thread gets a share (torch splits work in 32768-element grains).
         torch.ones(32768 * torch.get_num_threads()).add_(1)
+
+
+def without_gradient(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device) -> list[str]:
+    """The trainable parameters that a step's backward leaves without a gradient (a backbone's
+    pooler under a head of one's own): DDP must be told of them (`find_unused_parameters`), as a
+    training run under it must, or its second step fails. Only batchfind's own step is looked
+    into: a step of the user's own does its backward itself."""
+    step = make_step(model, config.train, device)
+    if type(step) is not Step:
+        return []
+    step.gradients(batches.batch(min(2, len(batches))))
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return unused
 
 
 def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: torch.device,

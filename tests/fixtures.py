@@ -543,3 +543,16 @@ class TakesOne(Linear):
     def forward(self, inputs):
         a, b = inputs
         return super().forward(a + b)
+
+
+class UnusedHead(nn.Module):
+    """A backbone and a head of one's own that skips one of its layers (BERT's pooler under a [CLS]
+    head): a parameter that gets no gradient, which DDP must be told of."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.body = nn.Linear(features, classes)
+        self.pooler = nn.Linear(features, features)
+
+    def forward(self, x):
+        return self.body(x)

@@ -196,6 +196,18 @@ def test_a_rank_that_cannot_build_its_model_fails_the_probe_naming_it(write_conf
 
 
 @pytest.mark.slow
+def test_ddp_looks_for_parameters_that_get_no_gradient_and_says_so(write_config):
+    # Without it DDP's second step fails ("Expected to have finished reduction in the prior iteration").
+    path = write_config("model: {name: 'fixtures:UnusedHead'}\ndata: {input_shape: [8], num_classes: 4, size: 64}\n"
+                        "probe: {device: cpu, nproc_per_node: 2, max_batch: 4, refine: false, warmup_steps: 1, "
+                        f"steps: 2, trial_timeout_s: {TRIAL_TIMEOUT_S}}}\n")
+    report = probe(load_config(path))
+    assert [(t.batch_size, t.status) for t in report.trials if t.phase == "double"] == [(1, "ok"), (2, "ok"), (4, "ok")]
+    assert ("2 trainable parameters of the model get no gradient (pooler.weight, pooler.bias): DDP ran with "
+            "find_unused_parameters=True") in " ".join(report.warnings)
+
+
+@pytest.mark.slow
 def test_fsdp_probe_with_accumulation_and_noise_scale(write_config):
     path = write_config(
         "model: {name: transformer, vocab_size: 64, d_model: 32, layers: 2, heads: 2, seq_len: 16}\n"
