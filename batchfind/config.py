@@ -95,6 +95,8 @@ def _types(annotation: Any) -> set:
     """The plain types an annotation is made of (`list[int] | None` gives list, int and NoneType,
     and Union)."""
     args = get_args(annotation)
+    if get_origin(annotation) is Literal:  # the values' types: Literal[1, 3] takes numbers
+        return {type(arg) for arg in args}
     return {get_origin(annotation)}.union(*map(_types, args)) if args else {annotation}
 
 
@@ -292,8 +294,10 @@ class DataConfig(_Section):
     size: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     # tensors: a .pt file (a dict with `inputs` and `targets`, or a tuple) or .npz; imagefolder: a folder.
     path: Path | None = None
-    # imagefolder: images are resized to image_size x image_size.
+    # imagefolder: images are resized to image_size x image_size, with this many channels (1
+    # grayscale, 3 RGB, 4 RGBA; default: the builtin cnn's in_channels, else 3).
     image_size: Dim | None = None
+    channels: Literal[1, 3, 4] | None = None
     # Synthetic data for a factory model: what one sample looks like.
     input_shape: Shape | None = None
     input_dtype: Literal["float32", "int64"] = "float32"

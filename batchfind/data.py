@@ -336,7 +336,11 @@ def build_batches(cfg: Config, device: torch.device, scan: dict[str, Any] | None
         size = data.image_size or (cfg.model.image_size if isinstance(cfg.model, CNNModel) else None)
         if size is None:
             raise InputError("data.image_size: required for imagefolder data unless the model is the builtin cnn")
-        dataset = ImageFolder(data.path, size)
+        channels = data.channels or (cfg.model.in_channels if isinstance(cfg.model, CNNModel) else 3)
+        if channels not in IMAGE_MODES:
+            raise InputError(f"model.in_channels: {channels}, but imagefolder images have 1 (grayscale), 3 (RGB) or 4 "
+                             "(RGBA) channels")
+        dataset = ImageFolder(data.path, size, channels)
     else:
         dataset = call_factory(data.kind, data.kwargs, "data.kind")
         # An IterableDataset may define both and still refuse items by index.
@@ -454,10 +458,15 @@ class TensorsFile(TensorDataset):
         return tuple(t.long() if t.dtype in (torch.uint16, torch.uint32) else t for t in super().__getitem__(index))
 
 
-class ImageFolder(Dataset):
-    """One subfolder per class; images decoded with Pillow, resized and scaled to [0, 1]."""
+# Pillow's mode for images of so many channels.
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
-    def __init__(self, root: Path, size: int):
+
+class ImageFolder(Dataset):
+    """One subfolder per class; images decoded with Pillow, made `channels` deep, resized and
+    scaled to [0, 1]."""
+
+    def __init__(self, root: Path, size: int, channels: int = 3):
         try:
             importlib.import_module("PIL")  # missing: said here, not as the first item's failure
         except ImportError:
@@ -468,7 +477,7 @@ class ImageFolder(Dataset):
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not classes:
             raise InputError(f"data.path: {root} has no class subfolders")
-        self.size = size
+        self.size, self.channels = size, channels
         self.samples = [
             (f, label)
             for label, name in enumerate(classes)
@@ -487,11 +496,11 @@ class ImageFolder(Dataset):
             raise InputError(f"data.path: {path} is not a regular file (a FIFO, a device or a socket)")
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB").resize((self.size, self.size))
+                img = img.convert(IMAGE_MODES[self.channels]).resize((self.size, self.size))
                 pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         except (OSError, Image.DecompressionBombError) as exc:  # a bomb is refused, as no image
             raise InputError(f"data.path: cannot decode image {path}: {exc}") from None
-        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).float().div_(255), label
+        return pixels.view(self.size, self.size, self.channels).permute(2, 0, 1).float().div_(255), label
 
 
 def _must_be_file(path: Path) -> None:

@@ -795,7 +795,7 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
     if own and data.kind == "synthetic" and data.inputs is None:
         # A builtin model's random samples take their shapes from the model; a custom loss still
         # reads whether num_classes is given (classes or regression).
-        shaping = {"input_shape", "input_dtype", "vocab_size", "target_shape", "image_size"}
+        shaping = {"input_shape", "input_dtype", "vocab_size", "target_shape", "image_size", "channels"}
         shaping |= {"num_classes"} if config.train.builtin_loss else set()
         ignored = sorted(shaping & data.model_fields_set)
         if ignored:

@@ -138,6 +138,19 @@ def test_imagefolder_decodes_and_resizes(write_config, tmp_path):
     x, y = batches.batch(6)
     assert x.shape == (6, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
     assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    # Grayscale, as the builtin cnn's in_channels asks, or as data.channels says for a model of one's own.
+    for text in ("model: {name: cnn, in_channels: 1, image_size: 16, width: 4, classes: 2}\n"
+                 "data: {kind: imagefolder, path: imgs}",
+                 "model: {name: 'fixtures:segmenter', kwargs: {channels: 1, classes: 2}}\n"
+                 "data: {kind: imagefolder, path: imgs, image_size: 8, channels: 1}\ntrain: {loss: mse}"):
+        cfg = load_config(write_config(text))
+        x, _ = build_batches(cfg, CPU).batch(2)
+        assert x.shape[:2] == (2, 1), text
+    gray = 0.299 * 0 + 0.587 * 100 + 0.114 * 200  # Pillow's L of the first image's (0, 100, 200)
+    assert float(x[0].mean()) == pytest.approx(gray / 255, abs=1 / 255)
+    cfg = load_config(write_config("model: {name: cnn, in_channels: 2}\ndata: {kind: imagefolder, path: imgs}"))
+    with pytest.raises(InputError, match=r"model.in_channels: 2, but imagefolder images have 1 \(grayscale\), 3"):
+        build_batches(cfg, CPU)
 
 
 def test_imagefolder_without_pillow_says_what_to_install(write_config, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ SCALE = int(os.environ.get("BATCHFIND_FUZZ_EXAMPLES", "500")) / 500
 FIELDS = {
     "model": ["name", "in_features", "hidden", "layers", "classes", "width", "depth", "stages", "block", "stem",
               "image_size", "vocab_size", "d_model", "heads", "seq_len", "dropout", "causal", "kwargs"],
-    "data": ["kind", "size", "path", "image_size", "input_shape", "input_dtype", "vocab_size", "num_classes",
+    "data": ["kind", "size", "path", "image_size", "channels", "input_shape", "input_dtype", "vocab_size", "num_classes",
              "target_shape", "workers", "pin_memory", "kwargs"],
     "train": ["optimizer", "lr", "weight_decay", "momentum", "loss", "precision", "reference_batch"],
     "probe": ["device", "min_batch", "max_batch", "warmup_steps", "steps", "memory_limit", "refine",
