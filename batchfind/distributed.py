@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -135,6 +136,13 @@ def _join(timeout_s: float) -> Topology:
     # Rank 0 hosts the store unless torchrun's agent does. A client waits for it here: c10d's own
     # retries would print a C++ stack trace on every attempt.
     hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
+    try:
+        # A name that does not resolve: c10d would retry it for minutes, a C++ trace each time.
+        socket.getaddrinfo(env["MASTER_ADDR"], int(env["MASTER_PORT"]), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"MASTER_ADDR={env['MASTER_ADDR']}: torchrun's variables are set, but this name does not "
+                         f"resolve ({exc.args[-1] if exc.args else exc}); unset {', '.join(LAUNCHER_VARS)} unless "
+                         "torchrun started batchfind") from None
     try:
         if not hosts:
             _wait_listening(env["MASTER_ADDR"], int(env["MASTER_PORT"]), deadline)

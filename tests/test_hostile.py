@@ -563,6 +563,18 @@ def test_inherited_torchrun_variables_fail_in_one_line(monkeypatch, write_config
     assert "did not meet within 1 s" in lines[0] and "unset them" in lines[0]
 
 
+def test_an_inherited_master_addr_that_does_not_resolve_fails_at_once_in_one_line(monkeypatch, write_config):
+    monkeypatch.setattr(distributed, "MEET_S", 1.0)
+    for var, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "no.such.host.invalid",
+                       "MASTER_PORT": "29555"}.items():
+        monkeypatch.setenv(var, value)
+    result = runner.invoke(app, ["check", str(write_config(MLP)), "--batch", "1"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: MASTER_ADDR=no.such.host.invalid: torchrun's variables are set, but this name "
+                               "does not resolve"), lines[0]
+
+
 @pytest.mark.parametrize("var,value", [("RANK", "x"), ("MASTER_PORT", "-1"), ("RANK", "5"), ("RANK", "²"),
                                        ("MASTER_PORT", "0"), ("MASTER_PORT", "99999")])
 def test_malformed_torchrun_variables_fail_in_one_line(monkeypatch, write_config, var, value):
