@@ -4,7 +4,7 @@ extra)."""
 from __future__ import annotations
 
 import io
-
+import logging
 from pathlib import Path
 
 from .errors import InputError
@@ -19,6 +19,9 @@ FORMATS = ("png", "svg", "pdf")
 
 def require_matplotlib():
     """pyplot, drawing to files only; a missing extra is bad input, found before a long probe."""
+    # Its notes on where it keeps its cache (a read-only HOME: "mkdir -p failed", a temporary one
+    # made instead) are nothing the user asked for, quiet or not.
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     try:
         import matplotlib
 

@@ -696,6 +696,18 @@ def test_a_probe_says_where_it_drew_its_plot(write_config, tmp_path):
     assert quiet.exit_code == 0 and "wrote" not in quiet.output, quiet.output
 
 
+def test_a_plot_under_a_home_matplotlib_cannot_write_to_says_only_where_it_wrote(real_report, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, _, _ = real_report
+    home = tmp_path / "home"
+    home.write_text("a file, where matplotlib wants its cache folder")
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"} | {"HOME": str(home)}
+    out = tmp_path / "p.png"
+    done = subprocess.run([sys.executable, "-m", "batchfind", "plot", str(path), "-o", str(out)], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0 and done.stderr == f"wrote {out}\n", done.stderr
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_a_plot_that_cannot_be_written_is_one_line(real_report):
     pytest.importorskip("matplotlib")
