@@ -357,12 +357,15 @@ _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No
 
 def _fit_hint(exc: Exception, config: Config) -> str:
     """What to change, where the failure says it: an argument the batches lack, inputs that a model
-    takes as one argument, or token ids or lengths past what the builtin transformer's embeddings hold."""
+    takes as one argument, float64 data, or token ids or lengths past what the builtin transformer's
+    embeddings hold."""
     text = str(exc)
     if isinstance(exc, TypeError) and "required" in text and "argument" in text:
         return "; an argument the batches do not hold can be set in train.forward_kwargs"
     if isinstance(exc, TypeError) and "positional argument" in text and "were given" in text:
         return "; a model that takes its inputs as one argument is called so with train.call: single"
+    if re.search(r"\b(Double and Float|Float and Double)\b", text):
+        return "; float64 data (numpy's default) meets a float32 model: save the data as float32"
     if isinstance(exc, IndexError) and isinstance(config.model, TransformerModel):
         return (f"; the transformer takes token ids from 0 to below model.vocab_size ({config.model.vocab_size}) "
                 f"and sequences up to model.seq_len ({config.model.seq_len}) long")

@@ -115,6 +115,15 @@ def test_unsigned_token_ids_read_as_int64_and_uint64_is_refused(write_config, tm
         build_batches(cfg, CPU)
 
 
+def test_float64_data_for_a_float32_model_says_to_save_it_as_float32(write_config, tmp_path):
+    np.savez(tmp_path / "f64.npz", inputs=np.random.randn(6, 5), targets=np.arange(6) % 3)  # numpy's float64
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 5, classes: 3}\n"
+                                              "data: {kind: tensors, path: f64.npz}")
+    with pytest.raises(InputError, match=r"float64 data \(numpy's default\) meets a float32 model: save the data as "
+                                         r"float32$"):
+        check_fit(model, batches, cfg, CPU)
+
+
 @pytest.mark.parametrize("name", ["cut.pt", "cut.npz"])
 def test_a_zip_archive_cut_short_is_said_so(write_config, tmp_path, name):
     torch.save({"inputs": torch.randn(6, 4), "targets": torch.zeros(6, dtype=torch.long)}, tmp_path / "whole.pt")
