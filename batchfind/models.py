@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 from typing import Any, Callable, Iterator
@@ -156,11 +157,29 @@ def instantiate(value: Any, field: str) -> Any:
         return value
     if "_target_" not in value:
         return {k: instantiate(v, f"{field}.{k}") for k, v in value.items()}
-    spec = value["_target_"]
+    spec, args, partial = value["_target_"], value.get("_args_", []), value.get("_partial_", False)
     if not isinstance(spec, str):
         raise InputError(f"{field}._target_: expected package.module:callable (got {spec!r})")
-    kwargs = {k: v for k, v in value.items() if k != "_target_"}
-    return call_factory(spec, kwargs, f"{field}._target_", kwargs_field=field)
+    if not isinstance(args, list):
+        raise InputError(f"{field}._args_: expected a list of positional arguments (got {type(args).__name__})")
+    if not isinstance(partial, bool):
+        raise InputError(f"{field}._partial_: expected true or false (got {partial!r})")
+    kwargs = {k: v for k, v in value.items() if k not in _HYDRA_KEYS}
+    # Hydra's other keys (_recursive_, _convert_) would change what is built: refused, not ignored.
+    other = next((k for k in kwargs if isinstance(k, str) and len(k) > 2 and k[0] == k[-1] == "_"), None)
+    if other is not None:
+        raise InputError(f"{field}.{other}: not one of the keys batchfind takes beside the arguments "
+                         f"({', '.join(_HYDRA_KEYS)})")
+    args = [instantiate(arg, f"{field}._args_[{i}]") for i, arg in enumerate(args)]
+    if partial:  # the callable with these arguments, for the model to call (an optimizer's factory, say)
+        built = {key: instantiate(v, f"{field}.{key}") for key, v in kwargs.items()}
+        return functools.partial(resolve(spec, f"{field}._target_"), *args, **built)
+    return call_factory(spec, kwargs, f"{field}._target_", *args, kwargs_field=field)
+
+
+# Hydra's keys that batchfind reads in a mapping to build: what to call, positional arguments, and
+# whether to hand over the callable with its arguments instead of calling it.
+_HYDRA_KEYS = ("_target_", "_args_", "_partial_")
 
 
 def is_lightning(model: nn.Module) -> bool:

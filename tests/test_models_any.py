@@ -239,6 +239,23 @@ def test_nested_targets_build_objects_and_name_the_field_when_they_fail():
         instantiate({"config": {"inner": {"_target_": "torch.nn.Linear", "bogus": 1}}}, "model.kwargs")
 
 
+def test_hydra_positional_arguments_and_partials_build_as_hydra_builds_them():
+    import functools
+
+    layer = instantiate({"layer": {"_target_": "torch.nn.Linear", "_args_": [4, {"_target_": "builtins.int", "_args_":
+                                                                                  ["3"]}], "bias": False}}, "model.kwargs")
+    assert tuple(layer["layer"].weight.shape) == (3, 4) and layer["layer"].bias is None
+    made = instantiate({"_target_": "torch.optim:SGD", "_partial_": True, "lr": 0.5}, "model.kwargs.optimizer")
+    assert isinstance(made, functools.partial) and made.keywords == {"lr": 0.5}
+    assert made(torch.nn.Linear(2, 2).parameters()).defaults["lr"] == 0.5
+    for value, message in (({"_target_": "torch.nn.Linear", "_args_": 4}, r"model.kwargs._args_: expected a list"),
+                           ({"_target_": "torch.nn.Linear", "_partial_": "yes"}, r"_partial_: expected true or false"),
+                           ({"_target_": "torch.nn.Linear", "_recursive_": False},
+                            r"model.kwargs._recursive_: not one of the keys batchfind takes")):
+        with pytest.raises(InputError, match=message):
+            instantiate(value, "model.kwargs")
+
+
 def test_bert_trains_on_named_synthetic_inputs_with_its_own_loss(built):
     pytest.importorskip("transformers")
     cfg, model, batches = built(BERT_SYNTHETIC)
