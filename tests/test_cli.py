@@ -214,9 +214,9 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchfind", "probe", str(path), "-o", str(out), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-        # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script) passes
-        # SIGINT on ignored, and Python keeps it so.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Ctrl-C and a hang-up as at a terminal: a suite started in the background (`cmd &` in a
+        # script, or under nohup) passes SIGINT or SIGHUP on ignored, and Python keeps them so.
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
     )
     deadline = time.monotonic() + 300  # a safety net: the CLI's start under load is far below it
     err = b""
