@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import typer
 
 from . import __version__
 from .errors import BatchfindError, InputError, StoppedByInput, clipped, debugging, plain, printable
+from .errors import lines as message_lines
 from .report import MEMORY_FAILURES
 from .templates import TEMPLATE_NAMES, render
 
@@ -168,7 +170,7 @@ def _errors(debug: bool) -> Iterator[None]:
             raise
         out.check()
     except BatchfindError as exc:
-        lines, trace = str(exc).splitlines(), []
+        lines, trace = message_lines(str(exc).rstrip("\n")), []
         if debug:  # the traceback, and still the exit code a script checks for
             # A worker's own traceback travels after its message and says where it failed: it goes
             # above the message, in place of this process's, which only shows the message passed on.
@@ -229,7 +231,8 @@ class _Guarded:
 
     def _sink(self, exc: OSError) -> None:
         self._sunk = True
-        if not isinstance(exc, BrokenPipeError):
+        # A reader that stopped (a pipe) or a terminal that closed (EIO after a hang-up) is no failure.
+        if not (isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO):
             self._failed = exc
         try:  # what is still buffered goes nowhere at exit, instead of raising there again
             devnull = os.open(os.devnull, os.O_WRONLY)

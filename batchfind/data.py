@@ -13,7 +13,7 @@ import pickle
 import re
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,16 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _on_meta(batch: Any) -> bool:
+def tensors_in(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a batch: itself, or in its dicts, tuples and lists at any depth."""
     if isinstance(batch, torch.Tensor):
-        return batch.is_meta
-    if isinstance(batch, Mapping):
-        return any(_on_meta(v) for v in batch.values())
-    return isinstance(batch, (tuple, list)) and any(_on_meta(v) for v in batch)
+        yield batch
+    elif isinstance(batch, Mapping):
+        for value in batch.values():
+            yield from tensors_in(value)
+    elif isinstance(batch, (tuple, list)):
+        for value in batch:
+            yield from tensors_in(value)
 
 
 def _rebuilt(like: tuple | list, parts: list) -> tuple | list:
@@ -163,7 +167,7 @@ class Batches:
 
     def _collate(self, items: list) -> Any:
         batch = stacked(items, self.lengths is not None, self.target, self.describe)
-        if _on_meta(batch):
+        if any(t.is_meta for t in tensors_in(batch)):
             raise InputError(f"data: items of the {self.describe} dataset hold tensors on the meta device: shapes "
                              "without data, which no step can train on")
         return to_device(batch, self.device)
@@ -318,8 +322,12 @@ def _padded(values: list, target: bool, where: str, top: bool = False,
         shapes = sorted({tuple(t.shape) for t in tensors})[:3]
         raise InputError(f"data: {_field(where)} varies in shape ({', '.join(map(str, shapes))}, ...): only the "
                          "first dimension (a length) can vary between items")
-    ignored = target and tensors[0].dtype in (torch.int64, torch.int32)
-    return pad_sequence(tensors, batch_first=True, padding_value=IGNORE_INDEX if ignored else 0)
+    kind = tensors[0]
+    if target and not (kind.is_floating_point() or kind.is_complex() or kind.dtype == torch.bool):
+        # Integer targets pad with IGNORE_INDEX, which narrow ones (uint8) cannot hold: as int64,
+        # as the loss takes them.
+        return pad_sequence([t.long() for t in tensors], batch_first=True, padding_value=IGNORE_INDEX)
+    return pad_sequence(tensors, batch_first=True, padding_value=0)
 
 
 def _field(where: str) -> str:

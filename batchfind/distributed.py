@@ -125,6 +125,21 @@ def _wait_listening(addr: str, port: int, deadline: float) -> None:
         time.sleep(0.5)
 
 
+def _resolve(addr: str, port: int, deadline: float) -> None:
+    """Wait for the store's name to resolve (a pod's name does once the pod is up), until `deadline`:
+    c10d would retry one that never does for minutes, a C++ trace each time."""
+    while True:
+        try:
+            socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+            return
+        except (socket.gaierror, UnicodeError) as exc:
+            if time.monotonic() > deadline:
+                raise InputError(f"MASTER_ADDR={addr}: torchrun's variables are set, but this name did not resolve "
+                                 f"within {MEET_S:g} s ({exc.args[-1] if exc.args else exc}); unset "
+                                 f"{', '.join(LAUNCHER_VARS)} unless torchrun started batchfind") from None
+        time.sleep(0.5)
+
+
 def _join(timeout_s: float) -> Topology:
     """Meet the other ranks torchrun started, within MEET_S; one line when they do not come."""
     from torch.distributed import rendezvous
@@ -136,13 +151,7 @@ def _join(timeout_s: float) -> Topology:
     # Rank 0 hosts the store unless torchrun's agent does. A client waits for it here: c10d's own
     # retries would print a C++ stack trace on every attempt.
     hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
-    try:
-        # A name that does not resolve: c10d would retry it for minutes, a C++ trace each time.
-        socket.getaddrinfo(env["MASTER_ADDR"], int(env["MASTER_PORT"]), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise InputError(f"MASTER_ADDR={env['MASTER_ADDR']}: torchrun's variables are set, but this name does not "
-                         f"resolve ({exc.args[-1] if exc.args else exc}); unset {', '.join(LAUNCHER_VARS)} unless "
-                         "torchrun started batchfind") from None
+    _resolve(env["MASTER_ADDR"], int(env["MASTER_PORT"]), deadline)
     try:
         if not hosts:
             _wait_listening(env["MASTER_ADDR"], int(env["MASTER_PORT"]), deadline)

@@ -40,11 +40,17 @@ def debugging() -> bool:
     return os.environ.get("BATCHFIND_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def lines(text: str) -> list[str]:
+    """A message's lines, broken at line feeds only: the other characters Python breaks lines at
+    (vertical tab, form feed, \\x1c-\\x1e, \\x85, \\u2028, a lone carriage return) may be in a
+    file's name, which a message must keep whole (`printable` escapes them)."""
+    return [line.removesuffix("\r") for line in text.split("\n")] if text else []
+
+
 def clipped(text: str, most: int = 300) -> str:
     """The first line of a message, cut to `most` characters: an error echoes what it was given,
     which may be a whole file."""
-    lines = text.strip().splitlines()
-    line = lines[0] if lines else ""
+    line = lines(text.strip())[0] if text.strip() else ""
     return line if len(line) <= most else line[:most - 1] + "…"
 
 
@@ -53,9 +59,9 @@ def clipped(text: str, most: int = 300) -> str:
 _SURROGATES = "\ud800-\udfff"
 _UNPAIRED = re.compile(f"[{_SURROGATES}]")
 # Characters that steer a terminal or reorder the text around them: C0 and C1 controls (an escape
-# sequence recolours, moves or clears), and Unicode's bidirectional overrides and isolates; and
-# the unpaired halves, which a terminal cannot be sent at all.
-_STEERING = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069{_SURROGATES}]")
+# sequence recolours, moves or clears), Unicode's line and paragraph separators, its bidirectional
+# overrides and isolates; and the unpaired halves, which a terminal cannot be sent at all.
+_STEERING = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069{_SURROGATES}]")
 
 
 def printable(value: Any) -> Any:

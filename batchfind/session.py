@@ -13,7 +13,7 @@ import torch
 
 from . import devices, parallel
 from .config import FLOAT_TARGETS, Config, TransformerModel, classes_unused
-from .data import IGNORE_INDEX, Batches, build_batches, describe_batch
+from .data import IGNORE_INDEX, Batches, build_batches, describe_batch, tensors_in
 from .errors import STACKED_RAN_OUT, InputError, debugging, described, unwrapped
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
@@ -87,13 +87,12 @@ class Session:
             torch.set_num_threads(max(1, devices.usable_cpus() // rank["local_world_size"]))
         backend = parallel.join(rank, self.device, probe.trial_timeout_s) if rank else None
         ddp = bool(rank) and probe.strategy == "ddp"
-        if ddp:
+        if rank:
             torch.manual_seed(0)  # every rank starts from the same weights
-            # Wrapped once set-up has seen which parameters get a gradient (below).
-            self.model = self._built().to(self.device)
-        elif rank:
-            torch.manual_seed(0)
-            self.model = parallel.wrap(self._built(), probe.strategy, self.device)
+            # DDP wraps once set-up has seen which parameters get a gradient (below); FSDP shards
+            # before the whole model meets the device.
+            built = self._built()
+            self.model = built.to(self.device) if ddp else parallel.wrap(built, probe.strategy, self.device)
         else:
             self._own("to", self.device)  # in place, as for any module
         model = self.model
@@ -343,7 +342,7 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
         raise InputError(
             f"data and model do not fit together: {describe_batch(batch, train.target, train.call)} into "
             f"{config.model.name}: "
-            f"{one_line(exc)}{_fit_hint(exc, config)}"
+            f"{one_line(exc)}{_fit_hint(exc, config, batch, model)}"
         ) from exc
     return getattr(step, "own_loss", False)  # a step of the user's own or a LightningModule's: theirs
 
@@ -355,7 +354,7 @@ _UNSET_SETTING = re.compile(r"'(\w*Config)' object has no attribute '(\w+)'")
 _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
 
 
-def _fit_hint(exc: Exception, config: Config) -> str:
+def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module) -> str:
     """What to change, where the failure says it: an argument the batches lack, inputs that a model
     takes as one argument, float64 data, or token ids or lengths past what the builtin transformer's
     embeddings hold."""
@@ -364,7 +363,8 @@ def _fit_hint(exc: Exception, config: Config) -> str:
         return "; an argument the batches do not hold can be set in train.forward_kwargs"
     if isinstance(exc, TypeError) and "positional argument" in text and "were given" in text:
         return "; a model that takes its inputs as one argument is called so with train.call: single"
-    if re.search(r"\b(Double and Float|Float and Double)\b", text):
+    if ("double" in text.lower() and any(t.dtype == torch.float64 for t in tensors_in(batch))
+            and any(p.dtype == torch.float32 for p in model.parameters())):
         return "; float64 data (numpy's default) meets a float32 model: save the data as float32"
     if isinstance(exc, IndexError) and isinstance(config.model, TransformerModel):
         return (f"; the transformer takes token ids from 0 to below model.vocab_size ({config.model.vocab_size}) "

@@ -110,7 +110,7 @@ def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch
         raise InputError("train.loss: cross_entropy scores the model's output against the batches' targets, and the "
                          "model returned a scalar: a model that computes its own loss returns it as the `loss` of a "
                          "dict or output object")
-    if output.dim() >= 2 and output.shape[class_dim(output, target)] == 1:
+    if _one_class(output, target):
         # Softmax over one class is 1 whatever the model says: a loss of 0 with no gradient.
         raise InputError(f"train.loss: cross_entropy over one class (the model's output has shape "
                          f"{tuple(output.shape)}) is always 0 and trains nothing: use train.loss: mse for one value "
@@ -119,6 +119,21 @@ def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch
         # Sequence outputs (batch, time, classes): every position is a prediction.
         return F.cross_entropy(output.flatten(0, -2).float(), target.flatten())
     return F.cross_entropy(output.float(), target)
+
+
+def _one_class(output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether the classes cross-entropy would score are one, where the shapes say so for certain:
+    (batch, 1), or a class dimension of 1 that the target's shape (labels, or probabilities of the
+    output's shape) places."""
+    if output.dim() == 2:
+        return output.shape[1] == 1
+    if output.dim() < 2:
+        return False
+    if target.shape == output.shape:  # probabilities: classes second, as torch takes them
+        return output.shape[1] == 1
+    dim = class_dim(output, target)
+    placed = dim == 1 or target.shape == output.shape[:-1]
+    return placed and output.shape[dim] == 1
 
 
 def class_dim(output: torch.Tensor, target: Any) -> int:

@@ -259,10 +259,8 @@ def _die_with_parent() -> None:
 def _serve() -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by user code goes to stderr, never into the protocol
-    # Ctrl-C and a closed terminal (sent to the whole process group) are for the parent, which
-    # stops this process itself after saving what it has.
+    # Ctrl-C is for the parent, which stops this process itself after saving what it has.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def send(message: dict[str, Any]) -> None:
         protocol.write(json.dumps(message) + "\n")

@@ -122,6 +122,20 @@ def test_float64_data_for_a_float32_model_says_to_save_it_as_float32(write_confi
     with pytest.raises(InputError, match=r"float64 data \(numpy's default\) meets a float32 model: save the data as "
                                          r"float32$"):
         check_fit(model, batches, cfg, CPU)
+    # Images into a convolution, whose words differ; and the other way round (float32 data, a
+    # float64 model), where saving the data as float32 is no advice.
+    torch.save({"inputs": torch.rand(4, 3, 8, 8, dtype=torch.float64), "targets": torch.zeros(4, dtype=torch.long)},
+               tmp_path / "images.pt")
+    cfg, model, batches = built(write_config, "model: {name: cnn, image_size: 8, width: 4, classes: 2}\n"
+                                              "data: {kind: tensors, path: images.pt}")
+    with pytest.raises(InputError, match="save the data as float32$"):
+        check_fit(model, batches, cfg, CPU)
+    np.savez(tmp_path / "f32.npz", inputs=np.random.randn(6, 5).astype("float32"), targets=np.arange(6) % 3)
+    cfg, model, batches = built(write_config, "model: {name: mlp, in_features: 5, classes: 3}\n"
+                                              "data: {kind: tensors, path: f32.npz}")
+    with pytest.raises(InputError) as raised:
+        check_fit(model.double(), batches, cfg, CPU)
+    assert "Double" in str(raised.value) and "save the data as float32" not in str(raised.value)
 
 
 @pytest.mark.parametrize("name", ["cut.pt", "cut.npz"])
@@ -631,6 +645,12 @@ def test_cross_entropy_takes_narrow_integer_labels_and_refuses_what_cannot_train
         compute_loss(torch.randn(4, 1), torch.rand(4, 1), "cross_entropy")
     with pytest.raises(InputError, match="the model returned a scalar: a model that computes its own loss returns"):
         compute_loss(torch.tensor(0.5), labels, "cross_entropy")
+    # A class dimension the target's shape does not place is not taken for one class: torch says
+    # what is wrong with the shapes (5 classes in (4, 5, 1, 1) against (4,) labels).
+    with pytest.raises(ValueError, match="Expected input batch_size"):
+        compute_loss(torch.randn(4, 5, 1, 1), torch.zeros(4, dtype=torch.long), "cross_entropy")
+    with pytest.raises(InputError, match="cross_entropy over one class"):  # one class in a map, placed
+        compute_loss(torch.randn(2, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), "cross_entropy")
     # Sequences with classes last, maps with classes second: more than one class trains.
     assert compute_loss(torch.randn(2, 5, 3), torch.randint(0, 3, (2, 5)), "cross_entropy") > 0
     assert compute_loss(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)), "cross_entropy") > 0

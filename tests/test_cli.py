@@ -240,6 +240,42 @@ def test_interrupt_writes_the_partial_report_and_exits_130(write_config, tmp_pat
     assert report["limit"]["verified"] is False
 
 
+def test_a_terminal_that_closes_mid_probe_is_an_interrupt_and_the_report_is_written(write_config, tmp_path):
+    # The kernel hangs up the session, and the table's writes to the terminal then fail (EIO).
+    import pty
+    import select
+
+    path = write_config(
+        "model: {name: 'fixtures:Trap', kwargs: {how: hang, at: 8}}\n"
+        "data: {input_shape: [8], num_classes: 4, size: 64}\nprobe: {device: cpu, steps: 1, warmup_steps: 0}\n"
+    )
+    out = tmp_path / "partial.json"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a probe on a terminal of its own, SIGHUP as a shell leaves it
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.execv(sys.executable, [sys.executable, "-m", "batchfind", "probe", str(path), "-o", str(out)])
+    seen, deadline = b"", time.monotonic() + 300  # a safety net: the CLI's start under load is far below it
+    while b"probing batch 8" not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    time.sleep(0.5)
+    os.close(fd)  # the terminal goes away
+    while time.monotonic() < deadline + 60:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"still running after the hang-up:\n{seen.decode(errors='replace')[-4000:]}")
+    assert os.waitstatus_to_exitcode(status) == 130, seen.decode(errors="replace")[-4000:]
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and [t["batch_size"] for t in report["trials"]] == [1, 2, 4]
+
+
 def test_a_cancelled_check_writes_its_report_and_exits_130(write_config, tmp_path):
     import psutil
 

@@ -701,7 +701,9 @@ def test_a_plot_under_a_home_matplotlib_cannot_write_to_says_only_where_it_wrote
     path, _, _ = real_report
     home = tmp_path / "home"
     home.write_text("a file, where matplotlib wants its cache folder")
-    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"} | {"HOME": str(home)}
+    # Where matplotlib would look before HOME, unset: HOME is then where it must make its folder.
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
     out = tmp_path / "p.png"
     done = subprocess.run([sys.executable, "-m", "batchfind", "plot", str(path), "-o", str(out)], capture_output=True,
                           text=True, env=env)

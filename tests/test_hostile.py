@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -572,7 +573,23 @@ def test_an_inherited_master_addr_that_does_not_resolve_fails_at_once_in_one_lin
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: MASTER_ADDR=no.such.host.invalid: torchrun's variables are set, but this name "
-                               "does not resolve"), lines[0]
+                               "did not resolve within 1 s"), lines[0]
+
+
+def test_a_master_addr_that_resolves_late_is_waited_for(monkeypatch):
+    import socket
+
+    # A pod's name resolves once the pod is up: a second of failures, then the address.
+    real, started = socket.getaddrinfo, time.monotonic()
+
+    def late(host, *args, **kwargs):
+        if time.monotonic() - started < 1.0:
+            raise socket.gaierror(-2, "Name or service not known")
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", late)
+    distributed._resolve("master-0.svc", 29500, time.monotonic() + 10)  # returns, no error
+    assert time.monotonic() - started >= 1.0
 
 
 @pytest.mark.parametrize("var,value", [("RANK", "x"), ("MASTER_PORT", "-1"), ("RANK", "5"), ("RANK", "²"),
@@ -636,8 +653,8 @@ def test_a_setup_that_runs_out_on_its_samples_blames_the_data(shape, dtype, fail
 
 
 def test_samples_that_run_out_as_they_are_stacked_blame_the_data_not_the_model(write_config, tmp_path):
-    # Samples that are views of one value (stride 0): a small file, whose two samples stacked need 128 GiB.
-    torch.save({"inputs": torch.zeros(1, 1, 1).expand(2, 2**17, 2**17), "targets": torch.zeros(2, dtype=torch.long)},
+    # Samples that are views of one value (stride 0): a small file, whose two samples stacked need 8 TiB.
+    torch.save({"inputs": torch.zeros(1, 1, 1).expand(2, 2**20, 2**20), "targets": torch.zeros(2, dtype=torch.long)},
                tmp_path / "views.pt")
     cfg = load_config(write_config("model: {name: mlp}\ndata: {kind: tensors, path: views.pt}"))
     batches = build_batches(cfg, torch.device("cpu"))
@@ -645,7 +662,7 @@ def test_samples_that_run_out_as_they_are_stacked_blame_the_data_not_the_model(w
         check_fit(build_model(cfg.model), batches, cfg, torch.device("cpu"))
     line = probing._nothing_fits(setup_failure(raised.value)["error"], cfg.data)
     assert line.startswith(probing.SETUP_RAN_OUT + ": two of the data's samples, stacked into a batch, ran out of "
-                           "memory (128.0 GiB in one allocation), more than all of this machine's memory"), line
+                           "memory (8.0 TiB in one allocation), more than all of this machine's memory"), line
     assert line.endswith(f"make the samples of {tmp_path / 'views.pt'} smaller") and "model" not in line.split(":", 1)[1]
     # Under a limit the machine could give, raising it is the other way out.
     fits = probing._nothing_fits(f"MemoryError: {STACKED_RAN_OUT}: RuntimeError: DefaultCPUAllocator: can't "
@@ -776,3 +793,10 @@ def test_escape_sequences_in_a_file_name_are_shown_not_sent_to_the_terminal(tmp_
                  ["plot", str(named), "-o", str(tmp_path / "x\x1b[2J.gif")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr, result.stderr
+    # Characters Python would break a line at, but a line feed: the name stays whole, with its problem.
+    for odd in ("\x0b", "\x1c", "\x85", "\u2028", "\r"):
+        named = tmp_path / f"a{odd}b.yaml"
+        named.write_text("model: {name: mlp}\nprobe: {steps: -1}\n")
+        result = runner.invoke(app, ["validate", str(named)])
+        shown = str(named).replace(odd, odd.encode("unicode_escape").decode("ascii"))
+        assert result.stderr == f"error: {shown}: probe.steps: must be greater than 0 (got -1)\n", (odd, result.stderr)

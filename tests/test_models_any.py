@@ -136,6 +136,10 @@ def test_items_of_any_structure_pad_every_field_whose_length_varies():
     assert masked[1].tolist() == [[True, True], [True, False]]
     floats = pad_collate([(torch.tensor([1, 2]), torch.tensor([0.5, 0.5])), (torch.tensor([3]), torch.tensor([0.5]))])
     assert floats[1].tolist() == [[0.5, 0.5], [0.5, 0.0]]
+    for narrow in (torch.uint8, torch.int8, torch.int16):  # -100 fits none of them as they are
+        labels = pad_collate([(torch.tensor([1, 2]), torch.tensor([1, 2], dtype=narrow)),
+                              (torch.tensor([3]), torch.tensor([2], dtype=narrow))])[1]
+        assert labels.dtype == torch.int64 and labels.tolist() == [[1, 2], [2, -100]], narrow
     words = pad_collate([(["a", "b"], [1, 2]), (["c"], [3])])
     assert words[0] == [["a", "b"], ["c"]]  # text stays text
     with pytest.raises(InputError, match=r"field 0 varies in shape .* only the first dimension"):
