@@ -266,10 +266,10 @@ REPEAT_S = 2.0
 @contextmanager
 def _interrupt_once() -> Iterator[None]:
     """SIGTERM (a cancelled CI job, torchrun stopping its ranks) and SIGHUP (a closed terminal) end a
-    probe as Ctrl-C does: with
-    the partial report written. A repeat within REPEAT_S is ignored: a quick double Ctrl-C would cut
-    the writing short and lose the report; a later one still stops whatever is stuck. A signal the
-    process was started ignoring (a job in the background) stays ignored."""
+    probe as Ctrl-C does: with the partial report written. A repeat within REPEAT_S is ignored: a
+    quick double Ctrl-C would cut the writing short and lose the report; a later one still stops
+    whatever is stuck. A signal the process was started ignoring (a job in the background, nohup)
+    stays ignored."""
     first: float | None = None
 
     def interrupt(signum, frame):

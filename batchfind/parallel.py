@@ -39,9 +39,9 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, find_unused: boo
     """The model, built in host memory, on `device` the way the strategy puts it there.
 
     DDP: a full replica per rank plus gradient buckets; `find_unused` where some parameters get no
-    gradient (it walks the graph after every forward for them). FSDP: parameters, gradients and optimizer
-    state sharded across ranks, each repeated block gathered only while it runs; blocks move to
-    the device one at a time, so a model that fits only when sharded still sets up.
+    gradient (it walks the graph after every forward for them). FSDP: parameters, gradients and
+    optimizer state sharded across ranks, each repeated block gathered only while it runs; blocks
+    move to the device one at a time, so a model that fits only when sharded still sets up.
     """
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
