@@ -440,7 +440,8 @@ def _topology(config: Config) -> Topology | None:
 
 def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dict, world_size: int):
     """Trials with their training plan, the limit, the recommendation and its notes."""
-    trials = with_training_plan(trials, config.train, config.recommend, world_size, facts.get("own_optimizers", False))
+    trials = with_training_plan(trials, config.train, config.recommend, world_size, facts.get("own_optimizers", False),
+                                facts.get("optimizer_lr"))
     limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     model = _model(trials, facts)
     variation = _variation(facts, model)

@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 from . import curve
-from .config import RecommendConfig, TrainConfig
+from .config import OPTIMIZERS, RecommendConfig, TrainConfig
 from .report import MEMORY_FAILURES, Limit, Recommendation, Trial, latest_timed, timed
 
 # Square-root scaling keeps Adam's per-step noise in proportion (Malladi et al., 2022); linear
@@ -47,17 +47,20 @@ def accumulation(batch: int, target: int | None) -> int | None:
 
 
 def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendConfig, world_size: int = 1,
-                       own_optimizers: bool = False) -> list[Trial]:
+                       own_optimizers: bool = False, optimizer_lr: float | None = None) -> list[Trial]:
     """Each trial with its global batch (per-device batch × ranks × accumulation steps toward the
     target batch) and the learning rate scaled to it: the optimizer sees the global batch. A model
-    that builds its own optimizers (a LightningModule) gets no learning rate: `train.lr` is not its."""
+    that builds its own optimizers (a LightningModule) gets no learning rate: `train.lr` is not its.
+    A factory optimizer given no lr trains at its own default (`optimizer_lr`, as the built optimizer
+    holds it), not at `train.lr`'s."""
     rule = lr_rule(rec.lr_rule, train.optimizer)
+    base = train.lr if train.optimizer in OPTIMIZERS or "lr" in train.model_fields_set else optimizer_lr
     planned = []
     for t in trials:
         per_step = t.batch_size * world_size
         steps = accumulation(per_step, rec.target_batch)
         global_batch = per_step * (steps or 1)
-        lr = None if own_optimizers else scaled_lr(train.lr, global_batch, train.reference_batch, rule)
+        lr = None if own_optimizers or base is None else scaled_lr(base, global_batch, train.reference_batch, rule)
         planned.append(dataclasses.replace(t, lr=lr, accumulation_steps=steps, global_batch_size=global_batch))
     return planned
 

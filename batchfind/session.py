@@ -135,6 +135,7 @@ class Session:
             # A LightningModule's configure_optimizers, not train.optimizer and train.lr.
             "own_optimizers": isinstance(self.step, LightningStep),
             "optimizer": ", ".join(type(o).__name__ for o in self.step.optimizers),
+            "optimizer_lr": self.step.given_lr,  # what a factory optimizer given no lr trains at
             "own_loss": own_loss,  # the model's output carried its own loss
             "smallest_batch": smallest,
             "unused_parameters": unused,  # DDP's: they made it look for them every step

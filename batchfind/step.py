@@ -67,6 +67,15 @@ def _holds_any(optimizer: Any, model: nn.Module) -> bool:
     return any(id(p) in held for p in model.parameters() if p.requires_grad)
 
 
+def first_lr(optimizers: list[torch.optim.Optimizer]) -> float | None:
+    """The learning rate of the first optimizer's first parameter group, as built (before `still`):
+    what a factory optimizer given none trains at."""
+    try:
+        return float(optimizers[0].param_groups[0]["lr"])
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def still(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
     """The optimizers with every learning rate 0. A trial repeats one batch for up to a hundred steps:
     at the configured rate the weights fit it and can run off to NaN (a plain MLP under SGD at 0.1
@@ -268,7 +277,9 @@ class Step:
 
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
-        self.optimizers = still(self._optimizers())
+        built = self._optimizers()
+        self.given_lr = first_lr(built)
+        self.optimizers = still(built)
         self.loss_fn = None if train.builtin_loss else resolve(train.loss, "train.loss")
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
@@ -465,7 +476,9 @@ class CustomStep:
     def __init__(self, model: nn.Module, train: TrainConfig, device: torch.device):
         self.model, self.train, self.device = model, train, device
         self.fn = resolve(train.step, "train.step")
-        self.optimizer = still([make_optimizer(model, train)])[0]
+        built = [make_optimizer(model, train)]
+        self.given_lr = first_lr(built)
+        self.optimizer = still(built)[0]
         self.optimizers = [self.optimizer]
         self.stage = "train.step"
 

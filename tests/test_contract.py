@@ -760,3 +760,15 @@ def test_python_api_returns_the_same_report_as_the_cli(real_report):
     measured = lambda limit: {k: v for k, v in limit.items()  # noqa: E731
                               if k not in ("predicted_batch_size", "variation_bytes", "safe_batch_size")}
     assert measured(api["limit"]) == measured(cli_report["limit"])
+
+
+def test_a_factory_optimizer_given_no_lr_reports_the_rate_it_trains_at(write_config):
+    # AdamW's own default, 1e-3, not train.lr's 0.1 that nothing passed to it.
+    path = write_config("model: {name: mlp, in_features: 8, classes: 4}\ndata: {size: 1000}\n"
+                        "train: {optimizer: 'torch.optim:AdamW', reference_batch: 64}\n"
+                        "probe: {device: cpu, max_batch: 4, warmup_steps: 0, steps: 1, refine: false}\n")
+    result = runner.invoke(app, ["probe", str(path), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["recommendation"]["lr"] == pytest.approx(0.001)
+    assert [t["lr"] for t in report["trials"]] == pytest.approx([0.001] * len(report["trials"]))

@@ -176,6 +176,21 @@ def test_training_plan_per_trial_and_auto_rule():
     assert [t.global_batch_size for t in sgd] == [1, 2, 4]  # no accumulation: the batch itself
 
 
+def test_a_factory_optimizer_given_no_lr_is_scaled_from_its_own_default():
+    trials = curve([10, 20, 40])  # batch 1, 2, 4
+    adamw = TrainConfig(optimizer="torch.optim:AdamW", reference_batch=2)  # no lr: AdamW's own 1e-3 trains
+    assert [t.lr for t in with_training_plan(trials, adamw, RecommendConfig(), optimizer_lr=0.001)] == \
+        pytest.approx([0.001] * 3)  # auto leaves a factory's rate alone
+    sqrt = with_training_plan(trials, adamw, RecommendConfig(lr_rule="sqrt"), optimizer_lr=0.001)
+    assert [t.lr for t in sqrt] == pytest.approx([0.001 * math.sqrt(0.5), 0.001, 0.001 * math.sqrt(2)])
+    assert [t.lr for t in with_training_plan(trials, adamw, RecommendConfig())] == [None] * 3  # not known
+    # Given, in either place, the rate given is the one scaled; a builtin's default is its own.
+    given = TrainConfig(optimizer="torch.optim:AdamW", optimizer_kwargs={"lr": 0.01}, reference_batch=2)
+    assert with_training_plan(trials, given, RecommendConfig(), optimizer_lr=0.5)[0].lr == pytest.approx(0.01)
+    sgd = TrainConfig(optimizer="sgd", reference_batch=2)
+    assert with_training_plan(trials, sgd, RecommendConfig(), optimizer_lr=0.5)[1].lr == pytest.approx(0.1)
+
+
 def test_global_batch_counts_every_rank_and_accumulation_step():
     trials = curve([10, 20, 40])  # batch 1, 2, 4 per device
     planned = with_training_plan(trials, TrainConfig(optimizer="sgd", lr=0.1, reference_batch=8),
