@@ -288,7 +288,12 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
     def doubling_trial(size: int) -> Trial:
         nonlocal checked
         m = model()
-        beyond = m is not None and m.peak_at(size) > (1 - config.recommend.headroom) * m.ceiling_bytes
+        room = 1 - config.recommend.headroom
+        if m is not None and m.peak_at(first) > room * m.ceiling_bytes:
+            # No size can leave the headroom (Python and torch alone take more): it is ignored (the
+            # recommendation says so), and every size short of the edge may be the one to train with.
+            room = 1.0
+        beyond = m is not None and m.peak_at(size) > room * m.ceiling_bytes
         if (beyond or bar(prober.trials, tolerance) is not None) and _fastest(prober.trials) != checked:
             # Throughput has stopped rising, or the edge is near, and the worker is still clean:
             # check the curve, again once another size has become the fastest (past a size that

@@ -284,6 +284,17 @@ def test_sizes_beyond_the_headroom_are_only_fit_checked():
     assert all(t.purpose == "fit" for t in sim.trials[sim.prepared_at:])
 
 
+def test_a_headroom_no_size_can_leave_does_not_stop_the_timing():
+    # Set-up alone takes more than the 10% of the limit a headroom of 0.9 leaves: it is ignored, so
+    # every size short of the edge may be the batch to train with, and is timed as one.
+    sim = SimDevice(1708, fixed=20 * 1024 * MiB, speed={2**k: 100.0 * 1.1**k for k in range(11)})
+    sim.config.recommend.headroom = 0.9
+    sim.run()
+    doubled = [t for t in sim.trials if t.phase == "double"]
+    assert [t.purpose for t in doubled if t.batch_size <= 1024] == ["throughput"] * 11
+    assert choose(sim) == 1024
+
+
 def test_past_the_peak_a_size_is_timed_in_full_only_if_it_could_be_the_batch_to_train_with():
     # cnn-small on a 2-core CPU: fastest at 32, then slower by a third and more.
     speed = {1: 285, 2: 406, 4: 603, 8: 844, 16: 915, 32: 1116, 64: 570, 128: 585, 256: 500, 512: 450}
