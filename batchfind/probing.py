@@ -728,10 +728,16 @@ def _budget_warnings(stopped: str | None, limit) -> list[str]:
 def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) -> list[str]:
     """`ranks_here`: the ranks on this machine, each with its own DataLoader workers."""
     warnings = []
-    if target and rec.accumulation_steps == 1 and (rec.global_batch_size or 0) > target:
+    reached = rec.global_batch_size or 0
+    if target and rec.accumulation_steps == 1 and reached > target:
         # Accumulation only adds steps: one step of this batch already passes the batch asked for.
+        # Sizes are per device; the target counts every rank's samples.
+        world = reached // rec.batch_size if rec.batch_size else 1
+        per_device = f" per device ({world} ranks)" if world > 1 else ""
         warnings.append(f"recommend.target_batch {target} is below the recommended batch's one step "
-                        f"({rec.global_batch_size} samples): train at a batch of {target} or below to keep it")
+                        f"({reached} samples): train at a batch of {max(1, target // world)}{per_device} or below "
+                        "to keep it")
+
     samples = facts.get("dataset_len")
     if target and samples and target > samples:
         # Every optimizer step would see the whole dataset, some samples more than once.

@@ -762,6 +762,11 @@ def test_a_target_batch_below_one_step_or_past_the_dataset_says_so():
 
     assert said(3, 8, 1) == ["recommend.target_batch 3 is below the recommended batch's one step (8 samples): train "
                              "at a batch of 3 or below to keep it"]
+    # Two ranks of 64: the target counts both, the batch to train at is per device.
+    ranks = Recommendation(64, "fastest", accumulation_steps=1, global_batch_size=128)
+    assert probing._advice_warnings(ranks, {}, 100) == [
+        "recommend.target_batch 100 is below the recommended batch's one step (128 samples): train at a batch of 50 "
+        "per device (2 ranks) or below to keep it"]
     # Reached by accumulation, or overshot only by rounding up to whole steps: nothing to say.
     assert said(64, 8, 8) == said(100, 32, 4) == said(8, 8, 1) == said(100, 32, 4, samples=100) == []
     # More than the whole dataset in every optimizer step.
