@@ -29,6 +29,12 @@ def limit_of(trials: list[Trial], **extra) -> Limit:
     return Limit(batch_size=largest, first_oom=first_oom, verified=verified, **extra)
 
 
+def percent(share: float) -> str:
+    """A setting's share as written, `2.5%` or `0.4%`: rounded to a whole percent it could read as
+    another setting (0.025 as 2%, 0.004 as 0%)."""
+    return f"{share * 100:.3g}%"
+
+
 def lr_rule(rule: str, optimizer: str) -> str:
     # An optimizer of your own has no known rule: its learning rate is left as it is.
     return AUTO_RULE.get(optimizer, "none") if rule == "auto" else rule
@@ -153,7 +159,7 @@ def recommend(
     headroom_kept = bool(roomy)
     if not roomy:
         roomy = list(by_size.values())
-        notes.append(f"no size left {rec.headroom:.0%} of the memory limit free; headroom ignored")
+        notes.append(f"no size left {percent(rec.headroom)} of the memory limit free; headroom ignored")
     chosen, fastest = choice(roomy, rec.tolerance)
     floor = (1 - rec.tolerance) * fastest.samples_per_s
     # A faster size that leaves too little memory free is not the fastest the reason may name.
@@ -165,11 +171,11 @@ def recommend(
         reason = (f"{'fastest within the headroom' if beaten else 'fastest timed'}{finite} "
                   f"({fastest.samples_per_s:,.0f} samples/s)")
     else:
-        reason = (f"within {rec.tolerance:.0%} of the fastest{' within the headroom' if beaten else ''}{finite} "
+        reason = (f"within {percent(rec.tolerance)} of the fastest{' within the headroom' if beaten else ''}{finite} "
                   f"({chosen.samples_per_s:,.0f} vs {fastest.samples_per_s:,.0f} samples/s at "
                   f"{fastest.batch_size}, at the low end of its interval too) with less memory")
     if rec.headroom and limit_bytes and headroom_kept:
-        reason += f", leaving at least {rec.headroom:.0%} of the memory limit free"
+        reason += f", leaving at least {percent(rec.headroom)} of the memory limit free"
     # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.
     alike = [t.batch_size for t in roomy if t.samples_per_s * (1 + t.uncertainty) >= floor]
     # Noise matters where it blurs the choice: a size far slower than the fastest is no candidate,
@@ -177,7 +183,7 @@ def recommend(
     uncertain = sorted(t.batch_size for t in roomy if t.batch_size in alike and noisy(t, rec.tolerance))
     if uncertain:
         notes.append(
-            f"throughput is uncertain by more than the {rec.tolerance:.0%} tolerance at batch "
+            f"throughput is uncertain by more than the {percent(rec.tolerance)} tolerance at batch "
             f"{', '.join(map(str, uncertain))}: sizes that close cannot be told apart; more --steps, a longer "
             "probe.max_time_s or a quieter machine would tell them apart"
         )

@@ -287,3 +287,11 @@ def test_a_busy_machine_is_said_once_from_the_median_of_the_timed_trials():
     one_stall = [dataclasses.replace(t, other_cpu_share=0.9 if i == 0 else 0.02, steal_share=0.0)
                  for i, t in enumerate(trials)]
     assert _load_warnings(one_stall) == [] and _load_warnings(trials) == []  # quiet, or not measured
+
+
+def test_settings_are_said_as_given_not_rounded_to_another():
+    from batchfind.recommend import percent
+
+    assert [percent(x) for x in (0.02, 0.1, 0.025, 0.004, 0.999)] == ["2%", "10%", "2.5%", "0.4%", "99.9%"]
+    rec, _ = recommend(curve([100, 206, 210]), limit_of(curve([100, 206, 210])), RecommendConfig(tolerance=0.025), None)
+    assert "within 2.5% of the fastest" in rec.reason, rec.reason
