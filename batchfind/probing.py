@@ -491,7 +491,10 @@ def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit
         big = min(max(size, 4), limit_size or size)
         small = max(2, big // 8)
         if big < 4:
-            extras["noise_scale"] = {"status": "skipped", "error": f"needs a batch of at least 4 that fits (limit {big})"}
+            # Memory, or the dataset's size (each rank's share of it), caps the sizes that ran.
+            cap = (f"the dataset holds {facts['dataset_len']}" if facts.get("dataset_len", 4) < 4 * prober.world_size
+                   else f"limit {big}")
+            extras["noise_scale"] = {"status": "skipped", "error": f"needs a batch of at least 4 that fits ({cap})"}
             return extras
         reply = prober.ask({"op": "noise", "small": small, "big": big, "batches": NOISE_BATCHES})
         if reply.get("status") == "ok" and not all(map(math.isfinite, reply["small"] + reply["big"])):

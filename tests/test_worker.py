@@ -471,6 +471,12 @@ def test_noise_scale_needs_room_for_two_sizes(write_config):
     assert report.recommendation.noise_scale["status"] == "skipped"
     assert ("the gradient noise scale was not estimated (skipped): needs a batch of at least 4 that fits (limit 2)"
             in report.warnings), report.warnings
+    # Where the dataset is what caps the sizes, it is named, not the memory limit.
+    small = probe(load_config(write_config("model: {name: mlp, in_features: 8, classes: 4}\ndata: {size: 3}\n"
+                                           "probe: {device: cpu, warmup_steps: 0, steps: 1}\n"
+                                           "recommend: {noise_scale: true}\n")))
+    assert ("the gradient noise scale was not estimated (skipped): needs a batch of at least 4 that fits (the dataset "
+            "holds 3)" in small.warnings), small.warnings
     jsonschema.validate(json.loads(report.to_json()), json_schema())
 
 
