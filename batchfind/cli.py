@@ -62,10 +62,12 @@ class LRRule(str, Enum):
     none = "none"
 
 
-def _path(text: str) -> Path:
+def _path(text: str | Path) -> Path:
     """A path given on the command line, as it is: click's own path type would refuse an unreadable
     one in four lines, where ours say it in one (and an output may be writable without being
     readable)."""
+    if isinstance(text, Path):  # a default (init's batchfind.yaml), as written in the code
+        return text
     if not text:  # an unset shell variable, say: as a Path it would be ".", this folder
         raise typer.BadParameter("an empty path")
     if text.endswith("/"):  # a folder's name: as a Path the slash goes, and `report.json/` would write report.json

@@ -8,6 +8,7 @@ which batch size extra samples per step stop buying proportionally fewer steps.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from statistics import fmean
@@ -16,8 +17,8 @@ from statistics import fmean
 @dataclass(frozen=True)
 class NoiseScale:
     b_simple: float | None  # None when |G|² was not positive: the gradient is all noise at this point
-    ci_low: float | None  # a bootstrap 10th-90th percentile interval over the measured batches
-    ci_high: float | None
+    ci_low: float | None  # a bootstrap 10th-90th percentile interval over the measured batches;
+    ci_high: float | None  # None where that many resamples saw no signal (no upper bound)
     grad_sq: float  # estimate of |G|²
     trace_cov: float  # estimate of tr(Σ)
     small_batch: int
@@ -48,14 +49,15 @@ def estimate(b_small: int, small: list[float], b_big: int, big: list[float], *,
     for _ in range(resamples):
         g, t = components(b_small, fmean(rng.choices(small, k=len(small))),
                           b_big, fmean(rng.choices(big, k=len(big))))
-        if g > 0:
-            boots.append(t / g)
+        # No signal in this resample: as far as it can tell, no batch is large enough. Left out,
+        # such resamples would pull the interval low.
+        boots.append(t / g if g > 0 else math.inf)
     boots.sort()
-    low = boots[int(0.1 * (len(boots) - 1))] if boots else None
-    high = boots[int(0.9 * (len(boots) - 1))] if boots else None
+    low, high = (boots[int(q * (len(boots) - 1))] for q in (0.1, 0.9))
     return NoiseScale(
         b_simple=trace / grad_sq if grad_sq > 0 else None,
-        ci_low=low, ci_high=high, grad_sq=grad_sq, trace_cov=trace,
+        ci_low=low if math.isfinite(low) else None, ci_high=high if math.isfinite(high) else None,
+        grad_sq=grad_sq, trace_cov=trace,
         small_batch=b_small, big_batch=b_big, batches=min(len(small), len(big)),
         samples=b_small * len(small) + b_big * len(big),
     )

@@ -244,6 +244,7 @@ def probe(
     """Double up to the first failure, find the exact edge near the memory model's prediction, and
     prove it in brand-new processes. Ctrl-C returns the partial report with `interrupted` set.
     """
+    _is_config(config)
     return _run(config, plan, on_trial_start, on_trial_end, _topology(config), config.probe.min_batch, on_progress,
                 standby_first=True)
 
@@ -544,6 +545,9 @@ def _verify(prober, keep_going: Callable[[], bool]) -> None:
 def check(config: Config, batch_size: int) -> Report:
     """Run one batch size in a brand-new process, the fit check a probe proves its limit with: does
     it still fit?"""
+    _is_config(config)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size: expected a whole number of at least 1 (got {batch_size!r})")
 
     def check_plan(prober: Prober, facts: dict, keep_going: Callable[[], bool]) -> PlanResult:
         world = prober.world_size
@@ -557,10 +561,18 @@ def check(config: Config, batch_size: int) -> Report:
     return _run(config, check_plan, None, None, _topology(config), batch_size, fits_only=True)
 
 
+def _is_config(config: object) -> None:
+    """From Python, a path or a mapping where `load_config`'s result goes is said so in one line."""
+    if not isinstance(config, Config):
+        raise InputError(f"config: expected the Config that batchfind.load_config returns (got "
+                         f"{type(config).__name__}): load_config(path) reads a file")
+
+
 def validate(config: Config) -> Report:
     """One training step of two samples on CPU: model and data build and agree. No probing. Its
     warnings are those a probe would give about the config itself (settings the model never uses,
     inputs longer than the items scanned); the rest are about probing, which this is not."""
+    _is_config(config)
     cpu = config.model_copy(update={"probe": config.probe.model_copy(
         update={"device": "cpu", "warmup_steps": 0, "steps": 1, "min_time_s": 0, "memory_limit": None,
                 "nproc_per_node": None})})

@@ -264,8 +264,8 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
         )
     if rec.noise_scale and rec.noise_scale.get("b_simple") is not None:
         ns = rec.noise_scale
-        interval = (f"80% interval {ns['ci_low']:,.0f}–{ns['ci_high']:,.0f}; " if ns.get("ci_low") is not None
-                    else "")
+        upper = f"{ns['ci_high']:,.0f}" if ns.get("ci_high") is not None else "no bound"
+        interval = f"80% interval {ns['ci_low']:,.0f}–{upper}; " if ns.get("ci_low") is not None else ""
         console.print(
             f"gradient noise scale B_simple ≈ {ns['b_simple']:,.0f} ({interval}"
             f"{ns['batches']} batches of {ns['small_batch']} and {ns['big_batch']}, at the {ns['measured_at']}): "

@@ -73,7 +73,7 @@ _TEMPLATES: dict[str, tuple[str, dict[str, list[Row]]]] = {
             ("in_channels", 3, ""),
             ("image_size", 32, "square images of this size"),
             ("width", 32, "channels of the first stage, doubling per stage"),
-            ("depth", 2, "blocks per stage, or a list such as [3, 4, 6, 3]"),
+            ("depth", 2, "blocks per stage, or a list such as [3, 4, 6, 3] (then leave out stages)"),
             ("stages", 3, ""),
             ("block", "basic", "basic | bottleneck"),
             ("stem", "cifar", "cifar (3x3) | imagenet (7x7 stride 2 + max-pool)"),

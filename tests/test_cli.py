@@ -451,3 +451,11 @@ def test_every_command_takes_debug_after_it():
     assert {name for name, command in commands.items() if "debug" not in {p.name for p in command.params}} == set()
     result = runner.invoke(app, ["schema", "--debug"])
     assert result.exit_code == 0 and json.loads(result.stdout)["title"], result.output
+
+
+def test_init_without_a_path_writes_batchfind_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "batchfind.yaml").read_text()
+    assert written.startswith("#") and "name: cnn" in written

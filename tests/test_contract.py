@@ -772,3 +772,17 @@ def test_a_factory_optimizer_given_no_lr_reports_the_rate_it_trains_at(write_con
     report = json.loads(result.stdout)
     assert report["recommendation"]["lr"] == pytest.approx(0.001)
     assert [t["lr"] for t in report["trials"]] == pytest.approx([0.001] * len(report["trials"]))
+
+
+def test_the_python_api_refuses_what_is_not_a_config_or_a_batch_size_in_one_line(write_config):
+    from batchfind import InputError, check, load_config, probe
+    from batchfind.probing import validate
+
+    config = load_config(write_config(TINY))
+    for size in (0, -3, 2.5, "8", True):
+        with pytest.raises(InputError, match=r"^batch_size: expected a whole number of at least 1 \(got "):
+            check(config, size)
+    for call in (probe, validate, lambda c: check(c, 2)):
+        with pytest.raises(InputError, match=r"^config: expected the Config that batchfind.load_config returns \(got "
+                                             r"str\)"):
+            call("cfg.yaml")

@@ -256,6 +256,18 @@ def test_noise_scale_interval_narrows_with_more_batches():
     assert many.ci_high - many.ci_low < few.ci_high - few.ci_low
 
 
+def test_resamples_without_signal_count_as_no_bound_not_as_nothing():
+    # |G|² = 2 × big − small: positive on the means (0.2), negative in many resamples. Those say
+    # "no batch is large enough", so the interval has no upper end, and its lower end is not
+    # taken from the positive ones alone.
+    scale = estimate(1, [1.0, 3.0], 2, [0.9, 1.3])
+    assert scale.b_simple == pytest.approx((2 - 1.1) / (1 - 0.5) / 0.2)
+    assert scale.ci_high is None and scale.ci_low is not None
+    positive_only = sorted(t / g for g, t in (components(1, s, 2, b) for s in (1, 2, 3) for b in (0.9, 1.1, 1.3))
+                           if g > 0)
+    assert scale.ci_low >= positive_only[0]
+
+
 def test_estimate_rejects_sizes_in_the_wrong_order():
     with pytest.raises(ValueError):
         estimate(8, [1.0], 8, [1.0])
