@@ -830,6 +830,14 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
                             f"{config.model.name}'s synthetic samples follow {own}")
     elif own is None and classes_unused(config):
         warnings.append(f"data.num_classes: not used; {FLOAT_TARGETS}")
+    if data.kind != "synthetic":
+        # These shape synthetic samples; items read from files or a dataset of one's own have their own.
+        shaping = {"input_shape", "input_dtype", "vocab_size", "target_shape", "num_classes", "inputs"}
+        shaping |= {"image_size", "channels"} if data.kind != "imagefolder" else set()
+        ignored = sorted(shaping & data.model_fields_set)
+        if ignored:
+            warnings.append(f"{', '.join('data.' + key for key in ignored)}: not used; the {data.kind} data's items "
+                            "have shapes of their own")
     train = config.train
     if facts.get("own_loss"):
         scoring = [key for key in ("output", "loss") if key in train.model_fields_set]

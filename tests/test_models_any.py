@@ -664,7 +664,11 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
      "data.num_classes: not used; with train.loss mse the synthetic targets are floats"),
     ("model: {name: mlp}\ndata: {workers: 4, pin_memory: false}\n",
      "data.pin_memory, data.workers: not used; synthetic data is made on the device, and no DataLoader is timed"),
-], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data"])
+    ("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:Pairs', input_shape: [99, 7], "
+     "num_classes: 2}\n",
+     "data.input_shape, data.num_classes: not used; the fixtures:Pairs data's items have shapes of their own"),
+], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data",
+        "synthetic shapes for a dataset of one's own"])
 def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
     checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
     assert checked.exit_code == 0, checked.output
