@@ -752,7 +752,6 @@ def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) 
         warnings.append(f"recommend.target_batch {target} is below the recommended batch's one step "
                         f"({reached} samples): train at a batch of {max(1, target // world)}{per_device} or below "
                         "to keep it")
-
     samples = facts.get("dataset_len")
     if target and samples and target > samples:
         # Every optimizer step would see the whole dataset, some samples more than once.
