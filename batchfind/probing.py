@@ -891,20 +891,20 @@ def _nothing_fits(message: str, data: DataConfig) -> str:
     text = f"{SETUP_RAN_OUT}: {clipped(message, 200)}; "
     raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
     largest = _largest_input(data)
+    per_sample = f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)" if largest else None
     failed = failed_allocation(message)
     ram = psutil.virtual_memory().total
     if STACKED_RAN_OUT in message:
         # The batch is made before the model sees it: the data's size, whatever the model.
         text = f"{SETUP_RAN_OUT}: {STACKED_RAN_OUT}" + (f" ({format_size(failed)} in one allocation)" if failed else "")
         named = data.path or (data.kind if data.kind != "synthetic" else None)
-        samples = (f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)" if largest
-                   else f"samples of {named} smaller" if named else "samples smaller")
+        samples = per_sample or (f"samples of {named} smaller" if named else "samples smaller")
         if failed and "CUDA" not in message and failed > ram:
             return text + f", more than all of this machine's memory ({format_size(ram)}): make the {samples}"
         return text + "; " + raise_limit + samples
-    if largest and failed and 2 * largest[1] >= failed:
+    if per_sample and failed and 2 * largest[1] >= failed:
         # An allocation no larger than set-up's check of two samples: the data's size, not the model's.
-        return text + raise_limit + f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)"
+        return text + raise_limit + per_sample
     if failed and "CUDA" not in message and failed > ram:
         # No limit holds it on this machine's CPU: raising one cannot help.
         return text + (f"that one allocation ({format_size(failed)}) is more than all of this machine's memory "
