@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
-from .report import Report, Trial, busy, config_section, first_fitting, latest_timed
+from .report import Recommendation, Report, Trial, busy, config_section, first_fitting, latest_timed
 from .sizes import format_size
 
 # Between two runs under the default memory limit (a share of the RAM free at the start) on one
@@ -77,7 +77,7 @@ def compare(base: Report, new: Report, max_regression: float = 0.10) -> Comparis
         recommended = _change("recommended batch", before, now, True, max_regression)
         # A size the base could not tell apart from its fastest is as good a choice by the base's
         # own measure.
-        tied = _within(now, base.recommendation.interval)
+        tied = _tied(now, base.recommendation)
         # Where the new limit is not judged (less memory, or a cap before any failure), the
         # recommendation is judged against what could be recommended below it.
         if (excused or unbounded) and before is not None and new.limit.batch_size is not None:
@@ -172,8 +172,13 @@ def _checked(report: Report) -> bool:
     return bool(report.trials) and all(t.phase == "verify" for t in report.trials)
 
 
-def _within(size: int | None, interval: list[int] | None) -> bool:
-    return size is not None and bool(interval) and interval[0] <= size <= interval[-1]
+def _tied(size: int | None, rec: Recommendation) -> bool:
+    if size is None:
+        return False
+    if rec.tied is not None:
+        return size in rec.tied
+    # A report from before `tied` was written: its span is all there is.
+    return bool(rec.interval) and rec.interval[0] <= size <= rec.interval[-1]
 
 
 def _cut_short(report: Report) -> bool:

@@ -207,6 +207,7 @@ def recommend(
         noisy=noisy(chosen, rec.tolerance),
         interval=[min(alike), max(alike)],
         curve=_described(points(usable), [t.batch_size for t in roomy], rec.tolerance),
+        tied=sorted(alike),
     )
     return recommendation, notes
 

@@ -243,8 +243,11 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
     rec, limit = report.recommendation, report.limit
     if rec.batch_size is not None:
         console.print(f"[bold]recommended batch: {rec.batch_size}[/bold] — {rec.reason}")
-        if rec.interval and rec.interval[0] != rec.interval[1]:
-            console.print(f"cannot be told apart from the fastest: batch {rec.interval[0]}–{rec.interval[1]}")
+        tied = rec.tied if rec.tied is not None else rec.interval
+        if tied and len(set(tied)) > 1:
+            # The sizes themselves where known: a slower size between them is not among them.
+            sizes = ", ".join(map(str, tied)) if rec.tied is not None else f"{tied[0]}–{tied[-1]}"
+            console.print(f"cannot be told apart from the fastest: batch {sizes}")
         plan = []
         if rec.accumulation_steps or report.distributed:
             world = report.distributed.world_size if report.distributed else 1

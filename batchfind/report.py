@@ -241,6 +241,8 @@ class Recommendation:
     # [smallest, largest]. The curve through every size's latest throughput (null below 3 sizes).
     interval: list[int] | None = None
     curve: ThroughputCurve | None = None
+    # Those sizes themselves: a slower size between them is no tie (null in older reports).
+    tied: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,19 @@ def test_labels_go_on_the_last_trial_at_a_size_and_fastest_means_fastest_measure
     assert "fastest, [bold]recommended[/bold]" in trial_notes(make_report())
 
 
+def test_the_sizes_that_cannot_be_told_apart_are_named_not_spanned():
+    report = make_report()
+    tied = dataclasses.replace(report.recommendation, interval=[32, 128], tied=[32, 128])
+    assert "cannot be told apart from the fastest: batch 32, 128\n" in rendered(
+        dataclasses.replace(report, recommendation=tied), 200)
+    # A report from before the sizes were kept gives only its span.
+    spanned = dataclasses.replace(tied, tied=None)
+    assert "cannot be told apart from the fastest: batch 32–128\n" in rendered(
+        dataclasses.replace(report, recommendation=spanned), 200)
+    alone = dataclasses.replace(tied, interval=[128, 128], tied=[128])
+    assert "told apart" not in rendered(dataclasses.replace(report, recommendation=alone), 200)
+
+
 def test_a_verification_fit_check_does_not_take_the_fastest_label():
     # The doubling stopped at max_batch with its largest size the fastest, and that size was re-run
     # as a fit check in a brand-new process: two steps, the first touching fresh memory.

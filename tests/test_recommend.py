@@ -65,6 +65,13 @@ def test_a_smaller_size_is_as_fast_only_if_its_whole_interval_says_so():
     assert rec.batch_size == 8 and "at the low end of its interval too" in rec.reason
 
 
+def test_a_slower_size_between_the_tied_sizes_is_not_tied():
+    # 16 and 64 cannot be told apart; 32 between them ran 10% slower (a stalled trial).
+    rec, _ = choose(curve([10, 20, 40, 70, 100, 90, 101], spread=0.001))
+    assert rec.batch_size == 16 and rec.fastest_batch_size == 64
+    assert rec.interval == [16, 64] and rec.tied == [16, 64]
+
+
 def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to_be_timed_in_full():
     # cnn-small on a 2-core CPU: rising to 32, then 64 far slower.
     rising = curve([285, 406, 603, 844, 915, 1116])
