@@ -154,8 +154,14 @@ def recommend(
     by_size = latest_timed(usable)
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.
+    # A size measured again after larger ones ran in the same CPU worker reads what they left: its
+    # least peak is the one of the size itself.
+    peaks: dict[int, int] = {}
+    for t in usable:
+        if t.counted_peak_bytes is not None:
+            peaks[t.batch_size] = min(peaks.get(t.batch_size, t.counted_peak_bytes), t.counted_peak_bytes)
     roomy = [t for t in by_size.values()
-             if not limit_bytes or (t.counted_peak_bytes or 0) <= (1 - rec.headroom) * limit_bytes]
+             if not limit_bytes or peaks.get(t.batch_size, 0) <= (1 - rec.headroom) * limit_bytes]
     headroom_kept = bool(roomy)
     if not roomy:
         roomy = list(by_size.values())

@@ -117,6 +117,18 @@ def test_when_nothing_can_be_recommended_the_reason_says_why():
     assert unknown.reason == "no size known to fit on every run was timed"
 
 
+def test_a_size_measured_again_after_larger_ones_keeps_the_headroom_its_own_run_showed():
+    # On a CPU, 8 timed again in the worker after 16 ran: its capped peak is not known (below the
+    # worker's earlier one) and its resident peak holds what 16 left. 8 itself left the headroom;
+    # 16 did not.
+    trials = curve([10, 20, 40, 80, 90], peak_per_sample=100_000_000)
+    again = dataclasses.replace(trials[3], phase="remeasure", peak_bytes=trials[4].peak_bytes, capped_peak_bytes=None,
+                                fresh_process=False)
+    rec, notes = choose(trials + [again], limit_bytes=1_800_000_000, headroom=0.10)
+    assert rec.batch_size == 8 and not notes
+    assert rec.reason == "fastest within the headroom (80 samples/s), leaving at least 10% of the memory limit free"
+
+
 def test_headroom_excludes_sizes_near_the_limit():
     trials = curve([10, 20, 40, 80, 160], peak_per_sample=100_000_000)  # bs 16 peaks at 1.7 GB
     rec, _ = choose(trials, limit_bytes=1_800_000_000, headroom=0.10)
