@@ -43,7 +43,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse")
 
 
-_EXPONENT = re.compile(r"^\s*([+-]?\d*\.?\d*)[eE]([+-]?)(\d+)\s*$")
+# A number with an exponent but without YAML 1.1's dot and signed exponent (1e-8, 3e-4, 1.0e5), which
+# PyYAML would read as text; YAML 1.2, JSON, TOML and Hydra's configs read it as the number it is.
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
 class _Section(BaseModel):
@@ -65,30 +67,21 @@ class _Section(BaseModel):
             if isinstance(value, bool) or listed:
                 raise ValueError(f"expected {what}, not a boolean (got {_as_written(value)})")
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
-                hint = _number_hint(value, (info.context or {}).get("yaml", False))
-                raise ValueError(f"expected {what}, not text (got {_as_written(value)}{hint})")
+                raise ValueError(f"expected {what}, not text (got {_as_written(value)}{_number_hint(value)})")
+            if float not in kinds and isinstance(value, float) and value.is_integer():
+                return int(value)  # `1e5` samples: a whole number, written with an exponent
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
             raise ValueError(f"expected true or false (got {_as_written(value)})")
         return value
 
 
-def _number_hint(value: str, yaml: bool) -> str:
-    """How to write text that reads as a number as one. In TOML and JSON text is quoted: without
-    the quotes it is a number. YAML 1.1 (PyYAML) reads a number with an exponent as text unless it
-    has a dot and a signed exponent (1e5 and 1.0e5 are text, 1.0e+5 a number). Empty where it is
-    no number, or would be infinity (1e400), refused too."""
+def _number_hint(value: str) -> str:
+    """Text that reads as a number was quoted: without the quotes it is one. Empty where it is no
+    number, or would be infinity (1e400), refused too."""
     try:
-        finite = math.isfinite(float(value))
+        return "; without the quotes it is a number" if math.isfinite(float(value)) else ""
     except ValueError:
         return ""
-    if not yaml:
-        return "; without the quotes it is a number" if finite else ""
-    found = _EXPONENT.match(value)
-    if not (finite and found and found.group(1).strip("+-") not in ("", ".")):
-        return ""
-    mantissa, sign, digits = found.groups()
-    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign or '+'}{digits}"
-    return f"; YAML reads {value.strip()} as text: write {written}"
 
 
 def _types(annotation: Any) -> set:
@@ -602,7 +595,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     # (section, key) -> the option that set it: errors name what the user typed.
     given = {v: k for k, v in OPTIONS.items() if overrides.get(k) is not None}
     try:
-        config = Config.model_validate(raw, context={"yaml": _format(path) == "YAML"})
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise InputError("\n".join(clipped(line) for line in _lines(path, _causes(exc.errors()), given))) from None
     if config.data.path is not None and not config.data.path.is_absolute():
@@ -716,6 +709,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
                                      f"column {mark.column + 1}")
             return super().construct_mapping(node, deep)
 
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_NUMBER, list("-+0123456789."))
     try:
         return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:

@@ -48,6 +48,16 @@ def test_json_reads_any_json_number(write_config):
     assert (cfg.train.lr, cfg.probe.memory_limit, cfg.probe.max_batch) == (1e-05, 2_000_000_000, 64)
 
 
+def test_yaml_reads_numbers_with_an_exponent_as_numbers_everywhere(write_config):
+    # PyYAML alone reads 1e-8 as text, which reached AdamW as eps='1e-8'; a quoted one stays text.
+    cfg = load_config(write_config(
+        "model: {name: 'pkg.mod:make', kwargs: {layer_norm_eps: 1e-12, tag: '1e-3'}}\ndata: {size: 1e5}\n"
+        "train: {optimizer: 'torch.optim:AdamW', optimizer_kwargs: {eps: 1e-8, lr: 3E-4}}\n"))
+    assert cfg.model.kwargs == {"layer_norm_eps": 1e-12, "tag": "1e-3"}
+    assert cfg.train.optimizer_kwargs == {"eps": 1e-8, "lr": 3e-4}
+    assert cfg.data.size == 100_000 and isinstance(cfg.data.size, int)
+
+
 def test_factory_model_and_relative_data_path(write_config, tmp_path):
     cfg = load_config(write_config(
         "model: {name: 'pkg.mod:make', kwargs: {depth: 2}}\ndata: {kind: tensors, path: data/x.pt}\n"
