@@ -27,6 +27,9 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 # The line is fitted through this many of the largest sizes that ran.
 FIT_POINTS = 3
+# Brand-new processes' sizes give the slope only when they lie at least this share of the largest
+# apart.
+MIN_SPAN = 0.01
 
 
 class Measured(Protocol):
@@ -161,6 +164,10 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
     # Only fresh sizes near the largest give the slope there: the first trial (batch 1, say) sits
     # where per-batch overheads bend the line.
     fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else []
+    if fresh and fresh[-1][0] - fresh[0][0] < MIN_SPAN * fresh[-1][0]:
+        # Sizes a sample or two apart (a worker's failure proven otherwise: 511 and 512) give a
+        # slope of their peaks' noise, not of the batch.
+        fresh = fresh[-1:]
     worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
     points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]
     if kinds_differ:

@@ -312,6 +312,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         return prober.trial(size, bar=bar(prober.trials, tolerance))
 
     skip_past = p.refine and facts.get("device") == "cpu"
+    clear = clear_of(facts)
     start = first
     while start <= high:
         doubled = search.double(doubling_trial, start, high, keep_going)
@@ -321,7 +322,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
             outcome.model = model()
         last = doubled[-1] if doubled else None
         skipped = [last] if isinstance(last, search.Beyond) else []
-        fits = limit_of(prober.trials).batch_size
+        fits = limit_of(prober.trials, clear).batch_size
         if p.refine and last is not None and (last.status in MEMORY_FAILURES or skipped) and fits is not None:
             prober.phase = "refine"
             prober.prepare()
@@ -333,14 +334,16 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
             search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), [*prober.trials, *skipped],
                         multiple_of=p.multiple_of, predict=(lambda: _edge(model())) if memory_model else None,
                         margin=0.0 if cheap else search.CAUTIOUS, reuse=not cheap, resolution=resolution,
-                        closing=prober.closing, keep_going=keep_going)
+                        closing=prober.closing, keep_going=keep_going, clear=clear)
             outcome.refined = True
         # A size skipped as far past the limit that fitted after all (a model whose peaks stop
-        # growing): the doubling goes on past it.
-        if not skipped or (limit_of(prober.trials).batch_size or 0) < last.batch_size or not keep_going():
+        # growing), or that failed in the worker only for what earlier sizes left there: the
+        # doubling goes on past it.
+        passed = skipped or any(t is last for t in search.disowned(prober.trials, clear))
+        if not passed or (limit_of(prober.trials, clear).batch_size or 0) < last.batch_size or not keep_going():
             break
         prober.phase, start = "double", 2 * last.batch_size
-    _verify(prober, keep_going)
+    _verify(prober, keep_going, clear)
     prober.end_standby()
     outcome.advise = True
     return outcome
@@ -448,7 +451,7 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
     """Trials with their training plan, the limit, the recommendation and its notes."""
     trials = with_training_plan(trials, config.train, config.recommend, world_size, facts.get("own_optimizers", False),
                                 facts.get("optimizer_lr"))
-    limit = limit_of(trials, predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
+    limit = limit_of(trials, clear_of(facts), predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     model = _model(trials, facts)
     variation = _variation(facts, model)
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=safe_size(
@@ -463,6 +466,19 @@ def _model(trials: list[Trial], facts: dict) -> MemoryModel | None:
     """The memory model of these trials; on CPU a worker that ran before holds memory a brand-new
     process does not, so the two kinds of process are told apart."""
     return fit(trials, facts.get("memory_ceiling_bytes"), kinds_differ=facts.get("device") == "cpu")
+
+
+# A brand-new process that fits a size with more than this share of the limit free (or four times
+# what memory varies between runs, if more) is clear of the edge: a worker's failure at that size
+# came from what earlier sizes left in it.
+CLEAR_SHARE = 0.02
+
+
+def clear_of(facts: dict) -> Callable[[Trial], bool]:
+    """Whether a trial's peak left the limit far more free than memory varies between runs."""
+    ceiling = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
+    margin = max(CLEAR_SHARE, 4 * (facts.get("memory_variation") or 0))
+    return lambda t: bool(ceiling) and t.counted_peak_bytes is not None and t.counted_peak_bytes <= (1 - margin) * ceiling
 
 
 def _variation(facts: dict, model: MemoryModel | None) -> int:
@@ -527,19 +543,20 @@ def _processes_cheap(prober, predicted: int | None) -> bool:
     return prober.start_s < fit_s
 
 
-def _verify(prober, keep_going: Callable[[], bool]) -> None:
+def _verify(prober, keep_going: Callable[[], bool], clear: Callable[[Trial], bool]) -> None:
     """Prove the limit in a brand-new process unless it already ran first in one; when that fails,
     search down to the edge below it."""
-    limit = limit_of(prober.trials)
+    limit = limit_of(prober.trials, clear)
     if limit.batch_size is None or limit.verified or not keep_going():
         return
     prober.phase = "verify"
     prober.closing()  # it fitted before: a fit ends the search
-    if prober.trial(limit.batch_size, "fit", fresh=True).fits or limit_of(prober.trials).batch_size is None:
+    if prober.trial(limit.batch_size, "fit", fresh=True).fits or limit_of(prober.trials, clear).batch_size is None:
         return
     prober.phase = "refine"
     search.edge(lambda size, fresh: prober.trial(size, "fit", fresh), list(prober.trials),
-                multiple_of=prober.config.probe.multiple_of, closing=prober.closing, keep_going=keep_going)
+                multiple_of=prober.config.probe.multiple_of, closing=prober.closing, keep_going=keep_going,
+                clear=clear)
 
 
 def check(config: Config, batch_size: int) -> Report:
@@ -687,7 +704,7 @@ def _run(
         memory_model=dataclasses.asdict(model) | {"predicted_edge": model.predicted_edge} if model else None,
         recommendation=recommendation,
         # A size measured twice (a re-measure, the verification) says the same once.
-        warnings=list(dict.fromkeys(_warnings(trials, limit) + _budget_warnings(stopped, limit)
+        warnings=list(dict.fromkeys(_warnings(trials, limit, clear_of(facts)) + _budget_warnings(stopped, limit)
                                     + _load_warnings(trials) + notes + outcome.warnings
                                     + _length_warnings(facts.get("input_lengths"))
                                     + _advice_warnings(recommendation, facts, config.recommend.target_batch,
@@ -696,7 +713,7 @@ def _run(
                                     + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
-                                                 prober.world_size, config.probe.multiple_of),
+                                                 prober.world_size, config.probe.multiple_of, clear_of(facts)),
         wall_s=time.monotonic() - started,
         distributed=Distributed(
             strategy=config.probe.strategy, world_size=topo.world_size, nodes=topo.nodes,
@@ -709,16 +726,18 @@ def _run(
 
 
 def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | None, world: int,
-                 multiple_of: int = 1) -> str | None:
+                 multiple_of: int = 1, clear: Callable[[Trial], bool] | None = None) -> str | None:
     doubled = [t for t in trials if t.phase == "double"]
     if not doubled:
         return None
     last = doubled[-1]
-    if not last.fits:
+    aside = {id(t) for t in search.disowned(trials, clear)}
+    if not last.fits and id(last) not in aside:
         return f"{last.status} at batch {last.batch_size}"
-    # Past a power the memory model put far beyond the limit (not run), the edge search's failure.
-    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > last.batch_size),
-                 key=lambda t: t.batch_size, default=None)
+    # Past a power the memory model put far beyond the limit (not run), or one that failed only in
+    # the worker, the edge search's failure.
+    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > last.batch_size
+                  and id(t) not in aside), key=lambda t: t.batch_size, default=None)
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"
     # The cap, or the multiple of `multiple_of` below it that the doubling tried in its place.
@@ -942,8 +961,14 @@ def _non_finite(trials: list[Trial]) -> list[str]:
     return [f"batch {', '.join(map(str, sizes))}: the loss was not finite (NaN or inf); not recommended"]
 
 
-def _warnings(trials: list[Trial], limit) -> list[str]:
+def _warnings(trials: list[Trial], limit, clear: Callable[[Trial], bool] | None = None) -> list[str]:
     warnings = _non_finite(trials)
+    cleared = sorted({t.batch_size for t in search.disowned(trials, clear)})
+    if cleared:
+        warnings.append(
+            f"batch {', '.join(map(str, cleared))} ran out of memory in a long-lived worker, which held what "
+            "earlier sizes left, but fitted in a brand-new process with memory to spare: the probe went on past it"
+        )
     contradicted = [t for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom]
     if contradicted:
         # Near the edge a CPU's memory differs between processes, either way round.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
-from . import curve
+from . import curve, search
 from .config import OPTIMIZERS, RecommendConfig, TrainConfig
 from .report import MEMORY_FAILURES, Limit, Recommendation, Trial, latest_timed, timed
 
@@ -17,12 +18,14 @@ AUTO_RULE = {"sgd": "linear", "rmsprop": "linear", "adam": "sqrt", "adamw": "sqr
 SMALL_BATCHNORM_BATCH = 16
 
 
-def limit_of(trials: list[Trial], **extra) -> Limit:
-    """The largest size that ran below the smallest that failed for memory.
+def limit_of(trials: list[Trial], clear: Callable[[Trial], bool] | None = None, **extra) -> Limit:
+    """The largest size that ran below the smallest that failed for memory (failures
+    `search.disowned` by a brand-new process aside).
 
     A size that ran in a long-lived worker but failed when re-run in a fresh process is a failure.
     """
-    first_oom = min((t.batch_size for t in trials if t.status in MEMORY_FAILURES), default=None)
+    aside = {id(t) for t in search.disowned(trials, clear)}
+    first_oom = min((t.batch_size for t in trials if t.status in MEMORY_FAILURES and id(t) not in aside), default=None)
     fitting = [t for t in trials if t.fits and (first_oom is None or t.batch_size < first_oom)]
     largest = max((t.batch_size for t in fitting), default=None)
     verified = any(t.batch_size == largest and t.fresh_process for t in fitting)

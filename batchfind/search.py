@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
+from .report import MEMORY_FAILURES
+
 
 class Outcome(Protocol):
     batch_size: int
@@ -31,6 +33,17 @@ CAUTIOUS = 0.03
 
 # A failure that says nothing about memory (a bug, bad data): probing further cannot help.
 STOPPING = {"error"}
+
+
+def disowned(outcomes: Sequence[Outcome], clear: Callable[[Outcome], bool] | None) -> list[Outcome]:
+    """Failures in a long-lived worker at or below a size that fitted as the first trial of a
+    brand-new process with far more memory free than varies between runs (`clear`): what earlier
+    trials left in the worker failed them, not their size. Near the edge, where the fresh run left
+    little free, a worker's failure still counts (memory there differs between processes)."""
+    if clear is None:
+        return []
+    cleared = max((o.batch_size for o in outcomes if o.status == "ok" and o.fresh_process and clear(o)), default=0)
+    return [o for o in outcomes if o.status in MEMORY_FAILURES and not o.fresh_process and o.batch_size <= cleared]
 
 
 def powers_of_two(low: int, high: int) -> Iterator[int]:
@@ -71,6 +84,7 @@ def edge(
     resolution: int = 1,
     closing: Callable[[], None] | None = None,
     keep_going: Callable[[], bool] = lambda: True,
+    clear: Callable[[Outcome], bool] | None = None,
 ) -> list[Outcome]:
     """Find the largest fitting multiple of `multiple_of` below the smallest size that failed among
     the `known` outcomes (at least one did), and prove it: it fit as the first trial of a brand-new
@@ -110,6 +124,9 @@ def edge(
 
     `closing()` is told before a check in a brand-new process that ends the search if it goes as
     expected (`_ends`): no brand-new process is expected after it.
+
+    A worker's failure that a brand-new process then fitted far clear of the limit (`disowned`)
+    bounds nothing: where no failure is left, the search ends, and the doubling goes on past it.
     """
     step = multiple_of
     tried: list[Outcome] = []
@@ -119,11 +136,14 @@ def edge(
     # model whose edge is at or above a size that already failed has overshot once before the
     # search begins.
     first = predict() if predict is not None else None
-    overshoots = int(first is not None and first >= min(o.batch_size for o in known if o.status != "ok"))
+    bound = _failed_at(known, clear)
+    overshoots = int(first is not None and bound is not None and first >= bound)
     asked_again = False  # the model, dropped, was asked once more
     while keep_going():
         seen = [*known, *tried]
-        hi = min(o.batch_size for o in seen if o.status != "ok")
+        hi = _failed_at(seen, clear)
+        if hi is None:
+            break  # nothing left that bounds the search: the doubling goes on
         lo = max((o.batch_size for o in seen if o.status == "ok" and o.batch_size < hi), default=0)
         if lo == 0:
             break  # nothing below the failures fits
@@ -194,6 +214,12 @@ def edge(
             if guess is not None and not calls_edge:
                 margin = max(margin, CAUTIOUS)  # the model overshot: approach its edge from below
     return tried
+
+
+def _failed_at(outcomes: Sequence[Outcome], clear: Callable[[Outcome], bool] | None) -> int | None:
+    """The smallest size that failed, failures `disowned` aside."""
+    aside = {id(o) for o in disowned(outcomes, clear)}
+    return min((o.batch_size for o in outcomes if o.status != "ok" and id(o) not in aside), default=None)
 
 
 def _ends(size: int, lo: int, hi: int, proven: bool, hi_fresh: bool, guess: int | None, resolution: int,

@@ -154,6 +154,16 @@ def test_the_line_goes_through_the_largest_fresh_point():
     assert fit(trials, ceiling_bytes=1024 * MiB).per_sample_bytes < 1.9 * MiB
 
 
+def test_brand_new_sizes_a_sample_apart_give_no_slope():
+    # cnn-small under 1 GiB, measured: 511 and 512 fitted fresh at 899.5 and 899.9 MiB, a slope of
+    # their noise (0.4 MiB a sample against 1.1) that put the edge at 811 where it was about 620.
+    trials = capped(330 * MiB, 1.1 * MiB, [64, 128, 256])
+    trials += [T(511, "ok", None, capped_peak_bytes=int(899.5 * MiB), fresh_process=True),
+               T(512, "ok", None, capped_peak_bytes=int(899.9 * MiB), fresh_process=True)]
+    model = fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True)
+    assert model.per_sample_bytes == pytest.approx(1.1 * MiB) and 600 <= model.predicted_edge <= 640
+
+
 def test_what_a_long_lived_worker_retained_comes_off_its_peaks():
     """cnn-small under a 2 GiB cap, measured: a brand-new process fits 1548 and not 1554, and
     peaks at 1461 MiB at 1024. The doubling worker held 222-251 MiB more at the start of its last

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from batchfind.config import Config
 from batchfind import probing
-from batchfind.probing import plan
+from batchfind.probing import clear_of, plan
 from batchfind.recommend import limit_of, recommend
 from batchfind.report import StepTimes, Trial, latest_timed
 
@@ -137,7 +137,7 @@ class SimDevice:
 
     def run(self, memory_model: bool = True):
         plan(self, self.facts, lambda: True, memory_model)
-        return limit_of(self.trials)
+        return limit_of(self.trials, clear_of(self.facts))
 
 
 def choose(sim: SimDevice) -> int:
@@ -193,6 +193,25 @@ def test_what_a_cpu_worker_retained_does_not_cost_a_process():
     blind = SimDevice(1550, reports_retained=False, **cnn)
     assert blind.run().batch_size == 1550
     assert doubling_processes(blind) > 2
+
+
+def test_a_worker_failure_that_a_brand_new_process_fits_with_room_to_spare_is_searched_past():
+    # cnn-small under 1 GiB: the doubling worker, holding what nine sizes left, ran out at 512,
+    # which a brand-new process then fitted at 88% of the limit; the edge is at 620.
+    sim = SimDevice(620, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=40 * MiB, **CPU)
+    limit = sim.run()
+    assert (512, "oom", False) in [(t.batch_size, t.status, t.fresh_process) for t in sim.trials]
+    resolution = int(0.005 * sim.capacity / sim.per_sample)
+    assert 620 - resolution <= limit.batch_size <= 620 < limit.first_oom <= limit.batch_size + resolution
+    assert limit.verified
+    assert probing._why_stopped(sim.trials, None, None, 1, clear=clear_of(sim.facts)) == f"oom at batch {limit.first_oom}"
+    from batchfind.probing import _warnings
+    assert ("batch 512 ran out of memory in a long-lived worker, which held what earlier sizes left, but fitted in "
+            "a brand-new process with memory to spare: the probe went on past it") in _warnings(
+                sim.trials, limit, clear_of(sim.facts))
+    # Near the edge a worker's failure still counts: the fresh run there left less free than memory varies.
+    near = SimDevice(620, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=5 * MiB, **CPU)
+    assert near.run().batch_size <= 620
 
 
 def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
