@@ -455,8 +455,8 @@ class ProbeConfig(_Section):
     warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 2
     steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 5
     min_time_s: NonNegativeFloat = 0.5
-    # ... then more steps while the median step time's interval is wider than half the
-    # recommendation's tolerance, up to this many seconds of measured steps per trial (steps
+    # ... then more steps while the median step time's interval reaches further than half the
+    # recommendation's tolerance from it, up to this many seconds of measured steps per trial (steps
     # still settling do not count; past `steps`, a trial takes at most twice this).
     max_time_s: NonNegativeFloat = 1.0
     # Fit checks near the edge: steps that reach the steady-state peak (optimizer state appears at

@@ -430,7 +430,7 @@ def _held_back(fitted: curve.Curve, latest: dict[int, Trial], tolerance: float) 
     size = min(larger)
     t = latest[size]
     faster = fitted.samples_per_s(size) * (1 - tolerance) >= fitted.samples_per_s(chosen.batch_size)
-    return size if faster and t.samples_per_s * (1 + t.uncertainty) >= need else None
+    return size if faster and t.throughput_range[1] >= need else None
 
 
 def _smallest_why(facts: dict) -> str:

@@ -76,8 +76,8 @@ def with_training_plan(trials: list[Trial], train: TrainConfig, rec: RecommendCo
 
 def noisy(trial: Trial, tolerance: float) -> bool:
     """Its throughput is uncertain by more than the tolerance: sizes that close cannot be told apart
-    by it alone."""
-    return trial.uncertainty > tolerance
+    by it alone. A single measured step gives no interval at all."""
+    return trial.uncertainty > tolerance or trial.throughput_range == (0.0, math.inf)
 
 
 def bar(trials: list[Trial], tolerance: float) -> float | None:
@@ -103,8 +103,8 @@ def bar(trials: list[Trial], tolerance: float) -> float | None:
 def to_change(chosen: Trial, tolerance: float) -> float | None:
     """The samples/s a larger size must reach to be the batch to train with instead of `chosen`:
     faster by more than the tolerance leaves of the low end of `chosen`'s interval."""
-    low = chosen.samples_per_s * (1 - chosen.uncertainty)
-    # An interval wider than the measurement itself (a stall among few steps) rules no size out.
+    low = chosen.throughput_range[0]
+    # No interval (a single step) rules no size out.
     return low / (1 - tolerance) if low > 0 else None
 
 
@@ -114,7 +114,7 @@ def choice(trials: list[Trial], tolerance: float) -> tuple[Trial, Trial]:
     tolerance by less than its own noise does so on some runs only."""
     fastest = max(trials, key=lambda t: t.samples_per_s)
     floor = (1 - tolerance) * fastest.samples_per_s
-    chosen = min((t for t in trials if t is fastest or t.samples_per_s * (1 - t.uncertainty) >= floor),
+    chosen = min((t for t in trials if t is fastest or t.throughput_range[0] >= floor),
                  key=lambda t: t.batch_size)
     return chosen, fastest
 
@@ -186,7 +186,7 @@ def recommend(
     if rec.headroom and limit_bytes and headroom_kept:
         reason += f", leaving at least {percent(rec.headroom)} of the memory limit free"
     # The sizes whose measurement, within its interval, reaches within the tolerance of the fastest.
-    alike = [t.batch_size for t in roomy if t.samples_per_s * (1 + t.uncertainty) >= floor]
+    alike = [t.batch_size for t in roomy if t.throughput_range[1] >= floor]
     # Noise matters where it blurs the choice: a size far slower than the fastest is no candidate,
     # however noisy.
     uncertain = sorted(t.batch_size for t in roomy if t.batch_size in alike and noisy(t, rec.tolerance))

@@ -135,6 +135,20 @@ class Trial:
             return self.spread
         return (s.ci_high - s.ci_low) / 2 / s.median
 
+    @property
+    def throughput_range(self) -> tuple[float, float]:
+        """The samples/s at the slow and the quick end of the median step time's interval (the
+        p10-p90 spread where no interval was kept): a stalled step widens it on one side only. A
+        single measured step has no interval: 0 to infinity."""
+        s, rate = self.step_ms, self.samples_per_s or 0.0
+        if not s or s.median <= 0:
+            return rate, rate
+        if len(s.samples) < 2:
+            return 0.0, math.inf
+        slow = s.ci_high if s.ci_high is not None else s.p90
+        quick = s.ci_low if s.ci_low is not None else s.p10
+        return rate * s.median / slow, (rate * s.median / quick if quick > 0 else math.inf)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trial":
         known = {f.name for f in dataclasses.fields(cls)}

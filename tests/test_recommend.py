@@ -20,7 +20,7 @@ def curve(throughputs, spread=0.0, peak_per_sample=1_000_000):
     for i, sps in enumerate(throughputs):
         bs = 2**i
         ms = bs / sps * 1000
-        trials.append(Trial(bs, "ok", StepTimes(ms, ms * (1 - spread), ms * (1 + spread), [ms]),
+        trials.append(Trial(bs, "ok", StepTimes(ms, ms * (1 - spread), ms * (1 + spread), [ms] * 5),
                             samples_per_s=sps, peak_bytes=100_000_000 + bs * peak_per_sample, loss_finite=True,
                             fresh_process=True))
     return trials
@@ -72,6 +72,26 @@ def test_a_slower_size_between_the_tied_sizes_is_not_tied():
     assert rec.interval == [16, 64] and rec.tied == [16, 64]
 
 
+def test_a_stalled_step_widens_the_interval_on_its_slow_side_only():
+    # cnn-small on a loaded CPU: batch 1 ran 31.8 and 35.7 ms and one step of 1345 ms. At best it
+    # runs 1000/31.8 = 31 samples/s, far from the fastest's 500: no tie, however wide its ±.
+    trials = curve([30, 60, 120, 240, 480, 500], spread=0.01)
+    stalled = dataclasses.replace(trials[0], step_ms=StepTimes(35.7, 31.8, 1345.0, [31.8, 35.7, 1345.0], 31.8, 1345.0),
+                                  samples_per_s=1000 / 35.7)
+    rec, _ = choose([stalled, *trials[1:]])
+    assert stalled.uncertainty > 10 and rec.tied == [32]
+
+
+def test_a_single_measured_step_cannot_be_told_apart_nor_chosen_as_as_fast():
+    # `--steps 1` with steps of seconds: one sample each, no interval.
+    trials = curve([10, 20, 40, 80, 160, 200, 199, 150], spread=0.001)
+    one = [dataclasses.replace(t, step_ms=StepTimes(t.step_ms.median, t.step_ms.median, t.step_ms.median,
+                                                    [t.step_ms.median])) if t.batch_size >= 32 else t for t in trials]
+    rec, notes = choose(one)
+    assert rec.batch_size == 32 and rec.noisy  # 64's single step, 0.5% under 32, is not surely as fast
+    assert rec.tied == [32, 64, 128] and any("uncertain" in n and "32, 64, 128" in n for n in notes)
+
+
 def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to_be_timed_in_full():
     # cnn-small on a 2-core CPU: rising to 32, then 64 far slower.
     rising = curve([285, 406, 603, 844, 915, 1116])
@@ -81,7 +101,7 @@ def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to
     assert bar(fell, 0.02) == pytest.approx(1116 / 0.98)
     # The chosen size's own interval counts: measured to ±5%, 32 is chosen only down to 1060.
     spread = curve([285, 406, 603, 844, 915, 1116, 570], spread=0.05)
-    assert bar(spread, 0.02) == pytest.approx(1116 * (1 - spread[5].uncertainty) / 0.98)
+    assert bar(spread, 0.02) == pytest.approx(1116 / 1.05 / 0.98)
     # Where a smaller size is chosen (16 within 2% of 32 at the low end of its interval), a size
     # that beats 16 by more than the tolerance moves the choice, though within it of 32.
     close = curve([285, 406, 603, 844, 1100, 1116])
@@ -93,10 +113,14 @@ def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to
     check = Trial(128, "ok", StepTimes(220.0, 220.0, 220.0, [220.0]), samples_per_s=582, loss_finite=True, purpose="fit")
     assert bar([*fell, check], 0.02) == bar(fell, 0.02)
     assert bar([], 0.02) is None and bar(curve([285]), 0.02) is None
-    # A chosen size measured to ±150% (one step stalled among three) rules nothing out: a bar of
-    # zero or less would stop every larger size after its first step.
+    # A chosen size measured to ±150% (one step stalled among three): the bar is what the slow end
+    # of its interval allows, 26.7/90 of its rate, not zero or less, which would stop every larger
+    # size after its first step.
     wild = [*fell[:5], dataclasses.replace(fell[5], step_ms=StepTimes(26.7, 26.7, 90.0, [26.7, 26.7, 90.0], 10.0, 90.0)), fell[6]]
-    assert wild[5].uncertainty > 1 and bar(wild, 0.02) is None
+    assert wild[5].uncertainty > 1 and bar(wild, 0.02) == pytest.approx(1116 * 26.7 / 90 / 0.98)
+    # A single measured step has no interval: it rules nothing out.
+    single = [*fell[:5], dataclasses.replace(fell[5], step_ms=StepTimes(28.7, 28.7, 28.7, [28.7])), fell[6]]
+    assert bar(single, 0.02) is None
 
 
 def test_tolerance_zero_recommends_exactly_the_fastest():
