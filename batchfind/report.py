@@ -371,8 +371,10 @@ BUSY_SHARE = 0.1
 
 def busy(trials: list[Trial]) -> tuple[str, int] | None:
     """What kept the machine busy while throughput was timed (the median over those trials) and over
-    how many trials, or None where it was quiet or nobody measured."""
-    loads = [t for t in timed(trials) if t.other_cpu_share is not None and t.steal_share is not None]
+    how many trials, or None where it was quiet or nobody measured. Sizes stopped after a step far
+    slower than one that could compete count too: their step decided that they were slow."""
+    loads = [t for t in trials if t.fits and t.phase in ("double", "remeasure")
+             and t.other_cpu_share is not None and t.steal_share is not None]
     if not loads:
         return None
     other = statistics.median(t.other_cpu_share for t in loads)

@@ -342,6 +342,12 @@ def test_a_busy_machine_is_said_once_from_the_median_of_the_timed_trials():
     one_stall = [dataclasses.replace(t, other_cpu_share=0.9 if i == 0 else 0.02, steal_share=0.0)
                  for i, t in enumerate(trials)]
     assert _load_warnings(one_stall) == [] and _load_warnings(trials) == []  # quiet, or not measured
+    # cnn-small on a loaded CPU: 1 and 2 ran quiet, then every larger size stopped after one slow
+    # step while other processes took 55-75% of the CPUs; those steps decided the recommendation.
+    stopped = [dataclasses.replace(t, other_cpu_share=0.01 if i < 2 else 0.6, steal_share=0.0,
+                                   purpose="throughput" if i < 2 else "fit") for i, t in enumerate(trials)]
+    assert _load_warnings(stopped)[0].startswith("other processes used 60% of the CPUs while throughput was timed "
+                                                 "(median of 5 trials)")
 
 
 def test_settings_are_said_as_given_not_rounded_to_another():
