@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from . import __version__, curve, noise, search
-from .config import FLOAT_TARGETS, CNNModel, Config, DataConfig, MLPModel, TransformerModel, classes_unused
+from .config import FLOAT_TARGETS, OPTIMIZERS, CNNModel, Config, DataConfig, MLPModel, TransformerModel, classes_unused
 from .errors import STACKED_RAN_OUT, BatchfindError, InputError, StoppedByInput, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
@@ -848,6 +848,23 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
                             f"{config.model.name}'s synthetic samples follow {own}")
     elif own is None and classes_unused(config):
         warnings.append(f"data.num_classes: not used; {FLOAT_TARGETS}")
+    if own is None and data.kind == "synthetic":
+        # Shapes for images read from a folder (or the builtin cnn's): a model of one's own on
+        # synthetic data takes `input_shape`, or `inputs`, which names every tensor itself.
+        shaping = {"image_size", "channels"}
+        if data.inputs is not None:
+            shaping |= {"input_dtype", "vocab_size", "target_shape"} | (set() if classes_unused(config) else {"num_classes"})
+        ignored = sorted(shaping & data.model_fields_set)
+        if ignored:
+            what = ("data.inputs names every tensor of the samples" if data.inputs is not None
+                    else "a model of one's own takes synthetic samples of data.input_shape")
+            warnings.append(f"{', '.join('data.' + key for key in ignored)}: not used; {what}")
+    if data.kind not in ("synthetic", "tensors", "imagefolder"):
+        if "path" in data.model_fields_set:
+            warnings.append(f"data.path: not used; the dataset factory {data.kind} is called with data.kwargs "
+                            "only (give it the path there)")
+    elif data.kind != "synthetic" and data.kwargs:
+        warnings.append(f"data.kwargs: not used; {data.kind} data is read from data.path as it is")
     if data.kind != "synthetic":
         # These shape synthetic samples; items read from files or a dataset of one's own have their own.
         shaping = {"input_shape", "input_dtype", "vocab_size", "target_shape", "num_classes", "inputs"}
@@ -857,6 +874,16 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
             warnings.append(f"{', '.join('data.' + key for key in ignored)}: not used; the {data.kind} data's items "
                             "have shapes of their own")
     train = config.train
+    if not facts.get("own_optimizers"):
+        # A factory optimizer takes its settings from train.optimizer_kwargs (and train.lr), and
+        # Adam and AdamW have no momentum.
+        factory = train.optimizer not in OPTIMIZERS
+        unread = ("momentum", "weight_decay") if factory else ("momentum",) if train.optimizer in ("adam", "adamw") else ()
+        ignored = [f"train.{key}" for key in unread if key in train.model_fields_set]
+        if ignored:
+            why = (f"the factory optimizer {train.optimizer} takes its settings from train.optimizer_kwargs" if factory
+                   else f"{train.optimizer} has no momentum (its betas stand in for it)")
+            warnings.append(f"{', '.join(ignored)}: not used; {why}")
     if facts.get("own_loss"):
         scoring = [key for key in ("output", "loss") if key in train.model_fields_set]
         if scoring:

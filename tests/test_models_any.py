@@ -667,8 +667,22 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     ("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:Pairs', input_shape: [99, 7], "
      "num_classes: 2}\n",
      "data.input_shape, data.num_classes: not used; the fixtures:Pairs data's items have shapes of their own"),
+    ("model: {name: mlp}\ntrain: {optimizer: 'torch.optim:SGD', lr: 0.1, momentum: 0.9, weight_decay: 0.0005}\n",
+     "train.momentum, train.weight_decay: not used; the factory optimizer torch.optim:SGD takes its settings from "
+     "train.optimizer_kwargs"),
+    ("model: {name: mlp}\ntrain: {optimizer: adam, momentum: 0.5}\n",
+     "train.momentum: not used; adam has no momentum (its betas stand in for it)"),
+    ("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:Pairs', path: ./x}\n",
+     "data.path: not used; the dataset factory fixtures:Pairs is called with data.kwargs only (give it the path there)"),
+    ("model: {name: 'fixtures:normed_mlp', kwargs: {classes: 4}}\ndata: {input_shape: [8], num_classes: 4, "
+     "image_size: 64, channels: 1}\n",
+     "data.channels, data.image_size: not used; a model of one's own takes synthetic samples of data.input_shape"),
+    ("model: {name: 'fixtures:OwnLoss'}\ndata: {inputs: {x: {shape: [8]}, labels: {shape: [], dtype: int64, high: 4}}, "
+     "num_classes: 3, vocab_size: 100}\n",
+     "data.num_classes, data.vocab_size: not used; data.inputs names every tensor of the samples"),
 ], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data",
-        "synthetic shapes for a dataset of one's own"])
+        "synthetic shapes for a dataset of one's own", "momentum for a factory optimizer", "momentum for adam",
+        "a path for a dataset factory", "image shapes for a model of one's own", "shapes beside named inputs"])
 def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
     checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
     assert checked.exit_code == 0, checked.output
@@ -735,3 +749,12 @@ def test_a_model_output_with_no_loss_is_told_what_scoring_it_needs():
     assert str(raised.value) == ("the model returned dict with fields logits: not a tensor and no loss; set "
                                  "train.output to the field to score (such as logits), or give the model its labels "
                                  "so it computes its own loss")
+
+
+def test_keyword_arguments_for_data_read_from_a_path_are_named_unused():
+    from batchfind.config import Config
+    from batchfind.probing import _unused_warnings
+
+    config = Config.model_validate({"model": {"name": "mlp"},
+                                    "data": {"kind": "tensors", "path": "d.pt", "kwargs": {"mmap": True}}})
+    assert "data.kwargs: not used; tensors data is read from data.path as it is" in _unused_warnings(config, {})
