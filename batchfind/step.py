@@ -103,7 +103,26 @@ def _update_hint(exc: Exception) -> str:
     return ""
 
 
+def _loss_function(spec: str) -> Callable[..., Any]:
+    """`train.loss` as a function; a loss class (`torch.nn:CrossEntropyLoss`) built with its
+    defaults, as a training loop builds it before calling it."""
+    found = resolve(spec, "train.loss")
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        return found
+    try:
+        return found()
+    except Exception as exc:  # noqa: BLE001 - the user's class
+        raise InputError(f"train.loss: {spec} is a class, built with no arguments to call as loss(output, target), "
+                         f"and building it raised {described(exc)}: name a function, or a class with defaults") from None
+
+
 def compute_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    if not isinstance(target, torch.Tensor):
+        # Labels as text ('cat'), which a DataLoader collates into a tuple of strings.
+        text = isinstance(target, (tuple, list)) and target and all(isinstance(t, str) for t in target)
+        raise InputError(f"train.loss: {loss} scores the model's output against the batches' targets, which are "
+                         f"{'text (' + repr(target[0]) + ', ...)' if text else _kind(target)}, not tensors: give "
+                         f"{'class labels as whole numbers' if loss == 'cross_entropy' else 'targets as numbers'}")
     if loss == "mse":
         if output.shape != target.shape:
             if output.shape[:-1] == target.shape and output.shape[-1] == 1:
@@ -280,7 +299,7 @@ class Step:
         built = self._optimizers()
         self.given_lr = first_lr(built)
         self.optimizers = still(built)
-        self.loss_fn = None if train.builtin_loss else resolve(train.loss, "train.loss")
+        self.loss_fn = None if train.builtin_loss else _loss_function(train.loss)
         # fp16 needs loss scaling to train; its cost belongs in the measurement.
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
         self.stage = "forward"

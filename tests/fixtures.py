@@ -154,6 +154,13 @@ class Pairs(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
+class NamedLabels(Pairs):
+    """Labels as text, as a folder of CSVs gives them."""
+
+    def __getitem__(self, i):
+        return self.x[i], ("cat", "dog", "bird", "fish")[int(self.y[i])]
+
+
 class LateLabel(Pairs):
     """Pairs whose labels are in range except item `at`'s."""
 

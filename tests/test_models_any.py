@@ -758,3 +758,37 @@ def test_keyword_arguments_for_data_read_from_a_path_are_named_unused():
     config = Config.model_validate({"model": {"name": "mlp"},
                                     "data": {"kind": "tensors", "path": "d.pt", "kwargs": {"mmap": True}}})
     assert "data.kwargs: not used; tensors data is read from data.path as it is" in _unused_warnings(config, {})
+
+
+def test_a_loss_class_is_built_with_its_defaults_and_called(write_config):
+    # `torch.nn:CrossEntropyLoss` was called as CrossEntropyLoss(output, target): "Boolean value of
+    # Tensor with more than one value is ambiguous".
+    checked = CliRunner().invoke(app, ["validate", str(write_config(
+        "model: {name: mlp, classes: 10}\ndata: {num_classes: 10}\ntrain: {loss: 'torch.nn:CrossEntropyLoss'}\n"
+        + PROBE))])
+    assert checked.exit_code == 0, checked.output
+    refused = CliRunner().invoke(app, ["validate", str(write_config(
+        "model: {name: mlp}\ntrain: {loss: 'torch.nn:Bilinear'}\n" + PROBE))])
+    assert refused.exit_code == 2
+    assert ("train.loss: torch.nn:Bilinear is a class, built with no arguments to call as loss(output, target), and "
+            "building it raised TypeError:") in refused.stderr
+
+
+def test_labels_that_are_not_whole_numbers_are_told_how_cross_entropy_takes_them(write_config, tmp_path):
+    import numpy as np
+
+    # pandas-style labels: float64 class numbers; then, as told, float32: the same advice both times.
+    for dtype in ("float64", "float32"):
+        np.savez(tmp_path / "d.npz", inputs=np.random.randn(10, 8).astype("float32"),
+                 targets=(np.arange(10) % 3).astype(dtype))
+        checked = CliRunner().invoke(app, ["validate", str(write_config(
+            "model: {name: mlp, in_features: 8, classes: 3}\ndata: {kind: tensors, path: d.npz}\n" + PROBE))])
+        assert checked.exit_code == 2
+        assert ("cross-entropy takes class labels as whole numbers: save the targets as int64, or use train.loss: "
+                "mse for targets that are numbers") in checked.stderr
+        assert "save the data as float32" not in checked.stderr
+    named = CliRunner().invoke(app, ["validate", str(write_config(
+        "model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:NamedLabels'}\n" + PROBE))])
+    assert named.exit_code == 2 and "Traceback" not in named.output
+    assert ("train.loss: cross_entropy scores the model's output against the batches' targets, which are text "
+            "('") in named.stderr and "not tensors: give class labels as whole numbers" in named.stderr
