@@ -216,13 +216,19 @@ def _filled(config: dict) -> dict:
     return config
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(a.keys() | b.keys())
+# Mappings whose keys are the user's own (arguments, named inputs): a key in one only is a change.
+_FREE = ("kwargs", "optimizer_kwargs", "forward_kwargs", "inputs")
+
+
+def _differences(a: dict, b: dict, prefix: str = "", free: bool = False) -> list[str]:
+    """The fields that differ. A setting one report has and the other lacks was added to batchfind
+    between the two versions that wrote them: the older ran as it would by default, no difference."""
+    keys = sorted(a.keys() | b.keys() if free else a.keys() & b.keys())
     out = []
     for key in keys:
         left, right = a.get(key), b.get(key)
         if isinstance(left, dict) and isinstance(right, dict):
-            out += _differences(left, right, f"{prefix}{key}.")
+            out += _differences(left, right, f"{prefix}{key}.", free or key in _FREE)
         elif left != right:
             out.append(f"{prefix}{key}")
     return out

@@ -465,6 +465,18 @@ def test_compare_names_every_difference_it_leaves_out_and_the_model_first(real_r
     assert "different configs (model.name, " in result.stderr and " and 1 more)" in result.stderr
     result = runner.invoke(app, ["compare", write(tmp_path / "a.json", report), write(tmp_path / "c.json", nothing)])
     assert "different devices" not in result.stderr
+    # A report written before some settings were added (probe.fit_steps, train.call) is of the same
+    # config; a keyword argument in one report only is a change.
+    older = copy.deepcopy(report)
+    del older["config"]["probe"]["fit_steps"], older["config"]["train"]["call"]
+    result = runner.invoke(app, ["compare", write(tmp_path / "old.json", older), write(tmp_path / "b.json", report)])
+    assert "different configs" not in result.stderr, result.stderr
+    argued = copy.deepcopy(report)
+    argued["config"]["train"]["optimizer_kwargs"] = {"nesterov": True}
+    with_none = copy.deepcopy(report)
+    with_none["config"]["train"]["optimizer_kwargs"] = {}
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", with_none), write(tmp_path / "b.json", argued)])
+    assert "different configs (train.optimizer_kwargs.nesterov)" in result.stderr, result.stderr
 
 
 def test_compare_reads_version_1_baselines(real_report, tmp_path):
@@ -544,6 +556,10 @@ def test_thresholds_exit_4_and_are_recorded(real_report):
     assert result.exit_code == 4
     reqs = json.loads(result.stdout)["requirements"]
     assert [(r["name"], r["passed"]) for r in reqs] == [("limit", False), ("samples/s at the recommended batch", False)]
+    # Nothing ran out of memory below max_batch: the limit is a lower bound, and --quiet keeps the
+    # warning that would say so.
+    assert ("requirement failed: limit: 4 (required ≥ 64; nothing ran out of memory (reached max_batch (4)), so "
+            "larger sizes may fit)") in result.stderr
     result = runner.invoke(app, ["probe", str(config), "--json", "--max-batch", "4", "--quiet",
                                  "--require-batch", "1", "--require-throughput", "1"])
     assert result.exit_code == 0 and all(r["passed"] for r in json.loads(result.stdout)["requirements"])
