@@ -9,8 +9,9 @@ The line is fitted to the peaks of what the memory limit counts (`capped_peak_by
 bytes on GPU, the data segment on CPU), so its ceiling is the limit itself, known before anything
 fails. A failure can still lower it (a GPU allocator that cannot use its last fragment): the peak a
 failed trial reached plus the allocation that failed is where memory really ran out. Where capped
-peaks are not known, the line goes through resident peaks and the ceiling is learned from failures
-alone (on CPU resident memory holds library pages that the cap does not count).
+peaks are not known, the line goes through resident peaks and the ceiling is learned from failures,
+or else is the limit itself, which leans low: on CPU resident memory holds library pages that the
+cap does not count.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def recommend(
     measured = timed(trials)
     usable = [t for t in measured if largest and t.batch_size <= largest]
     if not usable:
-        return Recommendation(None, _none_timed(trials, measured, largest)), []
+        return Recommendation(None, _none_timed(trials, measured, largest), largest_batch_size=limit.batch_size), []
     by_size = latest_timed(usable)
     notes = []
     # The headroom is of what the limit counts: compare the capped peak with it where it is known.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass
 
@@ -79,7 +80,11 @@ def of_limit(trial: Trial, limit_bytes: int | None) -> str | None:
     known (a CPU's data segment, not its resident set, which holds code and files too): the same
     measure the headroom is judged by."""
     counted = trial.counted_peak_bytes
-    return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else None
+    if not (counted and limit_bytes):
+        return None
+    share = counted / limit_bytes
+    # A size that fitted just under the limit is not shown as at it, as a failure's peak is.
+    return f"{math.floor(share * 1000) / 10:.1f}%" if trial.fits and 0.995 <= share < 1 else f"{share:.0%}"
 
 
 def trial_line(trial: Trial, limit_bytes: int | None = None) -> str:

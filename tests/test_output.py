@@ -399,6 +399,11 @@ def test_the_share_of_the_limit_is_of_what_the_limit_counts():
     report = dataclasses.replace(report, trials=[*report.trials[:-1], edge])
     row = next(line for line in rendered(report, 250).splitlines() if line.startswith("│  1002 "))
     assert "2.0 GiB" in row and "99%" in row and "102%" not in row
+    # 99.9% of the limit, fitted: not "100%", which is what a failure's peak shows.
+    near = dataclasses.replace(edge, capped_peak_bytes=LIMIT - LIMIT // 1000)
+    report = dataclasses.replace(report, trials=[*report.trials[:-1], near])
+    row = next(line for line in rendered(report, 250).splitlines() if line.startswith("│  1002 "))
+    assert "99.9%" in row and "100%" not in row
 
 
 def test_a_terminal_too_narrow_for_any_table_gets_a_line_per_trial():

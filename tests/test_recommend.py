@@ -172,6 +172,7 @@ def test_the_recommendation_fits_on_every_run():
     assert rec.batch_size == 16  # no safe size known: the limit
     rec, _ = recommend(trials[1:], dataclasses.replace(limit, safe_batch_size=1), RecommendConfig(), None)
     assert rec.batch_size is None and rec.reason == "no size up to 1 (the largest that fits on every run) was timed"
+    assert rec.largest_batch_size == 16  # what fits, said with no recommendation too
 
 
 def test_noisy_timings_are_said_not_hidden():
