@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -742,7 +743,7 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        return f"{where}: unknown key"
+        return f"{where}: unknown key{_suggestion(error['loc'])}"
     if kind == "missing":
         return f"{where}: required"
     if bad_key:
@@ -760,11 +761,32 @@ def _describe(path: Path, error: dict[str, Any], given: dict[tuple, str]) -> str
                 message = re.sub(rf"\b{key}\b", given[(loc[0], key)], message)
         if named and all((loc[0], key) in given for key in named):
             return message
+        if message.startswith(f"{loc[0]}."):
+            return f"{path}: {message}"  # it names its fields itself (`data.kind tensors needs data.path`)
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number") or kind.endswith(
         ("_type", "_parsing", "_from_float")
     ) or kind == "literal_error":
         message = f"{message} (got {_as_written(value)})"
     return f"{where}: {message}"
+
+
+# Names other tools give the fields that batchfind names otherwise.
+_ALIASES = {"num_workers": "workers", "learning_rate": "lr", "batch_size": "max_batch", "optimizer_args": "optimizer_kwargs"}
+
+
+def _suggestion(loc: tuple) -> str:
+    """` (did you mean steps?)`: the field of the same section that an unknown key most likely
+    meant, where one is close (a typo, or another tool's name for it)."""
+    *within, key = loc
+    models = {"mlp": MLPModel, "cnn": CNNModel, "transformer": TransformerModel, "factory": FactoryModel}
+    owner = (Config if not within else SECTIONS.get(within[0]) if len(within) == 1
+             else models.get(within[1]) if len(within) == 2 and within[0] == "model" else None)
+    if owner is None or not isinstance(key, str):
+        return ""
+    names = list(owner.model_fields)
+    alias = _ALIASES.get(key)
+    found = alias if alias in names else next(iter(difflib.get_close_matches(key, names, 1, 0.75)), None)
+    return f" (did you mean {found}?)" if found else ""
 
 
 def _as_written(value: Any) -> str:

@@ -269,7 +269,9 @@ def scalar(value: Any, source: str, backward: bool = True) -> torch.Tensor:
     source did its own `backward`; anything else is the source's mistake."""
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-        raise InputError(f"{source} returned {what}, expected the loss (a tensor with one element)")
+        # A step of one's own may return the loss as a number too (`loss.item()`), once it has stepped.
+        taken = "a tensor with one element" + ("" if backward else ", or a number")
+        raise InputError(f"{source} returned {what}, expected the loss ({taken})")
     if backward:
         trainable(value, f"the loss from {source}")
     return value.reshape(())

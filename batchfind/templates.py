@@ -20,7 +20,7 @@ def _common(optimizer: str, lr: float, reference: int,
             losses: str = "cross_entropy | mse (float targets: one output per sample, classes: 1)") -> dict[str, list[Row]]:
     return {
         "train": [
-            ("optimizer", optimizer, "sgd | adam | adamw | rmsprop"),
+            ("optimizer", optimizer, "sgd | adam | adamw | rmsprop | package.module:factory"),
             ("lr", lr, "the learning rate tuned at reference_batch"),
             ("reference_batch", reference, "with it, every batch size gets its scaled learning rate"),
             ("weight_decay", 0.0, ""),
