@@ -609,9 +609,8 @@ def probe(
         for failed in (r for r in report.requirements if not r.passed):
             actual = "not measured" if failed.actual is None else _number(failed.actual)
             # A limit below which nothing failed is a lower bound, not where memory ran out.
-            bound = (f"; nothing ran out of memory ({escape(report.stopped_because or 'stopped')}), so larger sizes "
-                     "may fit" if failed.name == "limit" and failed.actual is not None and report.limit.first_oom is None
-                     else "")
+            bound = (f"; a lower bound: no larger size was found not to fit, {escape(report.stopped_because or 'stopped')}"
+                     if failed.name == "limit" and failed.actual is not None and report.limit.first_oom is None else "")
             console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ "
                           f"{_number(failed.required)}{bound})")
         raise typer.Exit(code)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import SYNTHETIC_DEFAULT_SIZE
-from .report import Recommendation, Report, Trial, busy, config_section, first_fitting, latest_timed
+from .report import MEMORY_FAILURES, Recommendation, Report, Trial, busy, config_section, first_fitting, latest_timed
 from .sizes import format_size
 
 # Between two runs under the default memory limit (a share of the RAM free at the start) on one
@@ -187,8 +187,13 @@ def _cut_short(report: Report) -> bool:
 
 def _failed_by(report: Report, size: int | None) -> bool:
     """Whether a batch of `size` or less failed in `report`, in any way: out of memory, killed,
-    timed out, or an error (a size that trained before and now raises regressed as surely)."""
-    return size is not None and any(not t.fits and t.batch_size <= size for t in report.trials)
+    timed out (as the report's limit took its failures: not one a brand-new process then fitted with
+    room to spare), or an error (a size that trained before and now raises regressed as surely)."""
+    if size is None:
+        return False
+    failed_for_memory = report.limit.first_oom is not None and report.limit.first_oom <= size
+    return failed_for_memory or any(t.status not in MEMORY_FAILURES and not t.fits and t.batch_size <= size
+                                    for t in report.trials)
 
 
 def _incomplete(report: Report) -> str | None:

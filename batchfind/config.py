@@ -70,6 +70,8 @@ class _Section(BaseModel):
             if isinstance(value, str) and str not in kinds and info.field_name not in cls._TEXT:
                 raise ValueError(f"expected {what}, not text (got {_as_written(value)}{_number_hint(value)})")
             if float not in kinds and isinstance(value, float) and value.is_integer():
+                if abs(value) >= 2**63:
+                    raise ValueError(f"expected a whole number below 2**63 (got {value:g})")
                 return int(value)  # `1e5` samples: a whole number, written with an exponent
         if bool in kinds and not kinds & {int, float, str, Any} and value is not None and not isinstance(value, bool):
             raise ValueError(f"expected true or false (got {_as_written(value)})")

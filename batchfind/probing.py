@@ -340,9 +340,11 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
         # growing), or that failed in the worker only for what earlier sizes left there: the
         # doubling goes on past it.
         passed = skipped or any(t is last for t in search.disowned(prober.trials, clear))
-        if not passed or (limit_of(prober.trials, clear).batch_size or 0) < last.batch_size or not keep_going():
+        if (not passed or last.batch_size >= high or (limit_of(prober.trials, clear).batch_size or 0) < last.batch_size
+                or not keep_going()):
             break
-        prober.phase, start = "double", 2 * last.batch_size
+        # Up to the cap (max_batch, the dataset), which the doubling tries last.
+        prober.phase, start = "double", min(2 * last.batch_size, high)
     _verify(prober, keep_going, clear)
     prober.end_standby()
     outcome.advise = True
@@ -755,7 +757,7 @@ def _budget_warnings(stopped: str | None, limit) -> list[str]:
     """A probe the time budget stopped before any size ran out of memory found no edge."""
     if stopped is None or not stopped.startswith("time budget") or limit.batch_size is None or limit.first_oom:
         return []
-    return [f"the time budget ran out before any size ran out of memory: {limit.batch_size} is the largest size "
+    return [f"the time budget ran out before any size was found not to fit: {limit.batch_size} is the largest size "
             "tried, and larger sizes may fit"]
 
 
@@ -853,7 +855,7 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
         # synthetic data takes `input_shape`, or `inputs`, which names every tensor itself.
         shaping = {"image_size", "channels"}
         if data.inputs is not None:
-            shaping |= {"input_dtype", "vocab_size", "target_shape"} | (set() if classes_unused(config) else {"num_classes"})
+            shaping |= {"input_dtype", "vocab_size", "target_shape", "num_classes"}
         ignored = sorted(shaping & data.model_fields_set)
         if ignored:
             what = ("data.inputs names every tensor of the samples" if data.inputs is not None
@@ -993,8 +995,8 @@ def _warnings(trials: list[Trial], limit, clear: Callable[[Trial], bool] | None 
     cleared = sorted({t.batch_size for t in search.disowned(trials, clear)})
     if cleared:
         warnings.append(
-            f"batch {', '.join(map(str, cleared))} ran out of memory in a long-lived worker, which held what "
-            "earlier sizes left, but fitted in a brand-new process with memory to spare: the probe went on past it"
+            f"batch {', '.join(map(str, cleared))} failed in a long-lived worker, which held what earlier sizes "
+            "left, but fitted in a brand-new process with memory to spare: the probe went on past it"
         )
     contradicted = [t for t in trials if t.fits and limit.first_oom and t.batch_size >= limit.first_oom]
     if contradicted:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import textwrap
 from dataclasses import dataclass
 
@@ -77,14 +76,11 @@ def change_text(change: float | None) -> str:
 
 def of_limit(trial: Trial, limit_bytes: int | None) -> str | None:
     """The trial's peak as a share of the limit (`96%`), of what the limit counts where that is
-    known (a CPU's data segment, not its resident set, which holds code and files too): the same
-    measure the headroom is judged by."""
+    known (a CPU's data segment, not its resident set, which holds code and files too): the
+    measure the headroom is judged by, which takes a size's least (a CPU's size measured again
+    reads what larger sizes left in the worker)."""
     counted = trial.counted_peak_bytes
-    if not (counted and limit_bytes):
-        return None
-    share = counted / limit_bytes
-    # A size that fitted just under the limit is not shown as at it, as a failure's peak is.
-    return f"{math.floor(share * 1000) / 10:.1f}%" if trial.fits and 0.995 <= share < 1 else f"{share:.0%}"
+    return f"{counted / limit_bytes:.0%}" if counted and limit_bytes else None
 
 
 def trial_line(trial: Trial, limit_bytes: int | None = None) -> str:
@@ -289,7 +285,7 @@ def print_report(report: Report, console: Console, notes: Console | None = None)
     if report.memory_model and limit.batch_size is not None:
         m = report.memory_model
         # Where nothing ran out of memory the edge lies past every size run: an estimate, no more.
-        beyond = "" if limit.first_oom is not None else f" (an estimate: no size up to {limit.batch_size} ran out)"
+        beyond = "" if limit.first_oom is not None else f" (an estimate: no size up to {limit.batch_size} was found not to fit)"
         share = (report.dataset_len or 0) // (report.distributed.world_size if report.distributed else 1)
         if limit.first_oom is None and share and m["predicted_edge"] > share:
             beyond = (f" (an estimate, past the {share} samples of the dataset a device gets: memory is not what "

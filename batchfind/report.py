@@ -166,8 +166,11 @@ MEMORY_FAILURES = ("oom", "killed", "timeout")
 
 @dataclass(frozen=True)
 class Limit:
-    batch_size: Size | None  # the largest batch that ran, below every size that failed
-    first_oom: Size | None  # the smallest size that failed for memory (oom, killed, timeout)
+    # The largest batch that ran, below every size that failed, and the smallest size that failed for
+    # memory (oom, killed, timeout); a long-lived worker's failure at a size a brand-new process then
+    # fitted with room to spare is no failure of the size (`search.disowned`).
+    batch_size: Size | None
+    first_oom: Size | None
     verified: bool = False  # batch_size ran its measured steps in a brand-new process
     predicted_batch_size: Count | None = None  # the memory model's edge, for comparison
     refined: bool = False  # the edge between powers of two was searched to the exact size
@@ -371,8 +374,9 @@ BUSY_SHARE = 0.1
 
 def busy(trials: list[Trial]) -> tuple[str, int] | None:
     """What kept the machine busy while throughput was timed (the median over those trials) and over
-    how many trials, or None where it was quiet or nobody measured. Sizes stopped after a step far
-    slower than one that could compete count too: their step decided that they were slow."""
+    how many trials, or None where it was quiet or nobody measured: the doubling's sizes and those
+    measured again, sizes stopped after a step far slower than one that could compete (their step
+    decided that they were slow) and fit checks past the headroom included."""
     loads = [t for t in trials if t.fits and t.phase in ("double", "remeasure")
              and t.other_cpu_share is not None and t.steal_share is not None]
     if not loads:

@@ -366,7 +366,7 @@ def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module
         return "; a model that takes its inputs as one argument is called so with train.call: single"
     if "expected target dtype to be Long" in text or "expected scalar type Long" in text:
         return ("; cross-entropy takes class labels as whole numbers: save the targets as int64, or use "
-                "train.loss: mse for targets that are numbers")
+                "train.loss: mse for values to regress, not classes")
     if ("double" in text.lower() and any(t.dtype == torch.float64 for t in tensors_in(batch))
             and any(p.dtype == torch.float32 for p in model.parameters())):
         return "; float64 data (numpy's default) meets a float32 model: save the data as float32"

@@ -439,7 +439,7 @@ def test_a_probe_stopped_by_its_time_budget_says_larger_sizes_may_fit(write_conf
     assert [t["batch_size"] for t in report["trials"]] == [1]
     assert report["stopped_because"] == "time budget of 0.001 s spent"
     assert report["limit"]["batch_size"] == 1 and report["limit"]["first_oom"] is None
-    assert ("the time budget ran out before any size ran out of memory: 1 is the largest size tried, and larger "
+    assert ("the time budget ran out before any size was found not to fit: 1 is the largest size tried, and larger "
             "sizes may fit") in report["warnings"]
 
 

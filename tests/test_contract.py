@@ -248,6 +248,7 @@ def test_compare_judges_a_run_cut_short_only_by_the_sizes_it_reached(real_report
             assert result.exit_code == 0 and "regressed" not in result.stdout, result.stdout
         # A size the base fitted failing before the stop is a regression still.
         early["trials"] = reached + [dict(reached[0], batch_size=smallest + 1, status="oom", samples_per_s=None)]
+        early["limit"]["first_oom"] = smallest + 1
         result = runner.invoke(app, ["compare", base, write(tmp_path / "b.json", early)])
         assert result.exit_code == 4 and re.search(r"limit .*regressed", result.stdout), result.stdout
         assert not re.search(r"recommended batch .*regressed", result.stdout), result.stdout
@@ -345,6 +346,25 @@ def test_compare_says_when_a_report_was_timed_on_a_busy_machine(real_report, tmp
     assert ("warning: the new report was timed on a busy machine (other processes used 74% of the CPUs): its "
             "throughput, and the batch it recommends, may differ from run to run") in result.stderr, result.stderr
     assert "the base report was timed on a busy machine" not in result.stderr
+
+
+def test_compare_takes_the_failures_the_new_report_took(real_report, tmp_path):
+    # The new probe stopped at max_batch 4 after a worker's failure at 4 that a brand-new process
+    # then fitted with room to spare: its limit is a lower bound, not judged against the base's 8.
+    _, report, _ = real_report
+    new = copy.deepcopy(report)
+    fitted = next(t for t in new["trials"] if t["batch_size"] == 4 and t["status"] == "ok")
+    failed = copy.deepcopy(fitted) | {"status": "oom", "fresh_process": False, "step_ms": None, "samples_per_s": None,
+                                      "epoch_s": None, "error": "out of memory"}
+    new["trials"] = [t for t in new["trials"] if t["batch_size"] < 4] + [failed, fitted | {"phase": "refine"}]
+    new["limit"] |= {"batch_size": 4, "first_oom": None}
+    new["stopped_because"] = "reached max_batch (4)"
+    new["recommendation"] |= {"batch_size": 4, "interval": [4, 4], "tied": [4]}
+    base = copy.deepcopy(report)
+    base["recommendation"] |= {"batch_size": 4, "interval": [4, 4], "tied": [4]}
+    result = runner.invoke(app, ["compare", write(tmp_path / "a.json", base), write(tmp_path / "b.json", new), "--json"])
+    limit = next(c for c in json.loads(result.stdout)["changes"] if c["metric"] == "limit")
+    assert (limit["base"], limit["new"], limit["judged"], limit["regressed"]) == (8, 4, False, False), result.output
 
 
 def test_compare_does_not_judge_a_limit_under_less_memory(real_report, tmp_path):
@@ -558,8 +578,8 @@ def test_thresholds_exit_4_and_are_recorded(real_report):
     assert [(r["name"], r["passed"]) for r in reqs] == [("limit", False), ("samples/s at the recommended batch", False)]
     # Nothing ran out of memory below max_batch: the limit is a lower bound, and --quiet keeps the
     # warning that would say so.
-    assert ("requirement failed: limit: 4 (required ≥ 64; nothing ran out of memory (reached max_batch (4)), so "
-            "larger sizes may fit)") in result.stderr
+    assert ("requirement failed: limit: 4 (required ≥ 64; a lower bound: no larger size was found not to fit, "
+            "reached max_batch (4))") in result.stderr
     result = runner.invoke(app, ["probe", str(config), "--json", "--max-batch", "4", "--quiet",
                                  "--require-batch", "1", "--require-throughput", "1"])
     assert result.exit_code == 0 and all(r["passed"] for r in json.loads(result.stdout)["requirements"])

@@ -785,7 +785,7 @@ def test_labels_that_are_not_whole_numbers_are_told_how_cross_entropy_takes_them
             "model: {name: mlp, in_features: 8, classes: 3}\ndata: {kind: tensors, path: d.npz}\n" + PROBE))])
         assert checked.exit_code == 2
         assert ("cross-entropy takes class labels as whole numbers: save the targets as int64, or use train.loss: "
-                "mse for targets that are numbers") in checked.stderr
+                "mse for values to regress, not classes") in checked.stderr
         assert "save the data as float32" not in checked.stderr
     named = CliRunner().invoke(app, ["validate", str(write_config(
         "model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:NamedLabels'}\n" + PROBE))])

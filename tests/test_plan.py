@@ -206,12 +206,26 @@ def test_a_worker_failure_that_a_brand_new_process_fits_with_room_to_spare_is_se
     assert limit.verified
     assert probing._why_stopped(sim.trials, None, None, 1, clear=clear_of(sim.facts)) == f"oom at batch {limit.first_oom}"
     from batchfind.probing import _warnings
-    assert ("batch 512 ran out of memory in a long-lived worker, which held what earlier sizes left, but fitted in "
+    assert ("batch 512 failed in a long-lived worker, which held what earlier sizes left, but fitted in "
             "a brand-new process with memory to spare: the probe went on past it") in _warnings(
                 sim.trials, limit, clear_of(sim.facts))
-    # Near the edge a worker's failure still counts: the fresh run there left less free than memory varies.
-    near = SimDevice(620, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=5 * MiB, **CPU)
-    assert near.run().batch_size <= 620
+    # Up to a cap between the powers of two: the doubling tries the cap next.
+    capped = SimDevice(620, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=40 * MiB, max_batch=600, **CPU)
+    limit = capped.run()
+    assert (limit.batch_size, limit.first_oom) == (600, None)
+    assert probing._why_stopped(capped.trials, None, 600, 1, clear=clear_of(capped.facts)) == "reached max_batch (600)"
+    # Near the edge a worker's failure still counts: the brand-new process that fitted 512 left
+    # less free than memory varies.
+    near = SimDevice(515, per_sample=int(1.1 * MiB), fixed=300 * MiB, retained=40 * MiB, **CPU)
+    limit = near.run()
+    assert (512, "oom", False) in [(t.batch_size, t.status, t.fresh_process) for t in near.trials]
+    assert limit.batch_size < 512 <= limit.first_oom and 512 not in [t.batch_size for t in search_disowned(near)]
+
+
+def search_disowned(sim: SimDevice) -> list:
+    from batchfind.search import disowned
+
+    return disowned(sim.trials, clear_of(sim.facts))
 
 
 def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
