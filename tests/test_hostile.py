@@ -478,11 +478,14 @@ def test_control_characters_from_a_model_or_a_report_reach_no_terminal(write_con
     assert result.exit_code == 1 and "\x1b" not in result.output
     assert "ValueError: \\x1b[2Ja bug in the model" in result.stdout, result.stdout
     report = json.loads((tmp_path / "r.json").read_text())
+    # A key in both reports (one only would be a setting added between versions: no difference).
+    report["config"]["model"]["\x1b]0;title\x07"] = 0
+    (tmp_path / "base.json").write_text(json.dumps(report))
     report["environment"]["device_name"] = "EPYC\x1b[2J"
     report["config"]["model"]["\x1b]0;title\x07"] = 1
     hostile = tmp_path / "hostile.json"
     hostile.write_text(json.dumps(report))
-    result = runner.invoke(app, ["compare", str(tmp_path / "r.json"), str(hostile)])
+    result = runner.invoke(app, ["compare", str(tmp_path / "base.json"), str(hostile)])
     assert "different devices" in result.stderr and "different configs" in result.stderr, result.stderr
     assert "\x1b" not in result.output and "\x07" not in result.output and "EPYC\\x1b[2J" in result.stderr
 

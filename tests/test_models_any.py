@@ -549,8 +549,8 @@ def test_a_model_and_data_that_do_not_go_together_is_one_line_and_exit_2(write_c
     [
         ("data: {inputs: {ids: {shape: [4], dtype: int64}}}", "data.inputs.ids: an int64 input needs `high`"),
         ("data: {inputs: {ids: {dtype: int64, low: 5, high: 5}}}", "data.inputs.ids: high (5) must be > low (5)"),
-        ("data: {kind: 'zoo:Tokens', inputs: {a: {}}}", "data: data.inputs describes synthetic data; data.kind is zoo:Tokens"),
-        ("train: {step: 'zoo:clipped_step', precision: bf16}", "train: train.step owns its precision"),
+        ("data: {kind: 'zoo:Tokens', inputs: {a: {}}}", "config.yaml: data.inputs describes synthetic data; data.kind is zoo:Tokens"),
+        ("train: {step: 'zoo:clipped_step', precision: bf16}", "config.yaml: train.step owns its precision"),
         ("train: {step: clipped_step}", "train.step: expected package.module:function (got 'clipped_step')"),
         ("train: {loss: hinge}", "train.loss: must be 'cross_entropy' or 'mse', or package.module:function (got 'hinge')"),
         ("train: {call: kwargs}", "train.call: must be 'auto', 'positional' or 'single'"),
