@@ -470,6 +470,10 @@ class TensorsFile(TensorDataset):
 IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
+# Folder names that split a dataset rather than name a class.
+_SPLITS = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
 class ImageFolder(Dataset):
     """One subfolder per class; images decoded with Pillow, made `channels` deep, resized and
     scaled to [0, 1]."""
@@ -485,6 +489,11 @@ class ImageFolder(Dataset):
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not classes:
             raise InputError(f"data.path: {root} has no class subfolders")
+        if len(classes) > 1 and {c.lower() for c in classes} <= _SPLITS:
+            # A dataset's root (train/, val/, each with its class folders) would be read as two classes.
+            train = next((c for c in classes if c.lower().startswith("train")), classes[0])
+            raise InputError(f"data.path: {root} holds {', '.join(classes)}: a dataset's splits, not its classes; "
+                             f"point data.path at the one to train on ({root / train})")
         self.size, self.channels = size, channels
         self.samples = [
             (f, label)

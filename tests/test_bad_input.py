@@ -330,6 +330,10 @@ CASES = {
     "image that does not decode": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
                                    "data: {kind: imagefolder, path: images}\n" + CPU, [],
                                    "config.yaml: data.path: cannot decode image"),
+    "image folder of splits": ("model: {name: cnn, image_size: 8, width: 4, depth: 1, stages: 1, classes: 2}\n"
+                               "data: {kind: imagefolder, path: split_images}\n" + CPU, [],
+                               "split_images holds train, val: a dataset's splits, not its classes; point data.path at "
+                               "the one to train on ("),
     # Opened, a FIFO waits for a writer: the probe hung at set-up.
     "tensor file that is a FIFO": (MLP + "data: {kind: tensors, path: fifo.pt}\n" + CPU, [],
                                    "fifo.pt is not a regular file (a FIFO, a device or a socket), expected a .pt"),
@@ -365,6 +369,8 @@ def test_bad_input(name, tmp_path):
     os.symlink("loop_a.pt", tmp_path / "loop_b.pt")
     (tmp_path / "fifo_images" / "cats").mkdir(parents=True)
     os.mkfifo(tmp_path / "fifo_images" / "cats" / "0.png")
+    for split in ("train", "val"):
+        (tmp_path / "split_images" / split / "cats").mkdir(parents=True)
     (tmp_path / "bomb_images" / "cats").mkdir(parents=True)
     # A PNG of 100000 × 100000 pixels and no pixel data: Pillow reads the size first.
     def chunk(kind, data):
