@@ -45,7 +45,10 @@ def title(report: Report, source: str | None = None) -> str:
     ranks = f"{dist.world_size} × {device} ({dist.strategy})" if dist else device
     limit = env.usable_bytes
     per = " per device" if dist else ""
-    return f"{what} · {ranks} · limit {format_size(limit)}{per}" if limit else f"{what} · {ranks}"
+    # A run cut short never reached its larger sizes: its edge and curve are partial.
+    cut = (" · interrupted" if report.interrupted else
+           " · stopped by its time budget" if (report.stopped_because or "").startswith("time budget") else "")
+    return (f"{what} · {ranks} · limit {format_size(limit)}{per}" if limit else f"{what} · {ranks}") + cut
 
 
 # The largest value an axis draws: its margins and ticks overflow floats on the way to 1.8e308.

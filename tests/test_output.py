@@ -221,6 +221,12 @@ def test_the_plot_labels_batch_sizes_spreads_and_what_was_probed():
     try:
         top, bottom, search = fig.axes
         assert fig.get_suptitle() == "cnn-small.yaml: cnn, sgd, fp32 · AMD EPYC 7B13 · limit 2.0 GiB"
+        from batchfind.plot import title
+
+        # A run cut short says so: its edge and curve are partial.
+        assert title(dataclasses.replace(report, interrupted=True), "c.yaml").endswith("limit 2.0 GiB · interrupted")
+        budget = dataclasses.replace(report, stopped_because="time budget of 5 s spent")
+        assert title(budget, "c.yaml").endswith(" · stopped by its time budget")
         doubled = [str(t.batch_size) for t in report.trials if t.phase == "double"]
         assert [label.get_text() for label in bottom.get_xticklabels()] == doubled
         bars = [c for c in top.containers if isinstance(c, ErrorbarContainer)]
