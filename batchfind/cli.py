@@ -587,7 +587,11 @@ def probe(
                 report, batch=require_batch, on=(require_on or RequireOn.recommended).value, throughput=require_throughput))
             if follower:  # rank 0 prints and writes the report: every rank holds the same one
                 raise typer.Exit(_exit_code(report))
-            _emit(report, as_json, output, quiet)
+            try:
+                _emit(report, as_json, output, quiet)
+            except InputError:  # a full disk: the thresholds that failed are told too
+                _tell_requirements(console, report)
+                raise
         from rich.markup import escape
 
         code = _exit_code(report)
@@ -606,14 +610,21 @@ def probe(
                 f"even batch {first.batch_size} failed ({first.status}): "
             console.print(f"[red]{'error' if code == 1 else 'nothing fits'}:[/red] {failed}"
                           f"{escape(clipped(first.error or 'no message', 600))}{_if_slow(first.status)}")
-        for failed in (r for r in report.requirements if not r.passed):
-            actual = "not measured" if failed.actual is None else _number(failed.actual)
-            # A limit below which nothing failed is a lower bound, not where memory ran out.
-            bound = (f"; a lower bound: no larger size was found not to fit, {escape(report.stopped_because or 'stopped')}"
-                     if failed.name == "limit" and failed.actual is not None and report.limit.first_oom is None else "")
-            console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ "
-                          f"{_number(failed.required)}{bound})")
+        _tell_requirements(console, report)
         raise typer.Exit(code)
+
+
+def _tell_requirements(console, report) -> None:
+    """A line for each `--require-*` threshold that failed, under --quiet too."""
+    from rich.markup import escape
+
+    for failed in (r for r in report.requirements if not r.passed):
+        actual = "not measured" if failed.actual is None else _number(failed.actual)
+        # A limit below which nothing failed is a lower bound, not where memory ran out.
+        bound = (f"; a lower bound: no larger size was found not to fit, {escape(report.stopped_because or 'stopped')}"
+                 if failed.name == "limit" and failed.actual is not None and report.limit.first_oom is None else "")
+        console.print(f"[red]requirement failed:[/red] {failed.name}: {actual} (required ≥ "
+                      f"{_number(failed.required)}{bound})")
 
 
 @app.command(short_help="Run one batch size in a fresh process; exit 0 if it fits.")

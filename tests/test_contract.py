@@ -827,3 +827,13 @@ def test_the_python_api_refuses_what_is_not_a_config_or_a_batch_size_in_one_line
         with pytest.raises(InputError, match=r"^config: expected the Config that batchfind.load_config returns \(got "
                                              r"str\)"):
             call("cfg.yaml")
+
+
+def test_a_report_that_cannot_be_written_still_tells_the_thresholds_that_failed(real_report):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    _, _, config = real_report
+    result = runner.invoke(app, ["probe", str(config), "--json", "--quiet", "--max-batch", "2", "--no-refine",
+                                 "-o", "/dev/full", "--require-batch", "100"])
+    assert result.exit_code == 2 and "error: --output: cannot write /dev/full" in result.stderr, result.stderr
+    assert "requirement failed: recommended batch: " in result.stderr and "(required ≥ 100)" in result.stderr
