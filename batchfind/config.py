@@ -226,6 +226,19 @@ class FactoryModel(_Section):
     name: str
     kwargs: JsonKwargs = {}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hydra_at_the_top(cls, data: Any) -> Any:
+        # Hydra's way of writing a model, `model: {_target_: pkg.Net, depth: 2}`, which would
+        # otherwise read as a model without a name.
+        if isinstance(data, dict) and "_target_" in data:
+            target = data["_target_"]
+            module, _, attr = str(target).rpartition(".")
+            spec = f"{module}:{attr}" if ":" not in str(target) and module else target
+            raise ValueError(f"_target_ is read inside model.kwargs; the model itself is model.name: {spec}, with "
+                             "its arguments under model.kwargs")
+        return data
+
     @field_validator("name")
     @classmethod
     def _is_factory(cls, value: str) -> str:

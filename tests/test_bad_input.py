@@ -47,6 +47,9 @@ CASES = {
     "another tool's name for a key": (MLP + "data: {num_workers: 2}\n", [],
                                       "data.num_workers: unknown key (did you mean workers?)\n"),
     "unknown key like none": (MLP + "train: {foo: 1}\n", [], "train.foo: unknown key\n"),
+    "a model written the Hydra way": ("model: {_target_: mymodels.Net, in_dim: 8}\n", [],
+                                      "config.yaml: model: _target_ is read inside model.kwargs; the model itself is "
+                                      "model.name: mymodels:Net, with its arguments under model.kwargs\n"),
     "file data without a path": (MLP + "data: {kind: tensors}\n", [], "config.yaml: data.kind tensors needs data.path\n"),
     "section not a mapping": (MLP + "probe: 5\n", [], "probe: must be a valid dictionary"),
     "wrong type": (MLP + "train: {lr: fast}\n", [], "train.lr: expected a number, not text (got 'fast')"),
