@@ -30,7 +30,8 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 FIT_POINTS = 3
 # Brand-new processes' sizes give the slope only when they lie at least this share of the largest
 # apart: about what memory varies between runs on a CPU (0.5%), so the edge search's checks a
-# resolution apart still do (mlp-tabular's, 0.6% apart), and sizes a sample apart do not.
+# resolution or so apart still do (mlp-tabular's 334946 and 337524, 0.76%), and sizes a sample
+# apart (511 and 512) do not.
 MIN_SPAN = 0.005
 
 
