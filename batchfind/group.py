@@ -32,12 +32,13 @@ class Group:
     (a single-process probe keeps one ready for when a brand-new process is needed). `fits_only`:
     the workers will run fit checks only, timing nothing. `on_progress` hears rank 0's progress
     events during a request. `learned`: what an earlier worker learned of the data and the model
-    (`Session.learned`)."""
+    (`Session.learned`); `smallest`: whether, not told, set-up learns the smallest batch that trains
+    (`Session.smallest`)."""
 
     def __init__(self, config: dict[str, Any], topo: Topology | None,
                  agreement: Agreement | None, generation: int, standby: bool = False,
                  on_progress: Callable[[dict[str, Any]], None] | None = None, learned: dict[str, Any] | None = None,
-                 fits_only: bool = False):
+                 fits_only: bool = False, smallest: bool = True):
         self.topo, self.agreement, self.on_progress = topo, agreement, on_progress
         self.workers: dict[int, Worker] = {}
         self.ready: dict[str, Any] = {}
@@ -47,6 +48,7 @@ class Group:
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "standby": standby, "learned": learned,
+                                             "smallest": smallest,
                                              "rank": _rank_setup(topo, rank, local_rank, generation)}, fits_only)
         except BaseException:
             self.close()

@@ -64,9 +64,11 @@ class Prober:
     def __init__(self, config: Config, on_start: Callable[[int, str], None] | None,
                  on_end: Callable[[Trial], None] | None, topo: Topology | None = None,
                  on_progress: Callable[[dict], None] | None = None, fits_only: bool = False,
-                 standby_first: bool = False):
+                 standby_first: bool = False, smallest: bool = True):
         self.config, self.on_start, self.on_end, self.topo = config, on_start, on_end, topo
         self.fits_only, self.standby_first = fits_only, standby_first
+        # Whether the first worker learns the smallest batch that trains; every later worker is told.
+        self.smallest = smallest
         self.on_progress = on_progress
         self.raw = config.model_dump(mode="json")
         # What workers are started with (`start` may pin the CPU cap): the fields set, not every
@@ -95,7 +97,7 @@ class Prober:
         started = time.monotonic()
         if self.standby_first and self.keep_standby:
             self.standby = self._new(standby=True)
-        self.group = self._new(fits_only=self.fits_only)
+        self.group = self._new(fits_only=self.fits_only, smallest=self.smallest)
         self.start_s = time.monotonic() - started
         # What the first worker learned of the data and the model: later workers start without
         # learning it again (reading the dataset for its lengths, say).
@@ -132,10 +134,11 @@ class Prober:
         memory = psutil.virtual_memory()
         return memory.available - max(limit - held, 0) >= STANDBY_RESERVE * memory.total
 
-    def _new(self, standby: bool = False, fits_only: bool = False) -> Group:
+    def _new(self, standby: bool = False, fits_only: bool = False, smallest: bool = False) -> Group:
         self.generation += 1
         return Group(self.worker_config, self.topo, self.agreement, self.generation, standby=standby,
-                     on_progress=self.on_progress, learned=self.learned, fits_only=standby or fits_only)
+                     on_progress=self.on_progress, learned=self.learned, fits_only=standby or fits_only,
+                     smallest=smallest)
 
     def prepare(self) -> None:
         """Start a standby now, if none is waiting: brand-new processes will be needed soon."""
@@ -621,7 +624,9 @@ def _run(
     the size the plan would have run first."""
     started = time.monotonic()
     budget = config.probe.time_budget_s
-    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress, fits_only, standby_first)
+    # A check of a size above 1 has no use for the smallest batch that trains.
+    prober = Prober(config, on_trial_start, on_trial_end, topo, on_progress, fits_only, standby_first,
+                    smallest=not fits_only or first < 2)
     interrupted = False
     outcome = PlanResult()
     stopped = None

@@ -32,11 +32,16 @@ class Session:
     """
 
     def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None,
-                 learned: dict[str, Any] | None = None):
+                 learned: dict[str, Any] | None = None, smallest: bool = True):
         self.config = Config.model_validate(raw_config)
         # What the probe's first worker learned of the data and the model (`facts["learned"]`): a
         # later worker neither reads the dataset for its lengths nor checks its labels again.
         self.rank, self.learned = rank, learned
+        # Whether set-up learns the smallest batch a BatchNorm model trains on, with a step of one
+        # sample. Training runs no such step, and what it leaves in the heap raised a brand-new
+        # process's peak by 14-16 MiB near the edge (docs/benchmarks.md): processes that prove a
+        # limit are told it instead, or do not need it.
+        self.smallest = smallest
         self.model: torch.nn.Module | None = None
         self.limit: int | None = None
         # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
@@ -116,7 +121,7 @@ class Session:
             if self.learned:
                 smallest = self.learned["smallest_batch"]
             else:
-                smallest = smallest_batch(self.step, self.batches) if batchnorm else 1
+                smallest = smallest_batch(self.step, self.batches) if batchnorm and self.smallest else 1
         start_threads(self.device)
         self.energy = devices.energy_meter(self.device)
         self.facts = {

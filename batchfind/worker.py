@@ -272,7 +272,7 @@ def _serve() -> None:
     models.announce = lambda running: send({"event": "user code", "running": running})
 
     try:
-        session = Session(request["config"], request.get("rank"), request.get("learned"))
+        session = Session(request["config"], request.get("rank"), request.get("learned"), request.get("smallest", True))
         standby = request.get("standby")
         # A standby waits before touching the device (a CUDA context would take memory from the
         # worker at work); a CPU has nothing to protect, so there it sets up in full and waits ready,

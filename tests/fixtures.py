@@ -249,6 +249,21 @@ class Sentences(torch.utils.data.Dataset):
         return self.items[i], self.items[i]
 
 
+class NormedLog(nn.Module):
+    """`normed_mlp` that appends the batch size of every training-mode forward to `out`: which
+    steps a worker ran besides the trials."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.net, self.out = normed_mlp(), out
+
+    def forward(self, x):
+        if self.training:
+            with open(self.out, "a") as f:
+                f.write(f"{len(x)}\n")
+        return self.net(x)
+
+
 class DataMeter(nn.Module):
     """A tiny classifier that writes its process's data size (`VmData`, what RLIMIT_DATA counts) to
     `out` at every step: how much a worker holds before any model of size."""

@@ -539,8 +539,8 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
 
     class FakeGroup:
         def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False):
-            self.standby, self.fits_only, self.closed = standby, fits_only, False
+                     fits_only=False, smallest=True):
+            self.standby, self.fits_only, self.smallest, self.closed = standby, fits_only, smallest, False
             started.append(self)
             self.ready = {"learned": None}
 
@@ -577,12 +577,17 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
     # time steps (the doubling worker, a request's worker) are not.
     reply = prober.ask({"op": "loader", "batch_size": 16})
     assert [g.fits_only for g in started] == [False, True, True, True, True, False] and reply["status"] == "ok"
+    # Only the first worker runs set-up's step of one sample (a BatchNorm model's smallest batch):
+    # training runs none, and the heap it leaves raised the peaks of fit checks near the edge.
+    assert [g.smallest for g in started] == [True, False, False, False, False, False]
     prober.shutdown()
     assert all(g.closed for g in started)
-    # `batchfind check` starts with a fit check.
-    started.clear()
-    probing.Prober(Config.model_validate({"model": {"name": "mlp"}}), None, None, fits_only=True).start()
-    assert [g.fits_only for g in started] == [True]
+    # `batchfind check` starts with a fit check, which needs the smallest batch only to refuse 1.
+    for batch, smallest in ((1, True), (2, False)):
+        started.clear()
+        probing.Prober(Config.model_validate({"model": {"name": "mlp"}}), None, None, fits_only=True,
+                       smallest=batch < 2).start()
+        assert [(g.fits_only, g.smallest) for g in started] == [(True, smallest)]
 
 
 def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
@@ -594,7 +599,7 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
 
     class FakeGroup:
         def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False):
+                     fits_only=False, smallest=True):
             self.standby, self.closed = standby, False
             events.append(("standby" if standby else "worker", learned))
             self.ready = {"learned": {"smallest_batch": 1}}
@@ -648,7 +653,7 @@ class SetUpGroup:
     started: list = []
 
     def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                 fits_only=False):
+                 fits_only=False, smallest=True):
         self.standby, self.closed, self.probe = standby, False, dict(raw["probe"])
         self.started.append(self)
         self.ready = {"learned": None, "device": self.device, "memory_limit_bytes": self.limit}

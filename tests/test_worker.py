@@ -450,6 +450,23 @@ def test_a_model_that_cannot_train_on_one_sample_is_probed_from_two(write_config
         probe(cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"max_batch": 1})}))
 
 
+def test_a_check_runs_no_step_of_one_sample_that_training_would_not(write_config, tmp_path):
+    """Set-up's step of one sample, which tells whether a BatchNorm model trains on one, left a
+    heap that raised a brand-new process's peak near the edge: the probe's first worker runs it,
+    a check of a larger size does not (two samples check the data, then the trial's steps)."""
+    log = tmp_path / "sizes.txt"
+    cfg = load_config(write_config(
+        f"model: {{name: 'fixtures:NormedLog', kwargs: {{out: '{log}'}}}}\n"
+        "data: {kind: synthetic, size: 256, input_shape: [8], num_classes: 4}\n"
+        "probe: {warmup_steps: 0, steps: 1, device: cpu, max_batch: 4, refine: false}\n"
+    ))
+    assert check(cfg, 4).trials[0].fits
+    assert set(log.read_text().split()) == {"2", "4"}
+    log.unlink()
+    assert probe(cfg).trials[0].batch_size == 2
+    assert "1" in log.read_text().split()  # the probe learned that it starts at 2
+
+
 def test_a_real_out_of_memory_in_the_optimizer_step(write_config, worker_data_bytes):
     """Weights and gradients fit under the cap, Adam's two state tensors per weight do not."""
     weights = 4 * (4096 * 4096 + 4096) * 4  # four 4096 x 4096 float32 layers with biases
