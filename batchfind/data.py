@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from . import devices
 from .config import CNNModel, Config, InputSpec, MLPModel, TransformerModel
-from .errors import InputError, described
+from .errors import InputError, described, exits_are_errors
 from .models import call_factory, raised
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -249,7 +249,8 @@ def _lengths(value: Any, top: bool = True) -> list[int | None]:
 
 def read_item(dataset: Dataset, index: int, describe: str) -> Any:
     try:
-        return dataset[index]
+        with exits_are_errors():
+            return dataset[index]
     except InputError:
         raise  # batchfind's own dataset (an image folder's file that does not decode) names what failed
     except Exception as exc:  # the user's dataset: a failure is bad input, in one line

@@ -1,8 +1,10 @@
 """The one family of errors the core raises; the CLI maps each to a message and an exit code."""
 
+import contextlib
 import os
 import re
-from typing import Any
+import signal
+from typing import Any, Iterator
 
 
 class BatchfindError(Exception):
@@ -27,6 +29,29 @@ class StoppedByInput(InputError):
 
     def __reduce__(self):  # pickled whole, across a process pool
         return type(self), (str(self), self.report)
+
+
+class UserExit(Exception):
+    """`sys.exit` or a KeyboardInterrupt raised by the user's code (a step, a loss, a model's
+    forward, a dataset's item) in a worker, which ignores Ctrl-C itself: that code's failure, told
+    like any other, not the end of the worker."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(f"SystemExit (sys.exit({exc.code!r}))" if isinstance(exc, SystemExit) else type(exc).__name__)
+
+
+@contextlib.contextmanager
+def exits_are_errors() -> Iterator[None]:
+    """Around a call of the user's code: its `sys.exit` or KeyboardInterrupt becomes a `UserExit`.
+    A KeyboardInterrupt where Ctrl-C is not ignored may be a real one, and stays one."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            raise
+        raise UserExit(exc) from exc
+    except SystemExit as exc:
+        raise UserExit(exc) from exc
 
 
 # How set-up says that two of the data's samples, stacked into a batch, did not fit: the data's
@@ -108,6 +133,8 @@ def unwrapped(message: str) -> str:
 def described(exc: BaseException) -> str:
     """An exception as `Type: the first line of its message`, cut to `clipped`'s length. The user's
     code raised it: a message whose `str` itself fails says so instead of failing here."""
+    if isinstance(exc, (UserExit, SystemExit)):
+        return str(exc if isinstance(exc, UserExit) else UserExit(exc))
     try:
         text = clipped(unwrapped(str(exc)))
     except Exception:  # noqa: BLE001 - anything the user's __str__ raises

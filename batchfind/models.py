@@ -95,8 +95,6 @@ def raised(exc: BaseException) -> str:
     """What the user's code raised, in a line: a syntax error with its place, sys.exit with its code."""
     if isinstance(exc, SyntaxError):
         return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    if isinstance(exc, SystemExit):
-        return f"SystemExit (sys.exit({exc.code!r}))"
     return described(exc)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import devices
 from .config import OPTIMIZERS, TrainConfig
-from .errors import InputError, clipped, described
+from .errors import InputError, described, exits_are_errors
 from .models import call_factory, is_lightning, resolve, run_user_code, trainer_hint
 
 
@@ -228,13 +228,14 @@ def given_labels(batch: Any) -> torch.Tensor | None:
 def call_model(model: nn.Module, inputs: Any, call: str, extra: Mapping[str, Any] | None = None) -> Any:
     """The model on the inputs as `call` says, with the `extra` keyword arguments beside them."""
     extra = extra or {}
-    if call == "single" or isinstance(inputs, torch.Tensor):
+    with exits_are_errors():
+        if call == "single" or isinstance(inputs, torch.Tensor):
+            return model(inputs, **extra)
+        if isinstance(inputs, Mapping):
+            return model(*inputs.values(), **extra) if call == "positional" else model(**inputs, **extra)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs, **extra)
         return model(inputs, **extra)
-    if isinstance(inputs, Mapping):
-        return model(*inputs.values(), **extra) if call == "positional" else model(**inputs, **extra)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs, **extra)
-    return model(inputs, **extra)
 
 
 def field(output: Any, name: str | int) -> Any:
@@ -368,7 +369,7 @@ class Step:
                 if self.loss_fn is None or devices.is_oom(exc):
                     raise
                 # The data reached the model; what failed is a loss of the user's own.
-                raise InputError(f"train.loss: {self.train.loss} raised {type(exc).__name__}: {clipped(str(exc))}") from None
+                raise InputError(f"train.loss: {self.train.loss} raised {described(exc)}") from None
 
     def _labels_in_range(self, batch: Any, labels_below: Callable[[int], None]) -> None:
         """Where a model given its labels failed: its logits without them, to check the labels
@@ -409,7 +410,9 @@ class Step:
             return scalar(own, "the model's output `loss`")
         scored = self._scored(output)
         if self.loss_fn is not None:
-            return scalar(self.loss_fn(scored, target) if target is not None else self.loss_fn(scored), f"train.loss {self.train.loss}")
+            with exits_are_errors():
+                loss = self.loss_fn(scored, target) if target is not None else self.loss_fn(scored)
+            return scalar(loss, f"train.loss {self.train.loss}")
         if not isinstance(scored, torch.Tensor):
             # Scoring a field needs a target too: where batches hold none, say how they get one.
             scoring = "set train.output to the field to score (such as logits)" + (
@@ -462,7 +465,8 @@ class LightningStep(Step):
 
     def loss(self, batch: Any) -> torch.Tensor:
         try:
-            out = self.model.training_step(batch, *self._index)
+            with exits_are_errors():
+                out = self.model.training_step(batch, *self._index)
         except RuntimeError as exc:
             if not trainer_hint(exc):
                 raise  # a failure at this size, the trial's to report
@@ -513,7 +517,8 @@ class CustomStep:
             self._run(batch, optimizer)
 
     def _run(self, batch: Any, optimizer: Any) -> torch.Tensor:
-        loss = self.fn(self.model, batch, optimizer)
+        with exits_are_errors():
+            loss = self.fn(self.model, batch, optimizer)
         # A number: `return loss.item()`, as training loops often end (numpy's floats count too).
         if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
             loss = torch.tensor(float(loss))

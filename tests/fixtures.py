@@ -286,6 +286,27 @@ def exits(**kwargs):
     raise SystemExit(3)
 
 
+def exiting_step(model, batch, optimizer):
+    raise SystemExit(0)
+
+
+def interrupting_loss(output, target):
+    raise KeyboardInterrupt
+
+
+class ExitingItems(Pairs):
+    def __getitem__(self, i):
+        raise SystemExit("no more items")
+
+
+class ExitingForward(nn.Linear):
+    def __init__(self):
+        super().__init__(8, 4)
+
+    def forward(self, x):
+        raise SystemExit(1)
+
+
 class NegativeLength(torch.utils.data.Dataset):
     """A dataset whose length torch's len() refuses."""
 

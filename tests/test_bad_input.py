@@ -255,6 +255,16 @@ CASES = {
                            "data: items of the Mixed dataset do not stack into a batch"),
     "factory that calls sys.exit": ('model: {name: "fixtures:exits"}\n', [],
                                     "model.name: fixtures:exits(**kwargs) raised SystemExit (sys.exit(3))"),
+    # The user's code ends its process where a worker runs it: that code's failure, named.
+    "step that calls sys.exit": (MLP + "train: {step: 'fixtures:exiting_step'}\n" + CPU, [],
+                                 "train.step fixtures:exiting_step raised SystemExit (sys.exit(0))"),
+    "loss that raises KeyboardInterrupt": (MLP + "data: {kind: 'fixtures:Pairs'}\ntrain: {loss: 'fixtures:interrupting_loss'}\n"
+                                           + CPU, [], "train.loss: fixtures:interrupting_loss raised KeyboardInterrupt"),
+    "dataset item that calls sys.exit": (MLP + "data: {kind: 'fixtures:ExitingItems'}\n" + CPU, [],
+                                         "data: item 0 of the ExitingItems dataset raised SystemExit "
+                                         "(sys.exit('no more items'))"),
+    "forward that calls sys.exit": ("model: {name: 'fixtures:ExitingForward'}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
+                                    "SystemExit (sys.exit(1))"),
     "dataset whose length fails": (MLP + "data: {kind: 'fixtures:NegativeLength'}\n" + CPU, [],
                                    "data.kind: the length of fixtures:NegativeLength's dataset raised ValueError"),
     "tokens past the vocabulary": ("model: {name: transformer, vocab_size: 50, d_model: 16, layers: 1, heads: 2}\n"
