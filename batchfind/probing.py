@@ -739,11 +739,12 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
         return None
     last = doubled[-1]
     aside = {id(t) for t in search.disowned(trials, clear)}
-    if not last.fits and id(last) not in aside:
+    if not last.fits and id(last) not in aside and last.status not in MEMORY_FAILURES:
         return f"{last.status} at batch {last.batch_size}"
-    # Past a power the memory model put far beyond the limit (not run), or one that failed only in
-    # the worker, the edge search's failure.
-    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > last.batch_size
+    # Memory ran out at the edge the search found below the doubling's failure, not at that failure
+    # (past a power the memory model put far beyond the limit, not run, the search's failure too).
+    fitted = max((t.batch_size for t in doubled if t.fits), default=0)
+    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > fitted
                   and id(t) not in aside), key=lambda t: t.batch_size, default=None)
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"

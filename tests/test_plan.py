@@ -244,10 +244,12 @@ def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
     # Where the powers of two reached max_batch, that stopped them, whatever failed fresh there later.
     ran = [Trial(b, "ok", phase="double") for b in (1, 2, 4)] + [Trial(4, "oom", fresh_process=True, phase="verify")]
     assert probing._why_stopped(ran, None, 4, 1) == "reached max_batch (4)"
-    # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail.
+    # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail; the edge search's
+    # failure below it is where memory ran out, and what the probe says stopped it.
     sim = SimDevice(1900, **cnn)
-    sim.run()
+    limit = sim.run()
     assert (2048, "double", "oom") in [(t.batch_size, t.phase, t.status) for t in sim.trials]
+    assert limit.first_oom < 2048 and probing._why_stopped(sim.trials, None, None, 1) == f"oom at batch {limit.first_oom}"
     # A GPU runs it: a failure there costs a step, and a GPU's failure says where memory ran out.
     sim = SimDevice(1550, per_sample=int(1.1 * MiB), fixed=300 * MiB, **CPU)
     sim.run()
