@@ -892,11 +892,17 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
             why = (f"the factory optimizer {train.optimizer} takes its settings from train.optimizer_kwargs" if factory
                    else f"{train.optimizer} has no momentum (its betas stand in for it)")
             warnings.append(f"{', '.join(ignored)}: not used; {why}")
-    if facts.get("own_loss"):
-        scoring = [key for key in ("output", "loss") if key in train.model_fields_set]
-        if scoring:
-            warnings.append(f"{', '.join('train.' + key for key in scoring)}: not used; the model's output has its "
-                            "own `loss`, and that is what trains")
+    # A step of one's own (or a LightningModule's training_step) takes the batch as it comes, calls
+    # the model and computes the loss itself: how batchfind's step would do those is not read.
+    own_step = (f"train.step {train.step} calls the model and computes the loss itself" if train.step
+                else "the LightningModule's training_step calls the model and computes the loss itself"
+                if facts.get("own_optimizers") else None)
+    scoring = [key for key in ("output", "loss", "target", "call", "forward_kwargs") if key in train.model_fields_set]
+    if own_step and scoring:
+        warnings.append(f"{', '.join('train.' + key for key in scoring)}: not used; {own_step}")
+    elif facts.get("own_loss") and (scoring := [key for key in scoring if key in ("output", "loss")]):
+        warnings.append(f"{', '.join('train.' + key for key in scoring)}: not used; the model's output has its "
+                        "own `loss`, and that is what trains")
     unused = [f"train.{key}" for key in sorted({"optimizer", "lr", "momentum", "weight_decay", "optimizer_kwargs",
                                                 "reference_batch"} & train.model_fields_set)]
     unused += ["recommend.lr_rule"] if "lr_rule" in config.recommend.model_fields_set else []

@@ -639,7 +639,8 @@ def test_mse_takes_one_value_per_sample_as_b_by_1_and_refuses_shapes_it_would_br
 def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     pytest.importorskip("lightning")
     text = (MLP_PAIRS.replace("mlp, in_features: 8, hidden: 16, layers: 1, classes: 4", "'zoo:lightning_classifier'")
-            + "train: {lr: 0.5, reference_batch: 4}\nrecommend: {lr_rule: sqrt}\n" + PROBE)
+            + "train: {lr: 0.5, reference_batch: 4, loss: mse, forward_kwargs: {scale: 2}}\nrecommend: {lr_rule: sqrt}\n"
+            + PROBE)
     code, out, err = probe(write_config, text)
     assert code == 0, err
     report = json.loads(out)
@@ -649,6 +650,9 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     assert report["optimizer"] == "Adam" and report["config"]["train"]["optimizer"] != "adam"
     unused = "train.lr, train.reference_batch, recommend.lr_rule: not used; the LightningModule's configure_optimizers"
     assert any(w.startswith(unused) for w in report["warnings"])
+    # Its training_step scores its output itself.
+    assert ("train.loss, train.forward_kwargs: not used; the LightningModule's training_step calls the model and "
+            "computes the loss itself") in report["warnings"]
     # `validate` says so too, before any probe.
     checked = CliRunner().invoke(app, ["validate", str(write_config(text))])
     assert checked.exit_code == 0 and f"warning: {unused}" in checked.stderr
@@ -680,9 +684,14 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
     ("model: {name: 'fixtures:OwnLoss'}\ndata: {inputs: {x: {shape: [8]}, labels: {shape: [], dtype: int64, high: 4}}, "
      "num_classes: 3, vocab_size: 100}\n",
      "data.num_classes, data.vocab_size: not used; data.inputs names every tensor of the samples"),
+    ("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:Pairs'}\n"
+     "train: {step: 'zoo:clipped_step', output: 0, loss: mse, target: y, call: single}\n",
+     "train.output, train.loss, train.target, train.call: not used; train.step zoo:clipped_step calls the model and "
+     "computes the loss itself"),
 ], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data",
         "synthetic shapes for a dataset of one's own", "momentum for a factory optimizer", "momentum for adam",
-        "a path for a dataset factory", "image shapes for a model of one's own", "shapes beside named inputs"])
+        "a path for a dataset factory", "image shapes for a model of one's own", "shapes beside named inputs",
+        "scoring for a step of one's own"])
 def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
     checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
     assert checked.exit_code == 0, checked.output
