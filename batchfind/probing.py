@@ -330,7 +330,7 @@ def plan(prober, facts: dict, keep_going: Callable[[], bool], memory_model: bool
             prober.phase = "refine"
             prober.prepare()
             m = model()
-            variation = _variation(facts, m)
+            variation = _variation(facts, m, prober.trials)
             cheap = _processes_cheap(prober, _edge(m))
             # Where memory varies between runs (a CPU), an edge finer than that would not repeat.
             resolution = max(1, int(variation / m.per_sample_bytes)) if explains(m, last.batch_size, variation) else 1
@@ -458,7 +458,7 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
                                 facts.get("optimizer_lr"))
     limit = limit_of(trials, clear_of(facts), predicted_batch_size=_edge(outcome.model), refined=outcome.refined)
     model = _model(trials, facts)
-    variation = _variation(facts, model)
+    variation = _variation(facts, model, trials)
     limit = dataclasses.replace(limit, variation_bytes=variation, safe_batch_size=safe_size(
         model, limit.batch_size, limit.first_oom, variation, trials, config.probe.multiple_of))
     limit_bytes = facts.get("memory_ceiling_bytes") or facts.get("memory_total_bytes")
@@ -486,11 +486,25 @@ def clear_of(facts: dict) -> Callable[[Trial], bool]:
     return lambda t: bool(ceiling) and t.counted_peak_bytes is not None and t.counted_peak_bytes <= (1 - margin) * ceiling
 
 
-def _variation(facts: dict, model: MemoryModel | None) -> int:
+def _variation(facts: dict, model: MemoryModel | None, trials: list[Trial]) -> int:
     """How much a worker's peak may vary between runs near the edge: a share of where memory ran
-    out (the cap, or lower where a failure showed less to be usable)."""
+    out (the cap, or lower where a failure showed less to be usable), or more where brand-new
+    processes at one size showed more: their peaks that far apart, or one that fitted this far below
+    where memory ran out and another that ran out (a step of one's own under autocast spread 13 MiB
+    over three checks where the share allowed 5)."""
     ceiling = model.ceiling_bytes if model else facts.get("memory_ceiling_bytes") or 0
-    return int((facts.get("memory_variation") or 0) * ceiling)
+    share = int((facts.get("memory_variation") or 0) * ceiling)
+    if not share:
+        return share  # a GPU's allocator repeats to the block
+    seen = 0
+    for size in {t.batch_size for t in trials if t.fresh_process}:
+        runs = [t for t in trials if t.fresh_process and t.batch_size == size]
+        peaks = [t.counted_peak_bytes for t in runs if t.fits and t.counted_peak_bytes]
+        if len(peaks) > 1:
+            seen = max(seen, max(peaks) - min(peaks))
+        if peaks and any(t.status in ("oom", "killed") for t in runs):
+            seen = max(seen, ceiling - min(peaks))
+    return max(share, seen)
 
 
 def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit_size: int | None) -> dict:

@@ -828,3 +828,27 @@ def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, rank
     assert probing._advice_warnings(rec, {}, None, ranks) == [
         f"input-bound: at batch 32 60% of each step waits for the DataLoader "
         f"({workers} worker{'s' * (workers > 1)}); {remedy}"]
+
+
+def test_memory_varies_between_runs_by_what_brand_new_processes_showed():
+    """The run-to-run variation the safe size leaves free is a share of the cap, or what brand-new
+    processes at one size showed where that was more: a step of one's own under autocast fitted 100
+    at 1023 MiB of a 1 GiB cap in one check and ran out of memory in two others, where the share
+    allowed 5.1 MiB and the safe size held only by chance."""
+    facts = {"memory_variation": 0.005, "memory_ceiling_bytes": 1024 * MiB, "device": "cpu"}
+    share = int(0.005 * 1024 * MiB)
+
+    def fresh(size, status, peak=None):
+        return Trial(size, status, fresh_process=True, phase="refine", purpose="fit", capped_peak_bytes=peak)
+
+    steady = [fresh(90, "ok", 993 * MiB), fresh(90, "ok", 996 * MiB), fresh(95, "ok", 1012 * MiB)]
+    assert probing._variation(facts, None, steady) == share  # 3 MiB apart: within the share
+    spread = steady + [fresh(95, "ok", 1003 * MiB)]
+    assert probing._variation(facts, None, spread) == 9 * MiB
+    both = steady + [fresh(94, "ok", 1010 * MiB), fresh(94, "oom", 1024 * MiB)]
+    assert probing._variation(facts, None, both) == 14 * MiB
+    # A long-lived worker's failure is what earlier sizes left in it, not run-to-run variation; a
+    # GPU's allocator repeats to the block.
+    worker = steady + [Trial(90, "oom", fresh_process=False, phase="double", capped_peak_bytes=1024 * MiB)]
+    assert probing._variation(facts, None, worker) == share
+    assert probing._variation({**facts, "memory_variation": 0.0}, None, both) == 0
