@@ -10,6 +10,7 @@ from typing import Callable
 from . import curve, search
 from .config import OPTIMIZERS, RecommendConfig, TrainConfig
 from .report import MEMORY_FAILURES, Limit, Recommendation, Trial, latest_timed, timed
+from .sizes import rate_text
 
 # Square-root scaling keeps Adam's per-step noise in proportion (Malladi et al., 2022); linear
 # scaling is the usual rule for SGD (Goyal et al., 2017).
@@ -178,10 +179,10 @@ def recommend(
     finite = " with a finite loss" if diverged else ""
     if chosen.batch_size == fastest.batch_size:
         reason = (f"{'fastest within the headroom' if beaten else 'fastest timed'}{finite} "
-                  f"({fastest.samples_per_s:,.0f} samples/s)")
+                  f"({rate_text(fastest.samples_per_s)} samples/s)")
     else:
         reason = (f"within {percent(rec.tolerance)} of the fastest{' within the headroom' if beaten else ''}{finite} "
-                  f"({chosen.samples_per_s:,.0f} vs {fastest.samples_per_s:,.0f} samples/s at "
+                  f"({rate_text(chosen.samples_per_s)} vs {rate_text(fastest.samples_per_s)} samples/s at "
                   f"{fastest.batch_size}, at the low end of its interval too) with less memory")
     if rec.headroom and limit_bytes and headroom_kept:
         reason += f", leaving at least {percent(rec.headroom)} of the memory limit free"

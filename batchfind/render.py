@@ -12,7 +12,7 @@ from rich.text import Text
 from .devices import clean_error
 from .errors import plural
 from .report import Report, Trial, latest_timed
-from .sizes import format_size
+from .sizes import format_size, rate_text
 
 _STATUS_STYLE = {"ok": "green", "oom": "red", "killed": "red", "timeout": "yellow", "error": "magenta"}
 # What a narrow terminal gives up, in this order, until the table fits: the throughput bar, the
@@ -56,14 +56,6 @@ def bar(fraction: float, width: int = 10) -> str:
     """A bar of eighth-blocks, `fraction` of `width` characters long."""
     eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
     return "█" * (eighths // 8) + ("▏▎▍▌▋▊▉"[eighths % 8 - 1] if eighths % 8 else "")
-
-
-def rate_text(per_s: float | None) -> str:
-    """Samples per second: whole numbers from 100 up, three significant digits below (0.412, 41.2)
-    and past a trillion (a report read back may hold any number: 1e+300, not 301 digits)."""
-    if per_s is None:
-        return "-"
-    return f"{per_s:,.0f}" if 100 <= per_s < 1e12 else f"{per_s:.3g}"
 
 
 def change_text(change: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Parsing and printing byte sizes (`2GiB`, `512MiB`, `1.5GB`)."""
+"""Parsing and printing byte sizes (`2GiB`, `512MiB`, `1.5GB`), and printing rates."""
 
 import re
 from decimal import Decimal
@@ -10,7 +10,8 @@ _UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5, "eib": 1024**6,
 }
 # With a sign: a negative size is told it must be positive, not that it is no size.
-_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
+# ASCII digits only: `\d` takes any script's (١GiB), which no one means as a size.
+_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z", re.ASCII)
 # The largest limit the kernel's setrlimit takes (a signed 64-bit count of bytes).
 MAX_BYTES = 2**63 - 1
 MIN_BYTES = 1024**2
@@ -59,3 +60,11 @@ def format_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} EiB"  # MAX_BYTES is 8 EiB
+
+
+def rate_text(per_s: float | None) -> str:
+    """Samples per second: whole numbers from 100 up, three significant digits below (0.412, 41.2)
+    and past a trillion (a report read back may hold any number: 1e+300, not 301 digits)."""
+    if per_s is None:
+        return "-"
+    return f"{per_s:,.0f}" if 100 <= per_s < 1e12 else f"{per_s:.3g}"

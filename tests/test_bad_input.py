@@ -106,6 +106,7 @@ CASES = {
     "tolerance out of range": (MLP + "recommend: {tolerance: 2}\n", [], "recommend.tolerance: must be less than 1"),
     "option min batch": (MLP, ["--min-batch", "0"], "--min-batch: must be greater than 0 (got 0)"),
     "option memory": (MLP, ["--memory-limit", "lots"], "--memory-limit: expected a size like 2GiB"),
+    "memory limit in other digits": (MLP, ["--memory-limit", "\u0661GiB"], "--memory-limit: expected a size like 2GiB"),
     "option device": (MLP, ["--device", "gpu0"], "--device: expected auto, cpu, cuda or cuda:N"),
     # torch keeps 8 bits of a device's index (cuda:128 is cuda:-128) and reads only ASCII digits.
     "device index past torch's": (MLP, ["--device", "cuda:128"], "--device: expected auto, cpu, cuda or cuda:N, "
