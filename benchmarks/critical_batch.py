@@ -144,4 +144,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: --help says what it does before a run of about two minutes.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
