@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import torch
@@ -355,6 +357,8 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
 
 # A setting a model's configuration object lacks, in the AttributeError of the forward that read it.
 _UNSET_SETTING = re.compile(r"'(\w*Config)' object has no attribute '(\w+)'")
+# torch's words for a keyword the model's forward does not take.
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 # torch's words when code asks for CUDA that is not there: a CPU build, a machine without the driver or a GPU.
 _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No CUDA GPUs are available")
@@ -369,6 +373,10 @@ def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module
         return "; an argument the batches do not hold can be set in train.forward_kwargs"
     if isinstance(exc, TypeError) and "positional argument" in text and "were given" in text:
         return "; a model that takes its inputs as one argument is called so with train.call: single"
+    extra = _UNEXPECTED.search(text) if isinstance(exc, TypeError) else None
+    if extra and isinstance(batch, Mapping) and extra.group(1) in batch and config.train.target is None and any(
+            name in batch for name in _parameters(model)):  # it takes the batch's other keys: this one may be the target
+        return f"; if {extra.group(1)} is the target, name it in train.target and it is kept from the model"
     if "expected target dtype to be Long" in text or "expected scalar type Long" in text:
         return ("; cross-entropy takes class labels as whole numbers: save the targets as int64, or use "
                 "train.loss: mse for values to regress, not classes")
@@ -378,7 +386,18 @@ def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module
     if isinstance(exc, IndexError) and isinstance(config.model, TransformerModel):
         return (f"; the transformer takes token ids from 0 to below model.vocab_size ({config.model.vocab_size}) "
                 f"and sequences up to model.seq_len ({config.model.seq_len}) long")
+    if isinstance(exc, IndexError) and "index out of range in self" in text:
+        # torch's words for an embedding looked up past its rows: a token id or a position.
+        return ("; an embedding was looked up past its size: token ids must lie below the model's vocabulary "
+                "(for synthetic data, data.inputs' high) and sequences within its positions")
     return ""
+
+
+def _parameters(model: torch.nn.Module) -> list[str]:
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def smallest_batch(step: Step | CustomStep, batches: Batches) -> int:

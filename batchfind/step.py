@@ -415,7 +415,10 @@ class Step:
             return scalar(loss, f"train.loss {self.train.loss}")
         if not isinstance(scored, torch.Tensor):
             # Scoring a field needs a target too: where batches hold none, say how they get one.
-            scoring = "set train.output to the field to score (such as logits)" + (
+            # A plain tuple's fields have no names: a position picks one.
+            which = ("position to score (a number: 0 for the first)"
+                     if isinstance(scored, (tuple, list)) and not hasattr(scored, "_fields") else "field to score (such as logits)")
+            scoring = f"set train.output to the {which}" + (
                 "" if target is not None else
                 " and give the batches a target (train.target names its key in dict batches; or (input, target) items)")
             raise InputError(f"the model returned {_kind(scored)}: not a tensor and no loss; {scoring}, or give the "

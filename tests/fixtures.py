@@ -572,6 +572,31 @@ class Named(Linear):
         return Out(super().forward(x), x)
 
 
+class TwoOut(Linear):
+    """Returns a plain tuple: its inputs and its logits."""
+
+    def forward(self, x):
+        return x, super().forward(x)
+
+
+class Keyed(Pairs):
+    """Dict items whose target is a key beside the inputs."""
+
+    def __getitem__(self, i):
+        return {"input": self.x[i], "y": self.y[i]}
+
+
+class Embedded(nn.Module):
+    """Token ids through an embedding of `vocab` rows, averaged, into a linear head."""
+
+    def __init__(self, vocab: int = 10, classes: int = 4):
+        super().__init__()
+        self.embedding, self.head = nn.Embedding(vocab, 8), nn.Linear(8, classes)
+
+    def forward(self, ids):
+        return self.head(self.embedding(ids).mean(1))
+
+
 class Triples(Pairs):
     """(a, b, target) items: two inputs."""
 

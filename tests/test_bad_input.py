@@ -322,6 +322,16 @@ CASES = {
                                                    "num_classes: 4}\n" + CPU, [],
                                                    "model.name: fixtures:OnCuda moves tensors to a GPU itself, and this "
                                                    "probe runs on cpu: "),
+    "a tuple's output without a position": ("model: {name: 'fixtures:TwoOut'}\ndata: {kind: 'fixtures:Pairs'}\n"
+                                            + CPU, [], "the model returned a tuple of 2: not a tensor and no loss; set "
+                                            "train.output to the position to score (a number: 0 for the first)"),
+    "a dict batch's target passed to the model": ("model: {name: 'fixtures:Linear'}\ndata: {kind: 'fixtures:Keyed'}\n"
+                                                  + CPU, [], "got an unexpected keyword argument 'y'; if y is the "
+                                                  "target, name it in train.target and it is kept from the model"),
+    "token ids past a model's embedding": ("model: {name: 'fixtures:Embedded'}\ndata: {input_shape: [5], input_dtype: "
+                                           "int64, vocab_size: 100, num_classes: 4}\n" + CPU, [],
+                                           "index out of range in self; an embedding was looked up past its size: token "
+                                           "ids must lie below the model's vocabulary"),
     "output field a NamedTuple lacks": ("model: {name: 'fixtures:Named'}\ndata: {kind: 'fixtures:Pairs'}\n"
                                         "train: {output: logit}\n" + CPU, [],
                                         "train.output: the model returned Out with fields logits, features: no field "
