@@ -113,13 +113,15 @@ def failed_allocation(message: str | None) -> int | None:
     return None
 
 
-def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = False) -> MemoryModel | None:
+def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = False,
+        noise_bytes: int = 0) -> MemoryModel | None:
     """Least-squares line through the largest fitting trials' peaks; None until it can predict anything.
 
     `ceiling_bytes`: where the capped peak runs out (the limit in force, or what the GPU can give).
     `kinds_differ`: long-lived workers' peaks are offset from brand-new processes' (CPU).
+    `noise_bytes`: how much one size's peak varies between brand-new processes.
     """
-    capped = _line(trials, "capped_peak_bytes", kinds_differ)
+    capped = _line(trials, "capped_peak_bytes", kinds_differ, noise_bytes)
     if capped and ceiling_bytes:
         # A failure that read less than what ran says nothing the limit in force does not.
         learned = _learned(trials, "capped_peak_bytes")
@@ -131,7 +133,7 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
         if reached > ceiling_bytes:
             return MemoryModel(*capped[:2], reached, capped[2], "fits")
         return MemoryModel(*capped[:2], ceiling_bytes, capped[2], "limit")
-    resident = _line(trials, "peak_bytes", kinds_differ)
+    resident = _line(trials, "peak_bytes", kinds_differ, noise_bytes)
     if resident is None:
         return None
     learned = _learned(trials, "peak_bytes", ceiling_bytes)
@@ -142,7 +144,7 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     return None
 
 
-def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float, float, int] | None:
+def _line(trials: list[Measured], field: str, kinds_differ: bool, noise_bytes: int = 0) -> tuple[float, float, int] | None:
     """(fixed, per sample, points) through the largest sizes with a peak; None when memory does not grow.
 
     When the largest size ran first in a brand-new process, the line goes through it. A CPU worker
@@ -167,9 +169,11 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool) -> tuple[float
     # Only fresh sizes near the largest give the slope there: the first trial (batch 1, say) sits
     # where per-batch overheads bend the line.
     fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else []
-    if fresh and fresh[-1][0] - fresh[0][0] < MIN_SPAN * fresh[-1][0]:
-        # Sizes a sample or two apart (a worker's failure proven otherwise: 511 and 512) give a
-        # slope of their peaks' noise, not of the batch.
+    if fresh and (fresh[-1][0] - fresh[0][0] < MIN_SPAN * fresh[-1][0]
+                  or max(y for _, y in fresh) - min(y for _, y in fresh) <= noise_bytes):
+        # Sizes a sample or two apart (a worker's failure proven otherwise: 511 and 512), or peaks
+        # that rose no more than they vary between runs (mixup's 127 and 128 under 1 GiB, 1.4 MiB
+        # apart where a sample takes 4), give a slope of their peaks' noise, not of the batch.
         fresh = fresh[-1:]
     worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
     points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]

@@ -470,7 +470,9 @@ def _decide(trials: list[Trial], outcome: PlanResult, config: Config, facts: dic
 def _model(trials: list[Trial], facts: dict) -> MemoryModel | None:
     """The memory model of these trials; on CPU a worker that ran before holds memory a brand-new
     process does not, so the two kinds of process are told apart."""
-    return fit(trials, facts.get("memory_ceiling_bytes"), kinds_differ=facts.get("device") == "cpu")
+    ceiling = facts.get("memory_ceiling_bytes")
+    return fit(trials, ceiling, kinds_differ=facts.get("device") == "cpu",
+               noise_bytes=int((facts.get("memory_variation") or 0) * (ceiling or 0)))
 
 
 # A brand-new process that fits a size with more than this share of the limit free (or four times

@@ -164,6 +164,23 @@ def test_brand_new_sizes_a_sample_apart_give_no_slope():
     assert model.per_sample_bytes == pytest.approx(1.1 * MiB) and 600 <= model.predicted_edge <= 640
 
 
+def test_brand_new_peaks_that_rose_less_than_memory_varies_give_no_slope():
+    # The mixup example under 1 GiB, measured: 127 and 128 fitted fresh at 915.1 and 916.5 MiB, a
+    # rise of 1.4 MiB where a sample takes about 4 and one size varies by 5 between runs; their
+    # slope put the edge near the doubling worker's failure at 256 where it was 150.
+    trials = capped(470 * MiB, 4.1 * MiB, [16, 32, 64])
+    trials += [T(127, "ok", None, capped_peak_bytes=int(915.1 * MiB), fresh_process=True),
+               T(128, "ok", None, capped_peak_bytes=int(916.5 * MiB), fresh_process=True)]
+    noise = int(0.005 * 1024 * MiB)
+    model = fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True, noise_bytes=noise)
+    assert model.per_sample_bytes == pytest.approx(4.1 * MiB) and 150 <= model.predicted_edge <= 160
+    assert fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True).predicted_edge > 200  # the noise's slope
+    # Peaks that rose by more than that give it, a sample apart or more.
+    trials[-1] = T(128, "ok", None, capped_peak_bytes=int(921.1 * MiB), fresh_process=True)
+    assert fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True, noise_bytes=noise).per_sample_bytes == \
+        pytest.approx(6 * MiB, rel=0.01)
+
+
 def test_what_a_long_lived_worker_retained_comes_off_its_peaks():
     """cnn-small under a 2 GiB cap, measured: a brand-new process fits 1548 and not 1554, and
     peaks at 1461 MiB at 1024. The doubling worker held 222-251 MiB more at the start of its last
