@@ -250,7 +250,9 @@ def test_a_model_of_ones_own_too_big_for_the_limit_is_nothing_fits_not_bad_input
     # Set-up ran out of memory: no batch ran, and the line does not say one failed.
     assert result.exit_code == 3, result.output
     assert "nothing fits: setting up (Python, torch, the model) ran out of memory before any batch ran" in result.stderr
-    assert [t["status"] for t in json.loads(result.stdout)["trials"]] == ["oom"]
+    report = json.loads(result.stdout)
+    assert [t["status"] for t in report["trials"]] == ["oom"]
+    assert report["stopped_because"] == "oom while setting up, before batch 1 ran"
 
 
 def test_a_data_file_too_big_for_the_limit_is_nothing_fits_naming_the_file(write_config, worker_data_bytes, tmp_path):
