@@ -206,10 +206,11 @@ class HostLoad:
     """What else the machine's CPUs did while this process measured, as shares of all CPUs' time
     since it was made: other processes running (`other_cpu_share`), and on a virtual machine the
     time the hypervisor gave the CPUs to other machines (`steal_share`, Linux). Either makes steps
-    slower and noisier than on a quiet machine. The kernel counts in ticks (10 ms on Linux)."""
+    slower and noisier than on a quiet machine. The kernel counts in ticks (10 ms on Linux). This
+    process's own children (a DataLoader's workers) are its own work, not other processes'."""
 
     def __init__(self):
-        self.host, self.own, self.start = _cpu_seconds(), time.process_time(), time.perf_counter()
+        self.host, self.own, self.start = _cpu_seconds(), _own_seconds(), time.perf_counter()
 
     def read(self) -> dict[str, float | None]:
         import psutil
@@ -218,9 +219,25 @@ class HostLoad:
         busy, steal = _cpu_seconds()
         if capacity <= 0 or busy is None or self.host[0] is None:
             return {"other_cpu_share": None, "steal_share": None}
-        other = busy - self.host[0] - (time.process_time() - self.own)
+        other = busy - self.host[0] - (_own_seconds() - self.own)
         return {"other_cpu_share": round(min(1.0, max(0.0, other / capacity)), 3),
                 "steal_share": round(min(1.0, max(0.0, (steal - self.host[1]) / capacity)), 3)}
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and its children: those that ended and were waited for, and those
+    still running."""
+    import psutil
+
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = time.process_time() + ended.ru_utime + ended.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # it ended just now: counted once it is waited for
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _cpu_seconds() -> tuple[float | None, float]:

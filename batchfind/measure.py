@@ -321,6 +321,7 @@ def measure_loader(
     total_ms, wait_ms = [], []
     warmup = max(warmup, loader.num_workers, 1)
     batches = _forever(loader)
+    load = devices.HostLoad()
     i = 0
     while i < warmup + steps or (sum(total_ms) < min_time_s * 1000 and len(total_ms) < StepPlan.max_steps):
         devices.sync(device)
@@ -345,6 +346,7 @@ def measure_loader(
         "data_share": wait["median"] / total["median"] if median_s > 0 else None,
         "samples_per_s": batch_size / median_s if median_s > 0 else None,
         "epoch_s": math.ceil(dataset_len / batch_size) * median_s,
+        **load.read(),
     }
 
 

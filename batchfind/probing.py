@@ -13,7 +13,8 @@ from .config import FLOAT_TARGETS, OPTIMIZERS, CNNModel, Config, DataConfig, MLP
 from .errors import STACKED_RAN_OUT, BatchfindError, InputError, StoppedByInput, clipped, plural
 from .memory import MemoryModel, explains, failed_allocation, fit, safe_size
 from .recommend import bar, choice, limit_of, points, recommend, to_change, with_training_plan
-from .report import MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, timed
+from .report import (MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, load_text,
+                     timed)
 from .sizes import format_size
 from .devices import usable_cpus
 from .distributed import Agreement, AgreementLost, Topology, topology
@@ -762,6 +763,8 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     fitted = max((t.batch_size for t in doubled if t.fits), default=0)
     failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > fitted
                   and id(t) not in aside), key=lambda t: t.batch_size, default=None)
+    if failed is not None and (failed.error or "").startswith(SETUP_RAN_OUT):
+        return f"{failed.status} while setting up, before batch {failed.batch_size} ran"
     if failed is not None:
         return f"{failed.status} at batch {failed.batch_size}"
     # The cap, or the multiple of `multiple_of` below it that the doubling tried in its place.
@@ -810,7 +813,11 @@ def _advice_warnings(rec, facts: dict, target: int | None, ranks_here: int = 1) 
             f"input-bound: at batch {rec.batch_size} {loader['data_share']:.0%} of each step waits for the "
             f"DataLoader ({plural(loader['workers'], 'worker')}); {remedy}"
         )
-    elif loader and loader.get("status") == "skipped":
+    if loader and loader.get("status") == "ok" and (
+            load := load_text(loader.get("other_cpu_share"), loader.get("steal_share"))):
+        warnings.append(f"{load} while the DataLoader was timed: its step time and waiting share may be far from a "
+                        "quiet machine's")
+    if loader and loader.get("status") == "skipped":
         warnings.append(f"the DataLoader was not timed: {loader.get('error')}")
     elif loader and loader.get("status") != "ok":
         # Bad input says what it is (a dataset's item that raised); any other failure is named by its status.

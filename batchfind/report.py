@@ -210,6 +210,8 @@ class LoaderTiming(TypedDict, total=False):
     data_share: float | None
     samples_per_s: float | None
     epoch_s: float | None
+    other_cpu_share: float | None  # as a trial's, while the loader was timed
+    steal_share: float | None
 
 
 class NoiseScaleEstimate(TypedDict, total=False):
@@ -381,11 +383,16 @@ def busy(trials: list[Trial]) -> tuple[str, int] | None:
              and t.other_cpu_share is not None and t.steal_share is not None]
     if not loads:
         return None
-    other = statistics.median(t.other_cpu_share for t in loads)
-    steal = statistics.median(t.steal_share for t in loads)
-    parts = ([f"other processes used {other:.0%} of the CPUs"] if other > BUSY_SHARE else []) + (
-        [f"the hypervisor gave {steal:.0%} of their time to other machines (steal)"] if steal > BUSY_SHARE else [])
-    return (" and ".join(parts), len(loads)) if parts else None
+    said = load_text(statistics.median(t.other_cpu_share for t in loads), statistics.median(t.steal_share for t in loads))
+    return (said, len(loads)) if said else None
+
+
+def load_text(other: float | None, steal: float | None) -> str | None:
+    """What kept the machine busy, in words; None where neither share passed `BUSY_SHARE`."""
+    parts = ([f"other processes used {other:.0%} of the CPUs"] if other is not None and other > BUSY_SHARE else []) + (
+        [f"the hypervisor gave {steal:.0%} of their time to other machines (steal)"]
+        if steal is not None and steal > BUSY_SHARE else [])
+    return " and ".join(parts) or None
 
 
 def first_fitting(trials: list[Trial]) -> dict[int, Trial]:

@@ -830,6 +830,32 @@ def test_an_input_bound_step_is_told_what_helps(monkeypatch, workers, cpus, rank
         f"({workers} worker{'s' * (workers > 1)}); {remedy}"]
 
 
+def test_a_loader_timed_on_a_busy_machine_says_so():
+    from batchfind.report import Recommendation
+
+    loader = {"status": "ok", "workers": 0, "data_share": 0.0, "other_cpu_share": 0.62, "steal_share": 0.0}
+    rec = Recommendation(batch_size=16, reason="", accumulation_steps=1, global_batch_size=16, loader=loader)
+    assert probing._advice_warnings(rec, {}, None) == [
+        "other processes used 62% of the CPUs while the DataLoader was timed: its step time and waiting share may "
+        "be far from a quiet machine's"]
+    quiet = Recommendation(batch_size=16, reason="", accumulation_steps=1, global_batch_size=16,
+                           loader={**loader, "other_cpu_share": 0.03})
+    assert probing._advice_warnings(quiet, {}, None) == []
+
+
+def test_a_processs_own_children_are_its_own_load():
+    """A DataLoader's workers are the worker's own: their CPU time is not other processes'."""
+    import subprocess
+    import sys
+
+    from batchfind import devices
+
+    before = devices._own_seconds()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"],
+                   check=True)
+    assert devices._own_seconds() - before >= 0.45
+
+
 def test_memory_varies_between_runs_by_what_brand_new_processes_showed():
     """The run-to-run variation the safe size leaves free is a share of the cap, or what brand-new
     processes at one size showed where that was more: a step of one's own under autocast fitted 100
