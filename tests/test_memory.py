@@ -250,6 +250,9 @@ def test_a_brand_new_process_that_left_the_variation_free_outranks_the_line():
     # Measured, but without the variation free, or in a long-lived worker: the line decides.
     assert safe_size(noise, 12, 16, variation, [replace(fresh, capped_peak_bytes=399 * MiB)]) == 10
     assert safe_size(noise, 12, 16, variation, [replace(fresh, fresh_process=False)]) == 10
+    # Run twice, by its higher peak; and not at all where another brand-new run of it failed.
+    assert safe_size(noise, 12, 16, variation, [fresh, replace(fresh, capped_peak_bytes=399 * MiB)]) == 10
+    assert safe_size(noise, 12, 16, variation, [fresh, replace(fresh, status="oom")]) == 10
     # A smaller size measured roomy raises the line's answer to it, never above the limit.
     noisier = MemoryModel(396 * MiB, MiB // 2, 400 * MiB, 2, "failure")  # edge 8: the line says 4
     assert safe_size(noisier, 12, 16, variation) == 4
