@@ -83,8 +83,8 @@ def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | Non
     run-to-run `variation` free. `limit` ran in a brand-new process: a model that puts the edge
     below it by more than the variation accounts for is contradicted by that run (a line through
     noise, on a model whose peaks barely grow) and leaves the limit as it is, as does a line by which
-    the variation is worth half the limit or more. A size among `trials` that ran first in a
-    brand-new process with its peak leaving the variation free is safe: the answer is never below
+    the variation is worth half the limit or more. A size among `trials` that ran first in brand-new
+    processes, each time with its peak leaving the variation free, is safe: the answer is never below
     it (what a size measured outranks where a line puts it). Where the line decides, the size is a
     multiple of `multiple_of`, as refined sizes are. Where nothing failed (a probe its time budget
     or an interruption stopped), a model that puts the edge at the limit or below says the same as a
@@ -97,8 +97,14 @@ def safe_size(model: MemoryModel | None, limit: int | None, first_oom: int | Non
         return limit
     below = int((model.ceiling_bytes - variation - model.fixed_bytes) / model.per_sample_bytes)
     below -= below % multiple_of
-    shown = max((t.batch_size for t in trials if t.status == "ok" and t.fresh_process and t.batch_size <= limit
-                 and t.capped_peak_bytes and t.capped_peak_bytes <= model.ceiling_bytes - variation), default=0)
+    # A size judged by its highest peak in brand-new processes, and not at all where one of them failed.
+    fresh: dict[int, list[Measured]] = {}
+    for t in trials:
+        if t.fresh_process and t.batch_size <= limit:
+            fresh.setdefault(t.batch_size, []).append(t)
+    shown = max((size for size, runs in fresh.items()
+                 if all(t.status == "ok" and t.capped_peak_bytes for t in runs)
+                 and max(t.capped_peak_bytes for t in runs) <= model.ceiling_bytes - variation), default=0)
     return max(1, min(limit, max(below, shown)))
 
 

@@ -494,20 +494,26 @@ def _variation(facts: dict, model: MemoryModel | None, trials: list[Trial]) -> i
     out (the cap, or lower where a failure showed less to be usable), or more where brand-new
     processes at one size showed more: their peaks that far apart, or one that fitted this far below
     where memory ran out and another that ran out (a step of one's own under autocast spread 13 MiB
-    over three checks where the share allowed 5)."""
+    over three checks where the share allowed 5). Only fit checks near the edge count, by what the
+    cap counts, and what they show is taken up to the margin a brand-new process must leave to be
+    clear of the edge (`clear_of`): more than that is not variation near the edge but something
+    else (a worker killed for the machine's RAM, a set-up that ran out)."""
     ceiling = model.ceiling_bytes if model else facts.get("memory_ceiling_bytes") or 0
     share = int((facts.get("memory_variation") or 0) * ceiling)
     if not share:
         return share  # a GPU's allocator repeats to the block
+    most = int(max(CLEAR_SHARE, 4 * facts["memory_variation"]) * ceiling)
     seen = 0
-    for size in {t.batch_size for t in trials if t.fresh_process}:
-        runs = [t for t in trials if t.fresh_process and t.batch_size == size]
-        peaks = [t.counted_peak_bytes for t in runs if t.fits and t.counted_peak_bytes]
+    for size in {t.batch_size for t in trials if t.fresh_process and t.purpose == "fit"}:
+        runs = [t for t in trials if t.fresh_process and t.purpose == "fit" and t.batch_size == size]
+        peaks = [t.capped_peak_bytes for t in runs if t.fits and t.capped_peak_bytes]
+        if not peaks or max(peaks) < ceiling - most:
+            continue  # clear of the edge
         if len(peaks) > 1:
             seen = max(seen, max(peaks) - min(peaks))
-        if peaks and any(t.status in ("oom", "killed") for t in runs):
+        if any(t.status == "oom" and t.capped_peak_bytes for t in runs):
             seen = max(seen, ceiling - min(peaks))
-    return max(share, seen)
+    return max(share, min(seen, most))
 
 
 def _advise(prober: Prober, config: Config, facts: dict, size: int | None, limit_size: int | None) -> dict:

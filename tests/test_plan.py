@@ -878,3 +878,10 @@ def test_memory_varies_between_runs_by_what_brand_new_processes_showed():
     worker = steady + [Trial(90, "oom", fresh_process=False, phase="double", capped_peak_bytes=1024 * MiB)]
     assert probing._variation(facts, None, worker) == share
     assert probing._variation({**facts, "memory_variation": 0.0}, None, both) == 0
+    # Clear of the edge, or killed (for the machine's RAM, say), a run is no variation near the edge;
+    # what fit checks near it show is taken up to the margin that counts as clear of it.
+    far = [fresh(64, "ok", 670 * MiB), fresh(64, "killed"), fresh(64, "oom", 1024 * MiB)]
+    assert probing._variation(facts, None, far) == share
+    assert probing._variation(facts, None, [fresh(99, "ok", 1020 * MiB), fresh(99, "killed")]) == share
+    wide = [fresh(99, "ok", 1020 * MiB), fresh(99, "ok", 990 * MiB)]
+    assert probing._variation(facts, None, wide) == int(0.02 * 1024 * MiB)
