@@ -175,7 +175,8 @@ class Limit:
     predicted_batch_size: Count | None = None  # the memory model's edge, for comparison
     refined: bool = False  # the edge between powers of two was searched to the exact size
     # The largest size expected to fit on every run: batch_size less the run-to-run variation of
-    # memory the edge allows for (`variation_bytes`: on CPU a share of where memory ran out, or what brand-new fit checks showed; 0 on GPU).
+    # memory the edge allows for (`variation_bytes`: on CPU a share of where memory ran out, or what
+    # brand-new fit checks showed; 0 on GPU).
     safe_batch_size: Size | None = None
     variation_bytes: Bytes | None = None
 
