@@ -922,11 +922,15 @@ def _unused_warnings(config: Config, facts: dict) -> list[str]:
                    else f"{train.optimizer} has no momentum (its betas stand in for it)")
             warnings.append(f"{', '.join(ignored)}: not used; {why}")
     # A step of one's own (or a LightningModule's training_step) takes the batch as it comes, calls
-    # the model and computes the loss itself: how batchfind's step would do those is not read.
+    # the model and computes the loss itself: how batchfind's step would do those is not read. The
+    # data still reads two of them: `loss` makes synthetic targets floats (mse) or classes, and
+    # `target` names the key that padding fills with the loss's ignore index.
     own_step = (f"train.step {train.step} calls the model and computes the loss itself" if train.step
                 else "the LightningModule's training_step calls the model and computes the loss itself"
                 if facts.get("own_optimizers") else None)
-    scoring = [key for key in ("output", "loss", "target", "call", "forward_kwargs") if key in train.model_fields_set]
+    shapes_targets = data.kind == "synthetic" and data.inputs is None
+    scoring = [key for key in ("output", "loss", "call", "forward_kwargs") if key in train.model_fields_set
+               and not (key == "loss" and shapes_targets and own_step)]
     if own_step and scoring:
         warnings.append(f"{', '.join('train.' + key for key in scoring)}: not used; {own_step}")
     elif facts.get("own_loss") and (scoring := [key for key in scoring if key in ("output", "loss")]):

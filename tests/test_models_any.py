@@ -686,12 +686,15 @@ def test_a_lightning_module_gets_no_learning_rate_it_never_used(write_config):
      "data.num_classes, data.vocab_size: not used; data.inputs names every tensor of the samples"),
     ("model: {name: mlp, in_features: 8, classes: 4}\ndata: {kind: 'fixtures:Pairs'}\n"
      "train: {step: 'zoo:clipped_step', output: 0, loss: mse, target: y, call: single}\n",
-     "train.output, train.loss, train.target, train.call: not used; train.step zoo:clipped_step calls the model and "
+     "train.output, train.loss, train.call: not used; train.step zoo:clipped_step calls the model and "
      "computes the loss itself"),
+    # On synthetic data the loss still decides whether the targets are classes or floats.
+    ("model: {name: mlp}\ntrain: {step: 'zoo:clipped_step', loss: cross_entropy, call: single}\n",
+     "train.call: not used; train.step zoo:clipped_step calls the model and computes the loss itself"),
 ], ids=["scoring for a model that scores itself", "classes for float targets", "a DataLoader for synthetic data",
         "synthetic shapes for a dataset of one's own", "momentum for a factory optimizer", "momentum for adam",
         "a path for a dataset factory", "image shapes for a model of one's own", "shapes beside named inputs",
-        "scoring for a step of one's own"])
+        "scoring for a step of one's own", "a step of one's own on synthetic data"])
 def test_settings_that_the_model_and_loss_leave_unused_are_named(write_config, text, warning):
     checked = CliRunner().invoke(app, ["validate", str(write_config(text + PROBE))])
     assert checked.exit_code == 0, checked.output
