@@ -366,8 +366,8 @@ _NO_GPU = ("Torch not compiled with CUDA enabled", "Found no NVIDIA driver", "No
 
 def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module) -> str:
     """What to change, where the failure says it: an argument the batches lack, inputs that a model
-    takes as one argument, float64 data, or token ids or lengths past what the builtin transformer's
-    embeddings hold."""
+    takes as one argument, a dict batch's target handed to the model, float64 data, or token ids or
+    lengths past what an embedding holds (the builtin transformer's named)."""
     text = str(exc)
     if isinstance(exc, TypeError) and "required" in text and "argument" in text:
         return "; an argument the batches do not hold can be set in train.forward_kwargs"
@@ -388,8 +388,11 @@ def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module
                 f"and sequences up to model.seq_len ({config.model.seq_len}) long")
     if isinstance(exc, IndexError) and "index out of range in self" in text:
         # torch's words for an embedding looked up past its rows: a token id or a position.
-        return ("; an embedding was looked up past its size: token ids must lie below the model's vocabulary "
-                "(for synthetic data, data.inputs' high) and sequences within its positions")
+        data = config.data
+        drawn = ("" if data.kind != "synthetic" else " (synthetic ids are drawn below data.vocab_size)"
+                 if data.inputs is None else " (synthetic ids are drawn below data.inputs' high)")
+        return ("; an embedding was looked up past its size: token ids must lie below the model's vocabulary"
+                f"{drawn} and sequences within its positions")
     return ""
 
 

@@ -331,7 +331,8 @@ CASES = {
     "token ids past a model's embedding": ("model: {name: 'fixtures:Embedded'}\ndata: {input_shape: [5], input_dtype: "
                                            "int64, vocab_size: 100, num_classes: 4}\n" + CPU, [],
                                            "index out of range in self; an embedding was looked up past its size: token "
-                                           "ids must lie below the model's vocabulary"),
+                                           "ids must lie below the model's vocabulary (synthetic ids are drawn below "
+                                           "data.vocab_size) and sequences within its positions"),
     "output field a NamedTuple lacks": ("model: {name: 'fixtures:Named'}\ndata: {kind: 'fixtures:Pairs'}\n"
                                         "train: {output: logit}\n" + CPU, [],
                                         "train.output: the model returned Out with fields logits, features: no field "
