@@ -16,7 +16,7 @@ import torch
 from . import devices, parallel
 from .config import FLOAT_TARGETS, Config, TransformerModel, classes_unused
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch, tensors_in
-from .errors import STACKED_RAN_OUT, InputError, debugging, described, unwrapped
+from .errors import STACKED_RAN_OUT, InputError, UserExit, debugging, described, unwrapped
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model, raised, run_user_code, running
@@ -336,6 +336,9 @@ def check_fit(model: torch.nn.Module, batches: Batches, config: Config, device: 
             floats = f"; {FLOAT_TARGETS}, and data.num_classes is not used" if classes_unused(config) else ""
             raise InputError(f"train.step {train.step} raised {devices.clean_error(raised(exc))} "
                              f"({describe_batch(batch)} into {config.model.name}){floats}") from exc
+        if isinstance(exc, UserExit):  # the model's own code ended itself: not the data's doing
+            raise InputError(f"model.name: {config.model.name} raised {described(exc)} "
+                             f"({describe_batch(batch)} into it)") from exc
         unset = _UNSET_SETTING.search(str(exc)) if isinstance(exc, AttributeError) else None
         if unset:
             # A Hugging Face model built from a config that lacks what its forward reads (T5's

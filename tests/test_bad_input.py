@@ -265,7 +265,7 @@ CASES = {
                                          "data: item 0 of the ExitingItems dataset raised SystemExit "
                                          "(sys.exit('no more items'))"),
     "forward that calls sys.exit": ("model: {name: 'fixtures:ExitingForward'}\ndata: {kind: 'fixtures:Pairs'}\n" + CPU, [],
-                                    "SystemExit (sys.exit(1))"),
+                                    "model.name: fixtures:ExitingForward raised SystemExit (sys.exit(1)) (inputs (2, 8)"),
     "dataset whose length fails": (MLP + "data: {kind: 'fixtures:NegativeLength'}\n" + CPU, [],
                                    "data.kind: the length of fixtures:NegativeLength's dataset raised ValueError"),
     "tokens past the vocabulary": ("model: {name: transformer, vocab_size: 50, d_model: 16, layers: 1, heads: 2}\n"
