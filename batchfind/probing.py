@@ -764,11 +764,14 @@ def _why_stopped(trials: list[Trial], dataset_len: int | None, max_batch: int | 
     aside = {id(t) for t in search.disowned(trials, clear)}
     if not last.fits and id(last) not in aside and last.status not in MEMORY_FAILURES:
         return f"{last.status} at batch {last.batch_size}"
-    # Memory ran out at the edge the search found below the doubling's failure, not at that failure
-    # (past a power the memory model put far beyond the limit, not run, the search's failure too).
+    # Memory ran out at the limit's first failure: the search's, below the doubling's failure or past
+    # a power the memory model put far beyond the limit (not run); a power that fitted in the
+    # doubling too where it later failed in a brand-new process. Where the powers reached a cap
+    # that fitted, the cap stopped them, whatever failed there later.
+    first_oom = limit_of(trials, clear).first_oom
     fitted = max((t.batch_size for t in doubled if t.fits), default=0)
-    failed = min((t for t in trials if t.status in MEMORY_FAILURES and t.batch_size > fitted
-                  and id(t) not in aside), key=lambda t: t.batch_size, default=None)
+    failed = next((t for t in trials if t.batch_size == first_oom and t.status in MEMORY_FAILURES
+                   and id(t) not in aside), None) if first_oom and (first_oom > fitted or not last.fits) else None
     if failed is not None and (failed.error or "").startswith(SETUP_RAN_OUT):
         return f"{failed.status} while setting up, before batch {failed.batch_size} ran"
     if failed is not None:

@@ -244,6 +244,11 @@ def test_on_a_cpu_a_power_far_past_the_limit_is_not_run():
     # Where the powers of two reached max_batch, that stopped them, whatever failed fresh there later.
     ran = [Trial(b, "ok", phase="double") for b in (1, 2, 4)] + [Trial(4, "oom", fresh_process=True, phase="verify")]
     assert probing._why_stopped(ran, None, 4, 1) == "reached max_batch (4)"
+    # A power that fitted in the doubling and failed later in a brand-new process is the limit's
+    # first failure, and where memory ran out, not the search's failure above it.
+    later = [Trial(b, "ok", phase="double") for b in (512, 1024)] + [Trial(2048, "oom", phase="double")] + [
+        Trial(b, status, fresh_process=True, phase="refine") for b, status in ((1040, "oom"), (1024, "oom"), (1010, "ok"))]
+    assert limit_of(later).first_oom == 1024 and probing._why_stopped(later, None, None, 1) == "oom at batch 1024"
     # Nearer the limit (1.07 times it), the doubling runs 2048 and sees it fail; the edge search's
     # failure below it is where memory ran out, and what the probe says stopped it.
     sim = SimDevice(1900, **cnn)
