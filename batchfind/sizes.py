@@ -11,7 +11,7 @@ _UNITS = {
 }
 # With a sign: a negative size is told it must be positive, not that it is no size.
 # ASCII digits only: `\d` takes any script's (١GiB), which no one means as a size.
-_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z", re.ASCII)
+_SIZE = re.compile(r"^\s*(-?[0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*\Z")
 # The largest limit the kernel's setrlimit takes (a signed 64-bit count of bytes).
 MAX_BYTES = 2**63 - 1
 MIN_BYTES = 1024**2

@@ -495,3 +495,21 @@ def test_a_syntax_error_in_the_users_module_names_its_place():
     with pytest.raises(SyntaxError) as info:
         compile("def f(:\n", "mymodels.py", "exec")
     assert raised(info.value) == "SyntaxError: invalid syntax (mymodels.py, line 1)"
+
+
+def test_a_real_ctrl_c_is_not_taken_for_the_users_code():
+    """Where Ctrl-C is not ignored (anywhere but a worker), a KeyboardInterrupt stays one."""
+    import signal
+
+    from batchfind.errors import UserExit, exits_are_errors
+
+    with pytest.raises(KeyboardInterrupt):
+        with exits_are_errors():
+            raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(UserExit, match=r"^KeyboardInterrupt$"):
+            with exits_are_errors():
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
