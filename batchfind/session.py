@@ -111,7 +111,7 @@ class Session:
         with reading:
             self.batches = build_batches(config, self.device, self.learned["scan"] if self.learned else None)
         batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        with one_thread(self.device), running(f"model.name: {config.model.name}'s step on two samples"):
+        with set_up_steps(self.device), running(f"model.name: {config.model.name}'s step on two samples"):
             own_loss = check_fit(self.model, self.batches, config, self.device, labels=self.learned is None)
             unused: list[str] = []
             if ddp:
@@ -252,20 +252,26 @@ class Session:
 
 
 @contextlib.contextmanager
-def one_thread(device: torch.device) -> Iterator[None]:
-    """On a CPU, set-up's steps of a sample or two run on one thread. A worker often starts beside
-    another at work (a standby beside a trial, or beside the first worker): two teams of threads
-    spinning for the same cores took cnn-small's set-up steps from 0.75 to 1.4 s, and its check of
-    the smallest batch from 0.0 to 0.45 s, on a 2-core CPU."""
+def set_up_steps(device: torch.device) -> Iterator[None]:
+    """On a CPU, set-up's steps of a sample or two run on one thread, and without oneDNN.
+
+    A worker often starts beside another at work (a standby beside a trial, or beside the first
+    worker): two teams of threads spinning for the same cores took cnn-small's set-up steps from
+    0.75 to 1.4 s, and its check of the smallest batch from 0.0 to 0.45 s, on a 2-core CPU. oneDNN
+    keeps the kernels it builds for each shape, and training builds none for two samples: those
+    raised cnn-small's peak at 1540 in a brand-new process by 6.5 MiB, six samples' worth, and the
+    mixup example's at 145 under 1 GiB by 15 (docs/benchmarks.md)."""
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
 
 
 def start_threads(device: torch.device) -> None:

@@ -250,8 +250,8 @@ class Sentences(torch.utils.data.Dataset):
 
 
 class NormedLog(nn.Module):
-    """`normed_mlp` that appends the batch size of every training-mode forward to `out`: which
-    steps a worker ran besides the trials."""
+    """`normed_mlp` that appends the batch size of every training-mode forward to `out`, and whether
+    oneDNN was on: which steps a worker ran besides the trials, and how."""
 
     def __init__(self, out: str):
         super().__init__()
@@ -260,7 +260,7 @@ class NormedLog(nn.Module):
     def forward(self, x):
         if self.training:
             with open(self.out, "a") as f:
-                f.write(f"{len(x)}\n")
+                f.write(f"{len(x)} {torch.backends.mkldnn.enabled}\n")
         return self.net(x)
 
 
