@@ -92,6 +92,8 @@ def test_a_single_measured_step_cannot_be_told_apart_nor_chosen_as_as_fast():
     rec, notes = choose(one)
     assert rec.batch_size == 32 and rec.noisy  # 64's single step, 0.5% under 32, is not surely as fast
     assert rec.tied == [32, 64, 128] and any("uncertain" in n and "32, 64, 128" in n for n in notes)
+    # Nor is it exact to the throughput curve: its uncertainty is its whole value, not 0.
+    assert {p["batch_size"]: p["uncertainty"] for p in rec.curve["points"]}[64] == 1.0
 
 
 def test_once_throughput_stops_rising_a_larger_size_must_beat_the_size_chosen_to_be_timed_in_full():
