@@ -127,10 +127,13 @@ class Trial:
     @property
     def uncertainty(self) -> float:
         """Half the width of the median step time's interval, relative to the median: how far
-        the measured throughput may be off (the p10-p90 spread where no interval was kept)."""
+        the measured throughput may be off (the p10-p90 spread where no interval was kept). A
+        single measured step has no interval: its whole value (1), not the 0 of its spread."""
         s = self.step_ms
         if not s or s.median <= 0:
             return 0.0
+        if len(s.samples) < 2:
+            return 1.0
         if s.ci_low is None or s.ci_high is None:
             return self.spread
         return (s.ci_high - s.ci_low) / 2 / s.median

@@ -590,28 +590,35 @@ def test_cpu_workers_hold_the_allocator_steady_unless_told_otherwise():
 
 def test_the_host_load_counts_other_processes_and_not_this_one():
     import os
+    import signal
     import subprocess
     import sys
     import time
+
+    import psutil
 
     from batchfind.devices import HostLoad
 
     cpus = os.cpu_count() or 1
     n = min(cpus, 4)
-    burners = [subprocess.Popen([sys.executable, "-c", "print('go', flush=True)\nwhile True: pass"],
-                                stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    # Other processes, not this one's children (which are its own work, a DataLoader's workers): the
+    # shell that starts them exits at once, and they go on without a parent here.
+    burn = f"{sys.executable} -c 'while True: pass' > /dev/null 2>&1 < /dev/null & echo $!;" * n
+    burners = [int(pid) for pid in subprocess.run(["sh", "-c", burn], capture_output=True, text=True,
+                                                   check=True).stdout.split()]
     try:
-        for b in burners:  # each is running its loop
-            assert b.stdout.readline().strip() == "go"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                sum(psutil.Process(pid).cpu_times()[:2]) > 0.1 for pid in burners):
+            time.sleep(0.05)  # each has started and runs its loop
         load = HostLoad()
         end = time.perf_counter() + 1.0
         while time.perf_counter() < end:  # this process is busy too, and is not counted
             pass
         shares = load.read()
     finally:
-        for b in burners:
-            b.kill()
-            b.wait()
+        for pid in burners:
+            os.kill(pid, signal.SIGKILL)
     # n burners beside this loop get n/(n+1) of n CPUs, or of fewer where a container's quota caps
     # them (half of them, say), and more where the machine has other load.
     assert shares["other_cpu_share"] >= 0.25 * n / cpus
