@@ -508,3 +508,11 @@ def test_elsewhere_a_line_says_set_up_is_still_under_way(monkeypatch, rank, doin
         on_start(1, "double")
         time.sleep(0.05)  # five notes' time: none of them may come after the first trial's line
     assert printed[-1].endswith(" probing batch 1 …"), printed[-3:]
+
+
+def test_the_safe_size_says_it_allows_for_variation_not_that_it_measured_it():
+    report = make_report()
+    report = dataclasses.replace(report, limit=dataclasses.replace(report.limit, safe_batch_size=995,
+                                                                   variation_bytes=10 * MiB))
+    assert ("fits on every run: 995 (allowing 10.0 MiB for memory that varies between runs; larger sizes may fail "
+            "on a later run)") in " ".join(rendered(report, 200).split())
