@@ -84,7 +84,8 @@ Warmup = Annotated[Optional[int], typer.Option(help="Warm-up steps before measur
 FitSteps = Annotated[Optional[int], typer.Option(help="Steps of a fit check (at least 2).", show_default=False)]
 MemoryLimit = Annotated[
     Optional[str],
-    typer.Option(help="Memory cap, a size such as 2GiB or 512MiB: RAM on CPU; on GPU what the allocator may take of the card.", show_default=False),
+    typer.Option(help="Memory cap, a size such as 2GiB or 512MiB: RAM on CPU; on GPU what the allocator may take "
+                      "of the card.", show_default=False),
 ]
 NprocPerNode = Annotated[
     Optional[int],

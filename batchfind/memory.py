@@ -150,7 +150,8 @@ def fit(trials: list[Measured], ceiling_bytes: int | None, kinds_differ: bool = 
     return None
 
 
-def _line(trials: list[Measured], field: str, kinds_differ: bool, noise_bytes: int = 0) -> tuple[float, float, int] | None:
+def _line(trials: list[Measured], field: str, kinds_differ: bool,
+          noise_bytes: int = 0) -> tuple[float, float, int] | None:
     """(fixed, per sample, points) through the largest sizes with a peak; None when memory does not grow.
 
     When the largest size ran first in a brand-new process, the line goes through it. A CPU worker

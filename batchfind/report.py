@@ -387,7 +387,8 @@ def busy(trials: list[Trial]) -> tuple[str, int] | None:
              and t.other_cpu_share is not None and t.steal_share is not None]
     if not loads:
         return None
-    said = load_text(statistics.median(t.other_cpu_share for t in loads), statistics.median(t.steal_share for t in loads))
+    said = load_text(statistics.median(t.other_cpu_share for t in loads),
+                     statistics.median(t.steal_share for t in loads))
     return (said, len(loads)) if said else None
 
 

@@ -383,8 +383,9 @@ def _fit_hint(exc: Exception, config: Config, batch: Any, model: torch.nn.Module
     if isinstance(exc, TypeError) and "positional argument" in text and "were given" in text:
         return "; a model that takes its inputs as one argument is called so with train.call: single"
     extra = _UNEXPECTED.search(text) if isinstance(exc, TypeError) else None
-    if extra and isinstance(batch, Mapping) and extra.group(1) in batch and config.train.target is None and any(
-            name in batch for name in _parameters(model)):  # it takes the batch's other keys: this one may be the target
+    # A key the model refused where it takes the batch's other keys: that one may be the target.
+    if (extra and isinstance(batch, Mapping) and extra.group(1) in batch and config.train.target is None
+            and any(name in batch for name in _parameters(model))):
         return f"; if {extra.group(1)} is the target, name it in train.target and it is kept from the model"
     if "expected target dtype to be Long" in text or "expected scalar type Long" in text:
         return ("; cross-entropy takes class labels as whole numbers: save the targets as int64, or use "

@@ -417,7 +417,8 @@ class Step:
             # Scoring a field needs a target too: where batches hold none, say how they get one.
             # A plain tuple's fields have no names: a position picks one.
             which = ("position to score (a number: 0 for the first)"
-                     if isinstance(scored, (tuple, list)) and not hasattr(scored, "_fields") else "field to score (such as logits)")
+                     if isinstance(scored, (tuple, list)) and not hasattr(scored, "_fields")
+                     else "field to score (such as logits)")
             scoring = f"set train.output to the {which}" + (
                 "" if target is not None else
                 " and give the batches a target (train.target names its key in dict batches; or (input, target) items)")
