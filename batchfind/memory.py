@@ -28,11 +28,6 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 # The line is fitted through this many of the largest sizes that ran.
 FIT_POINTS = 3
-# Brand-new processes' sizes give the slope only when they lie at least this share of the largest
-# apart: about what memory varies between runs on a CPU (0.5%), so the edge search's checks a
-# resolution or so apart still do (mlp-tabular's 334946 and 337524, 0.76%), and sizes a sample
-# apart (511 and 512) do not.
-MIN_SPAN = 0.005
 
 
 class Measured(Protocol):
@@ -176,11 +171,11 @@ def _line(trials: list[Measured], field: str, kinds_differ: bool,
     # Only fresh sizes near the largest give the slope there: the first trial (batch 1, say) sits
     # where per-batch overheads bend the line.
     fresh = [(x, y) for x, y in fresh if 2 * x >= fresh[-1][0]] if fresh else []
-    if fresh and (fresh[-1][0] - fresh[0][0] < MIN_SPAN * fresh[-1][0]
-                  or max(y for _, y in fresh) - min(y for _, y in fresh) <= noise_bytes):
-        # Sizes a sample or two apart (a worker's failure proven otherwise: 511 and 512), or peaks
-        # that rose no more than they vary between runs (mixup's 127 and 128 under 1 GiB, 1.4 MiB
-        # apart where a sample takes 4), give a slope of their peaks' noise, not of the batch.
+    if fresh and max(y for _, y in fresh) - min(y for _, y in fresh) <= noise_bytes:
+        # Peaks that rose no more than they vary between runs (cnn-small's 511 and 512 under 1 GiB,
+        # 0.4 MiB apart; mixup's 127 and 128, 1.4 MiB apart where a sample takes 4) give a slope of
+        # their noise, not of the batch; sizes far enough apart to rise past it still give it
+        # (mlp-tabular's edge checks 0.76% apart, 16 MiB).
         fresh = fresh[-1:]
     worker = [(x, y) for x, (y, first) in ordered if not first][-FIT_POINTS:]
     points = [(x, y) for x, (y, _) in ordered][-FIT_POINTS:]

@@ -260,7 +260,7 @@ def set_up_steps(device: torch.device) -> Iterator[None]:
     0.75 to 1.4 s, and its check of the smallest batch from 0.0 to 0.45 s, on a 2-core CPU. oneDNN
     keeps the kernels it builds for each shape, and training builds none for two samples: those
     raised cnn-small's peak at 1540 in a brand-new process by 6.5 MiB, six samples' worth, and the
-    mixup example's at 145 under 1 GiB by 15 (docs/benchmarks.md)."""
+    mixup example's at 145 under 1 GiB by 15-21 (docs/benchmarks.md)."""
     if device.type != "cpu":
         yield
         return

@@ -160,7 +160,7 @@ def test_brand_new_sizes_a_sample_apart_give_no_slope():
     trials = capped(330 * MiB, 1.1 * MiB, [64, 128, 256])
     trials += [T(511, "ok", None, capped_peak_bytes=int(899.5 * MiB), fresh_process=True),
                T(512, "ok", None, capped_peak_bytes=int(899.9 * MiB), fresh_process=True)]
-    model = fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True)
+    model = fit(trials, ceiling_bytes=1024 * MiB, kinds_differ=True, noise_bytes=int(0.005 * 1024 * MiB))
     assert model.per_sample_bytes == pytest.approx(1.1 * MiB) and 600 <= model.predicted_edge <= 640
 
 
