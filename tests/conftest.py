@@ -3,12 +3,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 # Worker processes import `fixtures:...` factories from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
+
+# No per-example deadline anywhere: on a loaded machine one slow example would fail a test that
+# checks no timing at all.
+settings.register_profile("batchfind", deadline=None)
+settings.load_profile("batchfind")
 
 
 @pytest.fixture

@@ -36,8 +36,9 @@ def test_probe_json_is_the_only_thing_on_stdout(write_config, tmp_path):
     report = json.loads(result.stdout)
     assert report == json.loads(out.read_text())
     assert report["schema_version"] == 2 and report["tool"]["name"] == "batchfind"
-    assert [(t["batch_size"], t["phase"]) for t in report["trials"]] == [
-        (1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (16, "verify")]
+    # A busy machine may add remeasures of sizes too close to call; the plan's own trials stay.
+    planned = [(t["batch_size"], t["phase"]) for t in report["trials"] if t["phase"] != "remeasure"]
+    assert planned == [(1, "double"), (2, "double"), (4, "double"), (8, "double"), (16, "double"), (16, "verify")]
     assert report["limit"]["batch_size"] == 16 and report["limit"]["first_oom"] is None
     assert report["limit"]["verified"] is True
     assert report["recommendation"]["batch_size"] in (1, 2, 4, 8, 16)
