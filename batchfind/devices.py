@@ -29,6 +29,9 @@ _OOM_FRAGMENTS = (
     "CUDNN_STATUS_ALLOC_FAILED",
     "CUDNN_STATUS_NOT_SUPPORTED",  # cuDNN's answer to a batch too large for its workspace
     "CUBLAS_STATUS_ALLOC_FAILED",
+    # cuBLAS's handle, which each thread makes at its first matmul (the backward's at the first
+    # backward, near the edge), could not be made: the card had no room left for it.
+    "CUBLAS_STATUS_NOT_INITIALIZED",
     "can't allocate memory",  # DefaultCPUAllocator
     "std::bad_alloc",  # C++ code whose allocation failed, then aborted
     "alloc_cpu.cpp",
@@ -73,11 +76,13 @@ def resolve_device(spec: str, local_rank: int | None = None):
     import torch
 
     if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
+        spec = "cuda" if cuda_usable() else "cpu"
     device = torch.device(spec)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"probe.device: {spec} requested but this torch sees no CUDA GPU")
+        if not cuda_usable():
+            why = (f"the CUDA runtime cannot use it (a driver older than this torch's CUDA {torch.version.cuda}?)"
+                   if torch.cuda.is_available() else "this torch sees no CUDA GPU")
+            raise InputError(f"probe.device: {spec} requested but {why}")
         if local_rank is not None and device.index is not None:
             raise InputError(f"probe.device: {spec} names one GPU, but each rank takes its own; use cuda or auto")
         index = local_rank if local_rank is not None else device.index or 0
@@ -90,13 +95,22 @@ def resolve_device(spec: str, local_rank: int | None = None):
 
 
 def wants_cuda(spec: str) -> bool:
-    """Whether a device spec resolves to a GPU, without creating a CUDA context (workers check
-    availability through NVML: PYTORCH_NVML_BASED_CUDA_CHECK)."""
-    if spec == "auto":
-        import torch
+    """Whether a device spec resolves to a GPU, without creating a CUDA context."""
+    return cuda_usable() if spec == "auto" else spec.startswith("cuda")
 
-        return torch.cuda.is_available()
-    return spec.startswith("cuda")
+
+def cuda_usable() -> bool:
+    """Whether CUDA runs here. Workers count GPUs through NVML (PYTORCH_NVML_BASED_CUDA_CHECK), which
+    creates no context but also counts a card the CUDA runtime cannot use (a driver older than this
+    torch's CUDA); the runtime's own count, which creates no context either, settles it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return torch._C._cuda_getDeviceCount() > 0  # what torch.cuda.is_available asks without NVML
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def device_facts(device) -> dict[str, Any]:
@@ -355,14 +369,16 @@ def _mallinfo2():
 
 
 def memory_ceiling(device, limit: int | None) -> int | None:
-    """Where the capped peak runs out: the limit in force, else (GPU) what the device can still give
-    this process (free memory plus what its allocator already holds)."""
-    if limit is not None or device.type != "cuda":
+    """Where the capped peak runs out: on CPU the limit in force; on GPU what the device can still give
+    this process (free memory plus what its allocator already holds), or the limit where that is less
+    (the CUDA context and other processes take memory that a limit near the card's size counts)."""
+    if device.type != "cuda":
         return limit
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device)
+    room = free + torch.cuda.memory_reserved(device)
+    return room if limit is None else min(limit, room)
 
 
 def _vm_status() -> dict[str, int]:

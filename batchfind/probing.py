@@ -677,7 +677,7 @@ def _run(
             # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
             # batch that ran out of memory, so `-o` and `--json` still get one.
             prober.trials.append(Trial(batch_size=first, status=exc.status, fresh_process=True,
-                                       purpose="fit", phase=prober.phase, error=_nothing_fits(exc.message, config.data)))
+                                       purpose="fit", phase=prober.phase, error=_nothing_fits(exc.message, config.data, config.probe.memory_limit is not None)))
         if facts:
             outcome = plan(prober, facts, keep_going)
             # Advice requests add no trials, so the decision made before them stands.
@@ -979,13 +979,17 @@ def _setup_error(exc: SetupFailed) -> BatchfindError:
 SETUP_RAN_OUT = "setting up (Python, torch, the model) ran out of memory before any batch ran"
 
 
-def _nothing_fits(message: str, data: DataConfig) -> str:
+def _nothing_fits(message: str, data: DataConfig, limited: bool = True) -> str:
+    """`limited`: whether a memory limit was set (a CPU always has one; a GPU without one had the whole card)."""
     import psutil
 
     # Python, torch and the model come first; under a small cap any of them may be what ran out.
     # The allocator's words cut short, so the advice after them stays whole.
     text = f"{SETUP_RAN_OUT}: {clipped(message, 200)}; "
     raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
+    if not limited and "CUDA" in message:
+        raise_limit = ("no memory limit was set, so the whole GPU ran out: a GPU with more memory, a lower "
+                       "train.precision, or make the ")
     largest = _largest_input(data)
     per_sample = f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)" if largest else None
     failed = failed_allocation(message)

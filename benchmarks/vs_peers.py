@@ -60,7 +60,12 @@ BATCHFIND = [sys.executable, "-m", "batchfind"]
 
 def batchfind(config: str, device: str, limit: str | None) -> dict:
     wall, done = run([*BATCHFIND, "probe", config, *flags(device, limit), "--json", "--quiet"])
-    report = json.loads(done.stdout)
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        # No report: the run's own words are all there is to go on.
+        raise RuntimeError(f"batchfind probe {config} exited {done.returncode} with no report: "
+                           f"{done.stderr.strip()[-2000:] or 'no output'}") from None
     return {"tool": "batchfind", "wall_s": wall, "answer": report["limit"]["batch_size"], "report": report}
 
 
@@ -78,11 +83,18 @@ def peer(tool: str, config: str, device: str, limit: str | None) -> dict:
     return {"tool": tool, "wall_s": wall, **json.loads(lines[-1])}
 
 
+# What each brand-new check said, by (config, size): the truth's search and the answers' re-checks
+# need a size checked once (a GPU's brand-new process costs seconds).
+CHECKED: dict[tuple[str, int], bool] = {}
+
+
 def fits_fresh(config: str, device: str, limit: str | None, size: int) -> bool:
-    _, done = run([*BATCHFIND, "check", config, "--batch", str(size), *flags(device, limit)])
-    if done.returncode not in (0, 3):
-        raise RuntimeError(f"check --batch {size} failed: {done.stderr.strip()[-200:]}")
-    return done.returncode == 0
+    if (config, size) not in CHECKED:
+        _, done = run([*BATCHFIND, "check", config, "--batch", str(size), *flags(device, limit)])
+        if done.returncode not in (0, 3):
+            raise RuntimeError(f"check --batch {size} failed: {done.stderr.strip()[-200:]}")
+        CHECKED[config, size] = done.returncode == 0
+    return CHECKED[config, size]
 
 
 def truth(config: str, device: str, limit: str | None, fits: int, fails: int) -> int:
@@ -210,14 +222,24 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p]
     if unknown := set(peers) - set(PEERS):
         parser.error(f"--peers: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(PEERS)}")
-    rows = []
+    rows, device = [], args.device
     for config in args.configs:
-        ours = batchfind(config, args.device, limit)
+        try:
+            ours = batchfind(config, args.device, limit)
+        except RuntimeError as exc:  # one config's failure leaves the others' numbers to be had
+            print(exc, flush=True)
+            continue
+        device = ours["report"]["environment"]["device_name"] or args.device
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             (args.keep / f"{Path(config).stem}.json").write_text(json.dumps(ours["report"], indent=2))
         results = [ours] + [peer(tool, config, args.device, limit) for tool in peers]
         found = ours["report"]["limit"]
+        if not found["batch_size"] or not found["first_oom"]:
+            # Nothing fitted, or nothing failed (the data's size, --max-batch, the time budget): no edge to bisect.
+            print(f"{config}: no edge to measure against: limit {found['batch_size']}, first failure "
+                  f"{found['first_oom']} ({ours['report']['stopped_because']})", flush=True)
+            continue
         best = truth(config, args.device, limit, found["batch_size"], found["first_oom"])
         recommended = ours["report"]["recommendation"]["batch_size"]
         for result in results:
@@ -228,7 +250,6 @@ def main() -> None:
             rows.append((Path(config).name, result["tool"], f"{result['wall_s']:.1f}", answer or "crashed",
                          best, share, recheck, note))
             print(rows[-1], flush=True)
-    device = ours["report"]["environment"]["device_name"] or args.device
     print(f"\n{device}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
           f"memory limit {limit or 'none'}, {STEPS_PER_TRIAL} steps per trial for the peers\n")
     print_table(["config", "tool", "wall s", "answer", "fresh truth", "answer / truth", "answer re-checked fresh",

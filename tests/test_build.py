@@ -309,7 +309,8 @@ def test_oom_classification():
     assert is_oom(MemoryError())
     for text in ("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
                  "could not create a primitive", "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-                 "HIP out of memory", "XPU out of memory", "MPS backend out of memory"):
+                 "HIP out of memory", "XPU out of memory", "MPS backend out of memory",
+                 "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`"):
         assert is_oom(RuntimeError(text)), text
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     # A batch whose bytes pass 2**63 fits in no memory: torch says so before asking for any.
@@ -321,6 +322,40 @@ def test_oom_classification():
     # oneDNN without a kernel for a layer (an fp16 LSTM on a CPU) fails at any size: no memory is short.
     unsupported = "could not create a primitive descriptor for the LSTM forward propagation primitive"
     assert not is_oom(RuntimeError(unsupported)) and not looks_like_oom(f"RuntimeError: {unsupported}")
+
+
+@pytest.mark.parametrize("runtime", [0, RuntimeError("CUDA driver initialization failed"), None])
+def test_a_gpu_that_nvml_sees_and_cuda_cannot_use_is_no_gpu(monkeypatch, runtime):
+    """NVML (how workers count GPUs) sees a card that a driver too old for this torch's CUDA cannot
+    run: `auto` probes the CPU, `cuda` is one line saying why."""
+    from batchfind.devices import resolve_device, wants_cuda
+
+    def count():
+        if isinstance(runtime, Exception):
+            raise runtime
+        return runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if runtime is None:  # a build without the runtime's count at all
+        monkeypatch.delattr(torch._C, "_cuda_getDeviceCount", raising=False)
+    else:
+        monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", count, raising=False)
+    assert not wants_cuda("auto") and wants_cuda("cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(InputError, match=r"^probe.device: cuda requested but the CUDA runtime cannot use it"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("limit, ceiling", [(None, 70), (40, 40), (80, 70)])
+def test_a_gpus_ceiling_is_what_the_card_can_still_give_within_the_limit(monkeypatch, limit, ceiling):
+    """60 free and 10 held by this process's allocator: a limit at the card's size cannot be reached
+    (the CUDA context and other processes hold the rest)."""
+    from batchfind.devices import memory_ceiling
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60, 100))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 10)
+    assert memory_ceiling(torch.device("cuda", 0), limit) == ceiling
+    assert memory_ceiling(torch.device("cpu"), limit) == limit
 
 
 def test_a_layer_without_a_kernel_at_the_precision_names_the_precision(write_config):

@@ -684,6 +684,12 @@ def test_a_setup_that_runs_out_on_one_allocation_larger_than_the_machine_says_no
     cuda = f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {2**42 / 2**30:.2f} GiB"
     assert probing._nothing_fits(cuda, data).endswith("raise the memory limit (probe.memory_limit, or --memory-limit "
                                                       "on probe and check), or make the model smaller")
+    # Without a limit the GPU's whole memory ran out: there is no limit to raise.
+    whole = probing._nothing_fits(cuda, data, limited=False)
+    assert whole.endswith("no memory limit was set, so the whole GPU ran out: a GPU with more memory, a lower "
+                          "train.precision, or make the model smaller") and "raise the memory limit" not in whole
+    # A CPU without a limit set still has one (a share of the memory available): raising it may help.
+    assert "raise the memory limit" in probing._nothing_fits("MemoryError", data, limited=False)
 
 
 def test_a_synthetic_sample_larger_than_the_limit_is_named(write_config):
