@@ -29,9 +29,6 @@ _OOM_FRAGMENTS = (
     "CUDNN_STATUS_ALLOC_FAILED",
     "CUDNN_STATUS_NOT_SUPPORTED",  # cuDNN's answer to a batch too large for its workspace
     "CUBLAS_STATUS_ALLOC_FAILED",
-    # cuBLAS's handle, which each thread makes at its first matmul (the backward's at the first
-    # backward, near the edge), could not be made: the card had no room left for it.
-    "CUBLAS_STATUS_NOT_INITIALIZED",
     "can't allocate memory",  # DefaultCPUAllocator
     "std::bad_alloc",  # C++ code whose allocation failed, then aborted
     "alloc_cpu.cpp",
@@ -80,7 +77,7 @@ def resolve_device(spec: str, local_rank: int | None = None):
     device = torch.device(spec)
     if device.type == "cuda":
         if not cuda_usable():
-            why = (f"the CUDA runtime cannot use it (a driver older than this torch's CUDA {torch.version.cuda}?)"
+            why = (f"this torch's CUDA {torch.version.cuda} cannot use the GPUs NVML sees (a driver older than it?)"
                    if torch.cuda.is_available() else "this torch sees no CUDA GPU")
             raise InputError(f"probe.device: {spec} requested but {why}")
         if local_rank is not None and device.index is not None:
@@ -97,6 +94,16 @@ def resolve_device(spec: str, local_rank: int | None = None):
 def wants_cuda(spec: str) -> bool:
     """Whether a device spec resolves to a GPU, without creating a CUDA context."""
     return cuda_usable() if spec == "auto" else spec.startswith("cuda")
+
+
+def unusable_gpus(spec: str, device) -> str | None:
+    """Why `auto` probes the CPU of a machine with GPUs: NVML counts cards the CUDA runtime cannot use."""
+    import torch
+
+    if spec != "auto" or device.type != "cpu" or not torch.cuda.is_available():
+        return None
+    return (f"probe.device: auto probed the CPU: NVML sees {torch.cuda.device_count()} GPU(s) that this torch's "
+            f"CUDA {torch.version.cuda} cannot use (a driver older than it?)")
 
 
 def cuda_usable() -> bool:

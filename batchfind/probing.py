@@ -740,6 +740,7 @@ def _run(
                                     + _advice_warnings(recommendation, facts, config.recommend.target_batch,
                                                       topo.world_size // topo.nodes if topo else 1)
                                     + _strategy_warnings(config, topo)
+                                    + [note for note in [facts.get("device_note")] if note]
                                     + _unused_warnings(config, facts))),
         interrupted=interrupted,
         stopped_because=stopped or _why_stopped(trials, facts.get("dataset_len"), config.probe.max_batch,
@@ -987,9 +988,9 @@ def _nothing_fits(message: str, data: DataConfig, limited: bool = True) -> str:
     # The allocator's words cut short, so the advice after them stays whole.
     text = f"{SETUP_RAN_OUT}: {clipped(message, 200)}; "
     raise_limit = "raise the memory limit (probe.memory_limit, or --memory-limit on probe and check), or make the "
-    if not limited and "CUDA" in message:
-        raise_limit = ("no memory limit was set, so the whole GPU ran out: a GPU with more memory, a lower "
-                       "train.precision, or make the ")
+    if not limited and any(word in message for word in ("CUDA", "CUDNN", "CUBLAS")):
+        raise_limit = ("no memory limit was set, so the whole GPU ran out: a GPU with more memory, "
+                       "train.precision bf16 or fp16 where it is fp32, or make the ")
     largest = _largest_input(data)
     per_sample = f"samples smaller ({largest[0]} holds {format_size(largest[1])} per sample)" if largest else None
     failed = failed_allocation(message)

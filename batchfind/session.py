@@ -128,6 +128,7 @@ class Session:
         self.energy = devices.energy_meter(self.device)
         self.facts = {
             **devices.device_facts(self.device),
+            "device_note": devices.unusable_gpus(probe.device, self.device),
             "torch_version": torch.__version__,
             "memory_limit_bytes": limit,
             "memory_ceiling_bytes": devices.memory_ceiling(self.device, limit),

@@ -83,18 +83,11 @@ def peer(tool: str, config: str, device: str, limit: str | None) -> dict:
     return {"tool": tool, "wall_s": wall, **json.loads(lines[-1])}
 
 
-# What each brand-new check said, by (config, size): the truth's search and the answers' re-checks
-# need a size checked once (a GPU's brand-new process costs seconds).
-CHECKED: dict[tuple[str, int], bool] = {}
-
-
 def fits_fresh(config: str, device: str, limit: str | None, size: int) -> bool:
-    if (config, size) not in CHECKED:
-        _, done = run([*BATCHFIND, "check", config, "--batch", str(size), *flags(device, limit)])
-        if done.returncode not in (0, 3):
-            raise RuntimeError(f"check --batch {size} failed: {done.stderr.strip()[-200:]}")
-        CHECKED[config, size] = done.returncode == 0
-    return CHECKED[config, size]
+    _, done = run([*BATCHFIND, "check", config, "--batch", str(size), *flags(device, limit)])
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"check --batch {size} failed: {done.stderr.strip()[-200:]}")
+    return done.returncode == 0
 
 
 def truth(config: str, device: str, limit: str | None, fits: int, fails: int) -> int:
@@ -233,13 +226,14 @@ def main() -> None:
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             (args.keep / f"{Path(config).stem}.json").write_text(json.dumps(ours["report"], indent=2))
-        results = [ours] + [peer(tool, config, args.device, limit) for tool in peers]
         found = ours["report"]["limit"]
         if not found["batch_size"] or not found["first_oom"]:
-            # Nothing fitted, or nothing failed (the data's size, --max-batch, the time budget): no edge to bisect.
+            # Nothing fitted, or nothing failed (the data's size, --max-batch, the time budget): no edge
+            # to bisect, so no truth to set the peers beside.
             print(f"{config}: no edge to measure against: limit {found['batch_size']}, first failure "
                   f"{found['first_oom']} ({ours['report']['stopped_because']})", flush=True)
             continue
+        results = [ours] + [peer(tool, config, args.device, limit) for tool in peers]
         best = truth(config, args.device, limit, found["batch_size"], found["first_oom"])
         recommended = ours["report"]["recommendation"]["batch_size"]
         for result in results:

@@ -309,8 +309,7 @@ def test_oom_classification():
     assert is_oom(MemoryError())
     for text in ("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
                  "could not create a primitive", "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-                 "HIP out of memory", "XPU out of memory", "MPS backend out of memory",
-                 "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`"):
+                 "HIP out of memory", "XPU out of memory", "MPS backend out of memory"):
         assert is_oom(RuntimeError(text)), text
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     # A batch whose bytes pass 2**63 fits in no memory: torch says so before asking for any.
@@ -328,7 +327,7 @@ def test_oom_classification():
 def test_a_gpu_that_nvml_sees_and_cuda_cannot_use_is_no_gpu(monkeypatch, runtime):
     """NVML (how workers count GPUs) sees a card that a driver too old for this torch's CUDA cannot
     run: `auto` probes the CPU, `cuda` is one line saying why."""
-    from batchfind.devices import resolve_device, wants_cuda
+    from batchfind.devices import resolve_device, unusable_gpus, wants_cuda
 
     def count():
         if isinstance(runtime, Exception):
@@ -340,9 +339,13 @@ def test_a_gpu_that_nvml_sees_and_cuda_cannot_use_is_no_gpu(monkeypatch, runtime
         monkeypatch.delattr(torch._C, "_cuda_getDeviceCount", raising=False)
     else:
         monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", count, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert not wants_cuda("auto") and wants_cuda("cuda")
     assert resolve_device("auto").type == "cpu"
-    with pytest.raises(InputError, match=r"^probe.device: cuda requested but the CUDA runtime cannot use it"):
+    assert unusable_gpus("auto", resolve_device("auto")).startswith(
+        "probe.device: auto probed the CPU: NVML sees 2 GPU(s) that this torch's CUDA")
+    assert unusable_gpus("cpu", resolve_device("cpu")) is None
+    with pytest.raises(InputError, match=r"^probe.device: cuda requested but this torch's CUDA .* cannot use the GPUs"):
         resolve_device("cuda")
 
 

@@ -685,9 +685,11 @@ def test_a_setup_that_runs_out_on_one_allocation_larger_than_the_machine_says_no
     assert probing._nothing_fits(cuda, data).endswith("raise the memory limit (probe.memory_limit, or --memory-limit "
                                                       "on probe and check), or make the model smaller")
     # Without a limit the GPU's whole memory ran out: there is no limit to raise.
-    whole = probing._nothing_fits(cuda, data, limited=False)
-    assert whole.endswith("no memory limit was set, so the whole GPU ran out: a GPU with more memory, a lower "
-                          "train.precision, or make the model smaller") and "raise the memory limit" not in whole
+    for gpu in (cuda, "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED"):
+        whole = probing._nothing_fits(gpu, data, limited=False)
+        assert whole.endswith("no memory limit was set, so the whole GPU ran out: a GPU with more memory, "
+                              "train.precision bf16 or fp16 where it is fp32, or make the model smaller"), whole
+        assert "raise the memory limit" not in whole
     # A CPU without a limit set still has one (a share of the memory available): raising it may help.
     assert "raise the memory limit" in probing._nothing_fits("MemoryError", data, limited=False)
 
