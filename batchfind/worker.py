@@ -46,7 +46,8 @@ class Worker:
         self._stderr = tempfile.TemporaryFile()
         self._kept = threading.Lock()
         echo, stderr = os.pipe() if debugging() else (None, self._stderr)
-        # Asking torch whether a GPU exists must not create a CUDA context in a standby.
+        # Asking torch whether a GPU exists must not create a CUDA context in a standby: NVML counts
+        # the cards (devices.cuda_usable then asks the CUDA runtime, which creates none either).
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
         if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
             env = steady_allocator(env, fits_only)
