@@ -676,8 +676,9 @@ def _run(
                 raise _setup_error(exc) from None
             # Nothing fits, not even the smallest batch: a report that says so, as for a smallest
             # batch that ran out of memory, so `-o` and `--json` still get one.
+            error = _nothing_fits(exc.message, config.data, config.probe.memory_limit is not None)
             prober.trials.append(Trial(batch_size=first, status=exc.status, fresh_process=True,
-                                       purpose="fit", phase=prober.phase, error=_nothing_fits(exc.message, config.data, config.probe.memory_limit is not None)))
+                                       purpose="fit", phase=prober.phase, error=error))
         if facts:
             outcome = plan(prober, facts, keep_going)
             # Advice requests add no trials, so the decision made before them stands.
