@@ -106,6 +106,23 @@ def unusable_gpus(spec: str, device) -> str | None:
             f"CUDA {torch.version.cuda} cannot use (a driver older than it?)")
 
 
+def surely_cpu(spec: str) -> bool:
+    """Whether a device spec resolves to the CPU, known without torch: `cpu`, or `auto` where NVML
+    counts no GPU (no driver, no library, no card)."""
+    if spec != "auto":
+        return spec == "cpu"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() == 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - whatever NVML fails with, it sees no GPU to use
+        return True
+
+
 def cuda_usable() -> bool:
     """Whether CUDA runs here. Workers count GPUs through NVML (PYTORCH_NVML_BASED_CUDA_CHECK), which
     creates no context but also counts a card the CUDA runtime cannot use (a driver older than this

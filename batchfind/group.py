@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from .distributed import POLL_S, PREFIX, Agreement, Topology
+from .forks import Launcher
 from .worker import SetupFailed, Worker
 
 # How long a worker may take to start (Python, torch, the model, a CUDA context, the ranks meeting):
@@ -38,7 +39,7 @@ class Group:
     def __init__(self, config: dict[str, Any], topo: Topology | None,
                  agreement: Agreement | None, generation: int, standby: bool = False,
                  on_progress: Callable[[dict[str, Any]], None] | None = None, learned: dict[str, Any] | None = None,
-                 fits_only: bool = False, smallest: bool = True):
+                 fits_only: bool = False, smallest: bool = True, launcher: Launcher | None = None):
         self.topo, self.agreement, self.on_progress = topo, agreement, on_progress
         self.workers: dict[int, Worker] = {}
         self.ready: dict[str, Any] = {}
@@ -49,7 +50,7 @@ class Group:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "standby": standby, "learned": learned,
                                              "smallest": smallest,
-                                             "rank": _rank_setup(topo, rank, local_rank, generation)}, fits_only)
+                                             "rank": _rank_setup(topo, rank, local_rank, generation)}, fits_only, launcher)
         except BaseException:
             self.close()
             raise

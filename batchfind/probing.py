@@ -16,10 +16,11 @@ from .recommend import bar, choice, limit_of, points, recommend, to_change, with
 from .report import (MEMORY_FAILURES, STATUSES, Distributed, Environment, Report, Trial, busy, latest_timed, load_text,
                      timed)
 from .sizes import format_size
-from .devices import usable_cpus
+from .devices import surely_cpu, usable_cpus
 from .distributed import Agreement, AgreementLost, Topology, topology
 from .group import START_S, Group
-from .worker import SetupFailed
+from .forks import Launcher, imports_first
+from .worker import SetupFailed, environment
 
 # Off-curve sizes measured again before the edge search, and the share of the throughput trials'
 # time they may take.
@@ -46,16 +47,19 @@ class Prober:
     drives), replaced after any trial that did not end cleanly (memory after a failure is not a
     clean place to measure) or when a trial asks for a brand-new process.
 
-    A single-process probe also keeps a standby: a worker with the model built (on a CPU, set up in
-    full; on a GPU, the device untouched) that takes over when a brand-new process is needed, so the
-    search near the edge does not wait for Python, torch and the model each time. Starting one costs
-    a core for seconds, so none starts beside a throughput trial (it would slow it): the first
-    beside the first worker (`standby_first`: a probe, whose limit is proven in a brand-new process),
-    whose start leaves a core idle, and the first trial waits until it is set up; else when the plan
-    says fit checks are next (`prepare`); then one each time a brand-new process starts for a fit
-    check, unless the search expects that check to be its last (`closing`), until `end_standby`.
-    None is kept where an idle one would not fit in RAM beside a worker at its memory cap
-    (`_room_for_standby`).
+    So that the search near the edge does not wait for Python, torch and the model each time a
+    brand-new process is needed, a single-process probe (`standby_first`: one whose limit is proven
+    in a brand-new process) starts a `Launcher` beside the first worker, whose start leaves a core
+    idle, and the first trial waits until it has done its imports; each brand-new worker for a fit
+    check is then forked from it when needed (ready in about 0.3 s where one started from nothing
+    takes 3 s of a core), so none starts beside a check. Where the probe may run on a GPU
+    (`devices.surely_cpu`), or if the launcher failed, it keeps a standby instead: a worker with the model built (on a CPU, set up in full; on a
+    GPU, the device untouched) that takes over when a brand-new process is needed. Starting one
+    costs a core for seconds, so none starts beside a throughput trial (it would slow it): the
+    first beside the first worker; else when the plan says fit checks are next (`prepare`); then
+    one each time a brand-new process starts for a fit check, unless the search expects that check
+    to be its last (`closing`), until `end_standby`. Neither is kept where an idle standby would not
+    fit in RAM beside a worker at its memory cap (`_room_for_standby`).
 
     Workers that only run fit checks (standbys, workers started for a fit check, and the first
     worker when `fits_only`) are told so: on a CPU their allocator is set for that
@@ -86,6 +90,8 @@ class Prober:
         self.group: Group | None = None
         self.standby: Group | None = None
         self.keep_standby = topo is None
+        # Where brand-new workers for fit checks are forked from, once the probe keeps standbys.
+        self.launcher: Launcher | None = None
         self.generation = 0
         self.trials: list[Trial] = []
         self.start_s: float | None = None  # how long the first worker took to be ready
@@ -97,7 +103,11 @@ class Prober:
     def start(self) -> dict:
         started = time.monotonic()
         if self.standby_first and self.keep_standby:
-            self.standby = self._new(standby=True)
+            device = str(self.config.probe.device)
+            if surely_cpu(device):
+                self.launcher = Launcher(environment(device, fits_only=True), imports_first(self.config.train.optimizer))
+            else:
+                self.standby = self._new(standby=True)
         self.group = self._new(fits_only=self.fits_only, smallest=self.smallest)
         self.start_s = time.monotonic() - started
         # What the first worker learned of the data and the model: later workers start without
@@ -109,13 +119,17 @@ class Prober:
             # holds. Every later worker takes the first one's.
             cap = self.group.ready["memory_limit_bytes"]
             self.worker_config = {**self.worker_config, "probe": {**self.worker_config["probe"], "memory_limit": cap}}
+        if self.launcher is not None and not self.launcher.ready(START_S):
+            # It failed where the first worker did not: brand-new processes start from nothing.
+            self._end_launcher()
         if self.standby is not None and not self.standby.standing_by():
             # It failed where the first worker did not: a brand-new process started when one is
             # needed will say why.
             self.standby.close()
             self.standby = None
-        elif self.standby is not None and not self._room_for_standby():
+        elif (self.standby or self.launcher) is not None and not self._room_for_standby():
             self.end_standby()
+            self._end_launcher()
         return self.group.ready
 
     def _room_for_standby(self) -> bool:
@@ -137,14 +151,20 @@ class Prober:
 
     def _new(self, standby: bool = False, fits_only: bool = False, smallest: bool = False) -> Group:
         self.generation += 1
+        fits_only = standby or fits_only
         return Group(self.worker_config, self.topo, self.agreement, self.generation, standby=standby,
-                     on_progress=self.on_progress, learned=self.learned, fits_only=standby or fits_only,
-                     smallest=smallest)
+                     on_progress=self.on_progress, learned=self.learned, fits_only=fits_only,
+                     smallest=smallest, launcher=self.launcher if fits_only else None)
+
+    def _end_launcher(self) -> None:
+        if self.launcher is not None:
+            self.launcher.close()
+            self.launcher = None
 
     def prepare(self) -> None:
         """Start a standby now, if none is waiting: brand-new processes will be needed soon."""
         self.prepared = True
-        if self.keep_standby and self.standby is None:
+        if self.keep_standby and self.standby is None and self.launcher is None:
             self.standby = self._new(standby=True)
 
     def closing(self) -> None:
@@ -158,8 +178,8 @@ class Prober:
         standbys have been asked for a new one starts in its place, unless this was expected to be
         the last (`closing`). A group that times steps starts afresh."""
         self.close()
-        if not fits:
-            return self._new()
+        if not fits or self.launcher is not None:
+            return self._new(fits_only=fits)
         group, self.standby = self.standby, None
         last, self.last_fresh = self.last_fresh, False
         if self.keep_standby and self.prepared and not last:
@@ -223,6 +243,7 @@ class Prober:
     def shutdown(self) -> None:
         self.end_standby()
         self.close()
+        self._end_launcher()
 
 
 @dataclasses.dataclass

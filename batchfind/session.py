@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import os
 import re
@@ -17,6 +18,7 @@ from . import devices, parallel
 from .config import FLOAT_TARGETS, Config, TransformerModel, classes_unused
 from .data import IGNORE_INDEX, Batches, build_batches, describe_batch, tensors_in
 from .errors import STACKED_RAN_OUT, InputError, UserExit, debugging, described, unwrapped
+from .forks import imports_first
 from .measure import StepPlan, gradient_sq_norms, measure, measure_loader
 from .memory import failed_allocation
 from .models import build_model, raised, run_user_code, running
@@ -48,6 +50,8 @@ class Session:
         self.limit: int | None = None
         # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
         self.settled: tuple[int | None, int | None] | None = None
+        for name in imports_first(self.config.train.optimizer):
+            importlib.import_module(name)
         if rank is None:
             probe = self.config.probe
             if not self.wants_gpu:

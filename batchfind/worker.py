@@ -20,10 +20,13 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .devices import looks_like_oom
 from .errors import debugging, printable
+
+if TYPE_CHECKING:
+    from .forks import Launcher
 
 
 class SetupFailed(Exception):
@@ -38,33 +41,28 @@ class Worker:
     """One child process. It is started and sent its setup at once; its replies are read as they come,
     so several workers (one per rank) can be waited on together."""
 
-    def __init__(self, setup: dict[str, Any], fits_only: bool = False):
+    def __init__(self, setup: dict[str, Any], fits_only: bool = False, launcher: Launcher | None = None):
         """`fits_only`: the worker runs fit checks and times nothing (a CPU worker's allocator is
-        set for that: `steady_allocator`)."""
+        set for that: `steady_allocator`). `launcher`: fork it from there (started with this
+        worker's environment) rather than start it from nothing."""
         # What the user's code prints is kept for the error of a worker that dies (its last words
         # say whether an allocation failed), and under --debug also shown as it comes.
         self._stderr = tempfile.TemporaryFile()
         self._kept = threading.Lock()
         echo, stderr = os.pipe() if debugging() else (None, self._stderr)
-        # Asking torch whether a GPU exists must not create a CUDA context in a standby: NVML counts
-        # the cards (devices.cuda_usable then asks the CUDA runtime, which creates none either).
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
-        if not str(setup["config"]["probe"]["device"]).startswith("cuda"):
-            env = steady_allocator(env, fits_only)
-        # The child must import this same batchfind, installed or not (and the processes it starts).
-        home = str(Path(__file__).parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, home],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-            # Its own process group, so processes it starts (DataLoader workers, a user's factory's)
-            # end with it.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        self._proc = launcher and launcher.spawn(stderr if isinstance(stderr, int) else stderr.fileno())
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, HOME],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=environment(str(setup["config"]["probe"]["device"]), fits_only),
+                # Its own process group, so processes it starts (DataLoader workers, a user's factory's)
+                # end with it.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         self._echo = None
         if echo is not None:
             os.close(stderr)
@@ -82,6 +80,8 @@ class Worker:
         (torch's libraries). None where the system does not say, or once the child is gone."""
         import psutil
 
+        if self._proc.poll() is not None:
+            return None
         try:
             info = psutil.Process(self._proc.pid).memory_info()
         except psutil.Error:
@@ -133,6 +133,8 @@ class Worker:
             return False
 
     def _kill(self) -> None:
+        if self._proc.pid < 0:
+            return  # a child its launcher never forked (`forks.NOT_FORKED`)
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except OSError:
@@ -196,6 +198,21 @@ class Worker:
                     self._stderr.write(chunk)
 
 
+# The child must import this same batchfind, installed or not (and the processes it starts).
+HOME = str(Path(__file__).parent.parent)
+
+
+def environment(device: str, fits_only: bool) -> dict[str, str]:
+    """A worker's environment, for a probe on `device` (as the config names it)."""
+    # Asking torch whether a GPU exists must not create a CUDA context in a standby: NVML counts
+    # the cards (devices.cuda_usable then asks the CUDA runtime, which creates none either).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_NVML_BASED_CUDA_CHECK="1")
+    if not device.startswith("cuda"):
+        env = steady_allocator(env, fits_only)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HOME, env.get("PYTHONPATH")]))
+    return env
+
+
 # glibc serves allocations at or above a threshold with their own mappings, returned to the system
 # when freed. By default the threshold rises with the largest block freed (up to 32 MiB), so which
 # tensors come from the heap, and how fragmented it gets, changes from run to run: a small CNN's
@@ -238,13 +255,17 @@ def steady_allocator(env: dict[str, str], fits_only: bool) -> dict[str, str]:
     return env
 
 
-# The child's start: this batchfind first, even where the working directory (first on the path, so
-# that a user's factory module there imports) holds a folder of that name; then the path as it was.
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import batchfind.worker; del sys.path[0]; "
-         "batchfind.worker._serve()")
+def boot(module: str, call: str) -> str:
+    """A child's start (`python -c`, this batchfind's folder first in its arguments): this batchfind
+    first, even where the working directory (first on the path, so that a user's factory module
+    there imports) holds a folder of that name; then the path as it was."""
+    return f"import sys; sys.path.insert(0, sys.argv[1]); import {module}; del sys.path[0]; {module}.{call}"
 
 
-def _die_with_parent() -> None:
+_BOOT = boot("batchfind.worker", "_serve()")
+
+
+def die_with_parent() -> None:
     # Linux: the child gets SIGKILL if batchfind itself dies, so no worker outlives it.
     try:
         import ctypes

@@ -349,6 +349,24 @@ def test_a_gpu_that_nvml_sees_and_cuda_cannot_use_is_no_gpu(monkeypatch, runtime
         resolve_device("cuda")
 
 
+@pytest.mark.parametrize("spec, seen, cpu", [("cpu", 1, True), ("cuda", 0, False), ("cuda:1", 0, False),
+                                             ("auto", 0, True), ("auto", 2, False), ("auto", None, True)])
+def test_whether_a_probe_surely_runs_on_the_cpu_is_known_without_torch(monkeypatch, spec, seen, cpu):
+    """The probe forks its fit checks' workers where it surely runs on the CPU: `auto` where NVML
+    counts no GPU, or fails (`None`: no driver)."""
+    import types
+
+    from batchfind.devices import surely_cpu
+
+    def init():
+        if seen is None:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    fake = types.SimpleNamespace(nvmlInit=init, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: seen)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert surely_cpu(spec) is cpu
+
+
 @pytest.mark.parametrize("limit, ceiling", [(None, 70), (40, 40), (80, 70)])
 def test_a_gpus_ceiling_is_what_the_card_can_still_give_within_the_limit(monkeypatch, limit, ceiling):
     """60 free and 10 held by this process's allocator: a limit at the card's size cannot be reached

@@ -546,7 +546,7 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
 
     class FakeGroup:
         def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False, smallest=True):
+                     fits_only=False, smallest=True, launcher=None):
             self.standby, self.fits_only, self.smallest, self.closed = standby, fits_only, smallest, False
             started.append(self)
             self.ready = {"learned": None}
@@ -597,16 +597,31 @@ def test_no_standby_starts_beside_the_check_expected_to_be_the_last(monkeypatch)
         assert [(g.fits_only, g.smallest) for g in started] == [(True, smallest)]
 
 
+class FakeLauncher:
+    """Stands in for `forks.Launcher`: done with its imports at once, or failed (`fails`)."""
+
+    fails = False
+
+    def __init__(self, env, imports=()):
+        self.imports, self.closed = imports, False
+
+    def ready(self, timeout_s):
+        return not self.fails
+
+    def close(self):
+        self.closed = True
+
+
 def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
-    """A probe proves its limit in a brand-new process: the first standby starts with the first
-    worker, whose start leaves a core idle, and is set up before the first trial, so it slows no
-    timed step; when taken it is told what the first worker learned. One that failed its set-up is
-    dropped, and the next brand-new process starts when needed."""
+    """A probe that may run on a GPU proves its limit in a brand-new process: the first standby
+    starts with the first worker, whose start leaves a core idle, and is set up before the first
+    trial, so it slows no timed step; when taken it is told what the first worker learned. One that
+    failed its set-up is dropped, and the next brand-new process starts when needed."""
     events = []
 
     class FakeGroup:
         def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                     fits_only=False, smallest=True):
+                     fits_only=False, smallest=True, launcher=None):
             self.standby, self.closed = standby, False
             events.append(("standby" if standby else "worker", learned))
             self.ready = {"learned": {"smallest_batch": 1}}
@@ -626,6 +641,7 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
             self.closed = True
 
     monkeypatch.setattr(probing, "Group", FakeGroup)
+    monkeypatch.setattr(probing, "surely_cpu", lambda spec: False)
     config = Config.model_validate({"model": {"name": "mlp"}})
     failing = False
     prober = probing.Prober(config, None, None, standby_first=True)
@@ -651,7 +667,6 @@ def test_a_probe_starts_its_first_standby_beside_the_first_worker(monkeypatch):
     assert events == [("worker", None)]
 
 
-
 class SetUpGroup:
     """A group whose first worker is set up on `device` under a `limit`, holding `held` bytes of its
     own; it records the probe section each group was started with, and runs every trial."""
@@ -660,8 +675,9 @@ class SetUpGroup:
     started: list = []
 
     def __init__(self, raw, topo, agreement, generation, standby=False, on_progress=None, learned=None,
-                 fits_only=False, smallest=True):
+                 fits_only=False, smallest=True, launcher=None):
         self.standby, self.closed, self.probe = standby, False, dict(raw["probe"])
+        self.fits_only, self.forked = fits_only, launcher is not None
         self.started.append(self)
         self.ready = {"learned": None, "device": self.device, "memory_limit_bytes": self.limit}
 
@@ -691,6 +707,44 @@ def with_ram(monkeypatch, available: int, total: int) -> None:
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
 
 
+def test_a_cpu_probe_forks_its_fit_checks_from_a_launcher_started_beside_the_first_worker(monkeypatch):
+    """Where a probe surely runs on a CPU, a launcher starts with the first worker instead of a
+    standby, and the first trial waits until it is ready; each fit check in a brand-new process
+    then gets a worker forked from it, with none started beside a check. A launcher that failed is
+    dropped: standbys started from nothing take its place."""
+    started = []
+    monkeypatch.setattr(SetUpGroup, "started", started)
+    monkeypatch.setattr(probing, "Group", SetUpGroup)
+    monkeypatch.setattr(probing, "Launcher", FakeLauncher)
+    monkeypatch.setattr(probing, "surely_cpu", lambda spec: True)
+    with_ram(monkeypatch, 64 << 30, 64 << 30)
+    config = Config.model_validate({"model": {"name": "mlp"}, "train": {"optimizer": "adamw"}})
+    prober = probing.Prober(config, None, None, standby_first=True)
+    prober.start()
+    launcher = prober.launcher
+    assert launcher.imports == ("torch._dynamo",)  # what every worker imports first
+    prober.trial(64)
+    prober.prepare()
+    prober.trial(80, "fit", fresh=True)
+    prober.trial(81, "fit", fresh=True)
+    prober.trial(32, fresh=True)  # a worker that times steps starts from nothing
+    prober.shutdown()
+    # (standby, fits only, forked)
+    assert [(g.standby, g.fits_only, g.forked) for g in started] == [
+        (False, False, False), (False, True, True), (False, True, True), (False, False, False)]
+    assert launcher.closed and prober.launcher is None
+    started.clear()
+    monkeypatch.setattr(FakeLauncher, "fails", True)
+    prober = probing.Prober(config, None, None, standby_first=True)
+    prober.start()
+    assert prober.launcher is None
+    prober.prepare()
+    prober.trial(80, "fit", fresh=True)
+    prober.shutdown()
+    assert [(g.standby, g.fits_only, g.forked) for g in started] == [
+        (False, False, False), (True, True, False), (True, True, False)]
+
+
 def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(monkeypatch):
     """A CPU cap holds each worker, not a worker and an idle standby together. A probe keeps its
     standbys only while one fits in RAM beside a worker grown to its cap, with a share of RAM still
@@ -699,10 +753,12 @@ def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(mo
     started = []
     monkeypatch.setattr(SetUpGroup, "started", started)
     monkeypatch.setattr(probing, "Group", SetUpGroup)
+    monkeypatch.setattr(probing, "Launcher", FakeLauncher)
     config = Config.model_validate({"model": {"name": "mlp"}})
 
-    def start(available_gib: float) -> probing.Prober:
+    def start(available_gib: float, cpu: bool = False) -> probing.Prober:
         started.clear()
+        monkeypatch.setattr(probing, "surely_cpu", lambda spec: cpu)
         with_ram(monkeypatch, int(available_gib * gib), 16 * gib)
         prober = probing.Prober(config, None, None, standby_first=True)
         prober.start()
@@ -720,6 +776,16 @@ def test_no_standby_is_kept_where_it_would_not_fit_beside_a_worker_at_its_cap(mo
     prober.trial(80, "fit", fresh=True)
     assert [g.standby for g in started] == [True, False, False] and prober.standby is None
     prober.shutdown()
+    # So too for a launcher: the workers of fit checks then start from nothing.
+    prober = start(7.5, cpu=True)
+    assert prober.launcher is None
+    prober.prepare()
+    prober.trial(80, "fit", fresh=True)
+    assert [g.standby for g in started] == [False, False] and prober.standby is None
+    prober.shutdown()
+    prober = start(8, cpu=True)
+    assert prober.launcher is not None and not prober.launcher.closed
+    prober.shutdown()
     # A GPU's standby holds host memory only, which its cap does not count.
     monkeypatch.setattr(SetUpGroup, "device", "cuda:0")
     prober = start(0)
@@ -735,22 +801,26 @@ def test_every_later_worker_takes_the_first_workers_default_cpu_cap(monkeypatch)
     monkeypatch.setattr(SetUpGroup, "started", started)
     monkeypatch.setattr(SetUpGroup, "limit", 3 << 30)
     monkeypatch.setattr(probing, "Group", SetUpGroup)
+    monkeypatch.setattr(probing, "Launcher", FakeLauncher)
     with_ram(monkeypatch, 64 << 30, 64 << 30)  # room for a standby, whatever this machine has
 
-    def limits(raw: dict) -> list:
+    def limits(raw: dict, cpu: bool) -> list:
         started.clear()
+        monkeypatch.setattr(probing, "surely_cpu", lambda spec: cpu)
         prober = probing.Prober(Config.model_validate(raw), None, None, standby_first=True)
         prober.start()
         prober.prepare()  # fit checks are next
-        prober.trial(80, "fit", fresh=True)  # on the first standby, the next starting beside it
-        prober.trial(81, "fit", fresh=True)  # on that one, the next beside it
+        prober.trial(80, "fit", fresh=True)  # forked; or on the first standby, the next starting beside it
+        prober.trial(81, "fit", fresh=True)
         prober.shutdown()
         return [g.probe.get("memory_limit") for g in started]  # absent: never set, the default
 
-    assert limits({"model": {"name": "mlp"}}) == [None, None, 3 << 30, 3 << 30]
-    assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}) == [2 << 30] * 4
+    # Forked from a launcher, or a standby started beside the first worker and the next ones.
+    assert limits({"model": {"name": "mlp"}}, cpu=True) == [None, 3 << 30, 3 << 30]
+    assert limits({"model": {"name": "mlp"}}, cpu=False) == [None, None, 3 << 30, 3 << 30]
+    assert limits({"model": {"name": "mlp"}, "probe": {"memory_limit": "2GiB"}}, cpu=False) == [2 << 30] * 4
     monkeypatch.setattr(SetUpGroup, "device", "cuda:0")
-    assert limits({"model": {"name": "mlp"}}) == [None] * 4
+    assert limits({"model": {"name": "mlp"}}, cpu=False) == [None] * 4
 
 
 def test_an_error_says_larger_sizes_may_fit_only_past_a_size_that_fitted():
