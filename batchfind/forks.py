@@ -92,7 +92,10 @@ class Launcher:
         long as it takes): that it is ready, pids of children forked, codes of children ended."""
         while not self.gone and select.select([self._sock], [], [], timeout_s)[0]:
             timeout_s = 0
-            message = self._sock.recv(64)
+            try:
+                message = self._sock.recv(64)
+            except ConnectionResetError:  # killed, with words unread
+                message = b""
             if not message:
                 self._lost()
                 return
