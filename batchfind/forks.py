@@ -30,11 +30,14 @@ from .worker import HOME, _serve as serve, boot, die_with_parent
 
 
 def imports_first(optimizer: str) -> tuple[str, ...]:
-    """What a worker imports before it builds the model, for a config's `train.optimizer`. A builtin
-    optimizer's constructor imports torch._dynamo (any torch.optim.Optimizer does: 70 MiB of data
-    segment, a core for a second), which the launcher imports once for all its children. Imported
-    late instead, where set-up makes the optimizer, it moved a worker's peak near a CPU edge by
-    1.0-1.4 MiB against a forked one's (docs/benchmarks.md): so every worker imports it first."""
+    """What a worker for fit checks imports before it builds the model, for a config's
+    `train.optimizer`. A builtin optimizer's constructor imports torch._dynamo (any
+    torch.optim.Optimizer does: 70 MiB of data segment, a core for a second), which the launcher
+    imports once for all its children. Imported late instead, where set-up makes the optimizer, it
+    moved a worker's peak near a CPU edge by 1.0-1.4 MiB against a forked one's
+    (docs/benchmarks.md): so every worker for fit checks (`batchfind check`'s too) imports it
+    first. A worker that times steps imports it where set-up makes the optimizer, so a model or
+    data that cannot be built fails without waiting for it."""
     return ("torch._dynamo",) if optimizer in OPTIMIZERS else ()
 
 

@@ -49,7 +49,7 @@ class Group:
         try:
             for rank, local_rank in zip(topo.ranks, topo.local_ranks) if topo else [(0, 0)]:
                 self.workers[rank] = Worker({"config": config, "standby": standby, "learned": learned,
-                                             "smallest": smallest,
+                                             "smallest": smallest, "fits_only": fits_only,
                                              "rank": _rank_setup(topo, rank, local_rank, generation)}, fits_only, launcher)
         except BaseException:
             self.close()

@@ -36,7 +36,7 @@ class Session:
     """
 
     def __init__(self, raw_config: dict[str, Any], rank: dict[str, Any] | None = None,
-                 learned: dict[str, Any] | None = None, smallest: bool = True):
+                 learned: dict[str, Any] | None = None, smallest: bool = True, fits_only: bool = False):
         self.config = Config.model_validate(raw_config)
         # What the probe's first worker learned of the data and the model (`facts["learned"]`): a
         # later worker neither reads the dataset for its lengths nor checks its labels again.
@@ -50,8 +50,9 @@ class Session:
         self.limit: int | None = None
         # CPU: the data segment, and the allocator's free bytes within it, after the first trial.
         self.settled: tuple[int | None, int | None] | None = None
-        for name in imports_first(self.config.train.optimizer):
-            importlib.import_module(name)
+        if fits_only:  # as forked ones are (`forks.imports_first`)
+            for name in imports_first(self.config.train.optimizer):
+                importlib.import_module(name)
         if rank is None:
             probe = self.config.probe
             if not self.wants_gpu:

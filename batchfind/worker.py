@@ -294,7 +294,8 @@ def _serve() -> None:
     models.announce = lambda running: send({"event": "user code", "running": running})
 
     try:
-        session = Session(request["config"], request.get("rank"), request.get("learned"), request.get("smallest", True))
+        session = Session(request["config"], request.get("rank"), request.get("learned"), request.get("smallest", True),
+                          request.get("fits_only", False))
         standby = request.get("standby")
         # A standby waits before touching the device (a CUDA context would take memory from the
         # worker at work); a CPU has nothing to protect, so there it sets up in full and waits ready,
