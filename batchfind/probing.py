@@ -53,13 +53,14 @@ class Prober:
     idle, and the first trial waits until it has done its imports; each brand-new worker for a fit
     check is then forked from it when needed (ready in about 0.3 s where one started from nothing
     takes 3 s of a core), so none starts beside a check. Where the probe may run on a GPU
-    (`devices.surely_cpu`), or if the launcher failed, it keeps a standby instead: a worker with the model built (on a CPU, set up in full; on a
-    GPU, the device untouched) that takes over when a brand-new process is needed. Starting one
-    costs a core for seconds, so none starts beside a throughput trial (it would slow it): the
-    first beside the first worker; else when the plan says fit checks are next (`prepare`); then
-    one each time a brand-new process starts for a fit check, unless the search expects that check
-    to be its last (`closing`), until `end_standby`. Neither is kept where an idle standby would not
-    fit in RAM beside a worker at its memory cap (`_room_for_standby`).
+    (`devices.surely_cpu`), or if the launcher failed, it keeps a standby instead: a worker with the
+    model built (on a CPU, set up in full; on a GPU, the device untouched) that takes over when a
+    brand-new process is needed. Starting one costs a core for seconds, so none starts beside a
+    throughput trial (it would slow it): the first beside the first worker; else when the plan says
+    fit checks are next (`prepare`); then one each time a brand-new process starts for a fit check,
+    unless the search expects that check to be its last (`closing`), until `end_standby`. Neither
+    is kept where an idle standby would not fit in RAM beside a worker at its memory cap
+    (`_room_for_standby`).
 
     Workers that only run fit checks (standbys, workers started for a fit check, and the first
     worker when `fits_only`) are told so: on a CPU their allocator is set for that
@@ -90,7 +91,7 @@ class Prober:
         self.group: Group | None = None
         self.standby: Group | None = None
         self.keep_standby = topo is None
-        # Where brand-new workers for fit checks are forked from, once the probe keeps standbys.
+        # Where brand-new workers for fit checks are forked from, on a CPU (`start`).
         self.launcher: Launcher | None = None
         self.generation = 0
         self.trials: list[Trial] = []
@@ -127,7 +128,7 @@ class Prober:
             # needed will say why.
             self.standby.close()
             self.standby = None
-        elif (self.standby or self.launcher) is not None and not self._room_for_standby():
+        elif (self.standby is not None or self.launcher is not None) and not self._room_for_standby():
             self.end_standby()
             self._end_launcher()
         return self.group.ready
